@@ -1,0 +1,179 @@
+/* Maps, configuration and helpers every sensor shares.
+ *
+ * Each sensor is its own BPF object; the loader creates the shared maps once
+ * (in the first object loaded) and hands the same fds to the others with
+ * bpf_map__reuse_fd(), so all sensors feed one ring buffer and one set of
+ * counters and filters.
+ */
+#ifndef RG_COMMON_BPF_H
+#define RG_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by the loader before load; constant for the verifier. */
+const volatile __u32 rg_self_tgid = 0;
+const volatile __u32 rg_filter_flags = 0;
+const volatile __u64 rg_event_mask = 0;
+/* Past this many unread bytes a record wakes the consumer; below it records
+ * are submitted without a wake-up and the consumer's timed drain picks them up. */
+const volatile __u64 rg_wakeup_bytes = 1 << 20;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} rg_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rg_counters);
+} rg_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} rg_filt_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, char[RG_COMM_LEN]);
+	__type(value, __u8);
+} rg_filt_comms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} rg_filt_cgroups SEC(".maps");
+
+#define RG_MAX_CGROUP_DEPTH 16
+
+static __always_inline bool rg_kind_enabled(__u32 kind)
+{
+	return rg_event_mask & (1ULL << kind);
+}
+
+static __always_inline bool rg_cgroup_selected(void)
+{
+	for (int level = 0; level < RG_MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			return false;
+		if (bpf_map_lookup_elem(&rg_filt_cgroups, &id))
+			return true;
+	}
+	return false;
+}
+
+/* True when the current task is outside the tracer's scope. */
+static __always_inline bool rg_filtered_out(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (tgid == rg_self_tgid)
+		return true;
+	if ((rg_filter_flags & RG_FILTER_PID) && !bpf_map_lookup_elem(&rg_filt_pids, &tgid))
+		return true;
+	if (rg_filter_flags & RG_FILTER_COMM) {
+		char comm[RG_COMM_LEN] = {};
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!bpf_map_lookup_elem(&rg_filt_comms, comm))
+			return true;
+	}
+	if ((rg_filter_flags & RG_FILTER_CGROUP) && !rg_cgroup_selected())
+		return true;
+	return false;
+}
+
+static __always_inline __u64 rg_task_start(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, group_leader, start_boottime);
+}
+
+/* Fills the header of a reserved record, or counts the loss. Every attempt
+ * takes a sequence number, so a reader sees a gap for each lost record. */
+static __always_inline void *rg_reserve_checked(void *rec, __u32 kind)
+{
+	__u32 zero = 0;
+	struct rg_counters *counters = bpf_map_lookup_elem(&rg_counters, &zero);
+	__u64 seq = 0;
+
+	if (counters)
+		seq = counters->seq++;
+	if (!rec) {
+		if (counters && kind < RG_KIND_SLOTS)
+			counters->lost[kind]++;
+		return NULL;
+	}
+	struct rg_header *hdr = rec;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 id = bpf_get_current_pid_tgid();
+
+	hdr->timestamp_ns = bpf_ktime_get_boot_ns();
+	hdr->seq = seq;
+	hdr->cgroup_id = bpf_get_current_cgroup_id();
+	hdr->start_boottime = rg_task_start(task);
+	hdr->kind = kind;
+	hdr->cpu = bpf_get_smp_processor_id();
+	hdr->pid = id >> 32;
+	hdr->tid = (__u32)id;
+	return rec;
+}
+
+#define rg_reserve(type, kind) \
+	((type *)rg_reserve_checked(bpf_ringbuf_reserve(&rg_events, sizeof(type), 0), kind))
+
+static __always_inline void rg_submit(void *rec)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&rg_events, BPF_RB_AVAIL_DATA) >= rg_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(rec, flags);
+}
+
+/* The struct file behind a descriptor of the current task, or NULL. */
+static __always_inline struct file *rg_fd_file(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max_fds = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *file = NULL;
+
+	if (fd < 0 || fd >= max_fds)
+		return NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+/* Arguments of a syscall in flight, saved at entry and consumed at exit. */
+struct rg_inflight {
+	__u64 arg0;
+	__u64 arg1;
+	__u64 arg2;
+	__u32 syscall;
+	__u32 pad;
+	__u8 sockaddr[28]; /* sizeof(struct sockaddr_in6) */
+};
+
+#define RG_INFLIGHT_MAP(name)                         \
+	struct {                                      \
+		__uint(type, BPF_MAP_TYPE_HASH);      \
+		__uint(max_entries, 16384);           \
+		__type(key, __u64);                   \
+		__type(value, struct rg_inflight);    \
+	} name SEC(".maps")
+
+#endif

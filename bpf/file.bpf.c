@@ -1,0 +1,136 @@
+/* File opens, and opens of /proc/<pid>/mem (process-memory access). */
+#include "common.bpf.h"
+
+#define PROC_SUPER_MAGIC 0x9fa0
+
+RG_INFLIGHT_MAP(rg_open_args);
+
+static __always_inline int rg_open_enter(const char *path, __u64 flags, __u64 mode, __u32 syscall)
+{
+	if (rg_filtered_out())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct rg_inflight args = { .arg0 = (__u64)path, .arg1 = flags, .arg2 = mode, .syscall = syscall };
+	bpf_map_update_elem(&rg_open_args, &id, &args, BPF_ANY);
+	return 0;
+}
+
+/* The pid named by a /proc/<pid>/ directory entry; 0 when not numeric. */
+static __always_inline __u32 rg_parse_pid(const unsigned char *name)
+{
+	char digits[12] = {};
+	__u32 pid = 0;
+
+	bpf_probe_read_kernel_str(digits, sizeof(digits), name);
+	for (int i = 0; i < 11; i++) {
+		char c = digits[i];
+		if (c == 0)
+			return i ? pid : 0;
+		if (c < '0' || c > '9')
+			return 0;
+		pid = pid * 10 + (c - '0');
+	}
+	return 0;
+}
+
+/* Target pid when the file is /proc/<pid>/mem or /proc/<pid>/task/<tid>/mem. */
+static __always_inline __u32 rg_proc_mem_target(struct file *file)
+{
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	char name[4] = {};
+
+	if (BPF_CORE_READ(dentry, d_sb, s_magic) != PROC_SUPER_MAGIC)
+		return 0;
+	bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(dentry, d_name.name));
+	if (name[0] != 'm' || name[1] != 'e' || name[2] != 'm' || name[3] != 0)
+		return 0;
+	return rg_parse_pid(BPF_CORE_READ(dentry, d_parent, d_name.name));
+}
+
+static __always_inline void rg_emit_proc_mem(struct rg_inflight *args, long ret, __u32 target)
+{
+	struct rg_memory_record *e = rg_reserve(struct rg_memory_record, RG_KIND_PROCESS_MEMORY);
+	if (!e)
+		return;
+	e->retval = ret;
+	e->target_pid = target;
+	e->method = RG_MEM_PROC_MEM_OPEN;
+	e->flags = args->arg1;
+	rg_submit(e);
+}
+
+static __always_inline int rg_open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct rg_inflight *args = bpf_map_lookup_elem(&rg_open_args, &id);
+	if (!args)
+		return 0;
+
+	struct file *file = ret >= 0 ? rg_fd_file(ret) : NULL;
+	struct inode *inode = file ? BPF_CORE_READ(file, f_inode) : NULL;
+
+	if (file && rg_kind_enabled(RG_KIND_PROCESS_MEMORY)) {
+		__u32 target = rg_proc_mem_target(file);
+		if (target)
+			rg_emit_proc_mem(args, ret, target);
+	}
+	if (!rg_kind_enabled(RG_KIND_FILE_OPEN))
+		goto out;
+
+	struct rg_file_record *e = rg_reserve(struct rg_file_record, RG_KIND_FILE_OPEN);
+	if (!e)
+		goto out;
+	e->retval = ret;
+	e->flags = args->arg1;
+	e->mode = args->arg2;
+	e->syscall = args->syscall;
+	e->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (const char *)args->arg0);
+	if (n < 0)
+		e->path[0] = 0;
+	e->path_truncated = n == sizeof(e->path);
+	rg_submit(e);
+out:
+	bpf_map_delete_elem(&rg_open_args, &id);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_open")
+int rg_open_enter_open(struct trace_event_raw_sys_enter *ctx)
+{
+	return rg_open_enter((const char *)ctx->args[0], ctx->args[1], ctx->args[2], RG_OPEN_OPEN);
+}
+
+SEC("tp/syscalls/sys_enter_creat")
+int rg_open_enter_creat(struct trace_event_raw_sys_enter *ctx)
+{
+	/* creat(path, mode) is open(path, O_CREAT|O_WRONLY|O_TRUNC, mode). */
+	return rg_open_enter((const char *)ctx->args[0], 01 | 0100 | 01000, ctx->args[1], RG_OPEN_CREAT);
+}
+
+SEC("tp/syscalls/sys_enter_openat")
+int rg_open_enter_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	return rg_open_enter((const char *)ctx->args[1], ctx->args[2], ctx->args[3], RG_OPEN_OPENAT);
+}
+
+SEC("tp/syscalls/sys_enter_openat2")
+int rg_open_enter_openat2(struct trace_event_raw_sys_enter *ctx)
+{
+	struct open_how how = {};
+	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
+	return rg_open_enter((const char *)ctx->args[1], how.flags, how.mode, RG_OPEN_OPENAT2);
+}
+
+SEC("tp/syscalls/sys_exit_open")
+int rg_open_exit_open(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_creat")
+int rg_open_exit_creat(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_openat")
+int rg_open_exit_openat(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_openat2")
+int rg_open_exit_openat2(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }

@@ -1,0 +1,162 @@
+/* Process lifecycle: exec (and failed execs), fork, exit.
+ *
+ * Always loaded: these records also feed the consumer's process table, which
+ * resolves every other event's process identity. */
+#include "common.bpf.h"
+
+RG_INFLIGHT_MAP(rg_exec_args);
+
+static __always_inline void rg_fill_identity(struct rg_exec_record *e, struct task_struct *task)
+{
+	__u64 ugid = bpf_get_current_uid_gid();
+	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+
+	e->uid = (__u32)ugid;
+	e->gid = ugid >> 32;
+	e->euid = BPF_CORE_READ(task, cred, euid.val);
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	e->parent_start_boottime = rg_task_start(parent);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(rg_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	if (rg_filtered_out())
+		return 0;
+	struct rg_exec_record *e = rg_reserve(struct rg_exec_record, RG_KIND_PROCESS_EXEC);
+	if (!e)
+		return 0;
+	rg_fill_identity(e, task);
+	e->retval = 0;
+	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	e->filename_truncated = n == sizeof(e->filename);
+
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
+	unsigned long len = end > start ? end - start : 0;
+	e->args_truncated = len > RG_ARGS_LEN;
+	if (len > RG_ARGS_LEN)
+		len = RG_ARGS_LEN;
+	if (bpf_probe_read_user(e->args, len, (void *)start) < 0)
+		len = 0;
+	e->args_len = len;
+	rg_submit(e);
+	return 0;
+}
+
+/* A failed execve never reaches sched_process_exec: remember its arguments at
+ * entry and report it at exit with the error. */
+static __always_inline int rg_exec_enter(const char *filename, const char *const *argv)
+{
+	if (rg_filtered_out())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct rg_inflight args = { .arg0 = (__u64)filename, .arg1 = (__u64)argv };
+	bpf_map_update_elem(&rg_exec_args, &id, &args, BPF_ANY);
+	return 0;
+}
+
+#define RG_ARG_CHUNK 128
+
+static __always_inline int rg_exec_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct rg_inflight *args = bpf_map_lookup_elem(&rg_exec_args, &id);
+	if (!args)
+		return 0;
+	if (ret >= 0) {
+		bpf_map_delete_elem(&rg_exec_args, &id);
+		return 0;
+	}
+	struct rg_exec_record *e = rg_reserve(struct rg_exec_record, RG_KIND_PROCESS_EXEC);
+	if (!e) {
+		bpf_map_delete_elem(&rg_exec_args, &id);
+		return 0;
+	}
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	rg_fill_identity(e, task);
+	e->retval = ret;
+	long n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), (const char *)args->arg0);
+	e->filename_truncated = n == sizeof(e->filename);
+
+	const char *const *argv = (const char *const *)args->arg1;
+	__u32 off = 0;
+	e->args_truncated = 0;
+	for (int i = 0; i < 32; i++) {
+		const char *arg = NULL;
+		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) < 0 || !arg)
+			break;
+		if (off > RG_ARGS_LEN - RG_ARG_CHUNK) {
+			e->args_truncated = 1;
+			break;
+		}
+		long len = bpf_probe_read_user_str(&e->args[off], RG_ARG_CHUNK, arg);
+		if (len <= 0)
+			break;
+		if (len == RG_ARG_CHUNK)
+			e->args_truncated = 1;
+		off += len;
+	}
+	e->args_len = off;
+	bpf_map_delete_elem(&rg_exec_args, &id);
+	rg_submit(e);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_execve")
+int rg_execve_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return rg_exec_enter((const char *)ctx->args[0], (const char *const *)ctx->args[1]);
+}
+
+SEC("tp/syscalls/sys_enter_execveat")
+int rg_execveat_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return rg_exec_enter((const char *)ctx->args[1], (const char *const *)ctx->args[2]);
+}
+
+SEC("tp/syscalls/sys_exit_execve")
+int rg_execve_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return rg_exec_exit(ctx->ret);
+}
+
+SEC("tp/syscalls/sys_exit_execveat")
+int rg_execveat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return rg_exec_exit(ctx->ret);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(rg_fork, struct task_struct *parent, struct task_struct *child)
+{
+	/* New threads share the process: only a new thread group is a fork. */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;
+	if (rg_filtered_out())
+		return 0;
+	struct rg_fork_record *e = rg_reserve(struct rg_fork_record, RG_KIND_PROCESS_FORK);
+	if (!e)
+		return 0;
+	e->child_pid = BPF_CORE_READ(child, tgid);
+	e->child_start_boottime = BPF_CORE_READ(child, start_boottime);
+	rg_submit(e);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(rg_exit, struct task_struct *task)
+{
+	/* Report the process once, when its last thread exits. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	if (rg_filtered_out())
+		return 0;
+	struct rg_exit_record *e = rg_reserve(struct rg_exit_record, RG_KIND_PROCESS_EXIT);
+	if (!e)
+		return 0;
+	e->exit_code = BPF_CORE_READ(task, exit_code);
+	rg_submit(e);
+	return 0;
+}

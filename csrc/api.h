@@ -1,0 +1,70 @@
+/* The C API the Python package sees (through cffi). Narrow and coarse: open,
+ * filter, attach, poll a whole batch, stats, close. No per-event calls cross
+ * the boundary. Plain C, no system headers: the cffi build passes it to cdef
+ * after preprocessing. */
+#ifndef RG_API_H
+#define RG_API_H
+
+#include "events.h"
+
+struct rg_options {
+	unsigned long long event_mask;   /* bit per RG_KIND_* delivered to the caller */
+	unsigned long long ring_bytes;   /* ring buffer size: a power of two, >= page size */
+	unsigned long long wakeup_bytes; /* unread bytes past which a record wakes the consumer */
+	unsigned int max_latency_ms;     /* the timed drain: longest a record waits unread */
+	unsigned int filter_flags;       /* RG_FILTER_* */
+	unsigned int self_tgid;          /* never traced: the consuming process */
+	unsigned int batch_limit;        /* most events one poll returns */
+};
+
+struct rg_stats {
+	unsigned long long delivered[RG_KIND_SLOTS]; /* records decoded, per kind */
+	unsigned long long lost[RG_KIND_SLOTS];      /* ring-buffer reservation failures, per kind */
+	unsigned long long malformed;  /* records too short or of unknown kind: skipped */
+	unsigned long long bytes;      /* ring-buffer bytes consumed */
+	unsigned long long polls;
+	unsigned long long ring_size;
+	unsigned long long ring_used;  /* unread bytes right now */
+};
+
+/* One poll's events: a msgpack array of event maps, valid until the next poll. */
+struct rg_batch {
+	const unsigned char *data;
+	size_t len;
+	unsigned int count;
+};
+
+struct rg_tracer;
+
+/* Opens and loads every sensor the event mask needs; nothing is attached. */
+int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *err, size_t errlen);
+int rg_tracer_add_pid(struct rg_tracer *t, unsigned int pid, char *err, size_t errlen);
+int rg_tracer_add_comm(struct rg_tracer *t, const char *comm, char *err, size_t errlen);
+int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char *err, size_t errlen);
+/* Attaches every program; on any failure detaches those already attached. */
+int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen);
+/* Waits up to timeout_ms (-1: no limit) for events; returns their count or -errno. */
+int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out);
+int rg_tracer_epoll_fd(struct rg_tracer *t);
+void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out);
+/* Detaches and frees everything. */
+void rg_tracer_close(struct rg_tracer *t);
+/* In a forked child: closes the child's copies of the tracer's descriptors
+ * without detaching anything, so the parent keeps tracing and its close()
+ * really detaches. The tracer is unusable afterwards. */
+void rg_tracer_release_fds(struct rg_tracer *t);
+
+/* Stable process identity: unique across pid reuse and reboots. */
+unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boottime_ns);
+/* CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns, right now. */
+long long rg_realtime_offset_ns(void);
+
+/* Encodes records laid out as [u32 length][record]... exactly as the ring
+ * buffer consumer would; used to test the encoder with synthetic records. */
+int rg_encode_records(const unsigned char *records, size_t len, unsigned char *out, size_t cap,
+		      size_t *out_len, unsigned long long *malformed);
+
+/* Loads (and where meaningful attaches) the named probe program alone. */
+int rg_probe(const char *program, char *err, size_t errlen);
+
+#endif

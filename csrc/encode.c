@@ -1,0 +1,478 @@
+/* The batch encoder: turns ring-buffer records into msgpack event maps.
+ *
+ * Field names match runtimeguard/schema.py. Kernel strings are not trusted to
+ * be UTF-8: invalid bytes become U+FFFD so one odd path never fails a batch. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#include "api.h"
+#include "encode.h"
+
+static const char *const kind_names[RG_KIND_SLOTS] = {
+	[RG_KIND_PROCESS_EXEC] = "process_exec",
+	[RG_KIND_PROCESS_FORK] = "process_fork",
+	[RG_KIND_PROCESS_EXIT] = "process_exit",
+	[RG_KIND_FILE_OPEN] = "file_open",
+	[RG_KIND_NET_CONNECT] = "net_connect",
+	[RG_KIND_NET_SENDMSG] = "net_sendmsg",
+	[RG_KIND_PTRACE] = "ptrace",
+	[RG_KIND_PROCESS_MEMORY] = "process_memory",
+	[RG_KIND_LOST] = "lost",
+};
+
+static const size_t kind_sizes[RG_KIND_SLOTS] = {
+	[RG_KIND_PROCESS_EXEC] = sizeof(struct rg_exec_record),
+	[RG_KIND_PROCESS_FORK] = sizeof(struct rg_fork_record),
+	[RG_KIND_PROCESS_EXIT] = sizeof(struct rg_exit_record),
+	[RG_KIND_FILE_OPEN] = sizeof(struct rg_file_record),
+	[RG_KIND_NET_CONNECT] = sizeof(struct rg_net_record),
+	[RG_KIND_NET_SENDMSG] = sizeof(struct rg_net_record),
+	[RG_KIND_PTRACE] = sizeof(struct rg_ptrace_record),
+	[RG_KIND_PROCESS_MEMORY] = sizeof(struct rg_memory_record),
+};
+
+static void mp_name(struct mp_writer *w, const char *s) { mp_str_raw(w, s, strlen(s)); }
+
+/* Length of the longest valid UTF-8 sequence at s (1..4), or 0 if invalid. */
+static size_t utf8_sequence(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	size_t need;
+	unsigned int cp;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) {
+		need = 2;
+		cp = c & 0x1f;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		need = 3;
+		cp = c & 0x0f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		need = 4;
+		cp = c & 0x07;
+	} else {
+		return 0;
+	}
+	if (n < need)
+		return 0;
+	for (size_t i = 1; i < need; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	if ((need == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (need == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+		return 0;
+	return need;
+}
+
+/* Kernel text: valid UTF-8 is copied, each invalid byte becomes U+FFFD. */
+static void mp_text(struct mp_writer *w, const char *text, size_t n)
+{
+	const unsigned char *s = (const unsigned char *)text;
+	size_t i = 0;
+
+	while (i < n && s[i] < 0x80)
+		i++;
+	if (i == n) {
+		mp_str_raw(w, text, n);
+		return;
+	}
+	/* Slow path: measure, then write. */
+	size_t out = 0;
+	for (i = 0; i < n;) {
+		size_t k = utf8_sequence(s + i, n - i);
+		out += k ? k : 3;
+		i += k ? k : 1;
+	}
+	mp_str_header(w, out);
+	for (i = 0; i < n;) {
+		size_t k = utf8_sequence(s + i, n - i);
+		if (k) {
+			memcpy(w->buf + w->len, s + i, k);
+			w->len += k;
+			i += k;
+		} else {
+			memcpy(w->buf + w->len, "\xef\xbf\xbd", 3);
+			w->len += 3;
+			i++;
+		}
+	}
+}
+
+static void mp_cstr(struct mp_writer *w, const char *s, size_t max)
+{
+	mp_text(w, s, strnlen(s, max));
+}
+
+static unsigned long long user_dev(unsigned long long kdev)
+{
+	/* Kernel dev_t is major << 20 | minor; stat(2) reports new_encode_dev(). */
+	unsigned long long major = kdev >> 20, minor = kdev & 0xfffff;
+	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
+}
+
+/* The keys every event shares. n_extra: how many more keys the caller writes. */
+static void encode_common(struct rg_encoder *enc, struct mp_writer *w, const struct rg_header *h, uint32_t n_extra)
+{
+	mp_map(w, 9 + n_extra);
+	mp_lit(w, "timestamp");
+	mp_int(w, (long long)h->timestamp_ns + enc->realtime_offset_ns);
+	mp_lit(w, "id");
+	mp_uint(w, h->kind);
+	mp_lit(w, "name");
+	mp_name(w, kind_names[h->kind]);
+	mp_lit(w, "seq");
+	mp_uint(w, h->seq);
+	mp_lit(w, "cpu");
+	mp_uint(w, h->cpu);
+	mp_lit(w, "pid");
+	mp_uint(w, h->pid);
+	mp_lit(w, "tid");
+	mp_uint(w, h->tid);
+	mp_lit(w, "entity_id");
+	mp_uint(w, h->start_boottime ? rg_entity_id(h->pid, h->start_boottime) : 0);
+	mp_lit(w, "cgroup_id");
+	mp_uint(w, h->cgroup_id);
+}
+
+static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struct rg_exec_record *r)
+{
+	encode_common(enc, w, &r->hdr, 1);
+	mp_lit(w, "data");
+	mp_map(w, 13);
+	mp_lit(w, "type");
+	mp_lit(w, "process_exec");
+	mp_lit(w, "executable");
+	mp_cstr(w, r->filename, sizeof(r->filename));
+	mp_lit(w, "executable_truncated");
+	mp_bool(w, r->filename_truncated);
+
+	/* argv: NUL-separated, the last argument possibly cut short. */
+	size_t len = r->args_len < sizeof(r->args) ? r->args_len : sizeof(r->args);
+	uint32_t argc = 0;
+	for (size_t i = 0; i < len; i++)
+		if (r->args[i] == 0)
+			argc++;
+	int tail = len > 0 && r->args[len - 1] != 0;
+	mp_lit(w, "argv");
+	mp_array(w, argc + tail);
+	for (size_t start = 0, i = 0; i < len; i++) {
+		if (r->args[i] == 0 || i == len - 1) {
+			size_t end = r->args[i] == 0 ? i : i + 1;
+			mp_text(w, r->args + start, end - start);
+			start = i + 1;
+		}
+	}
+	mp_lit(w, "argv_truncated");
+	mp_bool(w, r->args_truncated || tail);
+	mp_lit(w, "comm");
+	mp_cstr(w, r->comm, sizeof(r->comm));
+	mp_lit(w, "uid");
+	mp_uint(w, r->uid);
+	mp_lit(w, "euid");
+	mp_uint(w, r->euid);
+	mp_lit(w, "gid");
+	mp_uint(w, r->gid);
+	mp_lit(w, "ppid");
+	mp_uint(w, r->ppid);
+	mp_lit(w, "parent_entity_id");
+	mp_uint(w, r->parent_start_boottime ? rg_entity_id(r->ppid, r->parent_start_boottime) : 0);
+	mp_lit(w, "start_time");
+	mp_int(w, (long long)r->hdr.start_boottime + enc->realtime_offset_ns);
+	mp_lit(w, "return_code");
+	mp_int(w, r->retval);
+}
+
+static void encode_fork(struct rg_encoder *enc, struct mp_writer *w, const struct rg_fork_record *r)
+{
+	encode_common(enc, w, &r->hdr, 1);
+	mp_lit(w, "data");
+	mp_map(w, 4);
+	mp_lit(w, "type");
+	mp_lit(w, "process_fork");
+	mp_lit(w, "child_pid");
+	mp_uint(w, r->child_pid);
+	mp_lit(w, "child_entity_id");
+	mp_uint(w, rg_entity_id(r->child_pid, r->child_start_boottime));
+	mp_lit(w, "child_start_time");
+	mp_int(w, (long long)r->child_start_boottime + enc->realtime_offset_ns);
+}
+
+static void encode_exit(struct rg_encoder *enc, struct mp_writer *w, const struct rg_exit_record *r)
+{
+	unsigned int status = r->exit_code;
+	int signal = status & 0x7f;
+
+	encode_common(enc, w, &r->hdr, 1);
+	mp_lit(w, "data");
+	mp_map(w, 5);
+	mp_lit(w, "type");
+	mp_lit(w, "process_exit");
+	mp_lit(w, "exit_code");
+	if (signal)
+		mp_nil(w);
+	else
+		mp_uint(w, (status >> 8) & 0xff);
+	mp_lit(w, "signal");
+	if (signal)
+		mp_uint(w, signal);
+	else
+		mp_nil(w);
+	mp_lit(w, "core_dumped");
+	mp_bool(w, status & 0x80);
+	mp_lit(w, "duration_ns");
+	mp_uint(w, r->hdr.timestamp_ns > r->hdr.start_boottime ? r->hdr.timestamp_ns - r->hdr.start_boottime : 0);
+}
+
+static void encode_inode_target(struct mp_writer *w, unsigned long long dev, unsigned long long ino,
+				const char *path, size_t path_len)
+{
+	char formatted[RG_PATH_LEN + 96];
+	int n;
+
+	if (path_len)
+		n = snprintf(formatted, sizeof(formatted), "%.*s (inode %llu on %llu:%llu)", (int)path_len, path,
+			     ino, dev >> 20, dev & 0xfffff);
+	else
+		n = snprintf(formatted, sizeof(formatted), "inode %llu on %llu:%llu", ino, dev >> 20, dev & 0xfffff);
+	mp_map(w, path_len ? 5 : 4);
+	mp_lit(w, "type");
+	mp_lit(w, "inode");
+	mp_lit(w, "device");
+	mp_uint(w, user_dev(dev));
+	mp_lit(w, "inode");
+	mp_uint(w, ino);
+	if (path_len) {
+		mp_lit(w, "path");
+		mp_text(w, path, path_len);
+	}
+	mp_lit(w, "formatted");
+	mp_text(w, formatted, n);
+}
+
+static void encode_file(struct rg_encoder *enc, struct mp_writer *w, const struct rg_file_record *r)
+{
+	size_t path_len = strnlen(r->path, sizeof(r->path));
+	int opened = r->retval >= 0 && r->ino;
+
+	encode_common(enc, w, &r->hdr, opened ? 2 : 1);
+	mp_lit(w, "data");
+	mp_map(w, 9);
+	mp_lit(w, "type");
+	mp_lit(w, "file_open");
+	mp_lit(w, "path");
+	mp_text(w, r->path, path_len);
+	mp_lit(w, "path_truncated");
+	mp_bool(w, r->path_truncated);
+	mp_lit(w, "flags");
+	mp_uint(w, r->flags);
+	mp_lit(w, "mode");
+	mp_uint(w, r->mode);
+	mp_lit(w, "result");
+	mp_int(w, r->retval);
+	mp_lit(w, "device");
+	mp_uint(w, user_dev(r->dev));
+	mp_lit(w, "inode");
+	mp_uint(w, r->ino);
+	mp_lit(w, "syscall");
+	switch (r->syscall) {
+	case RG_OPEN_OPEN: mp_lit(w, "open"); break;
+	case RG_OPEN_OPENAT2: mp_lit(w, "openat2"); break;
+	case RG_OPEN_CREAT: mp_lit(w, "creat"); break;
+	default: mp_lit(w, "openat"); break;
+	}
+	if (opened) {
+		mp_lit(w, "target_context");
+		encode_inode_target(w, r->dev, r->ino, r->path, path_len);
+	}
+}
+
+static void mp_protocol(struct mp_writer *w, unsigned int protocol)
+{
+	switch (protocol) {
+	case 0: mp_nil(w); break;
+	case IPPROTO_TCP: mp_lit(w, "tcp"); break;
+	case IPPROTO_UDP: mp_lit(w, "udp"); break;
+	case IPPROTO_ICMP: mp_lit(w, "icmp"); break;
+	case IPPROTO_ICMPV6: mp_lit(w, "icmpv6"); break;
+	case IPPROTO_SCTP: mp_lit(w, "sctp"); break;
+	case IPPROTO_RAW: mp_lit(w, "raw"); break;
+	case 262: mp_lit(w, "mptcp"); break;
+	default: {
+		char text[16];
+		int n = snprintf(text, sizeof(text), "proto-%u", protocol);
+		mp_str_raw(w, text, n);
+	}
+	}
+}
+
+static void encode_net(struct rg_encoder *enc, struct mp_writer *w, const struct rg_net_record *r)
+{
+	char addr[INET6_ADDRSTRLEN] = "";
+	char formatted[INET6_ADDRSTRLEN + 16];
+	int v6 = r->family == AF_INET6;
+	int n;
+
+	/* addr holds the sockaddr's bytes in network order: inet_ntop reads them
+	 * as such, so 127.1.2.3 never comes out reversed. */
+	inet_ntop(v6 ? AF_INET6 : AF_INET, r->addr, addr, sizeof(addr));
+	if (v6)
+		n = snprintf(formatted, sizeof(formatted), "[%s]:%u", addr, r->port);
+	else
+		n = snprintf(formatted, sizeof(formatted), "%s:%u", addr, r->port);
+	size_t addr_len = strlen(addr);
+
+	encode_common(enc, w, &r->hdr, 2);
+	mp_lit(w, "data");
+	mp_map(w, r->hdr.kind == RG_KIND_NET_SENDMSG ? 8 : 7);
+	mp_lit(w, "type");
+	mp_name(w, kind_names[r->hdr.kind]);
+	mp_lit(w, "family");
+	if (v6)
+		mp_lit(w, "ipv6");
+	else
+		mp_lit(w, "ipv4");
+	mp_lit(w, "protocol");
+	mp_protocol(w, r->protocol);
+	mp_lit(w, "address");
+	mp_str_raw(w, addr, addr_len);
+	mp_lit(w, "port");
+	mp_uint(w, r->port);
+	mp_lit(w, "result");
+	mp_int(w, r->retval);
+	mp_lit(w, "fd");
+	mp_uint(w, r->fd);
+	if (r->hdr.kind == RG_KIND_NET_SENDMSG) {
+		mp_lit(w, "syscall");
+		if (r->syscall == RG_SEND_SENDMSG)
+			mp_lit(w, "sendmsg");
+		else
+			mp_lit(w, "sendto");
+	}
+	mp_lit(w, "target_context");
+	mp_map(w, 4);
+	mp_lit(w, "type");
+	if (v6)
+		mp_lit(w, "ipv6");
+	else
+		mp_lit(w, "ipv4");
+	mp_lit(w, "address");
+	mp_str_raw(w, addr, addr_len);
+	mp_lit(w, "port");
+	mp_uint(w, r->port);
+	mp_lit(w, "formatted");
+	mp_str_raw(w, formatted, n);
+}
+
+static void encode_pid_target(struct mp_writer *w, unsigned int pid)
+{
+	char formatted[32];
+	int n = snprintf(formatted, sizeof(formatted), "pid %u", pid);
+
+	mp_lit(w, "target_context");
+	mp_map(w, 3);
+	mp_lit(w, "type");
+	mp_lit(w, "pid");
+	mp_lit(w, "pid");
+	mp_uint(w, pid);
+	mp_lit(w, "formatted");
+	mp_str_raw(w, formatted, n);
+}
+
+static void encode_ptrace(struct rg_encoder *enc, struct mp_writer *w, const struct rg_ptrace_record *r)
+{
+	encode_common(enc, w, &r->hdr, 2);
+	mp_lit(w, "data");
+	mp_map(w, 4);
+	mp_lit(w, "type");
+	mp_lit(w, "ptrace");
+	mp_lit(w, "request");
+	mp_int(w, r->request);
+	mp_lit(w, "target_pid");
+	mp_uint(w, r->target_pid);
+	mp_lit(w, "result");
+	mp_int(w, r->retval);
+	encode_pid_target(w, r->target_pid);
+}
+
+static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const struct rg_memory_record *r)
+{
+	encode_common(enc, w, &r->hdr, 2);
+	mp_lit(w, "data");
+	mp_map(w, 5);
+	mp_lit(w, "type");
+	mp_lit(w, "process_memory");
+	mp_lit(w, "method");
+	switch (r->method) {
+	case RG_MEM_VM_READV: mp_lit(w, "process_vm_readv"); break;
+	case RG_MEM_VM_WRITEV: mp_lit(w, "process_vm_writev"); break;
+	default: mp_lit(w, "proc_mem_open"); break;
+	}
+	mp_lit(w, "target_pid");
+	mp_uint(w, r->target_pid);
+	mp_lit(w, "flags");
+	mp_uint(w, r->flags);
+	mp_lit(w, "result");
+	mp_int(w, r->retval);
+	encode_pid_target(w, r->target_pid);
+}
+
+int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *data, size_t len)
+{
+	const struct rg_header *h = data;
+
+	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !kind_sizes[h->kind] || len < kind_sizes[h->kind]) {
+		enc->malformed++;
+		return 0;
+	}
+	switch (h->kind) {
+	case RG_KIND_PROCESS_EXEC: encode_exec(enc, w, data); break;
+	case RG_KIND_PROCESS_FORK: encode_fork(enc, w, data); break;
+	case RG_KIND_PROCESS_EXIT: encode_exit(enc, w, data); break;
+	case RG_KIND_FILE_OPEN: encode_file(enc, w, data); break;
+	case RG_KIND_NET_CONNECT:
+	case RG_KIND_NET_SENDMSG: encode_net(enc, w, data); break;
+	case RG_KIND_PTRACE: encode_ptrace(enc, w, data); break;
+	case RG_KIND_PROCESS_MEMORY: encode_memory(enc, w, data); break;
+	}
+	enc->delivered[h->kind]++;
+	return 1;
+}
+
+void rg_encode_lost(struct rg_encoder *enc, struct mp_writer *w, const unsigned long long *lost_delta,
+		    unsigned long long total)
+{
+	struct rg_header h = { .kind = RG_KIND_LOST };
+	struct timespec ts;
+	uint32_t kinds = 0;
+
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	h.timestamp_ns = ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+	for (int k = 0; k < RG_KIND_SLOTS; k++)
+		kinds += lost_delta[k] != 0;
+	encode_common(enc, w, &h, 1);
+	mp_lit(w, "data");
+	mp_map(w, 3);
+	mp_lit(w, "type");
+	mp_lit(w, "lost");
+	mp_lit(w, "count");
+	mp_uint(w, total);
+	mp_lit(w, "by_kind");
+	mp_map(w, kinds);
+	for (int k = 0; k < RG_KIND_SLOTS; k++) {
+		if (!lost_delta[k])
+			continue;
+		if (kind_names[k]) {
+			mp_name(w, kind_names[k]);
+		} else {
+			char name[16];
+			mp_str_raw(w, name, snprintf(name, sizeof(name), "kind-%d", k));
+		}
+		mp_uint(w, lost_delta[k]);
+	}
+}

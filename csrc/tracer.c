@@ -1,0 +1,613 @@
+/* Loading the sensors, attaching them, and draining the ring buffer.
+ *
+ * Sensors are separate BPF objects sharing one ring buffer, one counter map
+ * and the filter maps (bpf_map__reuse_fd). Everything a tracer owns is held
+ * by file descriptors: nothing is pinned, so a killed consumer leaves nothing
+ * attached. Errors name the step and the program or map, and carry what
+ * libbpf (and the verifier) said. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "api.h"
+#include "encode.h"
+#include "process.skel.h"
+#include "file.skel.h"
+#include "net.skel.h"
+#include "ptrace.skel.h"
+#include "probe.skel.h"
+
+/* ---- libbpf's messages, kept for error reports ---- */
+
+#define RG_LOG_KEEP 6144
+static __thread char libbpf_log[RG_LOG_KEEP];
+static __thread size_t libbpf_log_len;
+
+static int capture_libbpf(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	static __thread char line[65536];
+	int n;
+
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	n = vsnprintf(line, sizeof(line), fmt, args);
+	if (n <= 0)
+		return 0;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	if (getenv("RUNTIMEGUARD_LIBBPF_LOG"))
+		fputs(line, stderr);
+	/* Keep the tail: the verifier's verdict comes last. */
+	if (n >= RG_LOG_KEEP) {
+		memmove(line, line + n - (RG_LOG_KEEP - 1), RG_LOG_KEEP - 1);
+		n = RG_LOG_KEEP - 1;
+		line[n] = 0;
+	}
+	if (libbpf_log_len + n >= RG_LOG_KEEP) {
+		size_t drop = libbpf_log_len + n - RG_LOG_KEEP + 1;
+		if (drop > libbpf_log_len)
+			drop = libbpf_log_len;
+		memmove(libbpf_log, libbpf_log + drop, libbpf_log_len - drop);
+		libbpf_log_len -= drop;
+	}
+	memcpy(libbpf_log + libbpf_log_len, line, n);
+	libbpf_log_len += n;
+	libbpf_log[libbpf_log_len] = 0;
+	return 0;
+}
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static unsigned long long boot_hash;
+static unsigned long long ns_per_tick = 10000000ULL;
+
+static unsigned long long mix64(unsigned long long x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
+static void init_globals(void)
+{
+	char id[64] = "";
+	int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+	long tck = sysconf(_SC_CLK_TCK);
+
+	libbpf_set_print(capture_libbpf);
+	if (fd >= 0) {
+		if (read(fd, id, sizeof(id) - 1) < 0)
+			id[0] = 0;
+		close(fd);
+	}
+	boot_hash = 0x243f6a8885a308d3ULL;
+	for (const char *p = id; *p; p++)
+		boot_hash = mix64(boot_hash ^ (unsigned char)*p);
+	if (tck > 0)
+		ns_per_tick = 1000000000ULL / tck;
+}
+
+static void log_reset(void)
+{
+	pthread_once(&init_once, init_globals);
+	libbpf_log_len = 0;
+	libbpf_log[0] = 0;
+}
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+	va_list args;
+	size_t n;
+
+	if (code > 0)
+		code = -code;
+	if (!code)
+		code = -EINVAL;
+	va_start(args, fmt);
+	n = vsnprintf(err, errlen, fmt, args);
+	va_end(args);
+	if (n < errlen)
+		n += snprintf(err + n, errlen - n, ": %s", strerror(-code));
+	if (libbpf_log_len && n < errlen)
+		snprintf(err + n, errlen - n, "\n%s", libbpf_log);
+	return code;
+}
+
+unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boottime_ns)
+{
+	pthread_once(&init_once, init_globals);
+	/* Start time at clock-tick resolution, as /proc/<pid>/stat reports it,
+	 * so processes found in /proc get the same id as those seen by BPF. */
+	unsigned long long ticks = start_boottime_ns / ns_per_tick;
+	return mix64(boot_hash ^ mix64(((unsigned long long)pid << 40) ^ ticks)) >> 1;
+}
+
+long long rg_realtime_offset_ns(void)
+{
+	struct timespec real, boot;
+
+	clock_gettime(CLOCK_REALTIME, &real);
+	clock_gettime(CLOCK_BOOTTIME, &boot);
+	return (real.tv_sec - boot.tv_sec) * 1000000000LL + (real.tv_nsec - boot.tv_nsec);
+}
+
+/* ---- sensors ---- */
+
+enum { SENSOR_PROCESS, SENSOR_FILE, SENSOR_NET, SENSOR_PTRACE, SENSOR_COUNT };
+
+static const char *const sensor_names[SENSOR_COUNT] = { "process", "file", "net", "ptrace" };
+
+static const char *const shared_maps[] = { "rg_events", "rg_counters", "rg_filt_pids", "rg_filt_comms",
+					   "rg_filt_cgroups" };
+#define SHARED_MAP_COUNT (sizeof(shared_maps) / sizeof(shared_maps[0]))
+
+struct sensor {
+	void *skel;
+	struct bpf_object *obj;
+	void (*destroy)(void *skel);
+};
+
+#define MAX_LINKS 64
+
+struct rg_tracer {
+	struct rg_options opts;
+	struct sensor sensors[SENSOR_COUNT];
+	struct bpf_link *links[MAX_LINKS];
+	int n_links;
+	int shared_fds[SHARED_MAP_COUNT];
+	struct ring_buffer *ring;
+	int epoll_fd;
+	/* The ring's positions, mapped read-only for the fill level. */
+	void *consumer_page, *producer_page;
+	size_t page_size;
+
+	struct mp_writer out;
+	struct rg_encoder enc;
+	unsigned int batch_count;
+	unsigned long long lost_seen[RG_KIND_SLOTS];
+	unsigned long long delivered[RG_KIND_SLOTS];
+	unsigned long long bytes, polls;
+	int ncpus;
+	struct rg_counters *percpu;
+};
+
+/* Sets the rodata every sensor shares, then loads with the shared maps. */
+#define OPEN_SENSOR(name)                                                                     \
+	static int open_##name(struct rg_tracer *t, struct sensor *s)                            \
+	{                                                                                         \
+		struct rg_##name *skel = rg_##name##__open();                                      \
+		if (!skel)                                                                        \
+			return -errno;                                                            \
+		skel->rodata->rg_self_tgid = t->opts.self_tgid;                                   \
+		skel->rodata->rg_filter_flags = t->opts.filter_flags;                             \
+		skel->rodata->rg_event_mask = t->opts.event_mask;                                 \
+		skel->rodata->rg_wakeup_bytes = t->opts.wakeup_bytes;                             \
+		s->skel = skel;                                                                   \
+		s->obj = skel->obj;                                                               \
+		s->destroy = (void (*)(void *))rg_##name##__destroy;                               \
+		return 0;                                                                         \
+	}
+
+OPEN_SENSOR(process)
+OPEN_SENSOR(file)
+OPEN_SENSOR(net)
+OPEN_SENSOR(ptrace)
+
+static int (*const sensor_open[SENSOR_COUNT])(struct rg_tracer *, struct sensor *) = {
+	open_process, open_file, open_net, open_ptrace,
+};
+
+static unsigned long long sensor_kinds[SENSOR_COUNT] = {
+	[SENSOR_PROCESS] = 1ULL << RG_KIND_PROCESS_EXEC | 1ULL << RG_KIND_PROCESS_FORK | 1ULL << RG_KIND_PROCESS_EXIT,
+	[SENSOR_FILE] = 1ULL << RG_KIND_FILE_OPEN | 1ULL << RG_KIND_PROCESS_MEMORY,
+	[SENSOR_NET] = 1ULL << RG_KIND_NET_CONNECT | 1ULL << RG_KIND_NET_SENDMSG,
+	[SENSOR_PTRACE] = 1ULL << RG_KIND_PTRACE | 1ULL << RG_KIND_PROCESS_MEMORY,
+};
+
+static int handle_record(void *ctx, void *data, size_t len);
+
+static void tracer_free(struct rg_tracer *t)
+{
+	for (int i = t->n_links - 1; i >= 0; i--)
+		bpf_link__destroy(t->links[i]);
+	t->n_links = 0;
+	if (t->ring)
+		ring_buffer__free(t->ring);
+	if (t->consumer_page)
+		munmap(t->consumer_page, t->page_size);
+	if (t->producer_page)
+		munmap(t->producer_page, t->page_size);
+	for (int i = SENSOR_COUNT - 1; i >= 0; i--)
+		if (t->sensors[i].skel)
+			t->sensors[i].destroy(t->sensors[i].skel);
+	free(t->out.buf);
+	free(t->percpu);
+	free(t);
+}
+
+static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
+{
+	struct sensor *s = &t->sensors[i];
+	int first = t->shared_fds[0] < 0;
+	int ret = sensor_open[i](t, s);
+
+	if (ret)
+		return fail(err, errlen, ret, "opening the %s sensor", sensor_names[i]);
+	for (size_t m = 0; m < SHARED_MAP_COUNT; m++) {
+		struct bpf_map *map = bpf_object__find_map_by_name(s->obj, shared_maps[m]);
+		if (!map)
+			return fail(err, errlen, -ENOENT, "%s sensor: map %s", sensor_names[i], shared_maps[m]);
+		if (first) {
+			if (m == 0 && (ret = bpf_map__set_max_entries(map, t->opts.ring_bytes)))
+				return fail(err, errlen, ret, "sizing ring buffer %s to %llu bytes", shared_maps[m],
+					    t->opts.ring_bytes);
+		} else if ((ret = bpf_map__reuse_fd(map, t->shared_fds[m]))) {
+			return fail(err, errlen, ret, "%s sensor: sharing map %s", sensor_names[i], shared_maps[m]);
+		}
+	}
+	if ((ret = bpf_object__load(s->obj)))
+		return fail(err, errlen, ret, "loading the %s sensor's BPF programs", sensor_names[i]);
+	if (first)
+		for (size_t m = 0; m < SHARED_MAP_COUNT; m++)
+			t->shared_fds[m] = bpf_map__fd(bpf_object__find_map_by_name(s->obj, shared_maps[m]));
+	return 0;
+}
+
+static int map_ring_positions(struct rg_tracer *t, char *err, size_t errlen)
+{
+	int fd = t->shared_fds[0];
+
+	t->page_size = sysconf(_SC_PAGESIZE);
+	t->consumer_page = mmap(NULL, t->page_size, PROT_READ, MAP_SHARED, fd, 0);
+	if (t->consumer_page == MAP_FAILED) {
+		t->consumer_page = NULL;
+		return fail(err, errlen, -errno, "mapping the ring buffer's consumer position");
+	}
+	t->producer_page = mmap(NULL, t->page_size, PROT_READ, MAP_SHARED, fd, t->page_size);
+	if (t->producer_page == MAP_FAILED) {
+		t->producer_page = NULL;
+		return fail(err, errlen, -errno, "mapping the ring buffer's producer position");
+	}
+	return 0;
+}
+
+int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *err, size_t errlen)
+{
+	struct rg_tracer *t;
+	int ret;
+
+	log_reset();
+	*out = NULL;
+	if (opts->ring_bytes < 4096 || (opts->ring_bytes & (opts->ring_bytes - 1)))
+		return fail(err, errlen, -EINVAL, "ring buffer size %llu is not a power of two of at least 4096",
+			    opts->ring_bytes);
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return fail(err, errlen, -ENOMEM, "allocating the tracer");
+	t->opts = *opts;
+	if (!t->opts.batch_limit)
+		t->opts.batch_limit = 4096;
+	if (!t->opts.max_latency_ms)
+		t->opts.max_latency_ms = 20;
+	t->epoll_fd = -1;
+	for (size_t m = 0; m < SHARED_MAP_COUNT; m++)
+		t->shared_fds[m] = -1;
+	t->enc.delivered = t->delivered;
+
+	for (int i = 0; i < SENSOR_COUNT; i++) {
+		if (i != SENSOR_PROCESS && !(sensor_kinds[i] & opts->event_mask))
+			continue;
+		if ((ret = load_sensor(t, i, err, errlen)))
+			goto error;
+	}
+	t->ring = ring_buffer__new(t->shared_fds[0], handle_record, t, NULL);
+	if (!t->ring) {
+		ret = fail(err, errlen, -errno, "opening ring buffer rg_events");
+		goto error;
+	}
+	t->epoll_fd = ring_buffer__epoll_fd(t->ring);
+	if ((ret = map_ring_positions(t, err, errlen)))
+		goto error;
+	t->ncpus = libbpf_num_possible_cpus();
+	t->percpu = calloc(t->ncpus > 0 ? t->ncpus : 1, sizeof(struct rg_counters));
+	t->out.cap = (size_t)t->opts.batch_limit * 512 + RG_MAX_ENCODED_RECORD + 16;
+	t->out.buf = malloc(t->out.cap);
+	if (t->ncpus <= 0 || !t->percpu || !t->out.buf) {
+		ret = fail(err, errlen, -ENOMEM, "allocating the consumer's buffers");
+		goto error;
+	}
+	*out = t;
+	return 0;
+error:
+	tracer_free(t);
+	return ret;
+}
+
+static int add_filter(struct rg_tracer *t, int map_index, const void *key, char *err, size_t errlen)
+{
+	unsigned char one = 1;
+
+	log_reset();
+	if (bpf_map_update_elem(t->shared_fds[map_index], key, &one, BPF_ANY))
+		return fail(err, errlen, -errno, "adding to filter map %s", shared_maps[map_index]);
+	return 0;
+}
+
+int rg_tracer_add_pid(struct rg_tracer *t, unsigned int pid, char *err, size_t errlen)
+{
+	return add_filter(t, 2, &pid, err, errlen);
+}
+
+int rg_tracer_add_comm(struct rg_tracer *t, const char *comm, char *err, size_t errlen)
+{
+	char key[RG_COMM_LEN] = {};
+
+	strncpy(key, comm, sizeof(key) - 1);
+	return add_filter(t, 3, key, err, errlen);
+}
+
+int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char *err, size_t errlen)
+{
+	return add_filter(t, 4, &cgroup_id, err, errlen);
+}
+
+int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
+{
+	int code = 0;
+
+	log_reset();
+	if (t->n_links)
+		return 0;
+	for (int i = 0; i < SENSOR_COUNT && !code; i++) {
+		struct bpf_program *prog;
+
+		if (!t->sensors[i].obj)
+			continue;
+		bpf_object__for_each_program(prog, t->sensors[i].obj) {
+			struct bpf_link *link = NULL;
+
+			if (t->n_links == MAX_LINKS)
+				code = fail(err, errlen, -E2BIG, "more than %d programs to attach", MAX_LINKS);
+			else if (!(link = bpf_program__attach(prog)))
+				code = fail(err, errlen, -errno, "attaching BPF program %s (%s) of the %s sensor",
+					    bpf_program__name(prog), bpf_program__section_name(prog), sensor_names[i]);
+			if (code)
+				break;
+			t->links[t->n_links++] = link;
+		}
+	}
+	if (code) {
+		/* All or nothing: detach what this call attached. */
+		for (int i = t->n_links - 1; i >= 0; i--)
+			bpf_link__destroy(t->links[i]);
+		t->n_links = 0;
+	}
+	return code;
+}
+
+/* ---- consuming ---- */
+
+#define RG_STOP_BATCH (-ENOBUFS)
+
+static int handle_record(void *ctx, void *data, size_t len)
+{
+	struct rg_tracer *t = ctx;
+
+	t->bytes += len;
+	if (rg_encode_record(&t->enc, &t->out, data, len))
+		t->batch_count++;
+	/* The record is consumed either way; stop while room remains for one more. */
+	if (t->batch_count >= t->opts.batch_limit || t->out.cap - t->out.len < RG_MAX_ENCODED_RECORD)
+		return RG_STOP_BATCH;
+	return 0;
+}
+
+static void check_lost(struct rg_tracer *t)
+{
+	unsigned int zero = 0;
+	unsigned long long total[RG_KIND_SLOTS] = {}, delta[RG_KIND_SLOTS], sum = 0;
+
+	if (bpf_map_lookup_elem(t->shared_fds[1], &zero, t->percpu))
+		return;
+	for (int c = 0; c < t->ncpus; c++)
+		for (int k = 0; k < RG_KIND_SLOTS; k++)
+			total[k] += t->percpu[c].lost[k];
+	for (int k = 0; k < RG_KIND_SLOTS; k++) {
+		delta[k] = total[k] - t->lost_seen[k];
+		sum += delta[k];
+	}
+	if (!sum)
+		return;
+	memcpy(t->lost_seen, total, sizeof(total));
+	rg_encode_lost(&t->enc, &t->out, delta, sum);
+	t->batch_count++;
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static int drain(struct rg_tracer *t)
+{
+	int ret = ring_buffer__consume(t->ring);
+
+	if (ret < 0 && ret != RG_STOP_BATCH)
+		return ret;
+	if (t->out.cap - t->out.len >= RG_MAX_ENCODED_RECORD)
+		check_lost(t);
+	return 0;
+}
+
+int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out)
+{
+	long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	struct epoll_event ev;
+	int ret;
+
+	t->polls++;
+	t->enc.realtime_offset_ns = rg_realtime_offset_ns();
+	t->batch_count = 0;
+	/* Room for an array32 header, written once the count is known. */
+	t->out.len = 5;
+	for (;;) {
+		if ((ret = drain(t)))
+			return ret;
+		if (t->batch_count)
+			break;
+		int wait = t->opts.max_latency_ms;
+		if (deadline >= 0) {
+			long long left = deadline - now_ms();
+			if (left <= 0)
+				break;
+			if (left < wait)
+				wait = left;
+		}
+		/* Records are submitted without wake-ups below the fill threshold, so
+		 * this wait is also the timed drain that bounds their latency. */
+		if (epoll_wait(t->epoll_fd, &ev, 1, wait) < 0 && errno == EINTR)
+			return -EINTR;
+	}
+	t->out.buf[0] = 0xdd;
+	for (int i = 0; i < 4; i++)
+		t->out.buf[1 + i] = t->batch_count >> (24 - 8 * i);
+	out->data = t->out.buf;
+	out->len = t->out.len;
+	out->count = t->batch_count;
+	return t->batch_count;
+}
+
+int rg_tracer_epoll_fd(struct rg_tracer *t)
+{
+	return t->epoll_fd;
+}
+
+void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out)
+{
+	unsigned long long cons = *(volatile unsigned long *)t->consumer_page;
+	unsigned long long prod = *(volatile unsigned long *)t->producer_page;
+
+	memset(out, 0, sizeof(*out));
+	memcpy(out->delivered, t->delivered, sizeof(out->delivered));
+	memcpy(out->lost, t->lost_seen, sizeof(out->lost));
+	out->malformed = t->enc.malformed;
+	out->bytes = t->bytes;
+	out->polls = t->polls;
+	out->ring_size = t->opts.ring_bytes;
+	out->ring_used = prod - cons;
+}
+
+void rg_tracer_close(struct rg_tracer *t)
+{
+	if (t)
+		tracer_free(t);
+}
+
+void rg_tracer_release_fds(struct rg_tracer *t)
+{
+	/* Plain close(): libbpf's destroy paths would also disable the perf
+	 * events the parent still uses. Memory stays: the child has a copy. */
+	for (int i = 0; i < t->n_links; i++)
+		close(bpf_link__fd(t->links[i]));
+	for (int i = 0; i < SENSOR_COUNT; i++) {
+		struct bpf_program *prog;
+		struct bpf_map *map;
+
+		if (!t->sensors[i].obj)
+			continue;
+		bpf_object__for_each_program(prog, t->sensors[i].obj)
+			if (bpf_program__fd(prog) >= 0)
+				close(bpf_program__fd(prog));
+		bpf_object__for_each_map(map, t->sensors[i].obj)
+			if (bpf_map__fd(map) >= 0)
+				close(bpf_map__fd(map));
+	}
+	if (t->epoll_fd >= 0)
+		close(t->epoll_fd);
+}
+
+int rg_encode_records(const unsigned char *records, size_t len, unsigned char *out, size_t cap,
+		      size_t *out_len, unsigned long long *malformed)
+{
+	unsigned long long delivered[RG_KIND_SLOTS] = {};
+	struct rg_encoder enc = { .realtime_offset_ns = 0, .delivered = delivered };
+	struct mp_writer w = { .buf = out, .len = 5, .cap = cap };
+	unsigned int count = 0;
+	size_t pos = 0;
+
+	while (pos + 4 <= len) {
+		unsigned int n;
+		memcpy(&n, records + pos, 4);
+		pos += 4;
+		if (n > len - pos)
+			n = len - pos;
+		if (w.cap - w.len < RG_MAX_ENCODED_RECORD)
+			return -ENOBUFS;
+		count += rg_encode_record(&enc, &w, records + pos, n);
+		pos += n;
+	}
+	out[0] = 0xdd;
+	for (int i = 0; i < 4; i++)
+		out[1 + i] = count >> (24 - 8 * i);
+	*out_len = w.len;
+	*malformed = enc.malformed;
+	return count;
+}
+
+/* ---- feature probes ---- */
+
+int rg_probe(const char *program, char *err, size_t errlen)
+{
+	struct rg_probe *skel;
+	struct bpf_program *prog, *target = NULL;
+	int ret;
+
+	log_reset();
+	skel = rg_probe__open();
+	if (!skel)
+		return fail(err, errlen, -errno, "opening the probe object");
+	bpf_object__for_each_program(prog, skel->obj) {
+		int match = strcmp(bpf_program__name(prog), program) == 0;
+		bpf_program__set_autoload(prog, match);
+		if (match)
+			target = prog;
+	}
+	if (!target) {
+		rg_probe__destroy(skel);
+		return fail(err, errlen, -ENOENT, "no probe program %s", program);
+	}
+	ret = bpf_object__load(skel->obj);
+	if (ret) {
+		ret = fail(err, errlen, ret, "loading %s", bpf_program__section_name(target));
+	} else {
+		enum bpf_prog_type type = bpf_program__type(target);
+		/* Cgroup and uprobe programs need a target to attach to: loading is the test. */
+		if (type != BPF_PROG_TYPE_CGROUP_SOCK_ADDR && type != BPF_PROG_TYPE_CGROUP_SKB &&
+		    type != BPF_PROG_TYPE_CGROUP_SOCK && strcmp(program, "rg_probe_uprobe") != 0) {
+			struct bpf_link *link = bpf_program__attach(target);
+			if (!link)
+				ret = fail(err, errlen, -errno, "attaching %s", bpf_program__section_name(target));
+			else
+				bpf_link__destroy(link);
+		}
+	}
+	rg_probe__destroy(skel);
+	return ret;
+}

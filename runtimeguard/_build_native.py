@@ -1,0 +1,66 @@
+"""cffi build script (API, out-of-line mode) for ``runtimeguard._native``.
+
+Builds the BPF skeletons first (clang + bpftool, via bpf/Makefile), then
+compiles csrc/ with them embedded and libbpf, libelf and zlib linked
+statically, so the installed module needs none of them on the target host.
+The wire structs reach cdef by preprocessing bpf/events.h itself: one
+definition, shared by the BPF programs, the C consumer and Python.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+from cffi import FFI
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "build")
+DEPS = os.path.join(BUILD, "deps")
+SKELETONS = os.path.join(BUILD, "bpf")
+SOURCES = ["csrc/tracer.c", "csrc/encode.c"]
+
+
+def _run(argv):
+    result = subprocess.run(argv, cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(f"runtimeguard build: {' '.join(argv)} failed (exit {result.returncode})")
+
+
+def _prepare():
+    _run(["bash", "scripts/build-static-deps.sh"])
+    _run(["make", "-s", "-C", "bpf", f"OUT={SKELETONS}", f"DEPS={DEPS}"])
+
+
+def _cdef():
+    """The API and wire structs, preprocessed, plus their integer #defines."""
+    with open(os.path.join(ROOT, "bpf", "events.h")) as f:
+        defines = [line for line in f if re.match(r"#define RG_\w+ \d+\s*$", line)]
+    cc = os.environ.get("CC", "cc")
+    expanded = subprocess.run(
+        [cc, "-E", "-P", "-I", os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc", "api.h")],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return "".join(defines) + expanded
+
+
+_prepare()
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "runtimeguard._native",
+    '#include "api.h"\n',
+    sources=[os.path.join(ROOT, s) for s in SOURCES],
+    include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
+                  os.path.join(DEPS, "include")],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+    extra_link_args=[
+        "-Wl,--exclude-libs,ALL",
+        os.path.join(DEPS, "lib", "libbpf.a"),
+        os.path.join(DEPS, "lib", "libelf.a"),
+        os.path.join(DEPS, "lib", "libz.a"),
+    ],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=os.path.join(BUILD, "cffi"), verbose=True)

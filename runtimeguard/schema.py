@@ -1,0 +1,293 @@
+"""The event schema: every Struct an event is made of, and the event registry.
+
+Modeled on Tracee's event structure v2 (names close to ECS/OpenTelemetry):
+``timestamp``, ``name``, a stable integer ``id``, ``workload.process`` with
+its parent, ``workload.container``, ``action``, ``target_context``, per-event
+``data`` as a tagged union, and ``policy``/``threat``/``triggered_by`` where
+they apply.
+
+``Process``, ``Container`` and ``Workload`` values are shared by every event
+of the same process: they are resolved once from the process table, never
+rebuilt per event. The acting thread is ``Event.tid``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+import msgspec
+
+SCHEMA_VERSION = "1.0"
+
+# The event registry: name -> stable id. Add-only; an id is never reused or
+# renumbered. The kernel record kinds in bpf/events.h use the same numbers.
+EVENT_IDS: dict[str, int] = {
+    "process_exec": 1,
+    "process_fork": 2,
+    "process_exit": 3,
+    "file_open": 4,
+    "net_connect": 5,
+    "net_sendmsg": 6,
+    "ptrace": 7,
+    "process_memory": 8,
+    "lost": 9,
+}
+EVENT_NAMES: dict[int, str] = {v: k for k, v in EVENT_IDS.items()}
+
+EventName = Literal[
+    "process_exec",
+    "process_fork",
+    "process_exit",
+    "file_open",
+    "net_connect",
+    "net_sendmsg",
+    "ptrace",
+    "process_memory",
+    "lost",
+]
+
+Action = Literal["observed", "blocked", "would_block", "killed"]
+
+
+class ProcessRef(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """Another process, named from an event's process (its parent, an ancestor)."""
+
+    pid: int
+    entity_id: int
+    name: Optional[str] = None
+    executable: Optional[str] = None
+
+
+class Process(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A process, shared by all of its events (resolved by entity id)."""
+
+    pid: int
+    entity_id: int
+    name: str
+    """The kernel's comm: at most 15 bytes."""
+    executable: Optional[str] = None
+    argv: Optional[list[str]] = None
+    argv_truncated: bool = False
+    uid: Optional[int] = None
+    euid: Optional[int] = None
+    gid: Optional[int] = None
+    ppid: Optional[int] = None
+    start_time: Optional[int] = None
+    """Nanoseconds since the Unix epoch."""
+    parent: Optional[ProcessRef] = None
+    ancestors: list[ProcessRef] = []
+    """Parent first, then its parent, as far as known."""
+
+
+class Container(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    id: str
+    runtime: Optional[str] = None
+
+
+class Pod(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    name: Optional[str] = None
+    namespace: Optional[str] = None
+    uid: Optional[str] = None
+
+
+class Workload(msgspec.Struct, frozen=True, omit_defaults=True):
+    process: Process
+    cgroup: Optional[str] = None
+    """The cgroup v2 path, relative to the hierarchy's root."""
+    container: Optional[Container] = None
+    pod: Optional[Pod] = None
+
+
+class TargetContext(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """What an event touched or was stopped from touching.
+
+    ``formatted`` is always set: ``127.1.2.3:8080``, ``[::1]:443``,
+    ``/etc/shadow (inode 1234 on 8:1)``, ``pid 4321 (bash)``.
+    """
+
+    type: Literal["ipv4", "ipv6", "inode", "pid"]
+    formatted: str
+    address: Optional[str] = None
+    port: Optional[int] = None
+    device: Optional[int] = None
+    """As ``os.stat().st_dev`` reports it."""
+    inode: Optional[int] = None
+    path: Optional[str] = None
+    pid: Optional[int] = None
+    comm: Optional[str] = None
+
+
+class PolicyRef(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    rule: str
+    mode: Literal["audit", "enforce"]
+    name: Optional[str] = None
+
+
+class Threat(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    description: str
+    severity: Literal["info", "low", "medium", "high", "critical"]
+    mitre_tactic: Optional[str] = None
+    mitre_technique: Optional[str] = None
+
+
+class TriggeredBy(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    name: str
+    id: int
+    timestamp: int
+
+
+# ---- per-event data: a tagged union on "type" (the event name) ----
+
+class _Data(msgspec.Struct, frozen=True, gc=False, tag_field="type", omit_defaults=True):
+    pass
+
+
+class ProcessExecData(_Data, tag="process_exec"):
+    executable: str
+    argv: list[str]
+    comm: str
+    uid: int
+    euid: int
+    gid: int
+    ppid: int
+    parent_entity_id: int
+    start_time: int
+    return_code: int
+    """0 for an exec that happened; -errno for one that failed."""
+    executable_truncated: bool = False
+    argv_truncated: bool = False
+
+
+class ProcessForkData(_Data, tag="process_fork"):
+    child_pid: int
+    child_entity_id: int
+    child_start_time: int
+
+
+class ProcessExitData(_Data, tag="process_exit"):
+    exit_code: Optional[int]
+    """None when a signal ended the process."""
+    signal: Optional[int]
+    duration_ns: int
+    core_dumped: bool = False
+
+
+class FileOpenData(_Data, tag="file_open"):
+    path: str
+    """As the caller passed it (possibly relative)."""
+    flags: int
+    mode: int
+    result: int
+    """The new descriptor, or -errno."""
+    device: int
+    inode: int
+    syscall: Literal["open", "openat", "openat2", "creat"]
+    path_truncated: bool = False
+    resolved_path: Optional[str] = None
+
+
+class NetConnectData(_Data, tag="net_connect"):
+    family: Literal["ipv4", "ipv6"]
+    protocol: Optional[str]
+    address: str
+    port: int
+    result: int
+    """0, -errno, or -EINPROGRESS (-115) for a non-blocking connect under way."""
+    fd: int
+
+
+class NetSendmsgData(_Data, tag="net_sendmsg"):
+    family: Literal["ipv4", "ipv6"]
+    protocol: Optional[str]
+    address: str
+    port: int
+    result: int
+    """Bytes sent, or -errno."""
+    fd: int
+    syscall: Literal["sendto", "sendmsg"]
+
+
+class PtraceData(_Data, tag="ptrace"):
+    request: int
+    target_pid: int
+    result: int
+
+    @property
+    def request_name(self) -> str:
+        return PTRACE_REQUESTS.get(self.request, f"PTRACE_{self.request}")
+
+
+class ProcessMemoryData(_Data, tag="process_memory"):
+    method: Literal["process_vm_readv", "process_vm_writev", "proc_mem_open"]
+    target_pid: int
+    result: int
+    flags: int = 0
+
+
+class LostData(_Data, tag="lost"):
+    """Records the ring buffer could not take since the previous notice."""
+
+    count: int
+    by_kind: dict[str, int]
+
+
+EventData = Union[
+    ProcessExecData,
+    ProcessForkData,
+    ProcessExitData,
+    FileOpenData,
+    NetConnectData,
+    NetSendmsgData,
+    PtraceData,
+    ProcessMemoryData,
+    LostData,
+]
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """One event. ``workload`` is filled in from the process table."""
+
+    timestamp: int
+    """Nanoseconds since the Unix epoch."""
+    id: int
+    name: EventName
+    data: EventData
+    seq: int = 0
+    """Per-CPU sequence number: a gap means records were lost on that CPU."""
+    cpu: int = 0
+    pid: int = 0
+    tid: int = 0
+    entity_id: int = 0
+    cgroup_id: int = 0
+    workload: Optional[Workload] = None
+    action: Action = "observed"
+    target_context: Optional[TargetContext] = None
+    policy: Optional[PolicyRef] = None
+    threat: Optional[Threat] = None
+    triggered_by: Optional[TriggeredBy] = None
+
+
+PTRACE_REQUESTS = {
+    0: "PTRACE_TRACEME", 1: "PTRACE_PEEKTEXT", 2: "PTRACE_PEEKDATA", 3: "PTRACE_PEEKUSER",
+    4: "PTRACE_POKETEXT", 5: "PTRACE_POKEDATA", 6: "PTRACE_POKEUSER", 7: "PTRACE_CONT",
+    8: "PTRACE_KILL", 9: "PTRACE_SINGLESTEP", 12: "PTRACE_GETREGS", 13: "PTRACE_SETREGS",
+    16: "PTRACE_ATTACH", 17: "PTRACE_DETACH", 24: "PTRACE_SYSCALL",
+    0x4200: "PTRACE_SETOPTIONS", 0x4201: "PTRACE_GETEVENTMSG", 0x4202: "PTRACE_GETSIGINFO",
+    0x4204: "PTRACE_GETREGSET", 0x4205: "PTRACE_SETREGSET", 0x4206: "PTRACE_SEIZE",
+    0x4207: "PTRACE_INTERRUPT", 0x4208: "PTRACE_LISTEN",
+}
+
+# Created once, reused: the ring decoder and the NDJSON/msgpack codecs.
+batch_decoder = msgspec.msgpack.Decoder(list[Event])
+json_encoder = msgspec.json.Encoder()
+json_decoder = msgspec.json.Decoder(Event)
+msgpack_encoder = msgspec.msgpack.Encoder()
+msgpack_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of one NDJSON event line."""
+    schema = msgspec.json.schema(Event)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"runtimeguard event, schema {SCHEMA_VERSION}"
+    return schema

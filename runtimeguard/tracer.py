@@ -1,0 +1,317 @@
+"""``Tracer``: load the sensors, consume the ring buffer, hand out Events.
+
+The native consumer polls with the GIL released, encodes a whole batch of
+records into one msgpack buffer, and Python decodes it with one msgspec call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import math
+import os
+import threading
+import time
+import weakref
+from typing import AsyncIterator, Callable, Iterable, Iterator, Optional, Union
+
+import msgspec
+
+from . import environment
+from ._native import ffi, lib
+from .errors import BPFError, TracerStateError
+from .processes import ProcessTable
+from .schema import EVENT_IDS, Event, batch_decoder
+
+#: Every event a Tracer can deliver ("lost" notices are always delivered).
+ALL_EVENTS = ("process_exec", "process_fork", "process_exit", "file_open", "net_connect",
+              "net_sendmsg", "ptrace", "process_memory")
+#: The default set: file_open is a firehose host-wide, so it is opt-in.
+DEFAULT_EVENTS = tuple(e for e in ALL_EVENTS if e != "file_open")
+# The process table needs these whatever the caller asked for.
+_TABLE_EVENTS = ("process_exec", "process_fork", "process_exit")
+
+DEFAULT_RING_BUFFER_SIZE = 8 << 20
+DEFAULT_MAX_LATENCY_MS = 20
+_POLL_SLICE_MS = 200  # lets Python run signal handlers while a poll waits
+_ERR_LEN = 8192
+
+_live: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tracer in list(_live):
+        tracer._abandon()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class TracerStats(msgspec.Struct, frozen=True):
+    delivered: dict[str, int]
+    """Records decoded from the ring buffer, per event name."""
+    lost: dict[str, int]
+    """Records the ring buffer could not take, per event name."""
+    lost_total: int
+    malformed: int
+    """Records skipped as too short or of an unknown kind."""
+    returned: int
+    """Events handed to the caller."""
+    ring_buffer_size: int
+    ring_buffer_used: int
+    ring_buffer_fill: float
+    bytes: int
+    polls: int
+    processes: int
+    """Processes in the table."""
+
+
+def _cgroup_id(cgroup: Union[int, str]) -> int:
+    if isinstance(cgroup, int):
+        return cgroup
+    path = cgroup
+    if not os.path.isabs(path):
+        path = os.path.join(environment.cgroup2_mount(), path)
+    try:
+        return os.stat(path).st_ino
+    except OSError as e:
+        raise ValueError(f"cgroup {cgroup!r}: {e.strerror}") from None
+
+
+class Tracer:
+    """Observes processes through eBPF and yields :class:`Event` structs.
+
+    ``with Tracer(events=["process_exec"]) as t: for ev in t: ...``
+
+    Filters run in the kernel: ``pids`` (thread group ids), ``comms`` (the
+    kernel's 15-byte command name), ``cgroups`` (paths or ids; a cgroup covers
+    its whole subtree, so a process tree put in its own cgroup is one filter).
+    Filters of different kinds must all match.
+    """
+
+    def __init__(
+        self,
+        events: Optional[Iterable[str]] = None,
+        *,
+        pids: Iterable[int] = (),
+        comms: Iterable[str] = (),
+        cgroups: Iterable[Union[int, str]] = (),
+        ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE,
+        max_latency_ms: int = DEFAULT_MAX_LATENCY_MS,
+        callback: Optional[Callable[[Event], None]] = None,
+        batch_limit: int = 4096,
+    ):
+        names = tuple(DEFAULT_EVENTS if events is None else events)
+        unknown = [n for n in names if n not in ALL_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_EVENTS)}")
+        if ring_buffer_size < 4096 or ring_buffer_size & (ring_buffer_size - 1):
+            raise ValueError(f"ring_buffer_size {ring_buffer_size} must be a power of two of at least 4096")
+        if not 1 <= max_latency_ms <= 10_000:
+            raise ValueError(f"max_latency_ms {max_latency_ms} must be between 1 and 10000")
+        self.events = frozenset(names) | {"lost"}
+        self.pids = tuple(int(p) for p in pids)
+        self.comms = tuple(c.encode()[:15].decode(errors="ignore") for c in comms)
+        self.cgroups = tuple(_cgroup_id(c) for c in cgroups)
+        self.ring_buffer_size = ring_buffer_size
+        self.max_latency_ms = max_latency_ms
+        self.callback = callback
+        self._batch_limit = batch_limit
+        self._handle = None
+        self._closed = False
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+        self._pending: list[Event] = []
+        self._returned = 0
+        self._table: Optional[ProcessTable] = None
+
+    # ---- lifecycle ----
+
+    def start(self) -> "Tracer":
+        """Loads, fills the filter maps, then attaches. Idempotent."""
+        if self._handle is not None:
+            return self
+        if self._closed:
+            raise TracerStateError("this Tracer is closed; create a new one")
+        environment.prepare()
+        mask = 0
+        for name in set(self.events) | set(_TABLE_EVENTS):
+            if name != "lost":
+                mask |= 1 << EVENT_IDS[name]
+        opts = ffi.new("struct rg_options *")
+        opts.event_mask = mask
+        opts.ring_bytes = self.ring_buffer_size
+        opts.wakeup_bytes = self.ring_buffer_size // 4
+        opts.max_latency_ms = self.max_latency_ms
+        opts.filter_flags = ((lib.RG_FILTER_PID if self.pids else 0) | (lib.RG_FILTER_COMM if self.comms else 0)
+                             | (lib.RG_FILTER_CGROUP if self.cgroups else 0))
+        opts.self_tgid = os.getpid()
+        opts.batch_limit = self._batch_limit
+        err = ffi.new("char[]", _ERR_LEN)
+        out = ffi.new("struct rg_tracer **")
+        self._check(lib.rg_tracer_open(opts, out, err, _ERR_LEN), err)
+        handle = out[0]
+        try:
+            for pid in self.pids:
+                self._check(lib.rg_tracer_add_pid(handle, pid, err, _ERR_LEN), err)
+            for comm in self.comms:
+                self._check(lib.rg_tracer_add_comm(handle, comm.encode(), err, _ERR_LEN), err)
+            for cgroup in self.cgroups:
+                self._check(lib.rg_tracer_add_cgroup(handle, cgroup, err, _ERR_LEN), err)
+            self._check(lib.rg_tracer_attach(handle, err, _ERR_LEN), err)
+        except BaseException:
+            lib.rg_tracer_close(handle)
+            raise
+        try:
+            cgroup_mount = environment.cgroup2_mount()
+        except environment.EnvironmentSetupError:
+            cgroup_mount = None
+        self._table = ProcessTable(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount)
+        self._batch = ffi.new("struct rg_batch *")
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, lib.rg_tracer_close, handle)
+        _live.add(self)
+        return self
+
+    @staticmethod
+    def _check(ret: int, err) -> None:
+        if ret < 0:
+            raise BPFError(ffi.string(err).decode(errors="replace"), -ret)
+
+    def close(self) -> None:
+        """Detaches every program and frees every map. Idempotent."""
+        with self._lock:
+            self._closed = True
+            if self._handle is None:
+                return
+            self._handle = None
+            _live.discard(self)
+            self._finalizer()
+
+    def _abandon(self) -> None:
+        # In a forked child: the fds and maps are the parent's too. Drop our
+        # copies of the fds without detaching anything, so the parent's close()
+        # really detaches, and never touch the parent's ring buffer.
+        if self._handle is not None:
+            self._finalizer.detach()
+            lib.rg_tracer_release_fds(self._handle)
+            self._handle = None
+        self._closed = True
+
+    def __enter__(self) -> "Tracer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def _usable(self):
+        if self._handle is None:
+            if os.getpid() != self._owner:
+                raise TracerStateError(
+                    f"this Tracer belongs to process {self._owner}; a forked child cannot consume its "
+                    "ring buffer: create a new Tracer in the child")
+            if self._closed:
+                raise TracerStateError("this Tracer is closed")
+            self.start()
+        return self._handle
+
+    # ---- consuming ----
+
+    def poll(self, timeout: Optional[float] = None) -> list[Event]:
+        """Waits up to ``timeout`` seconds (None: until there are events) and
+        returns them. A callback, if given, is called for each first; an
+        exception it raises propagates from here, and the events after the one
+        that raised are returned by the next poll."""
+        with self._lock:
+            events = self._pending or self._poll_native(timeout)
+            self._pending = []
+        self._returned += len(events)
+        if self.callback is not None:
+            for i, ev in enumerate(events):
+                try:
+                    self.callback(ev)
+                except BaseException:
+                    with self._lock:
+                        self._pending = events[i + 1:] + self._pending
+                    raise
+        return events
+
+    def _poll_native(self, timeout: Optional[float]) -> list[Event]:
+        handle = self._usable()
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            if deadline is None:
+                wait_ms = _POLL_SLICE_MS
+            else:
+                # Round up: a sub-millisecond remainder must still wait, not spin.
+                wait_ms = math.ceil(max(0.0, min(_POLL_SLICE_MS / 1000, deadline - time.monotonic())) * 1000)
+            n = lib.rg_tracer_poll(handle, wait_ms, self._batch)
+            if n < 0 and n != -errno.EINTR:
+                raise BPFError(f"polling ring buffer rg_events: {os.strerror(-n)}", -n)
+            if n > 0:
+                events = batch_decoder.decode(ffi.buffer(self._batch.data, self._batch.len))
+                self._table.enrich(events)
+                wanted = self.events
+                events = [ev for ev in events if ev.name in wanted]
+                if events:
+                    return events
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                events = self.poll()
+            except TracerStateError:
+                if self._closed:
+                    return
+                raise
+            yield from events
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Event]:
+        """Sleeps in the event loop on the ring buffer's epoll fd, with a
+        timer for the records submitted without a wake-up."""
+        loop = asyncio.get_running_loop()
+        fd = lib.rg_tracer_epoll_fd(self._usable())
+        while not self._closed:
+            events = self.poll(0)
+            for ev in events:
+                yield ev
+            if events:
+                continue
+            woken = loop.create_future()
+
+            def wake() -> None:
+                if not woken.done():
+                    woken.set_result(None)
+
+            loop.add_reader(fd, wake)
+            timer = loop.call_later(self.max_latency_ms / 1000, wake)
+            try:
+                await woken
+            finally:
+                loop.remove_reader(fd)
+                timer.cancel()
+
+    # ---- introspection ----
+
+    def stats(self) -> TracerStats:
+        handle = self._usable()
+        s = ffi.new("struct rg_stats *")
+        lib.rg_tracer_stats(handle, s)
+        names = {v: k for k, v in EVENT_IDS.items()}
+        delivered = {names.get(k, f"kind-{k}"): s.delivered[k] for k in range(lib.RG_KIND_SLOTS) if s.delivered[k]}
+        lost = {names.get(k, f"kind-{k}"): s.lost[k] for k in range(lib.RG_KIND_SLOTS) if s.lost[k]}
+        return TracerStats(
+            delivered=delivered, lost=lost, lost_total=sum(lost.values()), malformed=s.malformed,
+            returned=self._returned, ring_buffer_size=s.ring_size, ring_buffer_used=s.ring_used,
+            ring_buffer_fill=s.ring_used / s.ring_size if s.ring_size else 0.0, bytes=s.bytes,
+            polls=s.polls, processes=len(self._table) if self._table else 0,
+        )
