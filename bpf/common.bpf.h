@@ -77,13 +77,11 @@ static __always_inline bool rg_cgroup_selected(void)
 	return false;
 }
 
-/* True when the current task is outside the tracer's scope. */
-static __always_inline bool rg_filtered_out(void)
+/* True when the current task is outside the filters' scope. */
+static __always_inline bool rg_filtered_out_but_self(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	if (tgid == rg_self_tgid)
-		return true;
 	if ((rg_filter_flags & RG_FILTER_PID) && !bpf_map_lookup_elem(&rg_filt_pids, &tgid))
 		return true;
 	if (rg_filter_flags & RG_FILTER_COMM) {
@@ -95,6 +93,13 @@ static __always_inline bool rg_filtered_out(void)
 	if ((rg_filter_flags & RG_FILTER_CGROUP) && !rg_cgroup_selected())
 		return true;
 	return false;
+}
+
+/* True when the current task is outside the tracer's scope: the consuming
+ * process itself is never traced (its own reads would feed back). */
+static __always_inline bool rg_filtered_out(void)
+{
+	return (bpf_get_current_pid_tgid() >> 32) == rg_self_tgid || rg_filtered_out_but_self();
 }
 
 static __always_inline __u64 rg_task_start(struct task_struct *task)

@@ -134,7 +134,8 @@ int BPF_PROG(rg_fork, struct task_struct *parent, struct task_struct *child)
 	/* New threads share the process: only a new thread group is a fork. */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;
-	if (rg_filtered_out())
+	/* The consumer's own forks are reported too: they identify its children. */
+	if (rg_filtered_out_but_self())
 		return 0;
 	struct rg_fork_record *e = rg_reserve(struct rg_fork_record, RG_KIND_PROCESS_FORK);
 	if (!e)

@@ -51,6 +51,9 @@ ffibuilder.set_source(
     "runtimeguard._native",
     '#include "api.h"\n',
     sources=[os.path.join(ROOT, s) for s in SOURCES],
+    # Rebuild when a skeleton or a shared header changes, not only a .c file.
+    depends=[os.path.join(SKELETONS, f"{s}.skel.h") for s in ("process", "file", "net", "ptrace", "probe")]
+    + [os.path.join(ROOT, h) for h in ("bpf/events.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h")],
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],

@@ -91,7 +91,9 @@ class ProcessTable:
         self._ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
         self._processes: dict[int, Process] = {}
         self._by_pid: dict[int, int] = {}
-        self._workloads: dict[tuple[int, int], Workload] = {}
+        # entity id -> cgroup id -> Workload: a process moved to another
+        # cgroup gets a second Workload; a re-exec drops them all.
+        self._workloads: dict[int, dict[int, Workload]] = {}
         self._exited: dict[int, None] = {}
         self._cgroups = CgroupPaths(cgroup_mount)
 
@@ -117,7 +119,8 @@ class ProcessTable:
                 exited.append(ev.entity_id)
             elif name == "lost":
                 continue
-            wl = workloads.get((ev.entity_id, ev.cgroup_id))
+            by_cgroup = workloads.get(ev.entity_id)
+            wl = by_cgroup.get(ev.cgroup_id) if by_cgroup else None
             if wl is None:
                 wl = self._workload(ev)
             force_setattr(ev, "workload", wl)
@@ -157,24 +160,20 @@ class ProcessTable:
 
     def _put(self, process: Process) -> None:
         entity = process.entity_id
-        if entity in self._processes:
-            # Re-exec: drop the workloads built from the old image.
-            for key in [k for k in self._workloads if k[0] == entity]:
-                del self._workloads[key]
-        elif len(self._processes) >= MAX_PROCESSES:
+        # Workloads built before (the old image, or a placeholder) are stale now.
+        self._workloads.pop(entity, None)
+        if entity not in self._processes and len(self._processes) >= MAX_PROCESSES:
             self._forget(list(self._processes)[: MAX_PROCESSES // 4])
         self._processes[entity] = process
         self._by_pid[process.pid] = entity
 
     def _forget(self, entities: list[int]) -> None:
-        gone = set(entities)
         for entity in entities:
             p = self._processes.pop(entity, None)
             self._exited.pop(entity, None)
+            self._workloads.pop(entity, None)
             if p is not None and self._by_pid.get(p.pid) == entity:
                 del self._by_pid[p.pid]
-        for key in [k for k in self._workloads if k[0] in gone]:
-            del self._workloads[key]
 
     # ---- resolving ----
 
@@ -185,7 +184,7 @@ class ProcessTable:
         cgroup = self._cgroups.path(ev.cgroup_id)
         wl = Workload(process=process, cgroup=cgroup,
                       container=container_from_cgroup(cgroup) if cgroup else None)
-        self._workloads[(ev.entity_id, ev.cgroup_id)] = wl
+        self._workloads.setdefault(ev.entity_id, {})[ev.cgroup_id] = wl
         return wl
 
     def _from_proc(self, pid: int, entity_id: int, depth: int = 0) -> Optional[Process]:

@@ -1,0 +1,261 @@
+"""What this kernel really lets runtimeguard do, learned by loading each mechanism.
+
+A kernel can list a program type and still refuse it (lockdown, a missing
+CONFIG, an LSM list without "bpf"), so nothing here is inferred from version
+numbers: every BPF feature is a tiny program from bpf/probe.bpf.c, loaded and,
+for tracing types, attached.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import gzip
+import os
+import re
+from typing import Optional
+
+import msgspec
+
+from . import environment
+from .errors import EnvironmentSetupError
+
+_ERR_LEN = 4096
+
+# (feature name, probe program, what it is for)
+_PROBES = (
+    ("tracepoint", "rg_probe_tp", "syscall tracepoints: exec, file, network, ptrace events"),
+    ("raw_tracepoint", "rg_probe_raw_tp", "raw tracepoints"),
+    ("tp_btf", "rg_probe_tp_btf", "BTF tracepoints: fork, exec, exit"),
+    ("fentry", "rg_probe_fentry", "fentry/fexit on kernel functions"),
+    ("bpf_lsm", "rg_probe_lsm", "BPF LSM: synchronous EPERM"),
+    ("kprobe", "rg_probe_kprobe", "kprobes on kernel functions"),
+    ("cgroup_connect4", "rg_probe_connect4", "cgroup connect hooks: block connects"),
+    ("cgroup_sendmsg4", "rg_probe_sendmsg4", "cgroup sendmsg hooks: block datagrams"),
+    ("cgroup_skb", "rg_probe_skb", "cgroup packet filters"),
+    ("cgroup_sock_create", "rg_probe_sock_create", "cgroup socket creation hooks"),
+    ("uprobe", "rg_probe_uprobe", "uprobes on user functions (runtimeguard calls)"),
+    ("bpf_send_signal", "rg_probe_send_signal", "bpf_send_signal(SIGKILL): kill a caller"),
+    ("ring_buffer", "rg_probe_ringbuf", "BPF ring buffer: the event stream"),
+)
+
+_LSM_STRENGTH = {
+    "files": "BPF LSM (EPERM before open)",
+    "ptrace": "BPF LSM (EPERM before attach)",
+    "process_memory": "BPF LSM (EPERM before the memory is opened)",
+}
+KILL_AFTER = "tracepoint + bpf_send_signal(SIGKILL) (kill after the syscall)"
+DETECT_ONLY = "detect only"
+UNAVAILABLE = "unavailable (syscall tracepoints do not work)"
+NETWORK_HOOKS = "cgroup sock_addr hooks (EPERM before connect/send)"
+
+
+class Feature(msgspec.Struct, frozen=True):
+    name: str
+    available: bool
+    detail: str
+
+
+class Capabilities(msgspec.Struct, frozen=True):
+    features: list[Feature]
+    enforcement: dict[str, str]
+    """Per area, the strongest mechanism that works here."""
+    gaps: list[str]
+    """What this kernel lets escape observation or enforcement."""
+    kernel: str
+
+    def feature(self, name: str) -> Optional[Feature]:
+        return next((f for f in self.features if f.name == name), None)
+
+    def available(self, name: str) -> bool:
+        f = self.feature(name)
+        return bool(f and f.available)
+
+
+@functools.lru_cache(maxsize=None)
+def capabilities() -> Capabilities:
+    """Probes once per process; raises PrivilegeError when not privileged."""
+    environment.prepare()
+    config = kernel_config()
+    features = [_probe(name, program, purpose, config) for name, program, purpose in _PROBES]
+    features = [_check_lsm_active(f, config) if f.name == "bpf_lsm" else f for f in features]
+    features += _facts()
+    ia32 = ia32_emulation(config)
+    if ia32:
+        features.append(Feature("ia32_emulation", True, f"present ({ia32}): 32-bit syscalls bypass "
+                                "the syscall tracepoints (see gaps)"))
+    else:
+        features.append(Feature("ia32_emulation", False, "absent: no 32-bit syscall escapes the "
+                                "syscall tracepoints"))
+    works = {f.name for f in features if f.available}
+    return Capabilities(features=features, enforcement=_enforcement(works), gaps=_gaps(works, ia32, config),
+                        kernel=os.uname().release)
+
+
+def _probe(name: str, program: str, purpose: str, config: dict[str, str]) -> Feature:
+    from ._native import ffi, lib
+
+    err = ffi.new("char[]", _ERR_LEN)
+    ret = lib.rg_probe(program.encode(), err, _ERR_LEN)
+    if ret == 0:
+        return Feature(name, True, purpose)
+    return Feature(name, False, explain(ffi.string(err).decode(errors="replace"), -ret, name, config))
+
+
+def explain(message: str, err: int, feature: str = "", config: Optional[dict[str, str]] = None) -> str:
+    """One short line: the failing step, the errno text, and the likely reason."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    first = lines[0] if lines else os.strerror(err)
+    step, _, reason = first.partition(": ")
+    verb = step.split(" ", 1)[0]
+    head = {"loading": "load failed", "attaching": "attach failed"}.get(verb, step)
+    text = f"{head}: {reason or os.strerror(err)}"
+    hint = _hint(err, verb, feature, config or {})
+    if hint:
+        return f"{text} ({hint})"
+    libbpf = _first_meaningful(lines[1:])
+    return f"{text}: {libbpf}" if libbpf else text
+
+
+def _hint(err: int, verb: str, feature: str, config: dict[str, str]) -> str:
+    if feature == "kprobe" and config.get("CONFIG_KPROBES") is None and config:
+        return "CONFIG_KPROBES is off"
+    if feature == "bpf_lsm" and config and config.get("CONFIG_BPF_LSM") is None:
+        return "CONFIG_BPF_LSM is off"
+    if err == errno.EPERM and verb == "loading":
+        return "lockdown?"
+    if err == errno.ENOENT and verb == "attaching":
+        return "the kernel has no such attach point"
+    return ""
+
+
+# libbpf lines that only repeat the error the first line already gives.
+_NOISE = ("failed to load object", "failed to load: ", "BPF program load failed", "permission error while")
+
+
+def _first_meaningful(lines: list[str], limit: int = 120) -> str:
+    for line in lines:
+        line = line.removeprefix("libbpf:").strip()
+        if line and not any(n in line for n in _NOISE) and not line.startswith("-- BEGIN"):
+            return line if len(line) <= limit else line[: limit - 1] + "…"
+    return ""
+
+
+def _check_lsm_active(f: Feature, config: dict[str, str]) -> Feature:
+    # A BPF LSM program loads and attaches even when "bpf" is not an active
+    # LSM; it then never runs.
+    active = active_lsms(config)
+    if f.available and active is not None and "bpf" not in active:
+        return Feature(f.name, False, f"loads, but 'bpf' is not an active LSM ({','.join(active)})")
+    return f
+
+
+def active_lsms(config: dict[str, str]) -> Optional[list[str]]:
+    try:
+        with open("/sys/kernel/security/lsm") as fh:
+            return fh.read().strip().split(",")
+    except OSError:
+        pass
+    boot = _boot_param("lsm")
+    if boot is not None:
+        return boot.split(",")
+    configured = config.get("CONFIG_LSM")
+    return configured.strip('"').split(",") if configured else None
+
+
+def _facts() -> list[Feature]:
+    btf = os.path.exists("/sys/kernel/btf/vmlinux")
+    facts = [Feature("btf", btf, "/sys/kernel/btf/vmlinux" if btf else "no /sys/kernel/btf/vmlinux")]
+    try:
+        facts.append(Feature("cgroup2", True, f"mounted at {environment.cgroup2_mount()}"))
+    except EnvironmentSetupError as e:
+        facts.append(Feature("cgroup2", False, str(e)))
+    for name, fs_type in (("tracefs", "tracefs"), ("bpffs", "bpf")):
+        where = next((m.mount_point for m in environment.mounts() if m.fs_type == fs_type), None)
+        facts.append(Feature(name, where is not None, f"mounted at {where}" if where else "not mounted"))
+    return facts
+
+
+def kernel_config() -> dict[str, str]:
+    """CONFIG_* = value for the running kernel, or {} when it does not say."""
+    candidates = (("/proc/config.gz", gzip.open), (f"/boot/config-{os.uname().release}", open))
+    for path, opener in candidates:
+        try:
+            with opener(path, "rt") as f:
+                return dict(line.rstrip("\n").split("=", 1) for line in f if line.startswith("CONFIG_"))
+        except (OSError, ValueError, EOFError):
+            continue
+    return {}
+
+
+def ia32_emulation(config: dict[str, str]) -> str:
+    """How we know the kernel runs 32-bit x86 syscalls, or "" when it does not."""
+    if os.uname().machine != "x86_64":
+        return ""
+    boot = _boot_param("ia32_emulation")
+    if boot is not None:
+        on = boot.lower() in ("1", "y", "yes", "on", "true")
+        return ("ia32_emulation=" + boot) if on and (not config or config.get("CONFIG_IA32_EMULATION")) else ""
+    if config:
+        on = config.get("CONFIG_IA32_EMULATION") == "y" and not config.get("CONFIG_IA32_EMULATION_DEFAULT_DISABLED")
+        return "CONFIG_IA32_EMULATION=y" if on else ""
+    try:
+        with open("/proc/kallsyms") as f:
+            if any(line.endswith((" ia32_sys_call\n", " __ia32_sys_openat\n")) for line in f):
+                return "ia32 syscall entry in /proc/kallsyms"
+    except OSError:
+        pass
+    return ""
+
+
+def _boot_param(name: str) -> Optional[str]:
+    try:
+        with open("/proc/cmdline") as f:
+            cmdline = f.read()
+    except OSError:
+        return None
+    # The kernel's own parameters end at "--"; the rest is init's.
+    found = re.findall(rf"(?:^|\s){re.escape(name)}=(\S*)", cmdline.split(" -- ")[0])
+    return found[-1] if found else None
+
+
+def _enforcement(works: set[str]) -> dict[str, str]:
+    if "tracepoint" not in works:
+        fallback = UNAVAILABLE
+    elif "bpf_send_signal" in works:
+        fallback = KILL_AFTER
+    else:
+        fallback = DETECT_ONLY
+    enforcement = {"network": NETWORK_HOOKS if "cgroup_connect4" in works else fallback}
+    for area, lsm in _LSM_STRENGTH.items():
+        enforcement[area] = lsm if "bpf_lsm" in works else fallback
+    return enforcement
+
+
+def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
+    gaps = []
+    if ia32:
+        gaps.append("32-bit (ia32 compat) processes' file opens, connects, sends, ptrace and memory reads "
+                    "are not observed: syscalls:sys_enter_* tracepoints do not fire for compat syscalls "
+                    "(network enforcement by cgroup hooks still applies)")
+    if _io_uring_enabled(config):
+        gaps.append("file opens and connects submitted through io_uring are not seen by the syscall "
+                    "tracepoints (network enforcement by cgroup hooks still applies); "
+                    "sysctl kernel.io_uring_disabled=2 closes this")
+    if "bpf_lsm" not in works and "bpf_send_signal" in works:
+        gaps.append("file, ptrace and memory enforcement kills the caller after the syscall: the syscall "
+                    "completes (an opened file is opened) but the process never returns to user space")
+    if "tracepoint" not in works:
+        gaps.append("syscall tracepoints do not work: no file, network or ptrace events")
+    if "ring_buffer" not in works:
+        gaps.append("the BPF ring buffer does not work: no events can be delivered")
+    return gaps
+
+
+def _io_uring_enabled(config: dict[str, str]) -> bool:
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            return f.read().strip() != "2"
+    except OSError:
+        # Before 6.6 there is no switch: io_uring is there if the kernel has it.
+        return config.get("CONFIG_IO_URING") == "y"

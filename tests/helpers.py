@@ -1,0 +1,53 @@
+"""Helpers for tests that drive real processes under a real Tracer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from runtimeguard import Event, Tracer
+
+
+_backlogs: dict[int, list[Event]] = {}
+
+
+def wait_for(tracer: Tracer, match: Callable[[Event], bool], timeout: float = 3.0) -> Event:
+    """The first event that matches, or AssertionError after timeout."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    # Events after the match stay queued for the next wait_for on this tracer.
+    backlog = _backlogs.setdefault(id(tracer), [])
+    while True:
+        if not backlog:
+            if time.monotonic() >= deadline:
+                break
+            backlog += tracer.poll(max(0.0, min(0.2, deadline - time.monotonic())))
+        while backlog:
+            ev = backlog.pop(0)
+            seen += 1
+            if match(ev):
+                return ev
+    raise AssertionError(f"no matching event within {timeout}s ({seen} others seen)")
+
+
+def drain(tracer: Tracer, quiet: float = 0.3) -> list[Event]:
+    """Everything until the ring has been empty for `quiet` seconds."""
+    out: list[Event] = []
+    while True:
+        got = tracer.poll(quiet)
+        if not got:
+            return out
+        out += got
+
+
+def python_child(code: str, **kwargs) -> subprocess.Popen:
+    """A Python child that runs `code`; the tracer never traces its own process."""
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def run_python(code: str, timeout: float = 10) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=timeout).stdout
