@@ -49,10 +49,6 @@ int rg_tracer_epoll_fd(struct rg_tracer *t);
 void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out);
 /* Detaches and frees everything. */
 void rg_tracer_close(struct rg_tracer *t);
-/* In a forked child: closes the child's copies of the tracer's descriptors
- * without detaching anything, so the parent keeps tracing and its close()
- * really detaches. The tracer is unusable afterwards. */
-void rg_tracer_release_fds(struct rg_tracer *t);
 
 /* Stable process identity: unique across pid reuse and reboots. */
 unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boottime_ns);

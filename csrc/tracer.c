@@ -220,10 +220,46 @@ static unsigned long long sensor_kinds[SENSOR_COUNT] = {
 
 static int handle_record(void *ctx, void *data, size_t len);
 
+#define DETACH_THREADS MAX_LINKS
+
+struct detach_job {
+	struct bpf_link **links;
+	int first, count, stride;
+};
+
+static void *detach_some(void *arg)
+{
+	struct detach_job *job = arg;
+
+	for (int i = job->first; i < job->count; i += job->stride)
+		bpf_link__destroy(job->links[i]);
+	return NULL;
+}
+
+/* Each tracepoint detach waits for an RCU grace period; detached one after
+ * another, three dozen take seconds. Detached from parallel threads, the
+ * waits overlap and share grace periods. */
+static void detach_all(struct bpf_link **links, int count)
+{
+	pthread_t threads[DETACH_THREADS];
+	struct detach_job jobs[DETACH_THREADS];
+	int started[DETACH_THREADS] = {};
+	int n = count < DETACH_THREADS ? count : DETACH_THREADS;
+
+	for (int k = 0; k < n; k++) {
+		jobs[k] = (struct detach_job){ links, k, count, n };
+		started[k] = pthread_create(&threads[k], NULL, detach_some, &jobs[k]) == 0;
+		if (!started[k])
+			detach_some(&jobs[k]);
+	}
+	for (int k = 0; k < n; k++)
+		if (started[k])
+			pthread_join(threads[k], NULL);
+}
+
 static void tracer_free(struct rg_tracer *t)
 {
-	for (int i = t->n_links - 1; i >= 0; i--)
-		bpf_link__destroy(t->links[i]);
+	detach_all(t->links, t->n_links);
 	t->n_links = 0;
 	if (t->ring)
 		ring_buffer__free(t->ring);
@@ -392,8 +428,7 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 	}
 	if (code) {
 		/* All or nothing: detach what this call attached. */
-		for (int i = t->n_links - 1; i >= 0; i--)
-			bpf_link__destroy(t->links[i]);
+		detach_all(t->links, t->n_links);
 		t->n_links = 0;
 	}
 	return code;
@@ -520,29 +555,6 @@ void rg_tracer_close(struct rg_tracer *t)
 		tracer_free(t);
 }
 
-void rg_tracer_release_fds(struct rg_tracer *t)
-{
-	/* Plain close(): libbpf's destroy paths would also disable the perf
-	 * events the parent still uses. Memory stays: the child has a copy. */
-	for (int i = 0; i < t->n_links; i++)
-		close(bpf_link__fd(t->links[i]));
-	for (int i = 0; i < SENSOR_COUNT; i++) {
-		struct bpf_program *prog;
-		struct bpf_map *map;
-
-		if (!t->sensors[i].obj)
-			continue;
-		bpf_object__for_each_program(prog, t->sensors[i].obj)
-			if (bpf_program__fd(prog) >= 0)
-				close(bpf_program__fd(prog));
-		bpf_object__for_each_map(map, t->sensors[i].obj)
-			if (bpf_map__fd(map) >= 0)
-				close(bpf_map__fd(map));
-	}
-	if (t->epoll_fd >= 0)
-		close(t->epoll_fd);
-}
-
 int rg_encode_records(const unsigned char *records, size_t len, unsigned char *out, size_t cap,
 		      size_t *out_len, unsigned long long *malformed)
 {
@@ -552,14 +564,20 @@ int rg_encode_records(const unsigned char *records, size_t len, unsigned char *o
 	unsigned int count = 0;
 	size_t pos = 0;
 
+	*out_len = 0;
+	*malformed = 0;
+	if (cap < w.len)
+		return -ENOBUFS;
 	while (pos + 4 <= len) {
 		unsigned int n;
 		memcpy(&n, records + pos, 4);
 		pos += 4;
 		if (n > len - pos)
 			n = len - pos;
-		if (w.cap - w.len < RG_MAX_ENCODED_RECORD)
+		if (w.cap - w.len < RG_MAX_ENCODED_RECORD) {
+			*malformed = enc.malformed;
 			return -ENOBUFS;
+		}
 		count += rg_encode_record(&enc, &w, records + pos, n);
 		pos += n;
 	}

@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import resource
 from dataclasses import dataclass
 
 from .errors import EnvironmentSetupError, PrivilegeError
@@ -102,9 +103,32 @@ def tracefs_root() -> str:
     raise EnvironmentSetupError("tracefs is not mounted")
 
 
+# Descriptors one Tracer holds at most: programs, links, perf events, maps, BTF.
+TRACER_DESCRIPTORS = 256
+
+
+def ensure_descriptors(needed: int = TRACER_DESCRIPTORS) -> None:
+    """Raises the soft RLIMIT_NOFILE (up to the hard limit) when fewer than
+    `needed` descriptors are left. Running out part-way through loading would
+    not only fail the load: libbpf caches its kernel feature probes, and a
+    probe that failed for want of a descriptor poisons every later load."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    if soft - in_use >= needed:
+        return
+    target = in_use + needed if hard == resource.RLIM_INFINITY else min(hard, in_use + needed)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target - in_use < needed:
+        raise EnvironmentSetupError(
+            f"RLIMIT_NOFILE leaves {target - in_use} free file descriptors (hard limit {hard}); "
+            f"a tracer needs up to {needed}")
+
+
 def prepare() -> None:
     """Everything needed before loading: privileges first, then mounts."""
     check_privileges()
+    ensure_descriptors()
     # Syscall tracepoints are found through tracefs; libbpf looks in /sys/kernel/tracing.
     ensure_mounted("tracefs", TRACEFS)
     ensure_mounted("bpf", BPFFS)

@@ -66,6 +66,19 @@ class TracerStats(msgspec.Struct, frozen=True):
     """Processes in the table."""
 
 
+def _kernel_object_fds(fds: Iterable[str]) -> list[int]:
+    """Those of the descriptors that are BPF objects, perf events or epoll."""
+    owned = []
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("anon_inode:bpf", "anon_inode:[perf_event]", "anon_inode:[eventpoll]")):
+            owned.append(int(fd))
+    return owned
+
+
 def _cgroup_id(cgroup: Union[int, str]) -> int:
     if isinstance(cgroup, int):
         return cgroup
@@ -124,6 +137,7 @@ class Tracer:
         self._pending: list[Event] = []
         self._returned = 0
         self._table: Optional[ProcessTable] = None
+        self._final_stats: Optional[TracerStats] = None
 
     # ---- lifecycle ----
 
@@ -149,6 +163,7 @@ class Tracer:
         opts.batch_limit = self._batch_limit
         err = ffi.new("char[]", _ERR_LEN)
         out = ffi.new("struct rg_tracer **")
+        fds_before = set(os.listdir("/proc/self/fd"))
         self._check(lib.rg_tracer_open(opts, out, err, _ERR_LEN), err)
         handle = out[0]
         try:
@@ -168,6 +183,7 @@ class Tracer:
             cgroup_mount = None
         self._table = ProcessTable(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount)
         self._batch = ffi.new("struct rg_batch *")
+        self._kernel_fds = _kernel_object_fds(set(os.listdir("/proc/self/fd")) - fds_before)
         self._handle = handle
         self._finalizer = weakref.finalize(self, lib.rg_tracer_close, handle)
         _live.add(self)
@@ -184,6 +200,7 @@ class Tracer:
             self._closed = True
             if self._handle is None:
                 return
+            self._final_stats = self._read_stats()
             self._handle = None
             _live.discard(self)
             self._finalizer()
@@ -194,7 +211,11 @@ class Tracer:
         # really detaches, and never touch the parent's ring buffer.
         if self._handle is not None:
             self._finalizer.detach()
-            lib.rg_tracer_release_fds(self._handle)
+            for fd in self._kernel_fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             self._handle = None
         self._closed = True
 
@@ -303,9 +324,15 @@ class Tracer:
     # ---- introspection ----
 
     def stats(self) -> TracerStats:
-        handle = self._usable()
+        """Counters so far; after close(), the final ones."""
+        if self._handle is None and self._final_stats is not None:
+            return self._final_stats
+        self._usable()
+        return self._read_stats()
+
+    def _read_stats(self) -> TracerStats:
         s = ffi.new("struct rg_stats *")
-        lib.rg_tracer_stats(handle, s)
+        lib.rg_tracer_stats(self._handle, s)
         names = {v: k for k, v in EVENT_IDS.items()}
         delivered = {names.get(k, f"kind-{k}"): s.delivered[k] for k in range(lib.RG_KIND_SLOTS) if s.delivered[k]}
         lost = {names.get(k, f"kind-{k}"): s.lost[k] for k in range(lib.RG_KIND_SLOTS) if s.lost[k]}

@@ -62,30 +62,49 @@ def leaves_nothing_behind():
     assert children() == [], f"test left child processes: {children()}"
 
 
-def rg_programs() -> list[dict]:
-    """runtimeguard's programs loaded on the host (bpftool), with their holders."""
+def rg_program_ids() -> set[int]:
+    """runtimeguard's programs loaded on the host (bpftool)."""
     import json
 
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return [p for p in json.loads(out or "[]") if p.get("name", "").startswith("rg_")]
+    return {p["id"] for p in json.loads(out or "[]") if p.get("name", "").startswith("rg_")}
+
+
+def held_program_ids(pid: int | str = "self") -> set[int]:
+    """Programs a process keeps loaded, through program or link descriptors."""
+    ids = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
 
 
 def pytest_sessionfinish(session, exitstatus):
-    # Nothing of ours may outlive the suite: no program held by this process,
-    # none pinned or orphaned.
-    deadline = time.monotonic() + 3
-    while True:
-        try:
-            progs = rg_programs()
-        except (OSError, subprocess.CalledProcessError):
-            return
-        mine = [p for p in progs if any(h.get("pid") == os.getpid() for h in p.get("pids", []))]
-        orphans = [p for p in progs if not p.get("pids")]
-        # Programs are freed asynchronously after their last reference goes.
-        if not (mine or orphans) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    if mine or orphans:
+    # Nothing of ours may outlive the suite: every runtimeguard program still
+    # loaded must be held by some other live process (another tool's tracer).
+    try:
+        deadline = time.monotonic() + 3
+        while True:
+            left = rg_program_ids()
+            if left:
+                for pid in filter(str.isdigit, os.listdir("/proc")):
+                    if int(pid) != os.getpid():
+                        left -= held_program_ids(pid)
+            # Programs are freed asynchronously after their last reference goes.
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    except (OSError, subprocess.CalledProcessError):
+        return
+    if left:
         session.exitstatus = 1
-        print(f"\nruntimeguard programs left loaded: {[(p['id'], p['name']) for p in mine + orphans]}",
-              file=sys.stderr)
+        print(f"\nruntimeguard programs left loaded by the tests: {sorted(left)}", file=sys.stderr)

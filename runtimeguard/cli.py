@@ -1,0 +1,303 @@
+"""The ``runtimeguard`` command: trace, schema, doctor, demo."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Iterable, Optional, TextIO
+
+import msgspec
+
+from .errors import RuntimeGuardError
+from .schema import PTRACE_REQUESTS, Event, json_encoder, json_schema
+from .tracer import ALL_EVENTS, DEFAULT_EVENTS, DEFAULT_MAX_LATENCY_MS, DEFAULT_RING_BUFFER_SIZE, Tracer
+
+EXIT_INTERRUPTED = 130
+_DRAIN_S = 0.3
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so ``with Tracer`` still detaches."""
+
+
+# ---- the table ----
+
+_COLUMNS = (("TIME", 12), ("EVENT", 14), ("PID", 7), ("COMM", 15))
+
+
+def _errno_name(result: int) -> str:
+    return errno.errorcode.get(-result, f"errno {-result}")
+
+
+def _outcome(result: int, ok: str = "ok") -> str:
+    return ok if result >= 0 else _errno_name(result)
+
+
+def details(ev: Event) -> str:
+    """The DETAILS column: what the event did, in one line."""
+    d, tc = ev.data, ev.target_context
+    name = ev.name
+    if name == "process_exec":
+        text = " ".join(d.argv) or d.executable
+        return text if d.return_code >= 0 else f"{text} -> {_errno_name(d.return_code)}"
+    if name == "process_fork":
+        return f"child {d.child_pid}"
+    if name == "process_exit":
+        if d.signal is not None:
+            sig = signal.Signals(d.signal).name if d.signal in signal.Signals._value2member_map_ else d.signal
+            return f"killed by {sig}" + (" (core dumped)" if d.core_dumped else "")
+        return f"exit {d.exit_code}"
+    if name == "file_open":
+        path = tc.formatted if tc is not None else (d.resolved_path or d.path)
+        return f"{path} -> {_outcome(d.result, f'fd {d.result}')}"
+    if name in ("net_connect", "net_sendmsg"):
+        where = tc.formatted if tc is not None else (
+            f"[{d.address}]:{d.port}" if d.family == "ipv6" else f"{d.address}:{d.port}")
+        ok = "ok" if name == "net_connect" else f"{d.result} bytes"
+        return f"{d.protocol or d.family} {where} -> {_outcome(d.result, ok)}"
+    if name == "ptrace":
+        target = tc.formatted if tc is not None else f"pid {d.target_pid}"
+        return f"{PTRACE_REQUESTS.get(d.request, f'request {d.request}')} {target} -> {_outcome(d.result)}"
+    if name == "process_memory":
+        target = tc.formatted if tc is not None else f"pid {d.target_pid}"
+        return f"{d.method} {target} -> {_outcome(d.result)}"
+    if name == "lost":
+        kinds = ", ".join(f"{k} {n}" for k, n in d.by_kind.items())
+        return f"{d.count} records lost" + (f" ({kinds})" if kinds else "")
+    return tc.formatted if tc is not None else ""
+
+
+class Table:
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.width = shutil.get_terminal_size(fallback=(160, 24)).columns
+
+    def _line(self, cells: Iterable[str], rest: str) -> str:
+        fixed = " ".join(c[:w].ljust(w) for c, (_, w) in zip(cells, _COLUMNS))
+        room = max(self.width - len(fixed) - 1, 10)
+        rest = rest.replace("\n", "\\n")
+        return f"{fixed} {rest if len(rest) <= room else rest[: room - 1] + '…'}"
+
+    def header(self) -> None:
+        self.out.write(self._line((h for h, _ in _COLUMNS), "DETAILS") + "\n")
+
+    def row(self, ev: Event) -> None:
+        t = time.localtime(ev.timestamp // 1_000_000_000)
+        stamp = time.strftime("%H:%M:%S", t) + f".{ev.timestamp // 1_000_000 % 1000:03d}"
+        comm = ev.workload.process.name if ev.workload is not None else ""
+        action = "" if ev.action == "observed" else f"[{ev.action}] "
+        self.out.write(self._line((stamp, ev.name, str(ev.pid), comm), action + details(ev)) + "\n")
+
+
+# ---- running a tracer until told to stop ----
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _run(body: Callable[[], int]) -> int:
+    """Runs a command body: errors as one line, Ctrl-C, SIGTERM and closed pipes quietly."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return body()
+    except RuntimeGuardError as e:
+        print(f"runtimeguard: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        return 0
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _event_list(value: str) -> tuple[str, ...]:
+    if value == "all":
+        return ALL_EVENTS
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in ALL_EVENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown event(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(ALL_EVENTS)}, all")
+    return names
+
+
+def _size(value: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        if value[-1:].lower() in units:
+            return int(value[:-1]) * units[value[-1].lower()]
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (bytes, or with K/M/G)") from None
+
+
+def _tracer(args: argparse.Namespace, events: Iterable[str], **filters) -> Tracer:
+    try:
+        return Tracer(events, ring_buffer_size=args.ring_buffer_size, max_latency_ms=args.max_latency_ms,
+                      **filters)
+    except ValueError as e:
+        raise RuntimeGuardError(str(e)) from None
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    as_json = args.format == "json" or (args.format is None and not sys.stdout.isatty())
+    tracer = _tracer(args, args.events, pids=args.pid, comms=args.comm, cgroups=args.cgroup)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    with tracer:
+        if as_json:
+            out = sys.stdout.buffer
+
+            def emit(events):
+                out.write(b"".join(json_encoder.encode(ev) + b"\n" for ev in events))
+                out.flush()
+        else:
+            table = Table(sys.stdout)
+            print(f"runtimeguard: tracing {', '.join(args.events)} (Ctrl-C to stop)", file=sys.stderr)
+            table.header()
+
+            def emit(events):
+                for ev in events:
+                    table.row(ev)
+                sys.stdout.flush()
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+                emit(tracer.poll(wait))
+        finally:
+            if not as_json:
+                s = tracer.stats()
+                print(f"runtimeguard: {s.returned} events delivered, {s.lost_total} lost", file=sys.stderr)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .capabilities import capabilities
+
+    caps = capabilities()
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(caps), indent=2))
+    else:
+        print(f"kernel {caps.kernel}\n\nfeatures:")
+        width = max(len(f.name) for f in caps.features)
+        for f in caps.features:
+            print(f"  {'ok' if f.available else 'NO':<3} {f.name:<{width}}  {f.detail}")
+        print("\nenforcement:")
+        for area, how in caps.enforcement.items():
+            print(f"  {area + ':':<16}{how}")
+        print("\ngaps:" if caps.gaps else "\ngaps: none known")
+        for gap in caps.gaps:
+            print(f"  - {gap}")
+    return 0 if caps.available("tracepoint") and caps.available("ring_buffer") else 1
+
+
+def _in_tree(ev: Event, root: int) -> bool:
+    if ev.pid == root:
+        return True
+    wl = ev.workload
+    return wl is not None and any(a.pid == root for a in wl.process.ancestors)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_demo_workload.py")
+    counts: collections.Counter = collections.Counter()
+    hidden_startup = 0
+    table = Table(sys.stdout)
+    with _tracer(args, ALL_EVENTS) as tracer:
+        print(f"runtimeguard: tracing the host for about {args.seconds:g} s while a demo workload runs; "
+              "showing the workload's process tree", file=sys.stderr)
+        table.header()
+        workload = subprocess.Popen([sys.executable, script, str(args.seconds)], stdout=subprocess.DEVNULL)
+        try:
+            started = False
+            stop_at = None
+            hard_stop = time.monotonic() + args.seconds + 10
+            while stop_at is None or time.monotonic() < stop_at:
+                for ev in tracer.poll(0.1):
+                    if ev.name != "lost" and not _in_tree(ev, workload.pid):
+                        continue
+                    counts[ev.name] += 1
+                    # The interpreter's start-up file opens (its own modules) come
+                    # before the workload's first fork; they are noise here.
+                    if ev.pid == workload.pid and ev.name == "process_fork":
+                        started = True
+                    if ev.name == "file_open" and ev.pid == workload.pid and not started:
+                        hidden_startup += 1
+                        continue
+                    table.row(ev)
+                sys.stdout.flush()
+                if stop_at is None and workload.poll() is not None:
+                    stop_at = time.monotonic() + _DRAIN_S
+                if time.monotonic() > hard_stop:
+                    raise RuntimeGuardError(f"the demo workload (pid {workload.pid}) did not finish")
+            lost = tracer.stats().lost_total
+        finally:
+            if workload.poll() is None:
+                workload.kill()
+            workload.wait()
+    summary = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
+    print(f"\n{sum(counts.values())} events from the workload: {summary}; {lost} lost"
+          + (f" ({hidden_startup} interpreter start-up file opens not shown)" if hidden_startup else ""))
+    if workload.returncode != 0:
+        raise RuntimeGuardError(f"the demo workload exited with status {workload.returncode}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runtimeguard", description="See and control what processes do, via eBPF.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def tracer_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ring-buffer-size", type=_size, default=DEFAULT_RING_BUFFER_SIZE, metavar="BYTES",
+                       help="power of two (K/M/G suffixes allowed); default %(default)s")
+        p.add_argument("--max-latency-ms", type=int, default=DEFAULT_MAX_LATENCY_MS, metavar="MS",
+                       help="longest an event waits unread in the kernel; default %(default)s")
+
+    trace = sub.add_parser("trace", help="stream live events as a table or NDJSON")
+    trace.add_argument("--events", type=_event_list, default=DEFAULT_EVENTS, metavar="E1,E2|all",
+                       help=f"default: {','.join(DEFAULT_EVENTS)}")
+    trace.add_argument("--pid", type=int, action="extend", nargs="+", default=[], metavar="N")
+    trace.add_argument("--comm", action="extend", nargs="+", default=[], metavar="NAME")
+    trace.add_argument("--cgroup", action="extend", nargs="+", default=[], metavar="PATH",
+                       help="a cgroup v2 path (relative to the hierarchy) or id; covers its subtree")
+    trace.add_argument("--format", choices=("table", "json"),
+                       help="default: table on a terminal, NDJSON otherwise")
+    trace.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    tracer_options(trace)
+    trace.set_defaults(func=cmd_trace)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of one NDJSON event")
+    schema.set_defaults(func=cmd_schema)
+
+    doctor = sub.add_parser("doctor", help="report what this kernel allows")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
+
+    demo = sub.add_parser("demo", help="trace a small built-in workload (loopback only)")
+    demo.add_argument("--seconds", type=float, default=4.0, metavar="N")
+    tracer_options(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    return _run(lambda: args.func(args))

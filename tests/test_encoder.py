@@ -1,0 +1,825 @@
+"""Property tests of the C batch encoder (csrc/encode.c) through rg_encode_records.
+
+Records are built with the wire structs of bpf/events.h (through cffi, so the
+layout is the very one the BPF programs write), framed as the ring-buffer
+consumer sees them ([u32 little-endian length][record]...), encoded in C and
+decoded with runtimeguard.schema.batch_decoder. A Python reference model
+(`model`) says what every record must decode to. No BPF is loaded.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import ipaddress
+import os
+import socket
+import struct
+
+import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
+from runtimeguard import schema
+from runtimeguard._native import ffi, lib
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+U16 = st.integers(0, 2**16 - 1)
+U32 = st.integers(0, 2**32 - 1)
+U64 = st.integers(0, 2**64 - 1)
+I32 = st.integers(-(2**31), 2**31 - 1)
+I64 = st.integers(-(2**63), 2**63 - 1)
+# Boot-time nanoseconds: they fit an int64 (the encoder adds the realtime offset as signed).
+BOOT_NS = st.integers(0, 2**63 - 1)
+# Real pids never exceed PID_MAX_LIMIT (2**22).
+PID = st.integers(0, 2**22)
+
+NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+HEADER_SIZE = ffi.sizeof("struct rg_header")
+KIND_OFFSET = ffi.offsetof("struct rg_header", "kind")
+
+RECORD_TYPES = {
+    lib.RG_KIND_PROCESS_EXEC: "struct rg_exec_record",
+    lib.RG_KIND_PROCESS_FORK: "struct rg_fork_record",
+    lib.RG_KIND_PROCESS_EXIT: "struct rg_exit_record",
+    lib.RG_KIND_FILE_OPEN: "struct rg_file_record",
+    lib.RG_KIND_NET_CONNECT: "struct rg_net_record",
+    lib.RG_KIND_NET_SENDMSG: "struct rg_net_record",
+    lib.RG_KIND_PTRACE: "struct rg_ptrace_record",
+    lib.RG_KIND_PROCESS_MEMORY: "struct rg_memory_record",
+}
+RECORD_SIZES = {k: ffi.sizeof(t) for k, t in RECORD_TYPES.items()}
+
+# One output buffer for the whole module: rg_encode_records wants
+# RG_MAX_ENCODED_RECORD (8192) bytes free before each record.
+MAX_ENCODED_RECORD = 8192
+CAP = 16 * 1024 * 1024
+_OUT = ffi.new("unsigned char[]", CAP)
+_OUT_LEN = ffi.new("size_t *")
+_MALFORMED = ffi.new("unsigned long long *")
+
+
+# ---------------------------------------------------------------- helpers
+
+def frame(records) -> bytes:
+    return b"".join(struct.pack("<I", len(r)) + r for r in records)
+
+
+def encode_raw(data: bytes, cap: int = CAP):
+    """(return code, malformed count, events) for a framed byte string."""
+    assert cap <= CAP
+    rc = lib.rg_encode_records(data, len(data), _OUT, cap, _OUT_LEN, _MALFORMED)
+    if rc < 0:
+        return rc, _MALFORMED[0], None
+    assert _OUT_LEN[0] <= cap
+    events = schema.batch_decoder.decode(ffi.buffer(_OUT, _OUT_LEN[0]))
+    return rc, _MALFORMED[0], events
+
+
+def encode(records):
+    rc, malformed, events = encode_raw(frame(records))
+    assert rc == len(events)
+    return malformed, events
+
+
+def raw(rec) -> bytes:
+    return bytes(ffi.buffer(rec))
+
+
+def field_bytes(arr) -> bytes:
+    return bytes(ffi.buffer(arr))
+
+
+def cstr(arr) -> bytes:
+    return field_bytes(arr).split(b"\0", 1)[0]
+
+
+def _one_fffd_per_byte(exc: UnicodeDecodeError):
+    # Resume right after the first offending byte: each invalid byte becomes
+    # one U+FFFD, as the encoder documents (Python's "replace" would instead
+    # replace a maximal ill-formed subsequence with a single U+FFFD).
+    return "\ufffd", exc.start + 1
+
+
+codecs.register_error("rg_test_fffd_per_byte", _one_fffd_per_byte)
+
+
+def kernel_text(b: bytes) -> str:
+    """What the encoder must make of kernel bytes: valid UTF-8 kept, each invalid byte U+FFFD."""
+    return b.decode("utf-8", "rg_test_fffd_per_byte")
+
+
+def entity(pid: int, start: int) -> int:
+    return lib.rg_entity_id(pid, start) if start else 0
+
+
+PROTOCOLS = {0: None, 6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 255: "raw", 262: "mptcp"}
+
+
+def model(rec_bytes: bytes) -> schema.Event:
+    """The reference: the Event a well-formed record must decode to."""
+    kind = struct.unpack_from("<I", rec_bytes, KIND_OFFSET)[0]
+    buf = ffi.new("char[]", max(len(rec_bytes), RECORD_SIZES[kind]))
+    ffi.memmove(buf, rec_bytes, len(rec_bytes))
+    r = ffi.cast(RECORD_TYPES[kind] + " *", buf)
+    h = r.hdr
+    target = None
+    if kind == lib.RG_KIND_PROCESS_EXEC:
+        n = min(r.args_len, 512)
+        args = field_bytes(r.args)[:n]
+        parts = args.split(b"\0") if args else []
+        tail = bool(args) and not args.endswith(b"\0")
+        if args and not tail:
+            parts = parts[:-1]
+        data = schema.ProcessExecData(
+            executable=kernel_text(cstr(r.filename)),
+            executable_truncated=bool(r.filename_truncated),
+            argv=[kernel_text(p) for p in parts],
+            argv_truncated=bool(r.args_truncated) or tail,
+            comm=kernel_text(cstr(r.comm)),
+            uid=r.uid, euid=r.euid, gid=r.gid, ppid=r.ppid,
+            parent_entity_id=entity(r.ppid, r.parent_start_boottime),
+            start_time=h.start_boottime,
+            return_code=r.retval,
+        )
+    elif kind == lib.RG_KIND_PROCESS_FORK:
+        data = schema.ProcessForkData(
+            child_pid=r.child_pid,
+            child_entity_id=lib.rg_entity_id(r.child_pid, r.child_start_boottime),
+            child_start_time=r.child_start_boottime,
+        )
+    elif kind == lib.RG_KIND_PROCESS_EXIT:
+        status = r.exit_code
+        signal = status & 0x7F
+        data = schema.ProcessExitData(
+            exit_code=None if signal else (status >> 8) & 0xFF,
+            signal=signal or None,
+            core_dumped=bool(status & 0x80),
+            duration_ns=max(0, h.timestamp_ns - h.start_boottime),
+        )
+    elif kind == lib.RG_KIND_FILE_OPEN:
+        path = kernel_text(cstr(r.path))
+        major, minor = r.dev >> 20, r.dev & 0xFFFFF
+        data = schema.FileOpenData(
+            path=path, path_truncated=bool(r.path_truncated), flags=r.flags, mode=r.mode,
+            result=r.retval, device=os.makedev(major, minor), inode=r.ino,
+            syscall={1: "open", 3: "openat2", 4: "creat"}.get(r.syscall, "openat"),
+        )
+        if r.retval >= 0 and r.ino:
+            where = f"inode {r.ino} on {major}:{minor}"
+            target = schema.TargetContext(
+                type="inode", device=os.makedev(major, minor), inode=r.ino, path=path or None,
+                formatted=f"{path} ({where})" if path else where)
+    elif kind in (lib.RG_KIND_NET_CONNECT, lib.RG_KIND_NET_SENDMSG):
+        v6 = r.family == socket.AF_INET6
+        addr_bytes = field_bytes(r.addr)
+        if v6:
+            address = socket.inet_ntop(socket.AF_INET6, addr_bytes)  # libc's text, like the encoder
+            formatted = f"[{address}]:{r.port}"
+        else:
+            address = str(ipaddress.IPv4Address(addr_bytes[:4]))
+            formatted = f"{address}:{r.port}"
+        family = "ipv6" if v6 else "ipv4"
+        common = dict(family=family, protocol=PROTOCOLS.get(r.protocol, f"proto-{r.protocol}"),
+                      address=address, port=r.port, result=r.retval, fd=r.fd)
+        if kind == lib.RG_KIND_NET_CONNECT:
+            data = schema.NetConnectData(**common)
+        else:
+            data = schema.NetSendmsgData(**common, syscall="sendmsg" if r.syscall == 2 else "sendto")
+        target = schema.TargetContext(type=family, address=address, port=r.port, formatted=formatted)
+    elif kind == lib.RG_KIND_PTRACE:
+        data = schema.PtraceData(request=r.request, target_pid=r.target_pid, result=r.retval)
+        target = schema.TargetContext(type="pid", pid=r.target_pid, formatted=f"pid {r.target_pid}")
+    elif kind == lib.RG_KIND_PROCESS_MEMORY:
+        data = schema.ProcessMemoryData(
+            method={1: "process_vm_readv", 2: "process_vm_writev"}.get(r.method, "proc_mem_open"),
+            target_pid=r.target_pid, flags=r.flags, result=r.retval)
+        target = schema.TargetContext(type="pid", pid=r.target_pid, formatted=f"pid {r.target_pid}")
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    return schema.Event(
+        timestamp=h.timestamp_ns, id=kind, name=schema.EVENT_NAMES[kind], data=data,
+        seq=h.seq, cpu=h.cpu, pid=h.pid, tid=h.tid, entity_id=entity(h.pid, h.start_boottime),
+        cgroup_id=h.cgroup_id, target_context=target,
+    )
+
+
+# ---------------------------------------------------------------- record strategies
+
+def fill_header(draw, rec, kind: int) -> None:
+    h = rec.hdr
+    h.kind = kind
+    h.timestamp_ns = draw(BOOT_NS)
+    h.seq = draw(U64)
+    h.cgroup_id = draw(U64)
+    h.start_boottime = draw(st.one_of(st.just(0), BOOT_NS))
+    h.cpu = draw(st.integers(0, 7))
+    h.pid = draw(st.one_of(PID, U32))
+    h.tid = draw(st.one_of(PID, U32))
+
+
+def kernel_bytes(max_size: int):
+    """Bytes a kernel string field may hold: valid UTF-8, arbitrary bytes, or odd mixes."""
+    return st.one_of(
+        st.text(max_size=max_size).map(lambda s: s.encode("utf-8")[:max_size]),
+        st.binary(max_size=max_size),
+        st.lists(st.sampled_from([b"a", b"/", b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"\xff",
+                                  b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x80", b"\xf4\x90\x80\x80"]),
+                 max_size=max_size // 4).map(lambda parts: b"".join(parts)[:max_size]),
+    )
+
+
+@st.composite
+def cstring_field(draw, size: int):
+    """A NUL-terminated (or, at full size, unterminated) string plus junk after the NUL."""
+    text = draw(kernel_bytes(size)).replace(b"\0", b"")[:size]
+    if len(text) < size:
+        text += b"\0" + draw(st.binary(max_size=size - len(text) - 1))
+    return text
+
+
+def put(arr, data: bytes) -> None:
+    ffi.memmove(arr, data, len(data))
+
+
+@st.composite
+def exec_records(draw):
+    rec = ffi.new("struct rg_exec_record *")
+    fill_header(draw, rec, lib.RG_KIND_PROCESS_EXEC)
+    rec.parent_start_boottime = draw(st.one_of(st.just(0), BOOT_NS))
+    rec.retval = draw(st.one_of(st.just(0), I32))
+    rec.ppid = draw(st.one_of(PID, U32))
+    rec.uid, rec.euid, rec.gid = draw(U32), draw(U32), draw(U32)
+    rec.args_truncated = draw(st.sampled_from([0, 1, 255]))
+    rec.filename_truncated = draw(st.sampled_from([0, 1, 255]))
+    put(rec.comm, draw(cstring_field(16)))
+    put(rec.filename, draw(cstring_field(256)))
+    if draw(st.booleans()):
+        # Structured argv: NUL-separated arguments, the last one maybe cut short.
+        argv = draw(st.lists(kernel_bytes(40).map(lambda b: b.replace(b"\0", b"")), max_size=12))
+        args = b"".join(a + b"\0" for a in argv)
+        if argv and draw(st.booleans()):
+            args = args[:-1]
+        args = args[:512]
+        put(rec.args, args + draw(st.binary(max_size=512 - len(args))))
+        rec.args_len = len(args)
+    else:
+        # Anything at all, args_len possibly past the buffer.
+        put(rec.args, draw(st.binary(max_size=512)))
+        rec.args_len = draw(st.one_of(st.integers(0, 600), U32))
+    return rec
+
+
+@st.composite
+def fork_records(draw):
+    rec = ffi.new("struct rg_fork_record *")
+    fill_header(draw, rec, lib.RG_KIND_PROCESS_FORK)
+    rec.child_pid = draw(st.one_of(PID, U32))
+    rec.child_start_boottime = draw(BOOT_NS)
+    return rec
+
+
+@st.composite
+def exit_statuses(draw):
+    return draw(st.one_of(
+        st.builds(lambda code, sig, core: code << 8 | core | sig,
+                  st.integers(0, 255), st.integers(0, 127), st.sampled_from([0, 0x80])),
+        U32,
+    ))
+
+
+@st.composite
+def exit_records(draw):
+    rec = ffi.new("struct rg_exit_record *")
+    fill_header(draw, rec, lib.RG_KIND_PROCESS_EXIT)
+    rec.exit_code = draw(exit_statuses())
+    return rec
+
+
+@st.composite
+def file_records(draw):
+    rec = ffi.new("struct rg_file_record *")
+    fill_header(draw, rec, lib.RG_KIND_FILE_OPEN)
+    rec.retval = draw(st.one_of(st.integers(-4095, 1 << 20), I64))
+    major, minor = draw(st.integers(0, 4095)), draw(st.integers(0, 2**20 - 1))
+    rec.dev = major << 20 | minor
+    rec.ino = draw(st.one_of(st.just(0), U64))
+    rec.flags, rec.mode = draw(U32), draw(U32)
+    rec.syscall = draw(st.one_of(st.integers(1, 4), U32))
+    rec.path_truncated = draw(st.sampled_from([0, 1]))
+    put(rec.path, draw(cstring_field(256)))
+    return rec
+
+
+@st.composite
+def net_records(draw, kind=None, family=None):
+    rec = ffi.new("struct rg_net_record *")
+    kind = kind if kind is not None else draw(st.sampled_from([lib.RG_KIND_NET_CONNECT, lib.RG_KIND_NET_SENDMSG]))
+    fill_header(draw, rec, kind)
+    rec.family = family if family is not None else draw(st.sampled_from([socket.AF_INET, socket.AF_INET6]))
+    put(rec.addr, draw(st.binary(min_size=16, max_size=16)))
+    rec.port = draw(U16)
+    rec.protocol = draw(st.one_of(st.sampled_from(sorted(PROTOCOLS)), U16))
+    rec.sock_type = draw(U16)
+    rec.fd = draw(U32)
+    rec.retval = draw(I64)
+    rec.syscall = draw(st.one_of(st.sampled_from([0, 1, 2]), U32))
+    return rec
+
+
+@st.composite
+def ptrace_records(draw):
+    rec = ffi.new("struct rg_ptrace_record *")
+    fill_header(draw, rec, lib.RG_KIND_PTRACE)
+    rec.request = draw(st.one_of(st.sampled_from(sorted(schema.PTRACE_REQUESTS)), I64))
+    rec.retval = draw(I64)
+    rec.target_pid = draw(st.one_of(PID, U32))
+    return rec
+
+
+@st.composite
+def memory_records(draw):
+    rec = ffi.new("struct rg_memory_record *")
+    fill_header(draw, rec, lib.RG_KIND_PROCESS_MEMORY)
+    rec.retval = draw(I64)
+    rec.target_pid = draw(st.one_of(PID, U32))
+    rec.method = draw(st.one_of(st.integers(1, 3), U32))
+    rec.flags = draw(U32)
+    return rec
+
+
+RECORD_STRATEGIES = {
+    "process_exec": exec_records(),
+    "process_fork": fork_records(),
+    "process_exit": exit_records(),
+    "file_open": file_records(),
+    "net_connect": net_records(kind=lib.RG_KIND_NET_CONNECT),
+    "net_sendmsg": net_records(kind=lib.RG_KIND_NET_SENDMSG),
+    "ptrace": ptrace_records(),
+    "process_memory": memory_records(),
+}
+any_record = st.one_of(*RECORD_STRATEGIES.values())
+
+
+def encode_one(rec_bytes: bytes) -> schema.Event:
+    malformed, events = encode([rec_bytes])
+    assert malformed == 0
+    assert len(events) == 1
+    return events[0]
+
+
+# ---------------------------------------------------------------- addresses
+
+def net_record(address, port, kind=lib.RG_KIND_NET_CONNECT):
+    rec = ffi.new("struct rg_net_record *")
+    rec.hdr.kind = kind
+    rec.hdr.pid = 1234
+    rec.family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    put(rec.addr, address.packed)  # network byte order, as in the sockaddr
+    rec.port = port
+    return raw(rec)
+
+
+@settings(max_examples=200)
+@given(address=st.ip_addresses(v=4), port=U16, kind=st.sampled_from([lib.RG_KIND_NET_CONNECT,
+                                                                       lib.RG_KIND_NET_SENDMSG]))
+@example(address=ipaddress.IPv4Address("127.1.2.3"), port=8080, kind=lib.RG_KIND_NET_CONNECT)
+@example(address=ipaddress.IPv4Address("192.168.1.100"), port=443, kind=lib.RG_KIND_NET_CONNECT)
+@example(address=ipaddress.IPv4Address("192.168.1.100"), port=53, kind=lib.RG_KIND_NET_SENDMSG)
+@example(address=ipaddress.IPv4Address("0.0.0.0"), port=0, kind=lib.RG_KIND_NET_CONNECT)
+@example(address=ipaddress.IPv4Address("255.255.255.255"), port=65535, kind=lib.RG_KIND_NET_CONNECT)
+def test_ipv4_address_and_port_round_trip(address, port, kind):
+    ev = encode_one(net_record(address, port, kind))
+    tc = ev.target_context
+    assert tc.type == "ipv4"
+    assert ipaddress.ip_address(tc.address) == address
+    assert tc.address == str(address)  # dotted quad, never reversed
+    assert tc.port == port
+    assert tc.formatted == f"{address}:{port}"
+    assert ev.data.family == "ipv4"
+    assert ev.data.address == tc.address
+    assert ev.data.port == port
+
+
+@pytest.mark.parametrize("text", ["127.1.2.3", "192.168.1.100"])
+def test_ipv4_byte_order_never_reversed(text):
+    ev = encode_one(net_record(ipaddress.IPv4Address(text), 8080))
+    reversed_text = ".".join(reversed(text.split(".")))
+    assert ev.target_context.address == text != reversed_text
+    assert ev.target_context.formatted == f"{text}:8080"
+    assert ev.data.address == text
+
+
+def ipv4_embedded(a: ipaddress.IPv6Address):
+    """libc's inet_ntop writes ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible) in dotted form."""
+    words = struct.unpack("!8H", a.packed)
+    if words[:5] == (0,) * 5 and words[5] == 0xFFFF:
+        return f"::ffff:{ipaddress.IPv4Address(a.packed[12:])}"
+    if words[:6] == (0,) * 6 and words[6] != 0:
+        return f"::{ipaddress.IPv4Address(a.packed[12:])}"
+    return None
+
+
+@settings(max_examples=200)
+@given(
+    address=st.one_of(
+        st.ip_addresses(v=6),
+        # Addresses with zero runs, to exercise "::" placement.
+        st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x0DB8, 0x2001, 0xFE80, 0x0A00]), min_size=8, max_size=8)
+        .map(lambda w: ipaddress.IPv6Address(struct.pack("!8H", *w))),
+        st.ip_addresses(v=4).map(lambda a: ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + a.packed)),
+    ),
+    port=U16,
+)
+@example(address=ipaddress.IPv6Address("::1"), port=443)
+@example(address=ipaddress.IPv6Address("::"), port=0)
+@example(address=ipaddress.IPv6Address("2001:db8::1"), port=80)
+@example(address=ipaddress.IPv6Address("2001:db8:0:0:1:0:0:1"), port=80)
+@example(address=ipaddress.IPv6Address("fe80::1:0:0:0"), port=22)
+@example(address=ipaddress.IPv6Address("::ffff:192.168.1.100"), port=8080)
+@example(address=ipaddress.IPv6Address("::ffff:127.1.2.3"), port=8080)
+def test_ipv6_address_and_port_round_trip(address, port):
+    ev = encode_one(net_record(address, port))
+    tc = ev.target_context
+    assert tc.type == "ipv6"
+    assert ipaddress.ip_address(tc.address) == address
+    assert tc.port == port
+    assert tc.formatted == f"[{tc.address}]:{port}"
+    assert ev.data.family == "ipv6"
+    assert ev.data.address == tc.address
+    assert ev.data.port == port
+    # Compressed (RFC 5952): lower case, no leading zeros, the longest zero run as "::".
+    embedded = ipv4_embedded(address)
+    if embedded is None:
+        assert tc.address == address.compressed
+    else:
+        assert tc.address in (address.compressed, embedded)
+    assert ipaddress.ip_address(ipaddress.ip_address(tc.address).compressed) == address
+
+
+@given(address=st.ip_addresses(v=4), port=U16)
+@example(address=ipaddress.IPv4Address("192.168.1.100"), port=443)
+def test_ipv4_mapped_ipv6_round_trips(address, port):
+    mapped = ipaddress.IPv6Address(f"::ffff:{address}")
+    ev = encode_one(net_record(mapped, port))
+    got = ipaddress.ip_address(ev.target_context.address)
+    assert got == mapped
+    assert got.ipv4_mapped == address
+    assert ev.target_context.formatted == f"[{ev.target_context.address}]:{port}"
+
+
+# ---------------------------------------------------------------- every record kind
+
+@pytest.mark.parametrize("name", sorted(RECORD_STRATEGIES))
+@settings(max_examples=60)
+@given(data=st.data())
+def test_every_kind_decodes_to_its_model(name, data):
+    rec = data.draw(RECORD_STRATEGIES[name])
+    rec_bytes = raw(rec)
+    ev = encode_one(rec_bytes)
+    assert ev.name == name
+    assert ev.id == schema.EVENT_IDS[name]
+    assert ev.data.__struct_config__.tag == name
+    assert ev == model(rec_bytes)
+
+
+@settings(max_examples=100)
+@given(rec=any_record, extra=st.binary(max_size=64))
+def test_trailing_bytes_after_a_record_are_ignored(rec, extra):
+    rec_bytes = raw(rec)
+    assert encode_one(rec_bytes + extra) == model(rec_bytes)
+
+
+@given(rec=any_record, start=BOOT_NS.filter(bool))
+def test_header_entity_id_and_timestamp(rec, start):
+    rec.hdr.start_boottime = start
+    ev = encode_one(raw(rec))
+    assert ev.entity_id == lib.rg_entity_id(rec.hdr.pid, start)
+    assert ev.timestamp == rec.hdr.timestamp_ns  # realtime offset is 0 in rg_encode_records
+    rec.hdr.start_boottime = 0
+    assert encode_one(raw(rec)).entity_id == 0
+
+
+@given(code=st.integers(0, 255), signal=st.integers(0, 127), core=st.booleans())
+def test_exit_status_word(code, signal, core):
+    rec = ffi.new("struct rg_exit_record *")
+    rec.hdr.kind = lib.RG_KIND_PROCESS_EXIT
+    rec.exit_code = code << 8 | (0x80 if core else 0) | signal
+    d = encode_one(raw(rec)).data
+    if signal:
+        assert (d.exit_code, d.signal) == (None, signal)
+    else:
+        assert (d.exit_code, d.signal) == (code, None)
+    assert d.core_dumped is core
+
+
+@given(major=st.integers(0, 4095), minor=st.integers(0, 2**20 - 1), ino=U64.filter(bool),
+       retval=st.integers(0, 2**31 - 1))
+@example(major=8, minor=1, ino=1234, retval=3)
+@example(major=259, minor=0x12345, ino=2, retval=0)
+def test_file_device_is_user_space_dev_t(major, minor, ino, retval):
+    rec = ffi.new("struct rg_file_record *")
+    rec.hdr.kind = lib.RG_KIND_FILE_OPEN
+    rec.dev = major << 20 | minor  # the kernel's dev_t (MKDEV)
+    rec.ino = ino
+    rec.retval = retval
+    put(rec.path, b"/etc/shadow")
+    ev = encode_one(raw(rec))
+    assert ev.data.device == os.makedev(major, minor)
+    assert os.major(ev.data.device) == major and os.minor(ev.data.device) == minor
+    assert ev.data.inode == ino
+    tc = ev.target_context
+    assert (tc.type, tc.device, tc.inode, tc.path) == ("inode", ev.data.device, ino, "/etc/shadow")
+    assert tc.formatted == f"/etc/shadow (inode {ino} on {major}:{minor})"
+
+
+@given(rec=file_records(), retval=st.one_of(st.integers(-4095, -1), I64), ino=U64)
+def test_file_target_context_only_for_an_opened_inode(rec, retval, ino):
+    rec.retval = retval
+    rec.ino = ino
+    ev = encode_one(raw(rec))
+    assert (ev.target_context is not None) == (retval >= 0 and ino != 0)
+
+
+def test_real_stat_device_matches():
+    st_ = os.stat("/")
+    rec = ffi.new("struct rg_file_record *")
+    rec.hdr.kind = lib.RG_KIND_FILE_OPEN
+    rec.dev = os.major(st_.st_dev) << 20 | os.minor(st_.st_dev)
+    rec.ino = st_.st_ino
+    put(rec.path, b"/")
+    ev = encode_one(raw(rec))
+    assert (ev.data.device, ev.data.inode) == (st_.st_dev, st_.st_ino)
+
+
+@given(argv=st.lists(st.text(max_size=20).map(lambda s: s.replace("\0", "")), min_size=1, max_size=10),
+       cut=st.booleans())
+def test_exec_argv(argv, cut):
+    rec = ffi.new("struct rg_exec_record *")
+    rec.hdr.kind = lib.RG_KIND_PROCESS_EXEC
+    args = b"".join(a.encode() + b"\0" for a in argv)
+    assume(len(args) <= 512)
+    assume(not cut or argv[-1] != "")
+    if cut:
+        args = args[:-1]  # the last argument lost its NUL: truncated
+    put(rec.args, args)
+    rec.args_len = len(args)
+    d = encode_one(raw(rec)).data
+    assert d.argv == argv
+    assert d.argv_truncated is cut
+
+
+def test_exec_empty_and_full_args():
+    rec = ffi.new("struct rg_exec_record *")
+    rec.hdr.kind = lib.RG_KIND_PROCESS_EXEC
+    d = encode_one(raw(rec)).data
+    assert (d.argv, d.argv_truncated) == ([], False)
+    put(rec.args, b"x" * 512)
+    rec.args_len = 10_000  # past the buffer: clamped to it
+    d = encode_one(raw(rec)).data
+    assert (d.argv, d.argv_truncated) == (["x" * 512], True)
+
+
+# ---------------------------------------------------------------- batches
+
+@settings(max_examples=100)
+@given(recs=st.lists(any_record, max_size=60), bases=st.lists(U32, min_size=8, max_size=8),
+       steps=st.lists(st.integers(1, 5), min_size=60, max_size=60))
+def test_batch_keeps_every_record_in_order(recs, bases, steps):
+    seq = list(bases)
+    for i, rec in enumerate(recs):
+        cpu = rec.hdr.cpu
+        seq[cpu] += steps[i]
+        rec.hdr.seq = seq[cpu]
+    blobs = [raw(r) for r in recs]
+    malformed, events = encode(blobs)
+    assert malformed == 0
+    assert len(events) == len(blobs)
+    assert events == [model(b) for b in blobs]
+    last = {}
+    for ev in events:
+        assert ev.seq > last.get(ev.cpu, -1)
+        last[ev.cpu] = ev.seq
+
+
+# ---------------------------------------------------------------- malformed input
+
+@st.composite
+def malformed_records(draw):
+    how = draw(st.sampled_from(["short", "truncated", "unknown_kind"]))
+    if how == "short":
+        return draw(st.binary(max_size=HEADER_SIZE - 1))
+    if how == "truncated":
+        full = raw(draw(any_record))
+        kind = struct.unpack_from("<I", full, KIND_OFFSET)[0]
+        return full[: draw(st.integers(HEADER_SIZE, RECORD_SIZES[kind] - 1))]
+    kind = draw(st.one_of(st.sampled_from([0, lib.RG_KIND_LOST, lib.RG_KIND_SLOTS - 1, lib.RG_KIND_SLOTS]),
+                          st.integers(lib.RG_KIND_LOST, 2**32 - 1)))
+    body = bytearray(draw(st.binary(min_size=HEADER_SIZE, max_size=1000)))
+    struct.pack_into("<I", body, KIND_OFFSET, kind)
+    return bytes(body)
+
+
+@settings(max_examples=150)
+@given(items=st.lists(st.one_of(any_record.map(lambda r: ("ok", raw(r))),
+                                malformed_records().map(lambda b: ("bad", b))), max_size=30))
+def test_malformed_records_are_counted_and_skipped(items):
+    malformed, events = encode([b for _, b in items])
+    good = [b for tag, b in items if tag == "ok"]
+    assert malformed == len(items) - len(good)
+    assert events == [model(b) for b in good]
+
+
+def test_lost_kind_from_the_ring_is_malformed():
+    # "lost" notices are made by the consumer, never read from the ring.
+    rec = ffi.new("struct rg_exit_record *")
+    rec.hdr.kind = lib.RG_KIND_LOST
+    assert encode([raw(rec)]) == (1, [])
+
+
+def frames_of(data: bytes) -> list[bytes]:
+    """The framing rg_encode_records applies: a length past the end is cut to what is left."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        n = min(n, len(data) - pos)
+        out.append(data[pos: pos + n])
+        pos += n
+    return out
+
+
+def well_formed(rec: bytes) -> bool:
+    if len(rec) < HEADER_SIZE:
+        return False
+    kind = struct.unpack_from("<I", rec, KIND_OFFSET)[0]
+    return kind in RECORD_SIZES and len(rec) >= RECORD_SIZES[kind]
+
+
+def check_arbitrary(data: bytes):
+    rc, malformed, events = encode_raw(data)
+    assert rc >= 0
+    frames = frames_of(data)
+    assert rc == len(events)
+    assert rc + malformed == len(frames)
+    assert rc == sum(map(well_formed, frames))
+    for ev in events:
+        assert ev.id == schema.EVENT_IDS[ev.name]
+    return events
+
+
+@settings(max_examples=200)
+@given(data=st.binary(max_size=4096))
+def test_arbitrary_bytes_never_crash(data):
+    check_arbitrary(data)
+
+
+@st.composite
+def random_frames(draw):
+    """Frames with random bytes but plausible kinds and lengths, so most reach a per-kind encoder."""
+    kind = draw(st.one_of(st.sampled_from(sorted(RECORD_SIZES)), st.integers(0, 40)))
+    size = RECORD_SIZES.get(kind, 64)
+    n = draw(st.one_of(st.just(size), st.integers(0, size + 32)))
+    body = bytearray(draw(st.binary(min_size=n, max_size=n)))
+    if n >= KIND_OFFSET + 4:
+        struct.pack_into("<I", body, KIND_OFFSET, kind)
+    return bytes(body)
+
+
+@settings(max_examples=200)
+@given(frames=st.lists(random_frames(), max_size=20), tail=st.binary(max_size=8))
+def test_random_records_never_crash(frames, tail):
+    events = check_arbitrary(frame(frames) + tail)
+    wellformed = [f for f in frames if well_formed(f)]
+    assert len(events) >= len(wellformed)
+
+
+@given(rec=any_record, claim=st.integers(1, 2**32 - 1))
+def test_length_past_the_end_is_cut_to_what_is_left(rec, claim):
+    rec_bytes = raw(rec)
+    data = struct.pack("<I", max(claim, len(rec_bytes))) + rec_bytes
+    rc, malformed, events = encode_raw(data)
+    assert (rc, malformed) == (1, 0)
+    assert events == [model(rec_bytes)]
+
+
+def test_output_too_small_is_enobufs():
+    rec = ffi.new("struct rg_ptrace_record *")
+    rec.hdr.kind = lib.RG_KIND_PTRACE
+    data = frame([raw(rec)])
+    rc, _, _ = encode_raw(data, cap=MAX_ENCODED_RECORD)
+    assert rc == -errno.ENOBUFS
+    rc, _, events = encode_raw(data, cap=5 + MAX_ENCODED_RECORD)
+    assert rc == 1 and len(events) == 1
+
+
+def test_tiny_output_buffer_is_refused():
+    rec = ffi.new("struct rg_ptrace_record *")
+    rec.hdr.kind = lib.RG_KIND_PTRACE
+    data = frame([raw(rec)])
+    # The real buffer is large, so an overrun shows up as out_len > cap, not as a crash.
+    rc = lib.rg_encode_records(data, len(data), _OUT, 4, _OUT_LEN, _MALFORMED)
+    assert rc == -errno.ENOBUFS or _OUT_LEN[0] <= 4
+
+
+# ---------------------------------------------------------------- text
+
+@settings(max_examples=200)
+@given(path=kernel_bytes(255).map(lambda b: b.replace(b"\0", b"")))
+@example(path=b"/tmp/\xff\xfe")
+@example(path=b"/tmp/\xe2\x82")  # a cut multi-byte sequence: two U+FFFD
+@example(path=b"\xed\xa0\x80")  # an encoded surrogate: invalid, three U+FFFD
+@example(path=b"\xc0\xaf")  # overlong "/"
+@example(path=b"\xf4\x90\x80\x80")  # past U+10FFFF
+def test_path_bytes_always_decode(path):
+    rec = ffi.new("struct rg_file_record *")
+    rec.hdr.kind = lib.RG_KIND_FILE_OPEN
+    rec.ino, rec.retval = 7, 3
+    put(rec.path, path)
+    ev = encode_one(raw(rec))
+    expected = kernel_text(path)
+    assert ev.data.path == expected
+    assert ev.target_context.path == (expected or None)
+    try:
+        assert ev.data.path == path.decode("utf-8")  # valid UTF-8 is kept exactly
+    except UnicodeDecodeError:
+        assert "\ufffd" in ev.data.path
+
+
+@settings(max_examples=200)
+@given(comm=st.text(max_size=5), exe=st.text(max_size=60), argv=st.lists(st.text(max_size=20), max_size=8))
+def test_valid_utf8_text_is_preserved(comm, exe, argv):
+    comm, exe = comm.replace("\0", ""), exe.replace("\0", "")
+    argv = [a.replace("\0", "") for a in argv]
+    comm_b, exe_b = comm.encode(), exe.encode()
+    args = b"".join(a.encode() + b"\0" for a in argv)
+    assume(len(comm_b) <= 16 and len(exe_b) <= 256 and len(args) <= 512)
+    rec = ffi.new("struct rg_exec_record *")
+    rec.hdr.kind = lib.RG_KIND_PROCESS_EXEC
+    put(rec.comm, comm_b)
+    put(rec.filename, exe_b)
+    put(rec.args, args)
+    rec.args_len = len(args)
+    d = encode_one(raw(rec)).data
+    assert (d.comm, d.executable, d.argv, d.argv_truncated) == (comm, exe, argv, False)
+
+
+@settings(max_examples=200)
+@given(comm=st.binary(min_size=16, max_size=16), exe=st.binary(max_size=256), args=st.binary(max_size=512))
+def test_arbitrary_exec_text_always_decodes(comm, exe, args):
+    rec = ffi.new("struct rg_exec_record *")
+    rec.hdr.kind = lib.RG_KIND_PROCESS_EXEC
+    put(rec.comm, comm)  # 16 bytes, possibly without a NUL
+    put(rec.filename, exe)
+    put(rec.args, args)
+    rec.args_len = len(args)
+    rec_bytes = raw(rec)
+    ev = encode_one(rec_bytes)
+    assert ev == model(rec_bytes)
+    assert ev.data.comm == kernel_text(comm.split(b"\0", 1)[0])
+
+
+# ---------------------------------------------------------------- entity ids
+
+@given(pid=PID, tick=st.integers(0, 2**38), a=st.integers(0, NS_PER_TICK - 1), b=st.integers(0, NS_PER_TICK - 1))
+def test_entity_id_stable_within_a_clock_tick(pid, tick, a, b):
+    x = lib.rg_entity_id(pid, tick * NS_PER_TICK + a)
+    assert x == lib.rg_entity_id(pid, tick * NS_PER_TICK + b)
+    # /proc/<pid>/stat reports the start in ticks: a process found there gets the same id.
+    assert x == lib.rg_entity_id(pid, tick * NS_PER_TICK)
+    assert 0 <= x < 2**63
+
+
+@settings(max_examples=100)
+@given(keys=st.lists(st.tuples(PID, st.integers(0, 2**38)), unique=True, min_size=2, max_size=300))
+def test_entity_ids_differ_across_pids_and_ticks(keys):
+    ids = {lib.rg_entity_id(pid, tick * NS_PER_TICK + NS_PER_TICK // 2) for pid, tick in keys}
+    assert len(ids) == len(keys)
+
+
+def test_entity_ids_of_neighbours_differ():
+    ids = {lib.rg_entity_id(pid, tick * NS_PER_TICK) for pid in range(1, 200) for tick in range(50)}
+    assert len(ids) == 199 * 50
+
+
+# ---------------------------------------------------------------- the JSON Schema
+
+_validator = None
+
+
+def validator():
+    global _validator
+    if _validator is None:
+        jsonschema = pytest.importorskip("jsonschema")
+        _validator = jsonschema.Draft202012Validator(schema.json_schema())
+    return _validator
+
+
+@settings(max_examples=100)
+@given(rec=any_record)
+def test_encoded_events_validate_against_the_json_schema(rec):
+    import json
+
+    ev = encode_one(raw(rec))
+    validator().validate(json.loads(schema.json_encoder.encode(ev)))

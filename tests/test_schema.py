@@ -1,0 +1,294 @@
+"""Property tests of the event schema (runtimeguard/schema.py): codecs, JSON
+Schema, the event registry, and container ids from cgroup paths.
+
+Event strategies are derived from the Structs' own type information
+(msgspec.inspect), so a field added to the schema is covered without touching
+this file."""
+
+from __future__ import annotations
+
+import json
+import typing
+
+import msgspec
+import msgspec.inspect as mi
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import runtimeguard
+from runtimeguard import schema
+from runtimeguard.processes import container_from_cgroup
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+INT = st.integers(-(2**63), 2**64 - 1)  # what msgpack and msgspec's JSON carry losslessly
+TEXT = st.text(max_size=12)
+
+
+def strategy_for(t: mi.Type) -> st.SearchStrategy:
+    """A hypothesis strategy for any msgspec type the schema uses."""
+    if isinstance(t, mi.IntType):
+        lo = t.ge if t.ge is not None else -(2**63)
+        hi = t.le if t.le is not None else 2**64 - 1
+        return st.integers(lo, hi)
+    if isinstance(t, mi.StrType):
+        return TEXT
+    if isinstance(t, mi.BoolType):
+        return st.booleans()
+    if isinstance(t, mi.NoneType):
+        return st.none()
+    if isinstance(t, mi.LiteralType):
+        return st.sampled_from(list(t.values))
+    if isinstance(t, mi.UnionType):
+        return st.one_of(*(strategy_for(x) for x in t.types))
+    if isinstance(t, mi.ListType):
+        return st.lists(strategy_for(t.item_type), max_size=3)
+    if isinstance(t, mi.DictType):
+        return st.dictionaries(strategy_for(t.key_type), strategy_for(t.value_type), max_size=3)
+    if isinstance(t, mi.StructType):
+        return struct_strategy(t)
+    raise NotImplementedError(f"no strategy for {t!r}: extend strategy_for")
+
+
+def struct_strategy(t: mi.StructType, **overrides) -> st.SearchStrategy:
+    fields = {}
+    for f in t.fields:
+        if f.name in overrides:
+            fields[f.name] = overrides[f.name]
+        elif f.required:
+            fields[f.name] = strategy_for(f.type)
+        else:
+            # Sometimes leave a defaulted field at its default (exercises omit_defaults).
+            fields[f.name] = st.one_of(st.just(f.default if f.default is not mi.NODEFAULT
+                                               else f.default_factory()), strategy_for(f.type))
+    return st.builds(t.cls, **fields)
+
+
+EVENT_INFO: mi.StructType = mi.type_info(schema.Event)
+DATA_TYPES = {cls.__struct_config__.tag: cls for cls in typing.get_args(schema.EventData)}
+
+
+def data_strategy(name: str):
+    return struct_strategy(mi.type_info(DATA_TYPES[name]))
+
+
+@st.composite
+def events(draw, name=None):
+    """A consistent Event: name, id and data tag agree; everything else arbitrary."""
+    name = name or draw(st.sampled_from(sorted(schema.EVENT_IDS)))
+    return draw(struct_strategy(EVENT_INFO, name=st.just(name), id=st.just(schema.EVENT_IDS[name]),
+                                data=data_strategy(name)))
+
+
+# ---------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("name", sorted(schema.EVENT_IDS))
+@settings(max_examples=30)
+@given(data=st.data())
+def test_json_and_msgpack_round_trip_every_kind(name, data):
+    ev = data.draw(events(name))
+    assert schema.json_decoder.decode(schema.json_encoder.encode(ev)) == ev
+    assert schema.msgpack_decoder.decode(schema.msgpack_encoder.encode(ev)) == ev
+
+
+@settings(max_examples=100)
+@given(ev=events())
+def test_round_trip_with_everything(ev):
+    line = schema.json_encoder.encode(ev)
+    assert b"\n" not in line  # NDJSON: one event per line
+    assert schema.json_decoder.decode(line) == ev
+    packed = schema.msgpack_encoder.encode(ev)
+    assert schema.msgpack_decoder.decode(packed) == ev
+    # A batch decodes the same as its events one by one.
+    assert schema.batch_decoder.decode(schema.msgpack_encoder.encode([ev, ev])) == [ev, ev]
+
+
+@given(ev=events(), workload=strategy_for(mi.type_info(schema.Workload)),
+       target=strategy_for(mi.type_info(schema.TargetContext)),
+       policy=strategy_for(mi.type_info(schema.PolicyRef)), threat=strategy_for(mi.type_info(schema.Threat)),
+       triggered=strategy_for(mi.type_info(schema.TriggeredBy)))
+def test_round_trip_with_all_optional_parts_present(ev, workload, target, policy, threat, triggered):
+    ev = msgspec.structs.replace(ev, workload=workload, target_context=target, policy=policy, threat=threat,
+                                 triggered_by=triggered)
+    assert schema.json_decoder.decode(schema.json_encoder.encode(ev)) == ev
+    assert schema.msgpack_decoder.decode(schema.msgpack_encoder.encode(ev)) == ev
+
+
+def test_strategies_reach_every_part():
+    # The derived strategies must produce every optional section at least sometimes.
+    seen = set()
+
+    @settings(max_examples=150, database=None)
+    @given(ev=events())
+    def collect(ev):
+        for part in ("workload", "target_context", "policy", "threat", "triggered_by"):
+            if getattr(ev, part) is not None:
+                seen.add(part)
+        if ev.workload is not None and ev.workload.process.ancestors:
+            seen.add("ancestors")
+        seen.add(ev.name)
+
+    collect()
+    assert {"workload", "target_context", "policy", "threat", "triggered_by", "ancestors"} <= seen
+    assert set(schema.EVENT_IDS) <= seen
+
+
+# ---------------------------------------------------------------- JSON Schema
+
+@pytest.fixture(scope="module")
+def validator():
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = schema.json_schema()
+    jsonschema.Draft202012Validator.check_schema(doc)
+    return jsonschema.Draft202012Validator(doc)
+
+
+@settings(max_examples=100)
+@given(ev=events())
+def test_every_json_event_validates(validator, ev):
+    validator.validate(json.loads(schema.json_encoder.encode(ev)))
+
+
+@given(ev=events(), bad_name=TEXT.filter(lambda s: s not in schema.EVENT_IDS))
+def test_schema_rejects_unknown_names_and_data(validator, ev, bad_name):
+    doc = json.loads(schema.json_encoder.encode(ev))
+    assert not validator.is_valid({**doc, "name": bad_name})
+    assert not validator.is_valid({**doc, "data": {**doc["data"], "type": bad_name}})
+    missing = {k: v for k, v in doc.items() if k != "timestamp"}
+    assert not validator.is_valid(missing)
+
+
+def test_schema_document():
+    doc = schema.json_schema()
+    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema.SCHEMA_VERSION in doc["title"]
+    json.dumps(doc)  # plain JSON
+
+
+# ---------------------------------------------------------------- the registry
+
+KIND_CONSTANTS = {
+    "process_exec": "RG_KIND_PROCESS_EXEC",
+    "process_fork": "RG_KIND_PROCESS_FORK",
+    "process_exit": "RG_KIND_PROCESS_EXIT",
+    "file_open": "RG_KIND_FILE_OPEN",
+    "net_connect": "RG_KIND_NET_CONNECT",
+    "net_sendmsg": "RG_KIND_NET_SENDMSG",
+    "ptrace": "RG_KIND_PTRACE",
+    "process_memory": "RG_KIND_PROCESS_MEMORY",
+    "lost": "RG_KIND_LOST",
+}
+
+
+def test_event_ids_are_unique_and_positive():
+    ids = list(schema.EVENT_IDS.values())
+    assert len(ids) == len(set(ids))
+    assert all(isinstance(i, int) and i > 0 for i in ids)
+    assert schema.EVENT_NAMES == {v: k for k, v in schema.EVENT_IDS.items()}
+
+
+def test_kernel_kinds_match_the_registry():
+    lib = pytest.importorskip("runtimeguard._native").lib
+    assert set(KIND_CONSTANTS) == set(schema.EVENT_IDS)
+    for name, const in KIND_CONSTANTS.items():
+        assert getattr(lib, const) == schema.EVENT_IDS[name], const
+    assert max(schema.EVENT_IDS.values()) < lib.RG_KIND_SLOTS
+
+
+def test_names_literal_and_data_union_cover_the_registry():
+    assert set(typing.get_args(schema.EventName)) == set(schema.EVENT_IDS)
+    assert len(typing.get_args(schema.EventName)) == len(schema.EVENT_IDS)
+    assert set(DATA_TYPES) == set(schema.EVENT_IDS)
+    assert len(DATA_TYPES) == len(typing.get_args(schema.EventData))
+
+
+def test_schema_version_is_exported():
+    assert runtimeguard.SCHEMA_VERSION == schema.SCHEMA_VERSION
+    assert isinstance(runtimeguard.SCHEMA_VERSION, str) and runtimeguard.SCHEMA_VERSION
+    assert "SCHEMA_VERSION" in runtimeguard.__all__
+    assert runtimeguard.EVENT_IDS is schema.EVENT_IDS
+
+
+# ---------------------------------------------------------------- container ids
+
+HEX64 = st.text("0123456789abcdef", min_size=64, max_size=64)
+POD_UID = st.uuids().map(str)
+QOS = st.sampled_from(["", "besteffort", "burstable"])
+
+
+def _kubepods_systemd(qos: str, uid: str) -> str:
+    if not qos:
+        return f"/kubepods.slice/kubepods-pod{uid.replace('-', '_')}.slice"
+    return f"/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid.replace('-', '_')}.slice"
+
+
+@st.composite
+def container_paths(draw):
+    cid = draw(HEX64)
+    kind = draw(st.sampled_from(["docker-systemd", "docker-cgroupfs", "containerd", "crio", "podman",
+                                 "podman-rootless", "kubepods-cgroupfs"]))
+    qos, uid = draw(QOS), draw(POD_UID)
+    if kind == "docker-systemd":
+        path, runtime = f"/system.slice/docker-{cid}.scope", "docker"
+    elif kind == "docker-cgroupfs":
+        path, runtime = f"/docker/{cid}", "docker"
+    elif kind == "containerd":
+        path, runtime = f"{_kubepods_systemd(qos, uid)}/cri-containerd-{cid}.scope", "containerd"
+    elif kind == "crio":
+        path, runtime = f"{_kubepods_systemd(qos, uid)}/crio-{cid}.scope", "cri-o"
+    elif kind == "podman":
+        path, runtime = f"/machine.slice/libpod-{cid}.scope", "podman"
+    elif kind == "podman-rootless":
+        path, runtime = (f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{cid}.scope",
+                         "podman")
+    else:
+        parent = f"/kubepods/{qos}" if qos else "/kubepods"
+        path, runtime = f"{parent}/pod{uid}/{cid}", "kubernetes"
+    # Processes may sit in a child cgroup of the container's.
+    suffix = draw(st.sampled_from(["", "/init.scope", "/container", "/app/worker"]))
+    return path + suffix, cid, runtime
+
+
+@settings(max_examples=200)
+@given(case=container_paths())
+@example(case=("/system.slice/docker-" + "a" * 64 + ".scope", "a" * 64, "docker"))
+@example(case=("/kubepods/besteffort/pod12345678-1234-1234-1234-123456789abc/" + "0" * 64, "0" * 64,
+               "kubernetes"))
+def test_container_id_from_cgroup(case):
+    path, cid, runtime = case
+    c = container_from_cgroup(path)
+    assert c is not None, path
+    assert c.id == cid
+    assert c.runtime == runtime
+
+
+SEGMENT = st.text("abcdefghijklmnopqrstuvwxyz0123456789.-_@", min_size=1, max_size=40)
+
+
+@settings(max_examples=200)
+@given(segments=st.lists(SEGMENT, max_size=6))
+@example(segments=[])
+@example(segments=["system.slice", "docker.service"])
+@example(segments=["user.slice", "user-1000.slice", "session-3.scope"])
+@example(segments=["kubepods", "besteffort", "pod12345678-1234-1234-1234-123456789abc"])
+def test_no_container_without_a_64_hex_id(segments):
+    # No segment can hold 64 hex digits in a row.
+    assert container_from_cgroup("/" + "/".join(segments)) is None
+
+
+@given(cid=HEX64, cut=st.sampled_from([1, -1]), extra=st.sampled_from("0123456789abcdef"))
+def test_near_miss_ids_give_none(cid, cut, extra):
+    short = cid[:63]
+    long_ = cid + extra
+    for bad in (short, long_, cid.upper() if any(ch.isalpha() for ch in cid) else None):
+        if bad is None:
+            continue
+        for path in (f"/system.slice/docker-{bad}.scope", f"/docker/{bad}", f"/machine.slice/libpod-{bad}.scope",
+                     f"/kubepods/pod0a-1b/{bad}", f"/kubepods.slice/crio-{bad}.scope"):
+            assert container_from_cgroup(path) is None, path
+
+
+def test_conmon_scope_is_not_the_container():
+    # CRI-O's conmon runs next to the container, in crio-conmon-<id>.scope.
+    assert container_from_cgroup(f"/kubepods.slice/crio-conmon-{'ab' * 32}.scope") is None

@@ -1,0 +1,338 @@
+"""Tracer behaviour: loss accounting, filters, lifecycle, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import runtimeguard
+from runtimeguard import BPFError, PrivilegeError, Tracer, TracerStateError
+from conftest import ROOT, held_program_ids, kernel_objects, rg_program_ids
+from helpers import drain, python_child, wait_for
+
+
+def _is_echo(token):
+    return lambda e: e.name == "process_exec" and e.data.argv == ["/bin/echo", token]
+
+
+def test_overload_delivered_plus_lost_equals_produced():
+    """Stop consuming, produce more records than the ring holds: every one is
+    either delivered or counted lost, and the loss shows in the stream."""
+    produced = 3000
+    child = python_child(textwrap.dedent(f"""
+        import os, sys
+        sys.stdin.readline()
+        for _ in range({produced}):
+            os.close(os.open("/dev/null", os.O_RDONLY))
+        print("done", flush=True)
+        sys.stdin.readline()
+    """))
+    try:
+        with Tracer(events=["file_open"], pids=[child.pid], ring_buffer_size=16384) as t:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "done"
+            events = drain(t)
+            stats = t.stats()
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
+    opens = [e for e in events if e.name == "file_open" and e.data.path == "/dev/null"]
+    notices = [e for e in events if e.name == "lost"]
+    lost = stats.lost.get("file_open", 0)
+    assert lost > 0, "the ring should have overflowed"
+    assert len(opens) + lost == produced
+    assert sum(n.data.by_kind.get("file_open", 0) for n in notices) == lost
+    # Sequence numbers show the gaps: per CPU they only ever increase.
+    last = {}
+    for e in opens:
+        assert e.seq > last.get(e.cpu, -1)
+        last[e.cpu] = e.seq
+
+
+def test_pid_filter_runs_in_the_kernel():
+    token = secrets.token_hex(6)
+    child = python_child("import sys, subprocess; sys.stdin.readline(); "
+                         f"subprocess.run(['/bin/echo', '{token}-in']); print('ok', flush=True)")
+    try:
+        with Tracer(events=["process_fork"], pids=[child.pid]) as t:
+            subprocess.run(["/bin/echo", token + "-out"], capture_output=True)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            child.stdout.readline()
+            events = drain(t)
+    finally:
+        child.wait(timeout=10)
+    assert events and all(e.pid == child.pid for e in events)
+    assert t.stats().delivered.get("process_fork") == len(events)
+
+
+def test_comm_filter():
+    token = secrets.token_hex(6)
+    with Tracer(events=["process_exec"], comms=["echo"]) as t:
+        subprocess.run(["/bin/true"])
+        subprocess.run(["/bin/echo", token], capture_output=True)
+        events = drain(t)
+    assert [e.data.argv for e in events] == [["/bin/echo", token]]
+
+
+def test_cgroup_filter_covers_the_subtree(tmp_path):
+    from runtimeguard.environment import cgroup2_mount
+
+    parent = os.path.join(cgroup2_mount(), f"rg-test-{secrets.token_hex(4)}")
+    leaf = os.path.join(parent, "leaf")
+    os.makedirs(leaf)
+    token = secrets.token_hex(6)
+    try:
+        with Tracer(events=["process_exec"], cgroups=[parent]) as t:
+            subprocess.run(["/bin/echo", token + "-outside"], capture_output=True)
+            def enter_leaf():
+                with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                    f.write("0")
+            subprocess.run(["/bin/echo", token], capture_output=True, preexec_fn=enter_leaf)
+            events = drain(t)
+    finally:
+        os.rmdir(leaf)
+        os.rmdir(parent)
+    assert [e.data.argv for e in events] == [["/bin/echo", token]]
+    assert events[0].workload.cgroup.endswith("/leaf")
+
+
+def test_two_tracers_do_not_steal_events_and_close_independently():
+    token = secrets.token_hex(6)
+    with Tracer(events=["process_exec"]) as a, Tracer(events=["process_exec"]) as b:
+        subprocess.run(["/bin/echo", token], capture_output=True)
+        wait_for(a, _is_echo(token))
+        wait_for(b, _is_echo(token))
+        a.close()
+        token2 = secrets.token_hex(6)
+        subprocess.run(["/bin/echo", token2], capture_output=True)
+        wait_for(b, _is_echo(token2))
+        with pytest.raises(TracerStateError):
+            a.poll(0)
+
+
+def test_start_and_close_are_idempotent():
+    t = Tracer(events=["process_exec"])
+    t.start()
+    t.start()
+    t.close()
+    t.close()
+    assert not t.running
+    with pytest.raises(TracerStateError):
+        t.start()
+
+
+def test_callback_exception_surfaces_and_later_events_are_kept():
+    tokens = [secrets.token_hex(4) for _ in range(3)]
+    seen = []
+
+    def callback(ev):
+        if ev.name == "process_exec" and ev.data.argv[1:] == [tokens[0]]:
+            raise RuntimeError("callback failed")
+        seen.append(ev)
+
+    with Tracer(events=["process_exec"], comms=["echo"], callback=callback) as t:
+        for token in tokens:
+            subprocess.run(["/bin/echo", token], capture_output=True)
+        time.sleep(0.1)
+        with pytest.raises(RuntimeError, match="callback failed"):
+            while True:
+                t.poll(1)
+        drain(t)
+    assert [e.data.argv[1] for e in seen] == tokens[1:]
+
+
+def test_async_iteration_wakes_through_the_event_loop():
+    token = secrets.token_hex(6)
+
+    async def main():
+        with Tracer(events=["process_exec"], comms=["echo"]) as t:
+            proc = await asyncio.create_subprocess_exec("/bin/echo", token, stdout=asyncio.subprocess.DEVNULL)
+            await proc.wait()
+            async def first():
+                async for ev in t:
+                    if ev.data.argv == ["/bin/echo", token]:
+                        return ev
+            return await asyncio.wait_for(first(), timeout=3)
+
+    ev = asyncio.run(main())
+    assert ev.data.argv[1] == token
+
+
+def test_poll_releases_the_gil():
+    with Tracer(events=["process_exec"], comms=["no-such-comm"]) as t:
+        counter = 0
+        done = threading.Event()
+
+        def spin():
+            nonlocal counter
+            while not done.is_set():
+                counter += 1
+
+        worker = threading.Thread(target=spin)
+        worker.start()
+        try:
+            t.poll(0.5)
+        finally:
+            done.set()
+            worker.join()
+    # With the GIL held for the whole wait the counter would barely move.
+    assert counter > 100_000
+
+
+def test_forked_child_cannot_consume_and_does_not_detach_the_parent():
+    token = secrets.token_hex(6)
+    with Tracer(events=["process_exec"], comms=["echo"]) as t:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                try:
+                    t.poll(0)
+                except TracerStateError:
+                    code = 0 if not kernel_objects() else 2
+                t.close()
+            finally:
+                os.write(w, b"x")
+                os._exit(code)
+        os.read(r, 1)
+        _, status = os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+        assert os.waitstatus_to_exitcode(status) == 0
+        subprocess.run(["/bin/echo", token], capture_output=True)
+        wait_for(t, _is_echo(token))
+
+
+def test_no_descriptor_leaks_across_exec():
+    with Tracer(events=["process_exec"]):
+        out = subprocess.run(["ls", "-l", "/proc/self/fd/"], capture_output=True, text=True, close_fds=False).stdout
+    assert "bpf" not in out and "perf_event" not in out
+
+
+def test_not_root_gets_a_clear_error_and_loads_nothing():
+    # Root, but with every capability dropped from the bounding set.
+    code = textwrap.dedent("""
+        import sys
+        import runtimeguard
+        try:
+            runtimeguard.Tracer().start()
+        except runtimeguard.PrivilegeError as e:
+            print(e)
+            sys.exit(0)
+        sys.exit(1)
+    """)
+    out = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", code],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "CAP_BPF" in out.stdout and "CAP_PERFMON" in out.stdout
+
+
+def test_low_memlock_limit_still_loads():
+    code = "import runtimeguard; t = runtimeguard.Tracer().start(); t.poll(0); t.close(); print('ok')"
+    out = subprocess.run(["prlimit", "--memlock=65536", sys.executable, "-c", code], capture_output=True,
+                         text=True, cwd=ROOT, timeout=30)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+ATTACH_FAILURE_PROBE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "tests")
+    import runtimeguard
+    from runtimeguard import environment
+    from conftest import kernel_objects
+    environment.prepare()
+    # Hide one tracepoint of the third sensor: its attach fails after the
+    # process and file sensors' programs are already attached.
+    hidden = environment.tracefs_root() + "/events/syscalls/sys_enter_connect"
+    environment._mount("none", hidden, "tmpfs")
+    try:
+        runtimeguard.Tracer(events=runtimeguard.ALL_EVENTS).start()
+    except runtimeguard.BPFError as e:
+        print(str(e).splitlines()[0])
+        print("left:", kernel_objects())
+""")
+
+
+def test_attach_failure_midway_rolls_back_everything():
+    """A failure after other programs are attached: the error names the
+    program, and everything attached before it is detached again."""
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                          ATTACH_FAILURE_PROBE], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stderr
+    assert lines[0].startswith("attaching BPF program rg_connect_enter (tp/syscalls/sys_enter_connect)")
+    assert lines[1] == "left: []"
+
+
+def test_descriptor_limit_too_low_is_refused_before_loading():
+    code = "import runtimeguard; runtimeguard.Tracer().start()"
+    out = subprocess.run(["prlimit", "--nofile=64", sys.executable, "-c", code], capture_output=True,
+                         text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 1 and "RLIMIT_NOFILE leaves" in out.stderr, out.stderr
+
+
+def test_sigint_while_polling_detaches_promptly():
+    code = textwrap.dedent("""
+        import runtimeguard
+        t = runtimeguard.Tracer().start()
+        try:
+            print("ready", flush=True)
+            t.poll()
+        except KeyboardInterrupt:
+            t.close()
+            print("closed", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "ready"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "closed"
+    proc.wait(timeout=5)
+    # Detaching waits for RCU grace periods: about 0.9 s here, whatever the program count.
+    assert time.monotonic() - sent < 1.5
+
+
+def test_sigkilled_tracer_leaves_nothing_attached():
+    code = "import runtimeguard, time; t = runtimeguard.Tracer().start(); print('ready', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        held = held_program_ids(proc.pid)
+        assert held and held <= rg_program_ids()
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 3
+    while held & rg_program_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not held & rg_program_ids()
+
+
+def test_stats_report_ring_and_polls():
+    with Tracer(events=["process_exec"], ring_buffer_size=1 << 16) as t:
+        subprocess.run(["/bin/true"])
+        drain(t)
+        s = t.stats()
+    assert s.ring_buffer_size == 1 << 16 and 0 <= s.ring_buffer_fill <= 1
+    assert s.polls > 0 and s.bytes > 0 and s.malformed == 0 and s.delivered.get("process_exec", 0) >= 1
+
+
+def test_bad_arguments_are_refused_before_loading():
+    with pytest.raises(ValueError, match="unknown event"):
+        Tracer(events=["process_exce"])
+    with pytest.raises(ValueError, match="power of two"):
+        Tracer(ring_buffer_size=5000)
+    with pytest.raises(ValueError, match="cgroup"):
+        Tracer(cgroups=["/no/such/cgroup"])
