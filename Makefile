@@ -23,7 +23,7 @@ deps:
 	fi
 
 py-deps:
-	@$(PYTHON) -c "import cffi, msgspec, pytest, hypothesis, jsonschema" 2>/dev/null || \
+	@$(PYTHON) -c "import cffi, msgspec, pytest, hypothesis, jsonschema, wheel, setuptools" 2>/dev/null || \
 	  $(PYTHON) -m pip install -q $(PY_RUNTIME) $(PY_TEST) "setuptools>=61" wheel
 
 # The extension module, built in place (runtimeguard/_native*.so).

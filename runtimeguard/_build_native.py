@@ -50,15 +50,17 @@ ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "runtimeguard._native",
     '#include "api.h"\n',
-    sources=[os.path.join(ROOT, s) for s in SOURCES],
+    # Relative to the project root: setuptools refuses absolute source paths.
+    sources=SOURCES,
     # Rebuild when a skeleton or a shared header changes, not only a .c file.
-    depends=[os.path.join(SKELETONS, f"{s}.skel.h") for s in ("process", "file", "net", "ptrace", "probe")]
-    + [os.path.join(ROOT, h) for h in ("bpf/events.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h")],
+    depends=[f"build/bpf/{s}.skel.h" for s in ("process", "file", "net", "ptrace", "probe")]
+    + ["bpf/events.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h"],
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+    extra_compile_args=["-O2", "-g0", "-std=gnu11", "-Wall", "-Wno-unused-function"],
     extra_link_args=[
         "-Wl,--exclude-libs,ALL",
+        "-Wl,--strip-debug",
         os.path.join(DEPS, "lib", "libbpf.a"),
         os.path.join(DEPS, "lib", "libelf.a"),
         os.path.join(DEPS, "lib", "libz.a"),
@@ -66,4 +68,5 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
+    os.chdir(ROOT)
     ffibuilder.compile(tmpdir=os.path.join(BUILD, "cffi"), verbose=True)
