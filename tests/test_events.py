@@ -112,6 +112,14 @@ def test_tcp_connect_target_context(family, listen_on, connect_to, formatted):
     assert ev.data.protocol == "tcp" and ev.data.result == 0
 
 
+def test_udp_connect_is_reported_as_udp():
+    with Tracer(events=["net_connect"]) as t:
+        run_python("import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(('127.0.0.7', 5353))")
+        ev = wait_for(t, lambda e: e.name == "net_connect" and e.data.address == "127.0.0.7")
+    assert (ev.data.protocol, ev.data.port, ev.data.result) == ("udp", 5353, 0)
+    assert ev.target_context.formatted == "127.0.0.7:5353"
+
+
 def test_udp_sendto_and_sendmsg_destinations():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
         sink.bind(("127.0.0.9", 0))

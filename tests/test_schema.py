@@ -119,7 +119,7 @@ def test_strategies_reach_every_part():
     # The derived strategies must produce every optional section at least sometimes.
     seen = set()
 
-    @settings(max_examples=150, database=None)
+    @settings(max_examples=300, database=None, derandomize=True)
     @given(ev=events())
     def collect(ev):
         for part in ("workload", "target_context", "policy", "threat", "triggered_by"):
