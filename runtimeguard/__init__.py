@@ -1,5 +1,6 @@
 """runtimeguard: see and control what processes do on Linux, through eBPF."""
 
+from .capabilities import Capabilities, Feature, capabilities
 from .errors import BPFError, EnvironmentSetupError, PrivilegeError, RuntimeGuardError, TracerStateError
 from .schema import (
     EVENT_IDS,
@@ -14,14 +15,7 @@ from .schema import (
 from .tracer import ALL_EVENTS, DEFAULT_EVENTS, Tracer, TracerStats
 
 __all__ = [
-    "ALL_EVENTS", "BPFError", "Container", "DEFAULT_EVENTS", "EVENT_IDS", "EnvironmentSetupError", "Event",
-    "PrivilegeError", "Process", "ProcessRef", "RuntimeGuardError", "SCHEMA_VERSION", "TargetContext",
-    "Tracer", "TracerStateError", "TracerStats", "Workload", "capabilities",
+    "ALL_EVENTS", "BPFError", "Capabilities", "Container", "DEFAULT_EVENTS", "EVENT_IDS", "EnvironmentSetupError",
+    "Event", "Feature", "PrivilegeError", "Process", "ProcessRef", "RuntimeGuardError", "SCHEMA_VERSION",
+    "TargetContext", "Tracer", "TracerStateError", "TracerStats", "Workload", "capabilities",
 ]
-
-
-def capabilities():
-    """What this kernel allows runtimeguard to do, probed once (see capabilities.py)."""
-    from .capabilities import capabilities as probe
-
-    return probe()
