@@ -6,7 +6,7 @@
 #   make bench   the benchmarks
 
 PYTHON ?= python3
-APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc
+APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc bzip2 util-linux
 PY_RUNTIME := "cffi>=1.16,<3" "msgspec>=0.18.5,<0.23"
 PY_TEST := "pytest>=7,<10" "hypothesis>=6.80,<7" "jsonschema>=4,<5"
 
