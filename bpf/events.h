@@ -26,6 +26,12 @@
 #define RG_KIND_PTRACE 7
 #define RG_KIND_PROCESS_MEMORY 8
 #define RG_KIND_LOST 9
+/* Guard decisions. */
+#define RG_KIND_CONNECT_DENIED 10
+#define RG_KIND_EXFIL_BLOCKED 11
+#define RG_KIND_OPEN_INODE 12
+#define RG_KIND_MIRAGE_TRAP 13
+#define RG_KIND_PTRACE_DENIED 14
 /* Size of the per-kind counter arrays; kinds stay below it. */
 #define RG_KIND_SLOTS 32
 
@@ -131,6 +137,84 @@ struct rg_memory_record {
 	unsigned int flags;  /* open flags, for RG_MEM_PROC_MEM_OPEN */
 	unsigned int pad;
 };
+
+/* What a guard decision did (rg_block_*_record.action). */
+#define RG_ACTION_WOULD_BLOCK 1 /* audit mode: reported only */
+#define RG_ACTION_BLOCKED 2     /* the caller got EPERM */
+#define RG_ACTION_KILLED 3      /* the caller was sent SIGKILL */
+#define RG_ACTION_REPORTED 4    /* enforce mode, but the rule only reports */
+
+#define RG_MODE_AUDIT 0
+#define RG_MODE_ENFORCE 1
+
+/* Protected inode kinds (rg_protected_value.kind). */
+#define RG_PROTECT_FILE 1
+#define RG_PROTECT_MIRAGE 2
+
+#define RG_MAX_NET_RULES 256
+#define RG_NET_ALLOW 1
+#define RG_NET_DENY 2
+
+/* Guard settings: one array slot, updated in place to switch mode. */
+struct rg_guard_config {
+	unsigned int mode;              /* RG_MODE_* */
+	unsigned int net_default_deny;  /* 1: egress not allowed by a rule is denied */
+	unsigned int net_rule_count;
+	unsigned int file_kill;         /* enforce: kill on a protected open (else report) */
+	unsigned int mirage_kill;       /* enforce: kill on a decoy open */
+	unsigned int ptrace_deny;       /* deny every ptrace/memory access by guarded processes */
+	unsigned int taint_from;        /* bit per RG_PROTECT_* kind that taints */
+	unsigned int taint_blocks_egress;
+	unsigned long long scope_cgroup_id; /* 0: the whole host */
+	unsigned int scope_cgroup_level;
+	unsigned int guard_tgid;        /* never guarded: the guard itself */
+};
+
+/* One egress rule, matched in order by the cgroup socket hooks. */
+struct rg_net_rule {
+	unsigned char addr[RG_ADDR_LEN]; /* network order; IPv4 in the first 4 bytes */
+	unsigned short family;           /* AF_INET or AF_INET6 */
+	unsigned short prefix_len;
+	unsigned short port_lo;          /* host order, inclusive */
+	unsigned short port_hi;
+	unsigned short protocol;         /* IPPROTO_TCP, IPPROTO_UDP, 0: any */
+	unsigned short action;           /* RG_NET_* */
+	unsigned int rule_index;         /* into the policy's compiled rule list */
+};
+
+struct rg_inode_key {
+	unsigned long long dev; /* kernel dev_t */
+	unsigned long long ino;
+};
+
+struct rg_protected_value {
+	unsigned int kind;       /* RG_PROTECT_* */
+	unsigned int rule_index;
+	unsigned int is_dir;     /* protects everything beneath it */
+	unsigned int pad;
+};
+
+/* A guard decision. Target is a network destination, an inode, or a pid. */
+struct rg_block_record {
+	struct rg_header hdr;
+	unsigned int action;      /* RG_ACTION_* */
+	unsigned int rule_index;  /* 0xffffffff: the network default; 0xfffffffe: taint */
+	unsigned int target_pid;
+	unsigned short family;
+	unsigned short port;
+	unsigned short protocol;
+	unsigned short pad;
+	unsigned int flags;
+	unsigned char addr[RG_ADDR_LEN];
+	unsigned long long dev;
+	unsigned long long ino;
+	char comm[RG_COMM_LEN];
+	char path[RG_PATH_LEN];
+};
+
+#define RG_RULE_NET_DEFAULT 0xffffffffU
+#define RG_RULE_TAINT 0xfffffffeU
+#define RG_RULE_PTRACE_DENY 0xfffffffdU
 
 /* Per-CPU counters, one array slot. seq numbers every record a program tried
  * to emit; lost counts those the ring buffer could not take, per kind. */

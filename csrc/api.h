@@ -15,6 +15,7 @@ struct rg_options {
 	unsigned int filter_flags;       /* RG_FILTER_* */
 	unsigned int self_tgid;          /* never traced: the consuming process */
 	unsigned int batch_limit;        /* most events one poll returns */
+	int guard_cgroup_fd;             /* >= 0: load the guard, its socket hooks on this cgroup */
 };
 
 struct rg_stats {
@@ -41,6 +42,10 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 int rg_tracer_add_pid(struct rg_tracer *t, unsigned int pid, char *err, size_t errlen);
 int rg_tracer_add_comm(struct rg_tracer *t, const char *comm, char *err, size_t errlen);
 int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char *err, size_t errlen);
+/* Writes one element of a map of a loaded sensor (the guard's policy maps),
+ * before attach or while running (switching mode). */
+int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
+			 char *err, size_t errlen);
 /* Attaches every program; on any failure detaches those already attached. */
 int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen);
 /* Waits up to timeout_ms (-1: no limit) for events; returns their count or -errno. */

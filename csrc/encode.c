@@ -22,6 +22,11 @@ static const char *const kind_names[RG_KIND_SLOTS] = {
 	[RG_KIND_PTRACE] = "ptrace",
 	[RG_KIND_PROCESS_MEMORY] = "process_memory",
 	[RG_KIND_LOST] = "lost",
+	[RG_KIND_CONNECT_DENIED] = "connect_denied",
+	[RG_KIND_EXFIL_BLOCKED] = "exfil_blocked",
+	[RG_KIND_OPEN_INODE] = "open_inode",
+	[RG_KIND_MIRAGE_TRAP] = "mirage_trap",
+	[RG_KIND_PTRACE_DENIED] = "ptrace_denied",
 };
 
 static const size_t kind_sizes[RG_KIND_SLOTS] = {
@@ -33,6 +38,11 @@ static const size_t kind_sizes[RG_KIND_SLOTS] = {
 	[RG_KIND_NET_SENDMSG] = sizeof(struct rg_net_record),
 	[RG_KIND_PTRACE] = sizeof(struct rg_ptrace_record),
 	[RG_KIND_PROCESS_MEMORY] = sizeof(struct rg_memory_record),
+	[RG_KIND_CONNECT_DENIED] = sizeof(struct rg_block_record),
+	[RG_KIND_EXFIL_BLOCKED] = sizeof(struct rg_block_record),
+	[RG_KIND_OPEN_INODE] = sizeof(struct rg_block_record),
+	[RG_KIND_MIRAGE_TRAP] = sizeof(struct rg_block_record),
+	[RG_KIND_PTRACE_DENIED] = sizeof(struct rg_block_record),
 };
 
 static void mp_name(struct mp_writer *w, const char *s) { mp_str_raw(w, s, strlen(s)); }
@@ -311,21 +321,49 @@ static void mp_protocol(struct mp_writer *w, unsigned int protocol)
 	}
 }
 
+struct net_text {
+	char addr[INET6_ADDRSTRLEN];
+	char formatted[INET6_ADDRSTRLEN + 16];
+	size_t addr_len, formatted_len;
+	int v6;
+};
+
+/* addr holds a sockaddr's bytes in network order: inet_ntop reads them as
+ * such, so 127.1.2.3 never comes out reversed. */
+static void format_net(struct net_text *t, unsigned int family, const unsigned char *addr, unsigned int port)
+{
+	t->v6 = family == AF_INET6;
+	t->addr[0] = 0;
+	inet_ntop(t->v6 ? AF_INET6 : AF_INET, addr, t->addr, sizeof(t->addr));
+	t->addr_len = strlen(t->addr);
+	t->formatted_len = snprintf(t->formatted, sizeof(t->formatted), t->v6 ? "[%s]:%u" : "%s:%u", t->addr, port);
+}
+
+static void encode_net_target(struct mp_writer *w, const struct net_text *t, unsigned int port)
+{
+	mp_lit(w, "target_context");
+	mp_map(w, 4);
+	mp_lit(w, "type");
+	if (t->v6)
+		mp_lit(w, "ipv6");
+	else
+		mp_lit(w, "ipv4");
+	mp_lit(w, "address");
+	mp_str_raw(w, t->addr, t->addr_len);
+	mp_lit(w, "port");
+	mp_uint(w, port);
+	mp_lit(w, "formatted");
+	mp_str_raw(w, t->formatted, t->formatted_len);
+}
+
 static void encode_net(struct rg_encoder *enc, struct mp_writer *w, const struct rg_net_record *r)
 {
-	char addr[INET6_ADDRSTRLEN] = "";
-	char formatted[INET6_ADDRSTRLEN + 16];
+	struct net_text text;
 	int v6 = r->family == AF_INET6;
-	int n;
 
-	/* addr holds the sockaddr's bytes in network order: inet_ntop reads them
-	 * as such, so 127.1.2.3 never comes out reversed. */
-	inet_ntop(v6 ? AF_INET6 : AF_INET, r->addr, addr, sizeof(addr));
-	if (v6)
-		n = snprintf(formatted, sizeof(formatted), "[%s]:%u", addr, r->port);
-	else
-		n = snprintf(formatted, sizeof(formatted), "%s:%u", addr, r->port);
-	size_t addr_len = strlen(addr);
+	format_net(&text, r->family, r->addr, r->port);
+	const char *addr = text.addr;
+	size_t addr_len = text.addr_len;
 
 	encode_common(enc, w, &r->hdr, 2);
 	mp_lit(w, "data");
@@ -354,19 +392,7 @@ static void encode_net(struct rg_encoder *enc, struct mp_writer *w, const struct
 		else
 			mp_lit(w, "sendto");
 	}
-	mp_lit(w, "target_context");
-	mp_map(w, 4);
-	mp_lit(w, "type");
-	if (v6)
-		mp_lit(w, "ipv6");
-	else
-		mp_lit(w, "ipv4");
-	mp_lit(w, "address");
-	mp_str_raw(w, addr, addr_len);
-	mp_lit(w, "port");
-	mp_uint(w, r->port);
-	mp_lit(w, "formatted");
-	mp_str_raw(w, formatted, n);
+	encode_net_target(w, &text, r->port);
 }
 
 static void encode_pid_target(struct mp_writer *w, unsigned int pid)
@@ -422,6 +448,72 @@ static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const str
 	encode_pid_target(w, r->target_pid);
 }
 
+static void mp_action(struct mp_writer *w, unsigned int action)
+{
+	switch (action) {
+	case RG_ACTION_WOULD_BLOCK: mp_lit(w, "would_block"); break;
+	case RG_ACTION_BLOCKED: mp_lit(w, "blocked"); break;
+	case RG_ACTION_KILLED: mp_lit(w, "killed"); break;
+	default: mp_lit(w, "observed"); break;
+	}
+}
+
+/* Guard decisions: the common keys, action, data, and the target. */
+static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const struct rg_block_record *r)
+{
+	unsigned int kind = r->hdr.kind;
+	int net = kind == RG_KIND_CONNECT_DENIED || kind == RG_KIND_EXFIL_BLOCKED;
+	int file = kind == RG_KIND_OPEN_INODE || kind == RG_KIND_MIRAGE_TRAP;
+	struct net_text text;
+
+	encode_common(enc, w, &r->hdr, 3);
+	mp_lit(w, "action");
+	mp_action(w, r->action);
+	mp_lit(w, "data");
+	mp_map(w, net ? 8 : file ? 7 : 6);
+	mp_lit(w, "type");
+	mp_name(w, kind_names[kind]);
+	mp_lit(w, "rule_index");
+	mp_int(w, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
+		  : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : (long long)r->rule_index);
+	mp_lit(w, "blocked");
+	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
+	mp_lit(w, "would_deny");
+	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
+	mp_lit(w, "comm");
+	mp_cstr(w, r->comm, sizeof(r->comm));
+	if (net) {
+		format_net(&text, r->family, r->addr, r->port);
+		mp_lit(w, "family");
+		if (text.v6)
+			mp_lit(w, "ipv6");
+		else
+			mp_lit(w, "ipv4");
+		mp_lit(w, "protocol");
+		mp_protocol(w, r->protocol);
+		mp_lit(w, "tainted");
+		mp_bool(w, r->rule_index == RG_RULE_TAINT);
+		encode_net_target(w, &text, r->port);
+	} else if (file) {
+		size_t name_len = strnlen(r->path, sizeof(r->path));
+		mp_lit(w, "device");
+		mp_uint(w, user_dev(r->dev));
+		mp_lit(w, "inode");
+		mp_uint(w, r->ino);
+		mp_lit(w, "target_context");
+		encode_inode_target(w, r->dev, r->ino, r->path, name_len);
+	} else {
+		mp_lit(w, "method");
+		switch (r->flags) {
+		case RG_MEM_VM_READV: mp_lit(w, "process_vm_readv"); break;
+		case RG_MEM_VM_WRITEV: mp_lit(w, "process_vm_writev"); break;
+		case RG_MEM_PROC_MEM_OPEN: mp_lit(w, "proc_mem_open"); break;
+		default: mp_lit(w, "ptrace"); break;
+		}
+		encode_pid_target(w, r->target_pid);
+	}
+}
+
 int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *data, size_t len)
 {
 	const struct rg_header *h = data;
@@ -439,6 +531,7 @@ int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *da
 	case RG_KIND_NET_SENDMSG: encode_net(enc, w, data); break;
 	case RG_KIND_PTRACE: encode_ptrace(enc, w, data); break;
 	case RG_KIND_PROCESS_MEMORY: encode_memory(enc, w, data); break;
+	default: encode_block(enc, w, data); break;
 	}
 	enc->delivered[h->kind]++;
 	return 1;

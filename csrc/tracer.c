@@ -27,6 +27,7 @@
 #include "file.skel.h"
 #include "net.skel.h"
 #include "ptrace.skel.h"
+#include "guard.skel.h"
 #include "probe.skel.h"
 
 /* ---- libbpf's messages, kept for error reports ---- */
@@ -147,9 +148,9 @@ long long rg_realtime_offset_ns(void)
 
 /* ---- sensors ---- */
 
-enum { SENSOR_PROCESS, SENSOR_FILE, SENSOR_NET, SENSOR_PTRACE, SENSOR_COUNT };
+enum { SENSOR_PROCESS, SENSOR_FILE, SENSOR_NET, SENSOR_PTRACE, SENSOR_GUARD, SENSOR_COUNT };
 
-static const char *const sensor_names[SENSOR_COUNT] = { "process", "file", "net", "ptrace" };
+static const char *const sensor_names[SENSOR_COUNT] = { "process", "file", "net", "ptrace", "guard" };
 
 static const char *const shared_maps[] = { "rg_events", "rg_counters", "rg_filt_pids", "rg_filt_comms",
 					   "rg_filt_cgroups" };
@@ -206,9 +207,10 @@ OPEN_SENSOR(process)
 OPEN_SENSOR(file)
 OPEN_SENSOR(net)
 OPEN_SENSOR(ptrace)
+OPEN_SENSOR(guard)
 
 static int (*const sensor_open[SENSOR_COUNT])(struct rg_tracer *, struct sensor *) = {
-	open_process, open_file, open_net, open_ptrace,
+	open_process, open_file, open_net, open_ptrace, open_guard,
 };
 
 static unsigned long long sensor_kinds[SENSOR_COUNT] = {
@@ -345,7 +347,8 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 	t->enc.delivered = t->delivered;
 
 	for (int i = 0; i < SENSOR_COUNT; i++) {
-		if (i != SENSOR_PROCESS && !(sensor_kinds[i] & opts->event_mask))
+		if (i == SENSOR_GUARD ? opts->guard_cgroup_fd < 0
+				      : i != SENSOR_PROCESS && !(sensor_kinds[i] & opts->event_mask))
 			continue;
 		if ((ret = load_sensor(t, i, err, errlen)))
 			goto error;
@@ -401,6 +404,21 @@ int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char
 	return add_filter(t, 4, &cgroup_id, err, errlen);
 }
 
+int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
+			 char *err, size_t errlen)
+{
+	log_reset();
+	for (int i = 0; i < SENSOR_COUNT; i++) {
+		struct bpf_map *m = t->sensors[i].obj ? bpf_object__find_map_by_name(t->sensors[i].obj, map) : NULL;
+		if (!m)
+			continue;
+		if (bpf_map_update_elem(bpf_map__fd(m), key, value, BPF_ANY))
+			return fail(err, errlen, -errno, "updating map %s", map);
+		return 0;
+	}
+	return fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
+}
+
 int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 {
 	int code = 0;
@@ -416,9 +434,13 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 		bpf_object__for_each_program(prog, t->sensors[i].obj) {
 			struct bpf_link *link = NULL;
 
+			enum bpf_prog_type type = bpf_program__type(prog);
+			int on_cgroup = type == BPF_PROG_TYPE_CGROUP_SOCK_ADDR || type == BPF_PROG_TYPE_CGROUP_SOCK;
+
 			if (t->n_links == MAX_LINKS)
 				code = fail(err, errlen, -E2BIG, "more than %d programs to attach", MAX_LINKS);
-			else if (!(link = bpf_program__attach(prog)))
+			else if (!(link = on_cgroup ? bpf_program__attach_cgroup(prog, t->opts.guard_cgroup_fd)
+						    : bpf_program__attach(prog)))
 				code = fail(err, errlen, -errno, "attaching BPF program %s (%s) of the %s sensor",
 					    bpf_program__name(prog), bpf_program__section_name(prog), sensor_names[i]);
 			if (code)

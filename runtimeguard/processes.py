@@ -119,6 +119,12 @@ class ProcessTable:
                 exited.append(ev.entity_id)
             elif name == "lost":
                 continue
+            elif not ev.entity_id and ev.pid:
+                # Socket hooks cannot read the task: find the process by pid.
+                entity = self._by_pid.get(ev.pid)
+                process = self._processes.get(entity) if entity else self._from_proc(ev.pid, 0)
+                if process is not None:
+                    force_setattr(ev, "entity_id", process.entity_id)
             by_cgroup = workloads.get(ev.entity_id)
             wl = by_cgroup.get(ev.cgroup_id) if by_cgroup else None
             if wl is None:

@@ -31,6 +31,11 @@ EVENT_IDS: dict[str, int] = {
     "ptrace": 7,
     "process_memory": 8,
     "lost": 9,
+    "connect_denied": 10,
+    "exfil_blocked": 11,
+    "open_inode": 12,
+    "mirage_trap": 13,
+    "ptrace_denied": 14,
 }
 EVENT_NAMES: dict[int, str] = {v: k for k, v in EVENT_IDS.items()}
 
@@ -44,6 +49,11 @@ EventName = Literal[
     "ptrace",
     "process_memory",
     "lost",
+    "connect_denied",
+    "exfil_blocked",
+    "open_inode",
+    "mirage_trap",
+    "ptrace_denied",
 ]
 
 Action = Literal["observed", "blocked", "would_block", "killed"]
@@ -231,6 +241,47 @@ class LostData(_Data, tag="lost"):
     by_kind: dict[str, int]
 
 
+class _Decision(_Data):
+    """A guard decision. ``rule_index`` points into the policy's compiled
+    rules (-1: the network default, -2: taint, -3: the blanket ptrace deny);
+    the event's ``policy`` names the rule."""
+
+    rule_index: int
+    blocked: bool
+    """Enforce mode: the operation was refused or the caller killed."""
+    would_deny: bool
+    """Audit mode: it would have been."""
+    comm: str
+
+
+class ConnectDeniedData(_Decision, tag="connect_denied"):
+    family: Literal["ipv4", "ipv6"]
+    protocol: Optional[str]
+    tainted: bool = False
+
+
+class ExfilBlockedData(_Decision, tag="exfil_blocked"):
+    """A send or connect to a denied destination, or any egress of a tainted process."""
+
+    family: Literal["ipv4", "ipv6"]
+    protocol: Optional[str]
+    tainted: bool = False
+
+
+class OpenInodeData(_Decision, tag="open_inode"):
+    device: int
+    inode: int
+
+
+class MirageTrapData(_Decision, tag="mirage_trap"):
+    device: int
+    inode: int
+
+
+class PtraceDeniedData(_Decision, tag="ptrace_denied"):
+    method: Literal["ptrace", "process_vm_readv", "process_vm_writev", "proc_mem_open"]
+
+
 EventData = Union[
     ProcessExecData,
     ProcessForkData,
@@ -241,7 +292,14 @@ EventData = Union[
     PtraceData,
     ProcessMemoryData,
     LostData,
+    ConnectDeniedData,
+    ExfilBlockedData,
+    OpenInodeData,
+    MirageTrapData,
+    PtraceDeniedData,
 ]
+
+BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied")
 
 
 class Event(msgspec.Struct, omit_defaults=True):

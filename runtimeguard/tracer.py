@@ -21,7 +21,7 @@ from . import environment
 from ._native import ffi, lib
 from .errors import BPFError, TracerStateError
 from .processes import ProcessTable
-from .schema import EVENT_IDS, Event, batch_decoder
+from .schema import BLOCK_EVENTS, EVENT_IDS, Event, batch_decoder
 
 #: Every event a Tracer can deliver ("lost" notices are always delivered).
 ALL_EVENTS = ("process_exec", "process_fork", "process_exit", "file_open", "net_connect",
@@ -113,6 +113,8 @@ class Tracer:
         max_latency_ms: int = DEFAULT_MAX_LATENCY_MS,
         callback: Optional[Callable[[Event], None]] = None,
         batch_limit: int = 4096,
+        guard_cgroup_fd: int = -1,
+        before_attach: Optional[Callable[["Tracer"], None]] = None,
     ):
         names = tuple(DEFAULT_EVENTS if events is None else events)
         unknown = [n for n in names if n not in ALL_EVENTS]
@@ -122,7 +124,8 @@ class Tracer:
             raise ValueError(f"ring_buffer_size {ring_buffer_size} must be a power of two of at least 4096")
         if not 1 <= max_latency_ms <= 10_000:
             raise ValueError(f"max_latency_ms {max_latency_ms} must be between 1 and 10000")
-        self.events = frozenset(names) | {"lost"}
+        # Loss notices always; guard decisions whenever the guard is loaded.
+        self.events = frozenset(names) | {"lost"} | (frozenset(BLOCK_EVENTS) if guard_cgroup_fd >= 0 else frozenset())
         self.pids = tuple(int(p) for p in pids)
         self.comms = tuple(c.encode()[:15].decode(errors="ignore") for c in comms)
         self.cgroups = tuple(_cgroup_id(c) for c in cgroups)
@@ -130,6 +133,10 @@ class Tracer:
         self.max_latency_ms = max_latency_ms
         self.callback = callback
         self._batch_limit = batch_limit
+        # The guard's hooks: its socket programs attach to this cgroup, and its
+        # policy maps are filled by before_attach, after load, before attach.
+        self._guard_cgroup_fd = guard_cgroup_fd
+        self._before_attach = before_attach
         self._handle = None
         self._closed = False
         self._owner = os.getpid()
@@ -161,6 +168,7 @@ class Tracer:
                              | (lib.RG_FILTER_CGROUP if self.cgroups else 0))
         opts.self_tgid = os.getpid()
         opts.batch_limit = self._batch_limit
+        opts.guard_cgroup_fd = self._guard_cgroup_fd
         err = ffi.new("char[]", _ERR_LEN)
         out = ffi.new("struct rg_tracer **")
         fds_before = set(os.listdir("/proc/self/fd"))
@@ -173,6 +181,12 @@ class Tracer:
                 self._check(lib.rg_tracer_add_comm(handle, comm.encode(), err, _ERR_LEN), err)
             for cgroup in self.cgroups:
                 self._check(lib.rg_tracer_add_cgroup(handle, cgroup, err, _ERR_LEN), err)
+            if self._before_attach is not None:
+                self._handle = handle
+                try:
+                    self._before_attach(self)
+                finally:
+                    self._handle = None
             self._check(lib.rg_tracer_attach(handle, err, _ERR_LEN), err)
         except BaseException:
             lib.rg_tracer_close(handle)
@@ -239,6 +253,13 @@ class Tracer:
                 raise TracerStateError("this Tracer is closed")
             self.start()
         return self._handle
+
+    def update_map(self, name: str, key, value) -> None:
+        """Writes one element of a loaded sensor's map (cffi key and value)."""
+        if self._handle is None:
+            raise TracerStateError("this Tracer is not loaded")
+        err = ffi.new("char[]", _ERR_LEN)
+        self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
 
     # ---- consuming ----
 

@@ -615,7 +615,7 @@ def malformed_records(draw):
         kind = struct.unpack_from("<I", full, KIND_OFFSET)[0]
         return full[: draw(st.integers(HEADER_SIZE, RECORD_SIZES[kind] - 1))]
     kind = draw(st.one_of(st.sampled_from([0, lib.RG_KIND_LOST, lib.RG_KIND_SLOTS - 1, lib.RG_KIND_SLOTS]),
-                          st.integers(lib.RG_KIND_LOST, 2**32 - 1)))
+                          st.integers(lib.RG_KIND_PTRACE_DENIED + 1, 2**32 - 1)))
     body = bytearray(draw(st.binary(min_size=HEADER_SIZE, max_size=1000)))
     struct.pack_into("<I", body, KIND_OFFSET, kind)
     return bytes(body)

@@ -178,6 +178,11 @@ KIND_CONSTANTS = {
     "ptrace": "RG_KIND_PTRACE",
     "process_memory": "RG_KIND_PROCESS_MEMORY",
     "lost": "RG_KIND_LOST",
+    "connect_denied": "RG_KIND_CONNECT_DENIED",
+    "exfil_blocked": "RG_KIND_EXFIL_BLOCKED",
+    "open_inode": "RG_KIND_OPEN_INODE",
+    "mirage_trap": "RG_KIND_MIRAGE_TRAP",
+    "ptrace_denied": "RG_KIND_PTRACE_DENIED",
 }
 
 

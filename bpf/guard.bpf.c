@@ -1,0 +1,407 @@
+/* Enforcement: egress by the cgroup socket hooks (EPERM before the connect or
+ * send), protected and decoy files, ptrace and process-memory access at the
+ * syscall tracepoints (SIGKILL: the caller never returns to user space), and
+ * taint. Decisions never depend on the ring buffer: a full ring loses the
+ * report, not the decision. */
+#include "common.bpf.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SIGKILL 9
+#define PROC_SUPER_MAGIC 0x9fa0
+#define RG_MAX_DIR_DEPTH 16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rg_guard_config);
+} rg_guard_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RG_MAX_NET_RULES);
+	__type(key, __u32);
+	__type(value, struct rg_net_rule);
+} rg_net_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct rg_inode_key);
+	__type(value, struct rg_protected_value);
+} rg_protected SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} rg_protected_pids SEC(".maps");
+
+/* Thread group ids of tainted processes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} rg_tainted SEC(".maps");
+
+static __always_inline struct rg_guard_config *rg_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&rg_guard_cfg, &zero);
+}
+
+/* Tracepoint programs see every task: only the guarded ones are judged. */
+static __always_inline bool rg_guarded(struct rg_guard_config *cfg)
+{
+	if ((bpf_get_current_pid_tgid() >> 32) == cfg->guard_tgid)
+		return false;
+	if (!cfg->scope_cgroup_id)
+		return true;
+	return bpf_get_current_ancestor_cgroup_id(cfg->scope_cgroup_level) == cfg->scope_cgroup_id;
+}
+
+static __always_inline __u32 rg_enforced_action(struct rg_guard_config *cfg, bool act, __u32 done)
+{
+	if (cfg->mode != RG_MODE_ENFORCE)
+		return RG_ACTION_WOULD_BLOCK;
+	return act ? done : RG_ACTION_REPORTED;
+}
+
+/* A block record; the header is filled without the task (cgroup socket hooks
+ * may not read it), so the consumer resolves the process by pid. */
+static __always_inline struct rg_block_record *rg_block_reserve(__u32 kind, __u32 action, __u32 rule)
+{
+	__u32 zero = 0;
+	struct rg_counters *counters = bpf_map_lookup_elem(&rg_counters, &zero);
+	struct rg_block_record *e;
+	__u64 seq = 0;
+
+	if (counters)
+		seq = counters->seq++;
+	e = bpf_ringbuf_reserve(&rg_events, sizeof(*e), 0);
+	if (!e) {
+		if (counters && kind < RG_KIND_SLOTS)
+			counters->lost[kind]++;
+		return NULL;
+	}
+	__u64 id = bpf_get_current_pid_tgid();
+	__builtin_memset(e, 0, sizeof(*e));
+	e->hdr.timestamp_ns = bpf_ktime_get_boot_ns();
+	e->hdr.seq = seq;
+	e->hdr.cgroup_id = bpf_get_current_cgroup_id();
+	e->hdr.kind = kind;
+	e->hdr.cpu = bpf_get_smp_processor_id();
+	e->hdr.pid = id >> 32;
+	e->hdr.tid = (__u32)id;
+	e->action = action;
+	e->rule_index = rule;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+/* ---- network: cgroup socket address hooks ---- */
+
+struct rg_net_match {
+	struct rg_guard_config *cfg;
+	const __u8 *addr;
+	__u16 family, port, protocol;
+	__u32 deny_rule, allow_rule;
+};
+
+static __always_inline bool rg_prefix_matches(const struct rg_net_rule *r, const __u8 *addr)
+{
+	__u32 bits = r->prefix_len;
+
+#pragma unroll
+	for (int i = 0; i < RG_ADDR_LEN; i++) {
+		if (bits == 0)
+			return true;
+		__u8 mask = bits >= 8 ? 0xff : (__u8)(0xff << (8 - bits));
+		if ((addr[i] ^ r->addr[i]) & mask)
+			return false;
+		bits = bits >= 8 ? bits - 8 : 0;
+	}
+	return true;
+}
+
+static long rg_match_rule(__u64 index, void *ctx)
+{
+	struct rg_net_match *m = ctx;
+	__u32 i = index;
+	struct rg_net_rule *r;
+
+	if (i >= m->cfg->net_rule_count)
+		return 1;
+	r = bpf_map_lookup_elem(&rg_net_rules, &i);
+	if (!r)
+		return 1;
+	if (r->family != m->family || m->port < r->port_lo || m->port > r->port_hi)
+		return 0;
+	if (r->protocol && r->protocol != m->protocol)
+		return 0;
+	if (!rg_prefix_matches(r, m->addr))
+		return 0;
+	if (r->action == RG_NET_DENY) {
+		m->deny_rule = r->rule_index;
+		return 1; /* a deny decides */
+	}
+	if (m->allow_rule == RG_RULE_NET_DEFAULT)
+		m->allow_rule = r->rule_index;
+	return 0;
+}
+
+/* 1: allowed, 0: denied (EPERM to the caller). */
+static __always_inline int rg_egress(struct bpf_sock_addr *ctx, bool v6, __u32 kind)
+{
+	struct rg_guard_config *cfg = rg_config();
+	__u8 addr[RG_ADDR_LEN] = {};
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (!cfg || tgid == cfg->guard_tgid)
+		return 1;
+	struct rg_net_match m = {
+		.cfg = cfg, .addr = addr, .family = AF_INET, .port = bpf_ntohs(ctx->user_port),
+		.protocol = ctx->protocol, .deny_rule = RG_RULE_NET_DEFAULT, .allow_rule = RG_RULE_NET_DEFAULT,
+	};
+	if (v6) {
+		__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+		/* ::ffff:a.b.c.d is matched as the IPv4 address it carries. */
+		if (w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff)) {
+			__builtin_memcpy(addr, &w3, 4);
+		} else {
+			m.family = AF_INET6;
+			__builtin_memcpy(addr, &w0, 4);
+			__builtin_memcpy(addr + 4, &w1, 4);
+			__builtin_memcpy(addr + 8, &w2, 4);
+			__builtin_memcpy(addr + 12, &w3, 4);
+		}
+	} else {
+		__u32 w = ctx->user_ip4;
+		__builtin_memcpy(addr, &w, 4);
+	}
+
+	__u32 rule;
+	bool denied;
+	if (cfg->taint_blocks_egress && bpf_map_lookup_elem(&rg_tainted, &tgid)) {
+		kind = RG_KIND_EXFIL_BLOCKED;
+		rule = RG_RULE_TAINT;
+		denied = true;
+	} else {
+		bpf_loop(RG_MAX_NET_RULES, rg_match_rule, &m, 0);
+		if (m.deny_rule != RG_RULE_NET_DEFAULT) {
+			rule = m.deny_rule;
+			denied = true;
+		} else if (m.allow_rule != RG_RULE_NET_DEFAULT) {
+			rule = m.allow_rule;
+			denied = false;
+		} else {
+			rule = RG_RULE_NET_DEFAULT;
+			denied = cfg->net_default_deny;
+		}
+	}
+	if (!denied)
+		return 1;
+
+	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_BLOCKED);
+	struct rg_block_record *e = rg_block_reserve(kind, action, rule);
+	if (e) {
+		e->family = m.family;
+		e->port = m.port;
+		e->protocol = m.protocol;
+		__builtin_memcpy(e->addr, addr, sizeof(addr));
+		rg_submit(e);
+	}
+	return action == RG_ACTION_BLOCKED ? 0 : 1;
+}
+
+SEC("cgroup/connect4")
+int rg_guard_connect4(struct bpf_sock_addr *ctx) { return rg_egress(ctx, false, RG_KIND_CONNECT_DENIED); }
+
+SEC("cgroup/connect6")
+int rg_guard_connect6(struct bpf_sock_addr *ctx) { return rg_egress(ctx, true, RG_KIND_CONNECT_DENIED); }
+
+SEC("cgroup/sendmsg4")
+int rg_guard_sendmsg4(struct bpf_sock_addr *ctx) { return rg_egress(ctx, false, RG_KIND_EXFIL_BLOCKED); }
+
+SEC("cgroup/sendmsg6")
+int rg_guard_sendmsg6(struct bpf_sock_addr *ctx) { return rg_egress(ctx, true, RG_KIND_EXFIL_BLOCKED); }
+
+/* ---- ptrace and process memory ---- */
+
+static __always_inline void rg_judge_ptrace(struct rg_guard_config *cfg, __u32 target, __u32 method)
+{
+	bool guarded = rg_guarded(cfg);
+	bool protected_target = target && bpf_map_lookup_elem(&rg_protected_pids, &target);
+
+	if (!(guarded && cfg->ptrace_deny) && !protected_target)
+		return;
+	if ((bpf_get_current_pid_tgid() >> 32) == cfg->guard_tgid)
+		return;
+	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_KILLED);
+	if (action == RG_ACTION_KILLED)
+		bpf_send_signal(SIGKILL);
+	struct rg_block_record *e = rg_block_reserve(RG_KIND_PTRACE_DENIED, action,
+						     protected_target ? target : RG_RULE_PTRACE_DENY);
+	if (e) {
+		e->target_pid = target;
+		e->flags = method;
+		rg_submit(e);
+	}
+}
+
+SEC("tp/syscalls/sys_enter_ptrace")
+int rg_guard_ptrace(struct trace_event_raw_sys_enter *ctx)
+{
+	struct rg_guard_config *cfg = rg_config();
+	if (cfg)
+		rg_judge_ptrace(cfg, ctx->args[1], 0);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_process_vm_readv")
+int rg_guard_vm_readv(struct trace_event_raw_sys_enter *ctx)
+{
+	struct rg_guard_config *cfg = rg_config();
+	if (cfg)
+		rg_judge_ptrace(cfg, ctx->args[0], RG_MEM_VM_READV);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_process_vm_writev")
+int rg_guard_vm_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	struct rg_guard_config *cfg = rg_config();
+	if (cfg)
+		rg_judge_ptrace(cfg, ctx->args[0], RG_MEM_VM_WRITEV);
+	return 0;
+}
+
+/* ---- files: protected inodes, decoys, /proc/<pid>/mem ---- */
+
+static __always_inline __u32 rg_pid_from_name(const unsigned char *name)
+{
+	char digits[12] = {};
+	__u32 pid = 0;
+
+	bpf_probe_read_kernel_str(digits, sizeof(digits), name);
+#pragma unroll
+	for (int i = 0; i < 11; i++) {
+		char c = digits[i];
+		if (c == 0)
+			return i ? pid : 0;
+		if (c < '0' || c > '9')
+			return 0;
+		pid = pid * 10 + (c - '0');
+	}
+	return 0;
+}
+
+/* The protection covering a file: its own inode, or a protected directory
+ * above it. Inode-based, so hard links, symlinks and renames do not escape. */
+static __always_inline struct rg_protected_value *rg_protection(struct file *file)
+{
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	struct rg_inode_key key = {};
+	struct rg_protected_value *v;
+
+	key.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	key.ino = BPF_CORE_READ(file, f_inode, i_ino);
+	v = bpf_map_lookup_elem(&rg_protected, &key);
+	if (v)
+		return v;
+	for (int i = 0; i < RG_MAX_DIR_DEPTH; i++) {
+		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+		if (!parent || parent == dentry)
+			return NULL;
+		dentry = parent;
+		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
+		v = bpf_map_lookup_elem(&rg_protected, &key);
+		if (v && v->is_dir)
+			return v;
+	}
+	return NULL;
+}
+
+static __always_inline int rg_guard_open_exit(long ret)
+{
+	struct rg_guard_config *cfg = rg_config();
+
+	if (ret < 0 || !cfg || !rg_guarded(cfg))
+		return 0;
+	struct file *file = rg_fd_file(ret);
+	if (!file)
+		return 0;
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+
+	if (BPF_CORE_READ(dentry, d_sb, s_magic) == PROC_SUPER_MAGIC) {
+		char name[4] = {};
+		bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(dentry, d_name.name));
+		if (name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 0)
+			rg_judge_ptrace(cfg, rg_pid_from_name(BPF_CORE_READ(dentry, d_parent, d_name.name)),
+					RG_MEM_PROC_MEM_OPEN);
+		return 0;
+	}
+
+	struct rg_protected_value *v = rg_protection(file);
+	if (!v)
+		return 0;
+	__u32 kind = v->kind == RG_PROTECT_MIRAGE ? RG_KIND_MIRAGE_TRAP : RG_KIND_OPEN_INODE;
+	bool kill = v->kind == RG_PROTECT_MIRAGE ? cfg->mirage_kill : cfg->file_kill;
+	__u32 action = rg_enforced_action(cfg, kill, RG_ACTION_KILLED);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (cfg->taint_from & (1U << v->kind)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&rg_tainted, &tgid, &one, BPF_ANY);
+	}
+	if (action == RG_ACTION_KILLED)
+		bpf_send_signal(SIGKILL);
+	struct rg_block_record *e = rg_block_reserve(kind, action, v->rule_index);
+	if (e) {
+		e->dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+		e->ino = BPF_CORE_READ(file, f_inode, i_ino);
+		bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(dentry, d_name.name));
+		rg_submit(e);
+	}
+	return 0;
+}
+
+SEC("tp/syscalls/sys_exit_open")
+int rg_guard_open(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_creat")
+int rg_guard_creat(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_openat")
+int rg_guard_openat(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_openat2")
+int rg_guard_openat2(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open_exit(ctx->ret); }
+
+/* ---- taint follows children ---- */
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(rg_guard_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+
+	if (ptgid != ctgid && bpf_map_lookup_elem(&rg_tainted, &ptgid)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&rg_tainted, &ctgid, &one, BPF_ANY);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(rg_guard_exit, struct task_struct *task)
+{
+	if (BPF_CORE_READ(task, signal, live.counter) == 0) {
+		__u32 tgid = BPF_CORE_READ(task, tgid);
+		bpf_map_delete_elem(&rg_tainted, &tgid);
+	}
+	return 0;
+}
