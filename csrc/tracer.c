@@ -563,7 +563,15 @@ void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out)
 
 	memset(out, 0, sizeof(*out));
 	memcpy(out->delivered, t->delivered, sizeof(out->delivered));
-	memcpy(out->lost, t->lost_seen, sizeof(out->lost));
+	/* Loss as the kernel counts it now, reported in the stream or not yet. */
+	unsigned int zero = 0;
+	if (bpf_map_lookup_elem(t->shared_fds[1], &zero, t->percpu) == 0) {
+		for (int c = 0; c < t->ncpus; c++)
+			for (int k = 0; k < RG_KIND_SLOTS; k++)
+				out->lost[k] += t->percpu[c].lost[k];
+	} else {
+		memcpy(out->lost, t->lost_seen, sizeof(out->lost));
+	}
 	out->malformed = t->enc.malformed;
 	out->bytes = t->bytes;
 	out->polls = t->polls;

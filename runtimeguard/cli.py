@@ -261,6 +261,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_policy(args: argparse.Namespace) -> int:
+    from .policy import check_policy
+
+    policy = check_policy(args.file)
+    rules = len(policy.network_rules())
+    print(f"{args.file}: ok ({policy.mode} mode, {rules} network rules, "
+          f"{len(policy.protected_paths())} protected paths, {len(policy.mirage.decoys)} decoys)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .audit import NotificationTracker
+    from .guard import format_decision, guard
+    from .policy import Policy
+
+    if not args.argv:
+        raise RuntimeGuardError("run: no command given (runtimeguard run --policy FILE -- CMD ARGS...)")
+    policy = Policy.load(args.policy)
+    notices = NotificationTracker()
+
+    def show(ev: Event) -> None:
+        target = ev.target_context.formatted if ev.target_context is not None else ""
+        if notices.should_notify(ev.policy.rule if ev.policy else ev.name, target):
+            print(format_decision(ev), file=sys.stderr, flush=True)
+
+    result = guard(policy, args.argv, mode=args.mode, audit_log=args.audit_log, on_event=show)
+    return result.exit_status
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runtimeguard", description="See and control what processes do, via eBPF.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -291,6 +320,17 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=cmd_doctor)
 
+    run = sub.add_parser("run", help="run a command under a policy; exits with its status")
+    run.add_argument("--policy", required=True, metavar="FILE", help="YAML, TOML or JSON policy")
+    run.add_argument("--mode", choices=("audit", "enforce"), help="override the policy's mode")
+    run.add_argument("--audit-log", metavar="PATH", help="NDJSON log of every decision")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-policy", help="validate a policy without loading anything")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=cmd_check_policy)
+
     demo = sub.add_parser("demo", help="trace a small built-in workload (loopback only)")
     demo.add_argument("--seconds", type=float, default=4.0, metavar="N")
     tracer_options(demo)
@@ -300,4 +340,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "argv", None) and args.argv[0] == "--":
+        args.argv = args.argv[1:]
     return _run(lambda: args.func(args))

@@ -36,6 +36,7 @@ EVENT_IDS: dict[str, int] = {
     "open_inode": 12,
     "mirage_trap": 13,
     "ptrace_denied": 14,
+    "mode_changed": 15,
 }
 EVENT_NAMES: dict[int, str] = {v: k for k, v in EVENT_IDS.items()}
 
@@ -54,6 +55,7 @@ EventName = Literal[
     "open_inode",
     "mirage_trap",
     "ptrace_denied",
+    "mode_changed",
 ]
 
 Action = Literal["observed", "blocked", "would_block", "killed"]
@@ -282,6 +284,13 @@ class PtraceDeniedData(_Decision, tag="ptrace_denied"):
     method: Literal["ptrace", "process_vm_readv", "process_vm_writev", "proc_mem_open"]
 
 
+class ModeChangedData(_Data, tag="mode_changed"):
+    """A running guard switched between audit and enforce."""
+
+    previous: Literal["audit", "enforce"]
+    mode: Literal["audit", "enforce"]
+
+
 EventData = Union[
     ProcessExecData,
     ProcessForkData,
@@ -297,6 +306,7 @@ EventData = Union[
     OpenInodeData,
     MirageTrapData,
     PtraceDeniedData,
+    ModeChangedData,
 ]
 
 BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied")

@@ -1,0 +1,361 @@
+"""Running a workload under a policy: the guard.
+
+The guard is a Tracer with the guard sensor loaded: the policy is compiled
+into BPF maps (filled after load, before attach, so no empty map ever
+decides), the socket hooks attach to the workload's cgroup, and every decision
+comes back as a block event that is logged, deduplicated for the operator and
+returned to the caller.
+
+What each mechanism guarantees (see README, "Security"):
+- egress (connect_denied, exfil_blocked): cgroup connect4/6 and sendmsg4/6
+  hooks refuse the operation; the caller gets EPERM and nothing is sent.
+- files, decoys, ptrace, process memory (open_inode, mirage_trap,
+  ptrace_denied): detected at the syscall tracepoints; in enforce mode the
+  caller is sent SIGKILL there. The syscall itself may complete (an open has
+  already opened the file), but the process never returns to user space to use
+  the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+import msgspec
+from msgspec.structs import force_setattr
+
+from . import environment
+from ._native import ffi, lib
+from .audit import AuditLogger, NotificationTracker
+from .errors import RuntimeGuardError
+from .policy import Policy, guess_template
+from .schema import BLOCK_EVENTS, EVENT_IDS, Event, ModeChangedData, PolicyRef
+from .tracer import DEFAULT_RING_BUFFER_SIZE, Tracer, TracerStats
+
+_RULE_NET_DEFAULT = -1
+_RULE_TAINT = -2
+_RULE_PTRACE_DENY = -3
+
+_PROTOCOLS = {"tcp": 6, "udp": 17, "any": 0}
+_TAINT_SOURCES = {"files": lib.RG_PROTECT_FILE, "mirage": lib.RG_PROTECT_MIRAGE}
+
+
+class GuardResult(msgspec.Struct):
+    exit_status: int
+    """The command's exit status; 128 + N when signal N ended it."""
+    events: list[Event]
+    """Every guard decision, in order."""
+
+
+def _kernel_dev(st_dev: int) -> int:
+    # BPF sees the superblock's kernel dev_t (major << 20 | minor).
+    return os.major(st_dev) << 20 | os.minor(st_dev)
+
+
+def _decoy_content(template: str) -> bytes:
+    token = secrets.token_hex
+    if template == "aws":
+        key_id = "AKIA" + base64.b32encode(secrets.token_bytes(10)).decode()[:16]
+        secret = base64.b64encode(secrets.token_bytes(30)).decode()
+        return f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n".encode()
+    if template == "env":
+        return (f"DATABASE_URL=postgres://app:{token(12)}@db.internal:5432/app\n"
+                f"OPENAI_API_KEY=sk-{token(24)}\nSTRIPE_SECRET_KEY=sk_live_{token(12)}\n").encode()
+    if template == "ssh_key":
+        body = base64.encodebytes(secrets.token_bytes(300)).decode()
+        return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}-----END OPENSSH PRIVATE KEY-----\n".encode()
+    return f"token={token(20)}\n".encode()
+
+
+class Guard:
+    """Enforces a policy on a scope: a command's cgroup, a cgroup, or the host.
+
+    ``with Guard(policy, cgroup=path) as g: ... g.poll()``; most callers use
+    :func:`guard` or :meth:`run`, which create the command's cgroup.
+    """
+
+    def __init__(self, policy: Policy, *, cgroup: Optional[str] = None, audit_log: Optional[str] = None,
+                 on_event: Optional[Callable[[Event], None]] = None,
+                 ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE):
+        self.policy = policy
+        self.mode = policy.mode
+        self._cgroup = cgroup
+        self._audit_path = audit_log
+        self._on_event = on_event
+        self._ring_buffer_size = ring_buffer_size
+        self._rules: list[str] = []
+        self._decoys_created: list[str] = []
+        self._tracer: Optional[Tracer] = None
+        self._audit: Optional[AuditLogger] = None
+        self._cgroup_fd = -1
+        self.events: list[Event] = []
+
+    # ---- compiling the policy into map entries ----
+
+    def _rule(self, rule_id: str) -> int:
+        self._rules.append(rule_id)
+        return len(self._rules) - 1
+
+    def rule_id(self, index: int) -> str:
+        if index == _RULE_NET_DEFAULT:
+            return "network.default"
+        if index == _RULE_TAINT:
+            return "taint.block_egress"
+        if index == _RULE_PTRACE_DENY:
+            return "ptrace.deny"
+        return self._rules[index] if 0 <= index < len(self._rules) else f"rule #{index}"
+
+    def _config(self, scope_id: int, scope_level: int):
+        p = self.policy
+        cfg = ffi.new("struct rg_guard_config *")
+        cfg.mode = lib.RG_MODE_ENFORCE if self.mode == "enforce" else lib.RG_MODE_AUDIT
+        cfg.net_default_deny = p.network.default == "deny"
+        cfg.file_kill = p.files.action == "kill"
+        cfg.mirage_kill = p.mirage.kill
+        cfg.ptrace_deny = p.ptrace.deny
+        cfg.taint_from = sum(1 << _TAINT_SOURCES[s] for s in p.taint.sources)
+        cfg.taint_blocks_egress = p.taint.block_egress
+        cfg.scope_cgroup_id = scope_id
+        cfg.scope_cgroup_level = scope_level
+        cfg.guard_tgid = os.getpid()
+        return cfg
+
+    def _fill_maps(self, tracer: Tracer, scope_id: int, scope_level: int) -> None:
+        zero = ffi.new("unsigned int *", 0)
+        rules = []
+        for compiled in self.policy.network_rules():
+            index = self._rule(compiled.rule_id)
+            for lo, hi in compiled.port_ranges:
+                r = ffi.new("struct rg_net_rule *")
+                net = compiled.network
+                r.family = 2 if net.version == 4 else 10
+                r.prefix_len = net.prefixlen
+                packed = net.network_address.packed
+                ffi.memmove(r.addr, packed, len(packed))
+                r.port_lo, r.port_hi = lo, hi
+                r.protocol = _PROTOCOLS[compiled.protocol]
+                r.action = lib.RG_NET_DENY if compiled.action == "deny" else lib.RG_NET_ALLOW
+                r.rule_index = index
+                rules.append(r)
+        if len(rules) > lib.RG_MAX_NET_RULES:
+            raise RuntimeGuardError(f"the policy compiles to {len(rules)} network rules; at most "
+                                    f"{lib.RG_MAX_NET_RULES} are supported")
+        for i, r in enumerate(rules):
+            tracer.update_map("rg_net_rules", ffi.new("unsigned int *", i), r)
+
+        def protect(path: str, rule_id: str, kind: int) -> None:
+            st = os.stat(path)
+            key = ffi.new("struct rg_inode_key *", {"dev": _kernel_dev(st.st_dev), "ino": st.st_ino})
+            value = ffi.new("struct rg_protected_value *",
+                            {"kind": kind, "rule_index": self._rule(rule_id), "is_dir": os.path.isdir(path)})
+            tracer.update_map("rg_protected", key, value)
+
+        for p in self.policy.protected_paths():
+            protect(p.path, p.rule_id, lib.RG_PROTECT_FILE)
+        for i, decoy in enumerate(self.policy.mirage.decoys):
+            protect(os.path.expanduser(decoy.path), f"mirage.decoys[{i}]", lib.RG_PROTECT_MIRAGE)
+        one = ffi.new("unsigned char *", 1)
+        for pid in self.policy.ptrace.protect_pids:
+            tracer.update_map("rg_protected_pids", ffi.new("unsigned int *", pid), one)
+
+        cfg = self._config(scope_id, scope_level)
+        cfg.net_rule_count = len(rules)
+        self._cfg = cfg
+        # The configuration goes last: it is what switches the guard on.
+        tracer.update_map("rg_guard_cfg", zero, cfg)
+
+    def _create_decoys(self) -> None:
+        for decoy in self.policy.mirage.decoys:
+            path = os.path.expanduser(decoy.path)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue  # an existing file serves as the decoy as it is
+            with os.fdopen(fd, "wb") as f:
+                f.write(_decoy_content(decoy.template or guess_template(path)))
+            self._decoys_created.append(path)
+
+    def _remove_decoys(self) -> None:
+        for path in self._decoys_created:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._decoys_created = []
+
+    # ---- lifecycle ----
+
+    def start(self) -> "Guard":
+        environment.prepare()
+        if self._cgroup is not None:
+            root = environment.cgroup2_mount()
+            path = self._cgroup if os.path.isabs(self._cgroup) else os.path.join(root, self._cgroup)
+            scope_id, scope_level = os.stat(path).st_ino, os.path.relpath(path, root).count("/") + 1
+        else:
+            path, scope_id, scope_level = environment.cgroup2_mount(), 0, 0
+        self._create_decoys()
+        try:
+            self._cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if self._audit_path:
+                self._audit = AuditLogger(self._audit_path)
+            self._tracer = Tracer(
+                events=["process_exec", "process_fork", "process_exit"],
+                cgroups=[scope_id] if scope_id else (),
+                ring_buffer_size=self._ring_buffer_size,
+                guard_cgroup_fd=self._cgroup_fd,
+                before_attach=lambda t: self._fill_maps(t, scope_id, scope_level),
+            ).start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None
+        if self._cgroup_fd >= 0:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = -1
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
+        self._remove_decoys()
+
+    def __enter__(self) -> "Guard":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def set_mode(self, mode: str) -> None:
+        """Switches audit/enforce on the running guard: one map update."""
+        if mode not in ("audit", "enforce"):
+            raise ValueError(f"mode {mode!r} must be 'audit' or 'enforce'")
+        self.poll(0)  # decisions made under the old mode are logged before the switch
+        previous, self.mode = self.mode, mode
+        self._cfg.mode = lib.RG_MODE_ENFORCE if mode == "enforce" else lib.RG_MODE_AUDIT
+        self._tracer.update_map("rg_guard_cfg", ffi.new("unsigned int *", 0), self._cfg)
+        note = Event(timestamp=time.time_ns(), id=EVENT_IDS["mode_changed"], name="mode_changed",
+                     data=ModeChangedData(previous=previous, mode=mode), pid=os.getpid(), tid=threading.get_native_id(),
+                     policy=PolicyRef(rule="mode", mode=mode, name=self.policy.name))
+        self.events.append(note)
+        if self._audit is not None:
+            self._audit.write(note)
+
+    def stats(self) -> TracerStats:
+        return self._tracer.stats()
+
+    # ---- decisions ----
+
+    def poll(self, timeout: Optional[float] = None) -> list[Event]:
+        """The guard decisions since the last poll, logged and named."""
+        decisions = []
+        for ev in self._tracer.poll(timeout):
+            if ev.name not in BLOCK_EVENTS:
+                continue
+            mode = "audit" if ev.action == "would_block" else self.mode
+            force_setattr(ev, "policy", PolicyRef(rule=self.rule_id(ev.data.rule_index), mode=mode,
+                                                  name=self.policy.name))
+            decisions.append(ev)
+        if decisions:
+            if self._audit is not None:
+                self._audit.write_many(decisions)
+            self.events += decisions
+            if self._on_event is not None:
+                for ev in decisions:
+                    self._on_event(ev)
+        return decisions
+
+    def run(self, argv: Sequence[str], *, poll_interval: float = 0.1) -> GuardResult:
+        """Runs argv in a fresh cgroup under this guard; returns its exit status
+        and the decisions. Every descendant stays in scope (double forks and
+        setsid() do not leave a cgroup); leftovers are killed at the end."""
+        root = environment.cgroup2_mount()
+        cgroup = os.path.join(root, f"runtimeguard-{os.getpid()}-{secrets.token_hex(4)}")
+        os.mkdir(cgroup)
+        self._cgroup = cgroup
+        proc = None
+        try:
+            self.start()
+            procs_file = os.path.join(cgroup, "cgroup.procs")
+
+            def enter_cgroup() -> None:
+                # In the child, before exec: the guard is attached before the
+                # command's first instruction runs.
+                with open(procs_file, "w") as f:
+                    f.write("0")
+
+            try:
+                proc = subprocess.Popen(list(argv), preexec_fn=enter_cgroup)
+            except OSError as e:
+                raise RuntimeGuardError(f"cannot run {argv[0]!r}: {e.strerror}") from None
+            while proc.poll() is None:
+                try:
+                    self.poll(poll_interval)
+                except KeyboardInterrupt:
+                    # The command got the same SIGINT from the terminal; let it finish.
+                    proc.send_signal(signal.SIGINT)
+            self._drain()
+            status = proc.returncode
+            return GuardResult(exit_status=128 - status if status < 0 else status, events=self.events)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _kill_cgroup(cgroup)
+            if self._tracer is not None:
+                self._drain()
+            self.close()
+            os.rmdir(cgroup)
+
+    def _drain(self) -> None:
+        if self._tracer is None:
+            return
+        while self.poll(self._tracer.max_latency_ms / 1000 * 2):
+            pass
+
+
+def _kill_cgroup(path: str, timeout: float = 5.0) -> None:
+    """Kills whatever the command left running in its cgroup, and waits."""
+    procs = os.path.join(path, "cgroup.procs")
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except FileNotFoundError:  # kernels before 5.14: one by one
+        with open(procs) as f:
+            for pid in f.read().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(procs) as f:
+            if not f.read().strip():
+                return
+        time.sleep(0.01)
+
+
+def format_decision(ev: Event) -> str:
+    """One readable line for the operator's terminal."""
+    what = {"would_block": "WOULD BLOCK", "blocked": "BLOCKED", "killed": "KILLED"}.get(ev.action, "REPORTED")
+    process = ev.workload.process if ev.workload is not None else None
+    who = f"{process.name or '?'}[{ev.pid}]" if process else f"pid {ev.pid}"
+    target = ev.target_context.formatted if ev.target_context is not None else ""
+    rule = ev.policy.rule if ev.policy is not None else "?"
+    return f"runtimeguard: {what} {ev.name} {who} -> {target} (rule {rule})"
+
+
+def guard(policy: Policy, argv: Sequence[str], *, mode: Optional[str] = None, audit_log: Optional[str] = None,
+          on_event: Optional[Callable[[Event], None]] = None) -> GuardResult:
+    """Runs argv under policy; returns its exit status and the guard's decisions."""
+    if mode is not None:
+        policy = policy.with_mode(mode)
+    return Guard(policy, audit_log=audit_log, on_event=on_event).run(argv)

@@ -1,0 +1,760 @@
+"""The policy: one YAML, TOML or JSON document, validated into frozen Structs.
+
+A policy is refused whole: decoding (msgspec, ``forbid_unknown_fields``) and
+then the semantic checks run before anything is returned, and the first
+problem raises :class:`PolicyError` naming the field (``network.allow[1].ports[0]``)
+and the reason. Nothing is half-applied because nothing is applied here at
+all: this module is pure (no BPF). The guard compiles a validated policy with
+:meth:`Policy.network_rules` and :meth:`Policy.protected_paths`, and
+:func:`decide_network` is the reference the kernel's network decision is
+tested against.
+
+Values are normalized on load, so equal policies compare equal whatever their
+format: CIDRs are rewritten as their network (``10.1.2.3/8`` -> ``10.0.0.0/8``),
+paths are expanded (``~``) and absolute, and a decoy's template is filled in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import stat
+import typing
+import weakref
+from typing import Any, Iterable, Literal, Mapping, Optional, Union
+
+import msgspec
+
+from .errors import RuntimeGuardError
+
+__all__ = [
+    "CompiledNetRule", "Decoy", "Files", "Mirage", "NetRule", "Network", "Policy", "PolicyError",
+    "ProtectedPath", "Ptrace", "Scope", "Taint", "check_policy", "decide_network", "guess_template",
+]
+
+POLICY_VERSION = 1
+
+# "No ports" means every port, 0 included: a SYN to port 0 still reaches the
+# destination, so a rule for "all ports" must not leave that one out.
+ALL_PORTS = (0, 65535)
+
+# Paths that may not be protected: protecting one would kill every process in
+# scope on its first open (every path is beneath "/").
+_REFUSED_PROTECT = ("/",)
+
+# The kernel's largest pid_max (PID_MAX_LIMIT on 64-bit).
+_PID_MAX_LIMIT = 4194304
+
+Format = Literal["yaml", "toml", "json"]
+_EXTENSIONS: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+
+Template = Literal["aws", "env", "ssh_key", "generic"]
+
+
+class PolicyError(RuntimeGuardError, ValueError):
+    """A policy that cannot be used: names the field and why.
+
+    ``field`` is a path such as ``network.allow[1].ports[0]``, or ``""`` when
+    the problem is the document as a whole (a syntax error, not a mapping).
+    """
+
+    def __init__(self, field: str, reason: str, source: str = "<text>"):
+        self.field = field
+        self.reason = reason
+        self.source = source
+        # args carry everything so the error pickles (multiprocessing, logging).
+        super().__init__(field, reason, source)
+
+    def __str__(self) -> str:
+        if self.field:
+            return f"{self.source}: {self.field}: {self.reason}"
+        return f"{self.source}: {self.reason}"
+
+
+# ---- the document ----
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class Scope(_Section):
+    """What is guarded: a command and its descendants (in a cgroup of their
+    own), an existing cgroup, or the whole host."""
+
+    type: Literal["command", "cgroup", "host"] = "command"
+    cgroup: Optional[str] = None
+    """The cgroup's path relative to the cgroup2 mount, or absolute; only with type cgroup."""
+
+
+class NetRule(_Section):
+    """One destination rule: exactly one of ``cidr`` or ``host``."""
+
+    cidr: Optional[str] = None
+    host: Optional[str] = None
+    """Resolved when the policy is compiled, one rule per address."""
+    ports: Optional[tuple[Union[int, str], ...]] = None
+    """Ports (443) and inclusive ranges ("8000-8100"); absent: every port."""
+    protocol: Literal["tcp", "udp", "any"] = "any"
+
+    def port_ranges(self) -> tuple[tuple[int, int], ...]:
+        """The ports as sorted, merged, inclusive ranges."""
+        if self.ports is None:
+            return (ALL_PORTS,)
+        return _merge([_port_range(p) for p in self.ports])
+
+
+class Network(_Section):
+    default: Literal["allow", "deny"] = "allow"
+    allow: tuple[NetRule, ...] = ()
+    deny: tuple[NetRule, ...] = ()
+
+
+class Files(_Section):
+    protect: tuple[str, ...] = ()
+    """Resolved to device + inode when compiled; a directory covers everything beneath it."""
+    action: Literal["kill", "report"] = "kill"
+    """What enforce mode does to a process that opens a protected file."""
+
+
+class Decoy(_Section):
+    path: str
+    """Created with fake content when absent (and removed on exit), else used as is."""
+    template: Optional[Template] = None
+    """Filled in on load: guessed from the path when not given."""
+
+
+class Mirage(_Section):
+    decoys: tuple[Decoy, ...] = ()
+    kill: bool = False
+    """Enforce mode kills a process that opens a decoy; otherwise taint + report."""
+
+
+class Ptrace(_Section):
+    deny: bool = True
+    """Guarded processes may not ptrace or read/write another process's memory."""
+    protect_pids: tuple[int, ...] = ()
+    """Processes outside the scope that no guarded process may ptrace or read."""
+
+
+class Taint(_Section):
+    # "from" is a Python keyword: the attribute is ``sources``.
+    sources: tuple[Literal["files", "mirage"], ...] = msgspec.field(default=("files", "mirage"), name="from")
+    """Which opens taint a process (and its later children)."""
+    block_egress: bool = True
+    """A tainted process's egress is blocked (exfil_blocked)."""
+
+
+class Policy(_Section, weakref=True):
+    """A validated policy. Build one with :meth:`load`, :meth:`from_text` or
+    :meth:`from_dict`; constructing it directly skips validation."""
+
+    version: int
+    name: Optional[str] = None
+    mode: Literal["audit", "enforce"] = "audit"
+    scope: Scope = msgspec.field(default_factory=Scope)
+    network: Network = msgspec.field(default_factory=Network)
+    files: Files = msgspec.field(default_factory=Files)
+    mirage: Mirage = msgspec.field(default_factory=Mirage)
+    ptrace: Ptrace = msgspec.field(default_factory=Ptrace)
+    taint: Taint = msgspec.field(default_factory=Taint)
+
+    # ---- building ----
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], format: Optional[Format] = None) -> "Policy":
+        """Reads, decodes and validates a policy file. The format comes from
+        the extension (.yaml, .yml, .toml, .json) unless given."""
+        source = os.fspath(path)
+        if format is None:
+            format = _EXTENSIONS.get(os.path.splitext(source)[1].lower())
+            if format is None:
+                raise PolicyError("", "cannot tell the format from the file name: use .yaml, .yml, .toml or "
+                                      ".json, or give the format", source)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise PolicyError("", f"cannot read the policy: {e.strerror or e}", source) from None
+        return cls.from_text(data, format, source=source)
+
+    @classmethod
+    def from_text(cls, text: Union[str, bytes], format: Format = "yaml", source: str = "<text>") -> "Policy":
+        return cls.from_dict(_parse(text, format, source), source=source)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<text>") -> "Policy":
+        """Validates already-decoded data (what a YAML/TOML/JSON parser returns)."""
+        if not isinstance(data, Mapping):
+            what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+            raise PolicyError("", f"the policy document is {what}", source)
+        _check_version(data, source)
+        try:
+            policy = msgspec.convert(dict(data), cls)
+        except msgspec.ValidationError as e:
+            field, reason = _validation_error(str(e))
+            raise PolicyError(field, reason, source) from None
+        except RecursionError:
+            # A YAML alias can make a document contain itself.
+            raise PolicyError("", "the document nests too deeply (or contains itself)", source) from None
+        policy = _Validator(policy, source).run()
+        _remember_source(policy, source)
+        return policy
+
+    def with_mode(self, mode: str) -> "Policy":
+        if mode not in ("audit", "enforce"):
+            raise PolicyError("mode", f"invalid mode {mode!r} (expected one of: audit, enforce)", self.source)
+        policy = msgspec.structs.replace(self, mode=mode)
+        _remember_source(policy, self.source)
+        return policy
+
+    @property
+    def source(self) -> str:
+        """The file (or "<text>") the policy came from, for error messages."""
+        return _SOURCES.get(id(self), "<policy>")
+
+    # ---- compiling (pure: no BPF) ----
+
+    def network_rules(self) -> list["CompiledNetRule"]:
+        """The network rules, deny rules first (each list in document order).
+
+        Host rules are resolved now, into one rule per address. IPv4-mapped
+        IPv6 networks become the IPv4 network they carry, so one family
+        matches them (see :func:`decide_network`).
+        """
+        compiled = []
+        for action in ("deny", "allow"):
+            for i, rule in enumerate(getattr(self.network, action)):
+                rule_id = f"network.{action}[{i}]"
+                ranges = rule.port_ranges()
+                if rule.cidr is not None:
+                    networks = [_unmap_network(ipaddress.ip_network(rule.cidr, strict=False))]
+                else:
+                    networks = [ipaddress.ip_network(a) for a in _resolve(rule.host, rule_id, self.source)]
+                for net in networks:
+                    compiled.append(CompiledNetRule(rule_id, action, net, ranges, rule.protocol))
+        return compiled
+
+    def protected_paths(self) -> list["ProtectedPath"]:
+        """``files.protect`` resolved to device + inode, following symlinks:
+        the target is what is protected."""
+        out = []
+        for i, path in enumerate(self.files.protect):
+            field = f"files.protect[{i}]"
+            st = _stat(path, field, self.source)
+            out.append(ProtectedPath(field, path, st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode)))
+        return out
+
+
+class CompiledNetRule(msgspec.Struct, frozen=True):
+    rule_id: str
+    """The rule in the document: ``network.deny[1]``."""
+    action: Literal["allow", "deny"]
+    network: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    port_ranges: tuple[tuple[int, int], ...]
+    """Inclusive, sorted, merged; ``((0, 65535),)`` for a rule without ports."""
+    protocol: Literal["tcp", "udp", "any"]
+
+
+class ProtectedPath(msgspec.Struct, frozen=True):
+    rule_id: str
+    path: str
+    """Expanded and absolute, as written (a symlink is not replaced by its target)."""
+    device: int
+    """As ``os.stat().st_dev`` reports it."""
+    inode: int
+    is_dir: bool
+
+
+def check_policy(path: Union[str, os.PathLike], format: Optional[Format] = None) -> Policy:
+    """Everything ``runtimeguard check-policy`` checks: load, validate, resolve
+    the host rules and the protected paths. Loads nothing into the kernel."""
+    policy = Policy.load(path, format)
+    policy.network_rules()
+    policy.protected_paths()
+    return policy
+
+
+def decide_network(rules: Iterable[CompiledNetRule], default: str, address: Any, port: int,
+                   protocol: str) -> tuple[str, str]:
+    """The policy's verdict on a destination: ``(action, rule_id)``.
+
+    Any matching deny rule denies (the first one names the rule); otherwise
+    any matching allow rule allows; otherwise the default decides, with rule
+    id ``network.default``. An IPv4-mapped IPv6 address (``::ffff:1.2.3.4``)
+    is matched as the IPv4 address it carries. A rule with protocol ``any``
+    matches every protocol.
+    """
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    allowed_by = None
+    for r in rules:
+        if r.network.version != ip.version or ip not in r.network:
+            continue
+        if r.protocol != "any" and r.protocol != protocol:
+            continue
+        if not any(lo <= port <= hi for lo, hi in r.port_ranges):
+            continue
+        if r.action == "deny":
+            return "deny", r.rule_id
+        if allowed_by is None:
+            allowed_by = r.rule_id
+    if allowed_by is not None:
+        return "allow", allowed_by
+    return default, "network.default"
+
+
+def guess_template(path: str) -> Template:
+    """The decoy content that fits a file name: ``~/.aws/credentials`` -> aws."""
+    name = os.path.basename(path).lower()
+    parts = path.lower().split("/")
+    if ".aws" in parts or "aws" in name or name in (".boto", ".s3cfg"):
+        return "aws"
+    if name == ".env" or name.startswith(".env.") or name.endswith(".env"):
+        return "env"
+    if name.startswith(("id_rsa", "id_dsa", "id_ecdsa", "id_ed25519")) or name.endswith((".pem", ".key")):
+        return "ssh_key"
+    return "generic"
+
+
+# ---- where a policy came from ----
+
+# Policies are frozen Structs whose every field is part of the document, so
+# the source (for error messages raised after loading) is kept beside them,
+# dropped when the policy is collected.
+_SOURCES: dict[int, str] = {}
+
+
+def _remember_source(policy: Policy, source: str) -> None:
+    _SOURCES[id(policy)] = source
+    weakref.finalize(policy, _SOURCES.pop, id(policy), None)
+
+
+# ---- parsing ----
+
+def _yaml_loader():
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        """The safe loader, refusing duplicate keys: the last one would
+        silently replace the first (a whole ``network:`` section, say)."""
+
+    def construct_mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+            seen.add(key)
+        return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
+
+    Loader.add_constructor("tag:yaml.org,2002:map", construct_mapping)
+    return yaml, Loader
+
+
+_YAML = None
+
+
+def _parse(text: Union[str, bytes], format: str, source: str) -> Any:
+    global _YAML
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PolicyError("", f"the policy is not UTF-8 text: {e.reason} at byte {e.start}", source) from None
+    if format == "yaml":
+        if _YAML is None:
+            _YAML = _yaml_loader()
+        yaml, loader = _YAML
+        try:
+            return yaml.load(text, Loader=loader)
+        except yaml.MarkedYAMLError as e:
+            raise PolicyError("", "YAML syntax error " + _yaml_reason(e), source) from None
+        except Exception as e:  # noqa: BLE001 - the parser's failures are the document's: report, never crash
+            raise PolicyError("", f"YAML error: {e}", source) from None
+    if format == "toml":
+        try:
+            return msgspec.toml.decode(text)
+        except Exception as e:  # noqa: BLE001 - as above
+            raise PolicyError("", f"TOML syntax error: {e}", source) from None
+    if format == "json":
+        try:
+            data = msgspec.json.decode(text)
+        except Exception as e:  # noqa: BLE001 - as above
+            raise PolicyError("", f"JSON syntax error: {_json_reason(str(e), text)}", source) from None
+        _json_duplicates(text, source)
+        return data
+    raise PolicyError("", f"unknown policy format {format!r} (expected yaml, toml or json)", source)
+
+
+def _yaml_reason(e) -> str:
+    mark = e.problem_mark or e.context_mark
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ": "
+    what = e.problem or e.context or "invalid document"
+    if e.context and e.problem:
+        what += f" ({e.context}"
+        if e.context_mark is not None and e.context_mark is not mark:
+            what += f" at line {e.context_mark.line + 1}"
+        what += ")"
+    return where + what
+
+
+def _json_reason(message: str, text: str) -> str:
+    # msgspec reports a byte offset; people read line and column.
+    m = re.search(r"\(byte (\d+)\)$", message)
+    if not m:
+        return message
+    before = text.encode("utf-8")[: int(m.group(1))].decode("utf-8", "replace")
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    return message[: m.start()].rstrip() + f" (line {line}, column {column})"
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _json_duplicates(text: str, source: str) -> None:
+    # msgspec keeps the last of duplicate keys silently; refuse them as YAML does.
+    def pairs(items):
+        seen = set()
+        for key, _ in items:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+        return None
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except _DuplicateKey as e:
+        raise PolicyError("", f"JSON error: duplicate key {e.args[0]!r}", source) from None
+    except Exception:  # noqa: BLE001 - msgspec accepted the document; this pass only looks for duplicates
+        pass
+
+
+# ---- decoding errors -> field paths ----
+
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _field_path(jsonpath: str) -> tuple[str, list[Union[str, int]]]:
+    """``$.network.allow[1].cidr`` -> ``network.allow[1].cidr`` and its parts."""
+    parts: list[Union[str, int]] = []
+    for m in _PATH_PART.finditer(jsonpath[1:] if jsonpath.startswith("$") else jsonpath):
+        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+    return _join(parts), parts
+
+
+def _join(parts: list) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
+
+
+def _type_at(parts: list) -> Any:
+    """The declared type at a path in the document, or None."""
+    t: Any = Policy
+    for p in parts:
+        t = _unwrap(t)
+        if isinstance(p, int):
+            args = typing.get_args(t)
+            if typing.get_origin(t) is not tuple or not args:
+                return None
+            t = args[0]
+        elif isinstance(t, type) and issubclass(t, msgspec.Struct):
+            t = next((f.type for f in msgspec.structs.fields(t) if f.encode_name == p), None)
+            if t is None:
+                return None
+        else:
+            return None
+    return _unwrap(t)
+
+
+def _unwrap(t: Any) -> Any:
+    # Optional[X] -> X
+    if typing.get_origin(t) is Union:
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return t
+
+
+def _validation_error(message: str) -> tuple[str, str]:
+    m = re.fullmatch(r"(.*?)(?: - at `([^`]*)`(?: in `([^`]*)`)?)?", message, re.S)
+    reason, at, within = m.group(1), m.group(2) or "$", m.group(3)
+    if at == "key" and within is not None:
+        field, _ = _field_path(within)
+        return field, f"keys must be strings ({reason[0].lower() + reason[1:]})"
+    field, parts = _field_path(at)
+    named = re.fullmatch(r"Object (missing required|contains unknown) field `(.*)`", reason)
+    if named:
+        child = _join(parts + [named.group(2)])
+        if named.group(1) == "missing required":
+            return child, "required field missing"
+        t = _type_at(parts)
+        if isinstance(t, type) and issubclass(t, msgspec.Struct):
+            known = ", ".join(f.encode_name for f in msgspec.structs.fields(t))
+            return child, f"unknown field (expected one of: {known})"
+        return child, "unknown field"
+    if reason.startswith("Invalid enum value"):
+        t = _type_at(parts)
+        if typing.get_origin(t) is Literal:
+            value = reason[len("Invalid enum value "):]
+            return field, f"invalid value {value} (expected one of: {', '.join(map(str, typing.get_args(t)))})"
+    return field, reason
+
+
+def _check_version(data: Mapping, source: str) -> None:
+    # Checked before decoding so that a newer document is refused for its
+    # version, not for the first field this version does not know.
+    if "version" not in data:
+        raise PolicyError("version", "required field missing (this runtimeguard reads version 1)", source)
+    v = data["version"]
+    if type(v) is not int:
+        raise PolicyError("version", f"expected an integer, got {type(v).__name__}", source)
+    if v != POLICY_VERSION:
+        raise PolicyError("version", f"unsupported policy version {v} (this runtimeguard reads version "
+                                     f"{POLICY_VERSION})", source)
+
+
+# ---- semantic validation ----
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} out of range 1-65535")
+    return value
+
+
+_RANGE = re.compile(r"\s*([0-9]{1,6})\s*(?:-\s*([0-9]{1,6})\s*)?", re.ASCII)
+
+
+def _port_range(p: Union[int, str]) -> tuple[int, int]:
+    """A validated port or range as (lo, hi); ValueError says what is wrong."""
+    if isinstance(p, int):
+        return _port(p), p
+    m = _RANGE.fullmatch(p)
+    if m is None:
+        raise ValueError(f"malformed port range {p!r} (expected a port or LOW-HIGH, like \"8000-8100\")")
+    lo = _port(int(m.group(1)))
+    hi = _port(int(m.group(2))) if m.group(2) is not None else lo
+    if lo > hi:
+        raise ValueError(f"port range {p!r} is reversed (low {lo} > high {hi})")
+    return lo, hi
+
+
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in out)
+
+
+def _unmap_network(net):
+    """``::ffff:10.0.0.0/104`` -> ``10.0.0.0/8``: matching sees one family."""
+    if net.version == 6 and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+        return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
+
+
+def _resolve(host: str, rule_id: str, source: str) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise PolicyError(f"{rule_id}.host", f"cannot resolve {host!r}: {reason}", source) from None
+    addresses: list[str] = []
+    for family, *_, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if str(ip) not in addresses:
+            addresses.append(str(ip))
+    if not addresses:
+        raise PolicyError(f"{rule_id}.host", f"{host!r} resolves to no IPv4 or IPv6 address", source)
+    return addresses
+
+
+def _stat(path: str, field: str, source: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise PolicyError(field, "file not found", source) from None
+    except OSError as e:
+        raise PolicyError(field, f"cannot stat {path}: {e.strerror or e}", source) from None
+    except ValueError as e:  # an embedded NUL
+        raise PolicyError(field, f"invalid path: {e}", source) from None
+
+
+class _Validator:
+    """The checks msgspec's types cannot express. Each raises PolicyError
+    naming the field; :meth:`run` returns the normalized policy."""
+
+    def __init__(self, policy: Policy, source: str):
+        self.policy = policy
+        self.source = source
+
+    def fail(self, field: str, reason: str):
+        raise PolicyError(field, reason, self.source)
+
+    def run(self) -> Policy:
+        p = self.policy
+        replace = msgspec.structs.replace
+        self.scope(p.scope)
+        network = replace(p.network, allow=self.rules(p.network.allow, "allow"),
+                          deny=self.rules(p.network.deny, "deny"))
+        self.contradictions(network)
+        files = replace(p.files, protect=self.protect(p.files.protect))
+        mirage = replace(p.mirage, decoys=self.decoys(p.mirage.decoys, files.protect))
+        self.ptrace(p.ptrace)
+        self.taint(p.taint)
+        return replace(p, network=network, files=files, mirage=mirage)
+
+    def scope(self, scope: Scope) -> None:
+        if scope.type == "cgroup":
+            if scope.cgroup is None:
+                self.fail("scope.cgroup", "required when scope.type is cgroup")
+            if not scope.cgroup.strip() or "\0" in scope.cgroup:
+                self.fail("scope.cgroup", "empty or invalid cgroup path")
+            if ".." in scope.cgroup.split("/"):
+                self.fail("scope.cgroup", "must not contain '..' (it would leave the cgroup hierarchy)")
+        elif scope.cgroup is not None:
+            self.fail("scope.cgroup", f"only allowed when scope.type is cgroup (it is {scope.type})")
+
+    def rules(self, rules: tuple[NetRule, ...], action: str) -> tuple[NetRule, ...]:
+        out = []
+        seen: dict[tuple, int] = {}
+        for i, rule in enumerate(rules):
+            field = f"network.{action}[{i}]"
+            if (rule.cidr is None) == (rule.host is None):
+                self.fail(field, "a rule needs exactly one of cidr or host")
+            if rule.cidr is not None:
+                try:
+                    net = ipaddress.ip_network(rule.cidr.strip(), strict=False)
+                except ValueError as e:
+                    self.fail(f"{field}.cidr", f"invalid CIDR: {e}")
+                rule = msgspec.structs.replace(rule, cidr=str(net))
+            else:
+                host = rule.host.strip()
+                if not host or len(host) > 253 or any(c.isspace() or c == "\0" for c in host):
+                    self.fail(f"{field}.host", f"invalid host name {rule.host!r}")
+                if "/" in host:
+                    self.fail(f"{field}.host", "a host name, not a CIDR (use cidr: for networks)")
+                rule = msgspec.structs.replace(rule, host=host)
+            if rule.ports is not None:
+                if not rule.ports:
+                    self.fail(f"{field}.ports", "empty: leave ports out to match every port")
+                for j, p in enumerate(rule.ports):
+                    try:
+                        _port_range(p)
+                    except ValueError as e:
+                        self.fail(f"{field}.ports[{j}]", str(e))
+            key = _rule_key(rule)
+            if key in seen:
+                self.fail(field, f"duplicate of network.{action}[{seen[key]}] (same destination, ports "
+                                 "and protocol)")
+            seen[key] = i
+            out.append(rule)
+        return tuple(out)
+
+    def contradictions(self, network: Network) -> None:
+        allowed = {}
+        for i, rule in enumerate(network.allow):
+            allowed.setdefault(_rule_key(rule), i)
+        for j, rule in enumerate(network.deny):
+            i = allowed.get(_rule_key(rule))
+            if i is not None:
+                self.fail(f"network.deny[{j}]", f"contradicts network.allow[{i}]: the same destination, ports "
+                                               "and protocol are both allowed and denied")
+
+    def path(self, raw: str, field: str) -> str:
+        if "\0" in raw:
+            self.fail(field, "invalid path (NUL byte)")
+        path = os.path.expanduser(raw.strip())
+        if not path:
+            self.fail(field, "empty path")
+        if not os.path.isabs(path):
+            # A relative path would mean something else in every directory
+            # the guard is started from.
+            self.fail(field, f"{raw!r} is not absolute (use an absolute path or ~)")
+        return os.path.normpath(path)
+
+    def protect(self, paths: tuple[str, ...]) -> tuple[str, ...]:
+        out: list[str] = []
+        for i, raw in enumerate(paths):
+            field = f"files.protect[{i}]"
+            path = self.path(raw, field)
+            if os.path.realpath(path) in _REFUSED_PROTECT:
+                self.fail(field, "refusing to protect / (it would protect everything)")
+            _stat(path, field, self.source)
+            if path in out:
+                self.fail(field, f"duplicate of files.protect[{out.index(path)}]")
+            out.append(path)
+        return tuple(out)
+
+    def decoys(self, decoys: tuple[Decoy, ...], protected: tuple[str, ...]) -> tuple[Decoy, ...]:
+        out: list[Decoy] = []
+        protected_real = [os.path.realpath(p) for p in protected]
+        for i, decoy in enumerate(decoys):
+            field = f"mirage.decoys[{i}].path"
+            path = self.path(decoy.path, field)
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                # The guard creates the decoy file, never directories above it.
+                self.fail(field, f"parent directory {parent} does not exist")
+            if os.path.isdir(path):
+                self.fail(field, "is a directory (a decoy is a file)")
+            real = os.path.realpath(path)
+            if real in protected_real:
+                self.fail(field, f"is also files.protect[{protected_real.index(real)}] (a path is either "
+                                 "protected or a decoy)")
+            for j, other in enumerate(out):
+                if os.path.realpath(other.path) == real:
+                    self.fail(field, f"duplicate of mirage.decoys[{j}].path")
+            template = decoy.template if decoy.template is not None else guess_template(path)
+            out.append(msgspec.structs.replace(decoy, path=path, template=template))
+        return tuple(out)
+
+    def ptrace(self, ptrace: Ptrace) -> None:
+        seen: list[int] = []
+        for i, pid in enumerate(ptrace.protect_pids):
+            field = f"ptrace.protect_pids[{i}]"
+            if pid <= 0:
+                self.fail(field, f"invalid pid {pid} (must be positive)")
+            if pid == 1:
+                self.fail(field, "pid 1 (init) cannot be a protected pid")
+            if pid > _PID_MAX_LIMIT:
+                self.fail(field, f"pid {pid} is above the kernel's limit ({_PID_MAX_LIMIT})")
+            if pid == os.getpid():
+                self.fail(field, f"pid {pid} is this process: protecting the guard itself (it always is)")
+            if pid in seen:
+                self.fail(field, f"duplicate of ptrace.protect_pids[{seen.index(pid)}]")
+            seen.append(pid)
+
+    def taint(self, taint: Taint) -> None:
+        for i, s in enumerate(taint.sources):
+            if s in taint.sources[:i]:
+                self.fail(f"taint.from[{i}]", f"duplicate {s!r}")
+
+
+def _rule_key(rule: NetRule) -> tuple:
+    """Two rules with the same key match exactly the same traffic."""
+    if rule.cidr is not None:
+        dest: Any = _unmap_network(ipaddress.ip_network(rule.cidr))
+    else:
+        dest = ("host", rule.host.lower().rstrip("."))
+    return dest, rule.port_ranges(), rule.protocol

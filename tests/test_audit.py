@@ -1,0 +1,686 @@
+"""The audit log and the notification tracker, on real files and real
+filesystems: concurrent processes, rotation, SIGTERM and SIGKILL mid-stream,
+a full tmpfs and an ext4 that the kernel turned read-only."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtimeguard import audit
+from runtimeguard.audit import (
+    AuditLogError,
+    AuditLogger,
+    AuditLogReader,
+    NotificationTracker,
+    audit_log_files,
+    install_sigterm_flush,
+    read_audit_log,
+)
+from runtimeguard.errors import RuntimeGuardError
+from runtimeguard.schema import (
+    ConnectDeniedData,
+    Event,
+    NetConnectData,
+    OpenInodeData,
+    PolicyRef,
+    Process,
+    ProcessExecData,
+    ProcessRef,
+    TargetContext,
+    Workload,
+)
+
+# Fork: children start in milliseconds and share make_event with the test.
+FORK = multiprocessing.get_context("fork")
+
+CURL = Process(pid=4321, entity_id=99, name="curl", executable="/usr/bin/curl",
+               argv=["curl", "http://127.0.0.1/"], uid=1000, ppid=4000,
+               parent=ProcessRef(pid=4000, entity_id=98, name="bash"))
+WORKLOAD = Workload(process=CURL, cgroup="/runtimeguard/run-1")
+
+
+def make_event(writer: int, seq: int, pad: int = 0) -> Event:
+    """Events of several kinds; pid says who wrote it, seq its order, pad makes it long."""
+    kind = seq % 4
+    if pad or kind == 3:
+        return Event(timestamp=1_700_000_000_000_000_000 + seq, id=1, name="process_exec", pid=writer, seq=seq,
+                     data=ProcessExecData(executable="/bin/sh", argv=["sh", "-c", "x" * pad], comm="sh", uid=0,
+                                          euid=0, gid=0, ppid=1, parent_entity_id=1, start_time=seq, return_code=0))
+    if kind == 0:
+        return Event(timestamp=1_700_000_000_000_000_000 + seq, id=5, name="net_connect", pid=writer, seq=seq,
+                     data=NetConnectData(family="ipv4", protocol="tcp", address="127.0.0.1", port=80, result=0, fd=3),
+                     target_context=TargetContext(type="ipv4", formatted="127.0.0.1:80", address="127.0.0.1", port=80))
+    if kind == 1:
+        return Event(timestamp=1_700_000_000_000_000_000 + seq, id=10, name="connect_denied", pid=writer, seq=seq,
+                     workload=WORKLOAD, action="blocked", policy=PolicyRef(rule="deny-loopback", mode="enforce"),
+                     data=ConnectDeniedData(rule_index=0, blocked=True, would_deny=False, comm="curl",
+                                            family="ipv6", protocol="tcp"),
+                     target_context=TargetContext(type="ipv6", formatted="[::1]:443", address="::1", port=443))
+    return Event(timestamp=1_700_000_000_000_000_000 + seq, id=12, name="open_inode", pid=writer, seq=seq,
+                 workload=WORKLOAD, action="would_block", policy=PolicyRef(rule="secrets", mode="audit"),
+                 data=OpenInodeData(rule_index=1, blocked=False, would_deny=True, comm="cat", device=2049,
+                                    inode=1234),
+                 target_context=TargetContext(type="inode", formatted="/etc/shadow (inode 1234 on 8:1)",
+                                              device=2049, inode=1234, path="/etc/shadow"))
+
+
+def read_all(path) -> tuple[list[Event], int]:
+    """Every event of a log and its backups, oldest first, and the torn lines seen."""
+    events, torn = [], 0
+    for name in audit_log_files(path):
+        reader = AuditLogReader(name)
+        events += reader.events()
+        torn += reader.torn_lines
+    return events, torn
+
+
+def assert_exactly_once(events: list[Event], counts: dict[int, int]) -> None:
+    """Each writer's seqs 0..n-1 all there, once each, in the order written."""
+    by_writer: dict[int, list[int]] = {}
+    for event in events:
+        by_writer.setdefault(event.pid, []).append(event.seq)
+    assert {w: len(s) for w, s in by_writer.items()} == counts
+    for writer, seqs in by_writer.items():
+        assert seqs == list(range(counts[writer])), f"writer {writer} out of order or duplicated"
+
+
+def run_writer(path: str, writer: int, count: int, many: bool, **logger_args) -> None:
+    with AuditLogger(path, **logger_args) as log:
+        if many:
+            for start in range(0, count, 50):
+                log.write_many(make_event(writer, s, pad=6000 if s % 97 == 0 else 0)
+                               for s in range(start, min(start + 50, count)))
+        else:
+            for seq in range(count):
+                log.write(make_event(writer, seq, pad=6000 if seq % 97 == 0 else 0))
+
+
+def start_processes(target, args_list) -> list:
+    procs = [FORK.Process(target=target, args=args) for args in args_list]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def join_all(procs) -> None:
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0, f"writer {p.pid} exited with {p.exitcode}"
+
+
+# ---- writing and reading back ----
+
+def test_every_line_decodes_back_to_an_equal_event(tmp_path):
+    path = tmp_path / "audit.ndjson"
+    events = [make_event(7, seq) for seq in range(12)] + [make_event(7, 12, pad=10_000)]
+    with AuditLogger(path) as log:
+        for event in events[:5]:
+            assert log.write(event) is True
+        assert log.write_many(events[5:]) == len(events) - 5
+        assert log.lines_written == len(events)
+        assert log.bytes_written == os.path.getsize(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    reader = AuditLogReader(path)
+    assert list(reader.events()) == events
+    assert reader.torn_lines == 0 and reader.lines_read == len(events)
+    assert {e.name for e in events} == {"net_connect", "connect_denied", "open_inode", "process_exec"}
+    # Exactly one line per event, each ending in a newline.
+    assert path.read_bytes().count(b"\n") == len(events)
+
+
+def test_write_many_sends_whole_lines_in_batches(tmp_path):
+    # A batch never passes max_bytes, so rotation still applies between lines.
+    path = tmp_path / "audit.ndjson"
+    with AuditLogger(path, max_bytes=3000, backups=100) as log:
+        assert log.write_many(make_event(1, s) for s in range(200)) == 200
+    events, torn = read_all(path)
+    assert torn == 0
+    assert_exactly_once(events, {1: 200})
+    assert all(os.path.getsize(p) <= 3000 for p in audit_log_files(path))
+
+
+def test_write_many_keeps_the_events_before_a_failing_iterable(tmp_path):
+    path = tmp_path / "audit.ndjson"
+
+    def events():
+        yield make_event(1, 0)
+        yield make_event(1, 1)
+        raise RuntimeError("source failed")
+
+    with AuditLogger(path) as log:
+        with pytest.raises(RuntimeError):
+            log.write_many(events())
+        with pytest.raises(TypeError):
+            log.write_many([make_event(1, 2), object()])
+    assert [e.seq for e in read_audit_log(path)] == [0, 1, 2]
+
+
+def test_close_is_idempotent_and_writing_after_it_is_an_error(tmp_path):
+    log = AuditLogger(tmp_path / "audit.ndjson")
+    log.write(make_event(1, 0))
+    log.close()
+    log.close()
+    assert log.closed
+    with pytest.raises(AuditLogError, match="closed"):
+        log.write(make_event(1, 1))
+    assert issubclass(AuditLogError, RuntimeGuardError)
+    with pytest.raises(ValueError):
+        AuditLogger(tmp_path / "x", on_error="ignore")
+
+
+def test_open_failure_names_the_path(tmp_path):
+    with pytest.raises(AuditLogError, match="No such file or directory") as info:
+        AuditLogger(tmp_path / "missing" / "audit.ndjson")
+    assert str(tmp_path / "missing") in str(info.value)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_close_from_a_signal_handler_during_writes(tmp_path):
+    # SIGALRM every 50 us closes the logger from the handler, usually in the
+    # middle of a write(): that write still finishes, and exactly the writes
+    # that returned True are in the file.
+    path = tmp_path / "audit.ndjson"
+    log = AuditLogger(path)
+    alarms = 0
+
+    def on_alarm(signum, frame):
+        nonlocal alarms
+        alarms += 1
+        if alarms == 200:
+            log.close()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    accepted = 0
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.00005, 0.00005)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if log.write(make_event(1, accepted)):
+                    accepted += 1
+            except AuditLogError:
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert log.closed
+    events = list(read_audit_log(path))
+    assert len(events) == accepted > 0
+    assert [e.seq for e in events] == list(range(accepted))
+
+
+# ---- concurrency ----
+
+def test_concurrent_processes_and_threads_never_interleave(tmp_path):
+    path = str(tmp_path / "audit.ndjson")
+    # Four processes (two line by line, two in batches), and four threads of
+    # this process sharing one logger, all appending at once. Every 97th
+    # event is over 6 KiB so lines cross page boundaries.
+    procs = start_processes(run_writer, [(path, w, 2000, w % 2 == 1) for w in range(4)])
+    shared = AuditLogger(path)
+
+    def thread_writer(writer: int) -> None:
+        for seq in range(500):
+            shared.write(make_event(writer, seq, pad=6000 if seq % 97 == 0 else 0))
+
+    threads = [threading.Thread(target=thread_writer, args=(100 + t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shared.close()
+    join_all(procs)
+
+    reader = AuditLogReader(path)
+    events = list(reader.events())
+    assert reader.torn_lines == 0
+    assert len(events) == 4 * 2000 + 4 * 500
+    assert_exactly_once(events, {**{w: 2000 for w in range(4)}, **{100 + t: 500 for t in range(4)}})
+
+
+# ---- rotation ----
+
+def test_rotation_under_concurrent_writers_loses_no_line(tmp_path):
+    path = str(tmp_path / "audit.ndjson")
+    max_bytes = 4096
+    procs = [FORK.Process(target=run_writer, args=(path, w, 1200, w == 1),
+                          kwargs=dict(max_bytes=max_bytes, backups=400)) for w in range(2)]
+    for p in procs:
+        p.start()
+    join_all(procs)
+
+    files = audit_log_files(path)
+    assert len(files) > 20, "rotation did not happen"
+    assert not os.path.exists(f"{path}.401")
+    events, torn = read_all(path)
+    assert torn == 0
+    assert_exactly_once(events, {0: 1200, 1: 1200})
+    longest = max(len(audit.json_encoder.encode(e)) + 1 for e in events)
+    for name in files:
+        # Over max_bytes only by what another writer appended concurrently,
+        # or by a single line bigger than the limit.
+        assert os.path.getsize(name) <= max_bytes + longest, name
+
+
+def test_rotation_drops_backups_beyond_the_limit(tmp_path):
+    path = str(tmp_path / "audit.ndjson")
+    with AuditLogger(path, max_bytes=2000, backups=3) as log:
+        for seq in range(200):
+            log.write(make_event(1, seq))
+    assert audit_log_files(path) == [f"{path}.3", f"{path}.2", f"{path}.1", path]
+    assert not os.path.exists(f"{path}.4")
+    events, torn = read_all(path)
+    assert torn == 0
+    # What is left is the newest lines, contiguous, ending with the last one.
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(200 - len(seqs), 200))
+    assert all(os.path.getsize(p) <= 2000 for p in audit_log_files(path))
+
+
+def test_rotation_without_backups_starts_over(tmp_path):
+    path = str(tmp_path / "audit.ndjson")
+    with AuditLogger(path, max_bytes=2000, backups=0) as log:
+        for seq in range(50):
+            log.write(make_event(1, seq))
+    assert audit_log_files(path) == [path]
+    seqs = [e.seq for e in read_audit_log(path)]
+    assert seqs[-1] == 49 and seqs == list(range(seqs[0], 50))
+
+
+def test_a_line_bigger_than_max_bytes_gets_a_file_of_its_own(tmp_path):
+    path = str(tmp_path / "audit.ndjson")
+    with AuditLogger(path, max_bytes=1000, backups=5) as log:
+        log.write(make_event(1, 0))
+        log.write(make_event(1, 1, pad=5000))
+        log.write(make_event(1, 2))
+    events, torn = read_all(path)
+    assert [e.seq for e in events] == [0, 1, 2] and torn == 0
+    assert len(audit_log_files(path)) == 3
+
+
+# ---- SIGTERM and SIGKILL mid-stream ----
+
+def _write_until_signalled(path: str, report_fd: int, install_helper: bool) -> None:
+    log = AuditLogger(path, max_bytes=64 * 1024, backups=1000)
+    accepted = 0
+
+    def report() -> None:
+        os.write(report_fd, f"{accepted} {int(log.closed)}\n".encode())
+
+    if install_helper:
+        install_sigterm_flush(log)
+        try:
+            while True:
+                log.write(make_event(1, accepted))
+                accepted += 1
+        finally:
+            report()
+    else:
+        def on_sigterm(signum, frame):
+            log.close()
+            report()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        while True:
+            log.write(make_event(1, accepted))
+            accepted += 1
+
+
+def _wait_for_lines(path: str, size: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if sum(os.path.getsize(p) for p in audit_log_files(path)) > size:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the writer wrote nothing")
+
+
+@pytest.mark.parametrize("install_helper", [False, True], ids=["own-handler", "install_sigterm_flush"])
+def test_sigterm_mid_stream_loses_nothing_accepted(tmp_path, install_helper):
+    path = str(tmp_path / "audit.ndjson")
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = FORK.Process(target=_write_until_signalled, args=(path, write_fd, install_helper))
+        proc.start()
+        _wait_for_lines(path, 200 * 1024)  # a few rotations in
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.join(10)
+        os.close(write_fd)
+        write_fd = -1
+        with os.fdopen(read_fd) as pipe:
+            read_fd = -1
+            accepted, closed = map(int, pipe.read().split())
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+    assert proc.exitcode == (128 + signal.SIGTERM if install_helper else 0)
+    if install_helper:
+        # SystemExit left write() first, which then closed the logger.
+        assert closed == 1
+    # (A handler that interrupted write() itself only asked for the close; it
+    # happens when that write() is done, or not at all if the handler exits
+    # with os._exit: either way there is nothing left to flush.)
+    events, torn = read_all(path)
+    assert torn == 0
+    # Every accepted write is there; at most one more, whose write() was
+    # interrupted after its os.write.
+    assert accepted <= len(events) <= accepted + 1
+    assert [e.seq for e in events] == list(range(len(events)))
+
+
+def _write_big_lines_forever(path: str) -> None:
+    log = AuditLogger(path)
+    seq = 0
+    while True:
+        log.write(make_event(1, seq, pad=20_000 + seq % 7000))
+        seq += 1
+
+
+def test_sigkill_mid_stream_tears_at_most_the_last_line(tmp_path):
+    path = str(tmp_path / "audit.ndjson")
+    proc = FORK.Process(target=_write_big_lines_forever, args=(path,))
+    proc.start()
+    _wait_for_lines(path, 2 * 1024 * 1024)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    assert proc.exitcode == -signal.SIGKILL
+    reader = AuditLogReader(path)
+    seqs = [e.seq for e in reader.events()]
+    assert reader.torn_lines <= 1
+    assert seqs == list(range(len(seqs))) and len(seqs) > 50
+
+
+# ---- the reader ----
+
+def test_reader_skips_a_torn_last_line_only(tmp_path):
+    path = tmp_path / "audit.ndjson"
+    with AuditLogger(path) as log:
+        for seq in range(3):
+            log.write(make_event(1, seq))
+    whole = path.read_bytes()
+
+    path.write_bytes(whole + b'{"timestamp":1,"id":5,"na')  # no newline
+    reader = AuditLogReader(path)
+    assert [e.seq for e in reader.events()] == [0, 1, 2] and reader.torn_lines == 1
+
+    path.write_bytes(whole + b'{"timestamp":1,"id":5,"na\n')  # newline, not an event
+    reader = AuditLogReader(path)
+    assert [e.seq for e in reader.events()] == [0, 1, 2] and reader.torn_lines == 1
+    with pytest.warns(RuntimeWarning, match="torn"):
+        assert len(list(read_audit_log(path))) == 3
+
+    lines = whole.splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
+    with pytest.raises(AuditLogError, match="line 2"):
+        list(AuditLogReader(path).events())
+
+    path.write_bytes(b"")
+    assert list(AuditLogReader(path).events()) == []
+
+
+# ---- real filesystem faults ----
+
+def _mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True)
+
+
+def _unmount(mountpoint) -> None:
+    if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (16 pages): fills up after a few hundred lines."""
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    done = _mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mountpoint))
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        _unmount(mountpoint)
+
+
+def test_disk_full_raises_naming_the_reason(tiny_tmpfs):
+    path = tiny_tmpfs / "audit.ndjson"
+    written = []
+    with AuditLogger(path) as log:
+        with pytest.raises(AuditLogError, match="No space left") as info:
+            for seq in range(10_000):
+                log.write(make_event(1, seq))
+                written.append(seq)
+        assert info.value.errno == errno.ENOSPC
+        assert str(path) in str(info.value)
+        assert log.errors == 1
+    # The line that did not fit left no fragment behind (tmpfs writes what
+    # fits of it first): the file is whole lines, all there.
+    reader = AuditLogReader(path)
+    assert [e.seq for e in reader.events()] == written
+    assert reader.torn_lines == 0
+
+
+def test_disk_full_counted_then_retried_once_space_frees(tiny_tmpfs):
+    path = tiny_tmpfs / "audit.ndjson"
+    filler = tiny_tmpfs / "filler"
+    filler.write_bytes(b"\0" * 32 * 1024)
+    with AuditLogger(path, on_error="count") as log:
+        seq = 0
+        while log.errors == 0:
+            log.write(make_event(1, seq))
+            seq += 1
+        on_disk = log.lines_written
+        for _ in range(20):  # more while full: queued behind, in order
+            assert log.write(make_event(1, seq)) is False
+            seq += 1
+        assert log.write_many([make_event(1, seq), make_event(1, seq + 1)]) == 0
+        seq += 2
+        assert log.pending == seq - on_disk and log.errors > 1
+        assert log.flush() is False
+
+        # Earlier lines are intact and parse while the disk is full.
+        reader = AuditLogReader(path)
+        assert [e.seq for e in reader.events()] == list(range(on_disk))
+        assert reader.torn_lines == 0
+
+        filler.unlink()
+        assert log.flush() is True
+        assert log.pending == 0 and log.dropped == 0
+        assert log.write(make_event(1, seq)) is True
+        seq += 1
+    assert [e.seq for e in read_audit_log(path)] == list(range(seq))
+
+
+def test_retry_queue_is_bounded(tiny_tmpfs, monkeypatch):
+    monkeypatch.setattr(audit, "RETRY_QUEUE_MAX", 5)
+    path = tiny_tmpfs / "audit.ndjson"
+    filler = tiny_tmpfs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    log = AuditLogger(path, on_error="count")
+    for seq in range(12):
+        assert log.write(make_event(1, seq, pad=5000)) is False
+    assert log.pending == 5 and log.dropped == 7 and log.lines_written == 0
+    with pytest.warns(RuntimeWarning, match="5 events could not be written"):
+        log.close()
+    assert log.dropped == 12
+
+
+@pytest.fixture
+def ext4_remount_ro(tmp_path):
+    """A small ext4 with errors=remount-ro, and a function that makes the kernel
+    turn it read-only under open files (a tmpfs refuses `remount,ro` with EBUSY
+    while the log is open for writing, so that cannot produce EROFS)."""
+    if not shutil.which("mkfs.ext4"):
+        pytest.skip("mkfs.ext4 is not installed")
+    image = tmp_path / "ext4.img"
+    with open(image, "wb") as f:
+        f.truncate(4 * 1024 * 1024)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
+    mountpoint = tmp_path / "ext4"
+    mountpoint.mkdir()
+    done = _mount("-o", "loop,errors=remount-ro", str(image), str(mountpoint))
+    if done.returncode:
+        pytest.skip(f"cannot mount an ext4 image here: {done.stderr.strip()}")
+    try:
+        device = subprocess.run(["findmnt", "-no", "SOURCE", str(mountpoint)], capture_output=True,
+                                text=True).stdout.strip()
+        trigger = f"/sys/fs/ext4/{os.path.basename(device)}/trigger_fs_error"
+        if not os.path.exists(trigger):
+            pytest.skip(f"{trigger} is missing: cannot make ext4 read-only under open files")
+
+        def make_read_only() -> None:
+            with open(trigger, "w") as f:
+                f.write("runtimeguard test: remount read-only\n")
+
+        yield mountpoint, make_read_only
+    finally:
+        _unmount(mountpoint)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "count"])
+def test_read_only_filesystem(ext4_remount_ro, on_error):
+    mountpoint, make_read_only = ext4_remount_ro
+    path = mountpoint / "audit.ndjson"
+    with AuditLogger(path, on_error=on_error) as log:
+        for seq in range(10):
+            log.write(make_event(1, seq))
+        make_read_only()
+        if on_error == "raise":
+            with pytest.raises(AuditLogError, match="Read-only file system") as info:
+                log.write(make_event(1, 10))
+            assert info.value.errno == errno.EROFS
+        else:
+            assert log.write(make_event(1, 10)) is False
+            assert log.errors == 1 and log.pending == 1
+            assert log.flush() is False
+        with pytest.warns(RuntimeWarning) if on_error == "count" else _nothing():
+            log.close()
+    reader = AuditLogReader(path)
+    assert [e.seq for e in reader.events()] == list(range(10))
+    assert reader.torn_lines == 0
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- NotificationTracker ----
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tracker_notifies_once_per_window_and_reports_the_repeats():
+    clock = FakeClock()
+    tracker = NotificationTracker(window_s=60.0, clock=clock)
+    assert tracker.should_notify("deny-loopback", "127.0.0.2:80")
+    for _ in range(5):
+        clock.now += 1
+        notice = tracker.observe("deny-loopback", "127.0.0.2:80")
+        assert not notice and notice.suppressed == 0
+    assert tracker.should_notify("deny-loopback", "127.0.0.3:80")  # another target
+    assert tracker.should_notify("other-rule", "127.0.0.2:80")  # another rule
+    assert tracker.suppressed("deny-loopback", "127.0.0.2:80") == 5
+    clock.now += 55  # 60 s after the first
+    notice = tracker.observe("deny-loopback", "127.0.0.2:80")
+    assert notice and notice.suppressed == 5
+    assert tracker.suppressed("deny-loopback", "127.0.0.2:80") == 0
+
+
+def test_tracker_summarizes_windows_that_closed_with_repeats():
+    clock = FakeClock()
+    tracker = NotificationTracker(window_s=10.0, clock=clock)
+    for _ in range(4):
+        tracker.observe("r", "t")
+    tracker.observe("r", "quiet")
+    clock.now += 10
+    assert tracker.drain_suppressed() == [("r", "t", 3)]
+    assert tracker.drain_suppressed() == []
+    assert tracker.observe("r", "t") == audit.Notice(True, 0)  # already summarized
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.001, 3.0, 9.999, 10.0, 25.0]),
+                          st.integers(0, 2), st.integers(0, 3)), max_size=200))
+def test_tracker_property(calls):
+    window = 10.0
+    clock = FakeClock()
+    tracker = NotificationTracker(window_s=window, clock=clock)
+    last_notice: dict[tuple[str, str], float] = {}
+    since: dict[tuple[str, str], int] = {}
+    notifications = reported = 0
+    for dt, rule, target in calls:
+        clock.now += dt
+        key = (f"rule-{rule}", f"10.0.0.{target}:80")
+        notice = tracker.observe(*key)
+        expected = key not in last_notice or clock.now - last_notice[key] >= window
+        assert notice.notify == expected
+        if notice:
+            notifications += 1
+            # It carries the repeats since the previous notice.
+            assert notice.suppressed == since.get(key, 0)
+            last_notice[key], since[key] = clock.now, 0
+        else:
+            assert notice.suppressed == 0
+            since[key] += 1
+        reported += notice.suppressed
+    assert len(tracker) <= len(last_notice)
+    summarized = sum(n for _, _, n in tracker.drain_suppressed())
+    outstanding = sum(tracker.suppressed(*key) for key in last_notice)
+    # Every suppressed call is accounted for exactly once.
+    assert reported + outstanding + summarized + tracker.lost_suppressed == len(calls) - notifications
+    assert tracker.lost_suppressed == 0
+
+
+def test_tracker_memory_is_bounded_under_a_storm_of_unique_targets():
+    clock = FakeClock()
+    tracker = NotificationTracker(window_s=60.0, clock=clock, max_entries=1000)
+    for i in range(50_000):
+        assert tracker.should_notify("deny-all", f"127.0.{i >> 8 & 255}.{i & 255}:{i}")
+        tracker.should_notify("deny-all", f"127.0.{i >> 8 & 255}.{i & 255}:{i}")  # one repeat each
+        assert len(tracker) <= 1000
+    # Evicted repeats are counted, not silently forgotten.
+    assert tracker.lost_suppressed == 49_000
+    clock.now += 60
+    tracker.should_notify("deny-all", "127.0.0.1:1")
+    assert tracker.drain_suppressed() and len(tracker) == 1
+
+
+def test_tracker_prunes_old_windows():
+    clock = FakeClock()
+    tracker = NotificationTracker(window_s=1.0, clock=clock)
+    for i in range(10_000):
+        tracker.should_notify("r", str(i))
+        clock.now += 0.001
+    assert len(tracker) <= 1001

@@ -1,0 +1,284 @@
+"""The guard against real clients: every block event, in both modes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from runtimeguard import environment
+from runtimeguard.guard import Guard, guard
+from runtimeguard.policy import Policy
+from runtimeguard.schema import json_decoder
+
+DENIED_V4 = "127.0.0.2"
+
+
+@pytest.fixture
+def secrets_dir(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    (d / "id_rsa").write_text("not really a key\n")
+    (tmp_path / "token").write_text("s3cr3t\n")
+    return tmp_path
+
+
+def make_policy(root, mode="enforce", **extra) -> Policy:
+    text = textwrap.dedent(f"""
+        version: 1
+        name: test
+        mode: {mode}
+        network:
+          default: allow
+          deny:
+            - cidr: {DENIED_V4}/32
+            - cidr: "::1/128"
+              ports: [9]
+        files:
+          protect: ["{root}/token", "{root}/secrets"]
+        mirage:
+          decoys: [{{path: "{root}/aws-credentials", template: aws}}]
+          kill: false
+        ptrace:
+          deny: true
+        taint:
+          block_egress: true
+    """)
+    return Policy.from_text(text, "yaml")
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def names(result) -> list[str]:
+    return [e.name for e in result.events]
+
+
+@pytest.fixture
+def listener():
+    s = socket.socket()
+    s.bind((DENIED_V4, 0))
+    s.listen()
+    yield s.getsockname()[1]
+    s.close()
+
+
+CONNECT = """
+    import socket, sys
+    try:
+        socket.create_connection(({host!r}, {port}), timeout=2).close()
+    except PermissionError:
+        sys.exit(3)
+"""
+
+
+def test_connect_denied_in_enforce_gets_eperm(secrets_dir, listener):
+    result = guard(make_policy(secrets_dir), py(CONNECT.format(host=DENIED_V4, port=listener)))
+    assert result.exit_status == 3
+    (ev,) = [e for e in result.events if e.name == "connect_denied"]
+    assert ev.action == "blocked" and ev.data.blocked and not ev.data.would_deny
+    assert ev.target_context.formatted == f"{DENIED_V4}:{listener}"
+    assert ev.policy.rule == "network.deny[0]" and ev.policy.mode == "enforce"
+    assert ev.workload.process.name == "python3"
+
+
+def test_connect_in_audit_mode_is_allowed_and_reported(secrets_dir, listener):
+    result = guard(make_policy(secrets_dir, mode="audit"), py(CONNECT.format(host=DENIED_V4, port=listener)))
+    assert result.exit_status == 0
+    (ev,) = [e for e in result.events if e.name == "connect_denied"]
+    assert ev.action == "would_block" and ev.data.would_deny and not ev.data.blocked
+    assert ev.policy.mode == "audit"
+
+
+def test_ipv4_mapped_destination_matches_the_ipv4_rule(secrets_dir, listener):
+    code = CONNECT.replace("socket.create_connection(({host!r}, {port}), timeout=2)",
+                           "socket.socket(socket.AF_INET6).connect(({host!r}, {port}))")
+    result = guard(make_policy(secrets_dir), py(code.format(host=f"::ffff:{DENIED_V4}", port=listener)))
+    assert result.exit_status == 3
+    assert [e.target_context.address for e in result.events if e.name == "connect_denied"] == [DENIED_V4]
+
+
+def test_ipv6_rule_with_port(secrets_dir):
+    code = """
+        import socket, sys
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.connect(("::1", 10))  # allowed port
+        try:
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).connect(("::1", 9))
+        except PermissionError:
+            sys.exit(3)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 3
+    (ev,) = [e for e in result.events if e.name == "connect_denied"]
+    assert ev.target_context.formatted == "[::1]:9" and ev.data.protocol == "udp"
+
+
+def test_udp_sendto_denied_destination_is_exfil_blocked(secrets_dir):
+    code = f"""
+        import socket, sys
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ({DENIED_V4!r}, 5353))
+        except PermissionError:
+            sys.exit(3)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 3
+    (ev,) = [e for e in result.events if e.name == "exfil_blocked"]
+    assert ev.target_context.formatted == f"{DENIED_V4}:5353" and not ev.data.tainted
+
+
+@pytest.mark.parametrize("how,command", [
+    ("direct", "cat token"),
+    ("inside_dir", "cat secrets/id_rsa"),
+    # Made by the workload itself, after the guard resolved the inodes:
+    ("hardlink", "ln token link && cat link"),
+    ("symlink", "ln -s token sym && cat sym"),
+    ("renamed", "mv token renamed && cat renamed"),
+])
+def test_protected_file_open_is_killed(secrets_dir, how, command):
+    result = guard(make_policy(secrets_dir), ["sh", "-c", f"cd {secrets_dir} && {command}"])
+    assert result.exit_status == 128 + 9
+    (ev,) = [e for e in result.events if e.name == "open_inode"]
+    opened = secrets_dir / command.split()[-1]
+    st = os.stat(opened)
+    assert ev.action == "killed" and (ev.target_context.device, ev.target_context.inode) == (st.st_dev, st.st_ino)
+    assert ev.workload.process.name == "cat"
+
+
+def test_protected_file_in_audit_mode_is_read(secrets_dir):
+    result = guard(make_policy(secrets_dir, mode="audit"), ["cat", str(secrets_dir / "token")])
+    assert result.exit_status == 0
+    assert [e.action for e in result.events if e.name == "open_inode"] == ["would_block"]
+
+
+def test_decoy_read_taints_and_blocks_later_egress(secrets_dir, listener):
+    decoy = secrets_dir / "aws-credentials"
+    code = f"""
+        import socket, sys
+        open({str(decoy)!r}).read()
+        try:
+            socket.create_connection(("127.0.0.1", {listener}), timeout=2)
+        except PermissionError:
+            sys.exit(3)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 3
+    assert names(result) == ["mirage_trap", "exfil_blocked"]
+    trap, exfil = result.events
+    assert trap.action == "observed" and trap.policy.rule == "mirage.decoys[0]"
+    assert exfil.data.tainted and exfil.policy.rule == "taint.block_egress"
+    assert not decoy.exists(), "a decoy the guard created is removed on exit"
+
+
+PTRACER = """
+    import ctypes, os, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    target = os.fork()
+    if target == 0:
+        time.sleep(30)
+        os._exit(0)
+    {action}
+"""
+
+
+@pytest.mark.parametrize("action,method", [
+    ("libc.ptrace(16, target, None, None)", "ptrace"),
+    ("open(f'/proc/{target}/mem', 'rb')", "proc_mem_open"),
+])
+def test_ptrace_and_memory_access_are_killed(secrets_dir, action, method):
+    result = guard(make_policy(secrets_dir), py(PTRACER.format(action=action)))
+    assert result.exit_status == 128 + 9
+    (ev,) = [e for e in result.events if e.name == "ptrace_denied"]
+    assert ev.action == "killed" and ev.data.method == method
+    assert ev.target_context.type == "pid" and ev.target_context.pid > 0
+
+
+def test_double_forked_setsid_grandchild_stays_in_scope(secrets_dir, listener):
+    code = f"""
+        import os, socket, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                try:
+                    socket.create_connection(({DENIED_V4!r}, {listener}), timeout=2)
+                    open("{secrets_dir}/result", "w").write("connected")
+                except PermissionError:
+                    open("{secrets_dir}/result", "w").write("denied")
+                os._exit(0)
+            os._exit(0)
+        time.sleep(1)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert (secrets_dir / "result").read_text() == "denied"
+    assert names(result) == ["connect_denied"]
+
+
+def test_exit_status_comes_back_and_cgroup_is_removed(secrets_dir):
+    before = set(os.listdir(environment.cgroup2_mount()))
+    assert guard(make_policy(secrets_dir), ["sh", "-c", "exit 7"]).exit_status == 7
+    assert set(os.listdir(environment.cgroup2_mount())) == before
+
+
+def test_missing_command_is_a_clear_error(secrets_dir):
+    from runtimeguard.errors import RuntimeGuardError
+
+    with pytest.raises(RuntimeGuardError, match="cannot run"):
+        guard(make_policy(secrets_dir), ["/nonexistent/command"])
+
+
+def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, listener):
+    """Nobody drains a tiny ring, which fills up: the decisions are made all the same."""
+    root = environment.cgroup2_mount()
+    cgroup = os.path.join(root, f"rg-full-{secrets.token_hex(3)}")
+    os.mkdir(cgroup)
+
+    def enter():
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+    def run(argv):
+        return subprocess.run(argv, preexec_fn=enter, capture_output=True).returncode
+
+    try:
+        with Guard(make_policy(secrets_dir), cgroup=cgroup, ring_buffer_size=4096) as g:
+            for _ in range(20):
+                run(["/bin/true"])
+            assert run(py(CONNECT.format(host=DENIED_V4, port=listener))) == 3
+            assert run(["cat", str(secrets_dir / "token")]) == -9
+            assert g.stats().lost_total > 0
+    finally:
+        os.rmdir(cgroup)
+
+
+def test_mode_switch_on_a_running_guard_is_logged(secrets_dir, listener, tmp_path):
+    root = environment.cgroup2_mount()
+    cgroup = os.path.join(root, f"rg-mode-{secrets.token_hex(3)}")
+    os.mkdir(cgroup)
+    log = tmp_path / "audit.ndjson"
+
+    def connect():
+        def enter():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+        return subprocess.run(py(CONNECT.format(host=DENIED_V4, port=listener)), preexec_fn=enter).returncode
+
+    try:
+        with Guard(make_policy(secrets_dir, mode="audit"), cgroup=cgroup, audit_log=str(log)) as g:
+            assert connect() == 0
+            g.set_mode("enforce")
+            assert connect() == 3
+            g.poll(0.2)
+    finally:
+        os.rmdir(cgroup)
+    lines = [json_decoder.decode(line) for line in log.read_bytes().splitlines()]
+    assert [(e.name, e.action) for e in lines] == [
+        ("connect_denied", "would_block"), ("mode_changed", "observed"), ("connect_denied", "blocked")]
+    assert all(e.name == "mode_changed" or e.target_context.formatted == f"{DENIED_V4}:{listener}" for e in lines)
