@@ -283,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def show(ev: Event) -> None:
         target = ev.target_context.formatted if ev.target_context is not None else ""
-        if notices.should_notify(ev.policy.rule if ev.policy else ev.name, target):
+        if notices.should_notify(ev.policy.rule if ev.policy else "", f"{ev.name} {target}"):
             print(format_decision(ev), file=sys.stderr, flush=True)
 
     result = guard(policy, args.argv, mode=args.mode, audit_log=args.audit_log, on_event=show)

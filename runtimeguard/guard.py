@@ -90,6 +90,7 @@ class Guard:
         self._on_event = on_event
         self._ring_buffer_size = ring_buffer_size
         self._rules: list[str] = []
+        self._rule_paths: dict[int, tuple[str, int, int]] = {}  # rule index -> (path, dev, ino)
         self._decoys_created: list[str] = []
         self._tracer: Optional[Tracer] = None
         self._audit: Optional[AuditLogger] = None
@@ -151,9 +152,11 @@ class Guard:
 
         def protect(path: str, rule_id: str, kind: int) -> None:
             st = os.stat(path)
+            index = self._rule(rule_id)
+            self._rule_paths[index] = (path, st.st_dev, st.st_ino)
             key = ffi.new("struct rg_inode_key *", {"dev": _kernel_dev(st.st_dev), "ino": st.st_ino})
             value = ffi.new("struct rg_protected_value *",
-                            {"kind": kind, "rule_index": self._rule(rule_id), "is_dir": os.path.isdir(path)})
+                            {"kind": kind, "rule_index": index, "is_dir": os.path.isdir(path)})
             tracer.update_map("rg_protected", key, value)
 
         for p in self.policy.protected_paths():
@@ -263,6 +266,8 @@ class Guard:
             mode = "audit" if ev.action == "would_block" else self.mode
             force_setattr(ev, "policy", PolicyRef(rule=self.rule_id(ev.data.rule_index), mode=mode,
                                                   name=self.policy.name))
+            if ev.name in ("open_inode", "mirage_trap"):
+                self._name_file(ev)
             decisions.append(ev)
         if decisions:
             if self._audit is not None:
@@ -272,6 +277,18 @@ class Guard:
                 for ev in decisions:
                     self._on_event(ev)
         return decisions
+
+    def _name_file(self, ev: Event) -> None:
+        """The kernel reports the opened dentry's name; the rule knows the path."""
+        rule = self._rule_paths.get(ev.data.rule_index)
+        tc = ev.target_context
+        if rule is None or tc is None:
+            return
+        path, dev, ino = rule
+        if (tc.device, tc.inode) != (dev, ino):
+            path = f"{path}/.../{tc.path}"  # somewhere beneath a protected directory
+        force_setattr(ev, "target_context", msgspec.structs.replace(
+            tc, path=path, formatted=f"{path} (inode {tc.inode} on {os.major(tc.device)}:{os.minor(tc.device)})"))
 
     def run(self, argv: Sequence[str], *, poll_interval: float = 0.1) -> GuardResult:
         """Runs argv in a fresh cgroup under this guard; returns its exit status

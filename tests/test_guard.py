@@ -282,3 +282,53 @@ def test_mode_switch_on_a_running_guard_is_logged(secrets_dir, listener, tmp_pat
     assert [(e.name, e.action) for e in lines] == [
         ("connect_denied", "would_block"), ("mode_changed", "observed"), ("connect_denied", "blocked")]
     assert all(e.name == "mode_changed" or e.target_context.formatted == f"{DENIED_V4}:{listener}" for e in lines)
+
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("enforce", {"connect_sinkhole": "refused (EPERM)", "udp_to_sinkhole": "refused (EPERM)",
+                 "read_shadow": "killed by SIGKILL", "read_decoy_then_send": "refused (EPERM)",
+                 "ptrace_attach": "killed by SIGKILL", "read_process_memory": "killed by SIGKILL"}),
+    ("audit", {"connect_sinkhole": "failed (not by the guard)", "udp_to_sinkhole": "done", "read_shadow": "done",
+               "read_decoy_then_send": "done", "ptrace_attach": "done", "read_process_memory": "done"}),
+])
+def test_example_policy_from_the_command_line(tmp_path, mode, expected):
+    """The README's acceptance run: each forbidden thing blocked (enforce) or
+    only reported (audit); one audit line per decision; the exit status back."""
+    log = tmp_path / "audit.ndjson"
+    out = subprocess.run(
+        [sys.executable, "-m", "runtimeguard", "run", "--policy", os.path.join(EXAMPLE, "agent-policy.yaml"),
+         "--mode", mode, "--audit-log", str(log), "--", sys.executable, os.path.join(EXAMPLE, "try_forbidden.py")],
+        capture_output=True, text=True, timeout=60, cwd=os.path.dirname(EXAMPLE))
+    assert out.returncode == 0, out.stderr
+    outcomes = dict(line.split(None, 1) for line in out.stdout.splitlines())
+    assert {k: v.strip() for k, v in outcomes.items()} == expected
+    decisions = [json_decoder.decode(line) for line in log.read_bytes().splitlines()]
+    assert sorted(e.name for e in decisions) == sorted(
+        ["connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "exfil_blocked", "ptrace_denied",
+         "ptrace_denied"])
+    assert all(e.target_context is not None and e.policy.mode == mode for e in decisions)
+    assert {e.action for e in decisions} == ({"blocked", "killed", "observed"} if mode == "enforce"
+                                             else {"would_block"})
+    assert "(rule files.protect[0])" in out.stderr
+
+
+def test_run_returns_the_commands_exit_status():
+    out = subprocess.run([sys.executable, "-m", "runtimeguard", "run", "--policy",
+                          os.path.join(EXAMPLE, "agent-policy.yaml"), "--", "sh", "-c", "exit 5"],
+                         capture_output=True, text=True, timeout=60, cwd=os.path.dirname(EXAMPLE))
+    assert out.returncode == 5, out.stderr
+
+
+def test_check_policy_command(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nnetwork:\n  deny:\n    - cidr: 10.0.0.300/8\n")
+    good = subprocess.run([sys.executable, "-m", "runtimeguard", "check-policy",
+                           os.path.join(EXAMPLE, "agent-policy.yaml")], capture_output=True, text=True,
+                          cwd=os.path.dirname(EXAMPLE))
+    assert good.returncode == 0 and "ok" in good.stdout
+    out = subprocess.run([sys.executable, "-m", "runtimeguard", "check-policy", str(bad)], capture_output=True,
+                         text=True, cwd=os.path.dirname(EXAMPLE))
+    assert out.returncode == 1 and "network.deny[0].cidr" in out.stderr
