@@ -381,6 +381,10 @@ int rg_guard_openat(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open
 SEC("tp/syscalls/sys_exit_openat2")
 int rg_guard_openat2(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open_exit(ctx->ret); }
 
+/* A file handle names an inode without a path: judged by the inode like any open. */
+SEC("tp/syscalls/sys_exit_open_by_handle_at")
+int rg_guard_by_handle(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open_exit(ctx->ret); }
+
 /* ---- taint follows children ---- */
 
 SEC("tp_btf/sched_process_fork")

@@ -196,6 +196,12 @@ class Guard:
 
     def start(self) -> "Guard":
         environment.prepare()
+        if self._cgroup is None:
+            scope = self.policy.scope
+            if scope.type == "command":
+                raise RuntimeGuardError("this policy's scope is a command: use run(argv) or guard(), "
+                                        "or give the Guard a cgroup")
+            self._cgroup = scope.cgroup  # None for the whole host
         if self._cgroup is not None:
             root = environment.cgroup2_mount()
             path = self._cgroup if os.path.isabs(self._cgroup) else os.path.join(root, self._cgroup)
