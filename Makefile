@@ -1,6 +1,6 @@
 # runtimeguard: build, test, package.
 #
-#   make demo    build what is needed, then trace the host while a small workload runs
+#   make demo    build what is needed, trace the host while a small workload runs, then guard a command
 #   make test    the test suite (real kernel, needs root)
 #   make wheel   dist/runtimeguard-*.whl, with libbpf, libelf and zlib linked in
 #   make bench   the benchmarks
@@ -30,8 +30,14 @@ py-deps:
 build: deps py-deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
+# Tracing the host, then a command under examples/agent-policy.yaml in enforce mode.
 demo: build
 	$(PYTHON) -m runtimeguard demo
+	@echo
+	@echo "== runtimeguard run --policy examples/agent-policy.yaml -- $(PYTHON) examples/try_forbidden.py"
+	$(PYTHON) -m runtimeguard run --policy examples/agent-policy.yaml --audit-log build/demo-audit.ndjson \
+	  -- $(PYTHON) examples/try_forbidden.py
+	@echo "(every decision is in build/demo-audit.ndjson)"
 
 test: build
 	$(PYTHON) -m pytest -q tests
