@@ -168,6 +168,8 @@ struct rg_guard_config {
 	unsigned long long scope_cgroup_id; /* 0: the whole host */
 	unsigned int scope_cgroup_level;
 	unsigned int guard_tgid;        /* never guarded: the guard itself */
+	unsigned int raw_socket_deny;   /* raw and packet sockets bypass the address hooks */
+	unsigned int pad;
 };
 
 /* One egress rule, matched in order by the cgroup socket hooks. */
@@ -204,7 +206,7 @@ struct rg_block_record {
 	unsigned short port;
 	unsigned short protocol;
 	unsigned short pad;
-	unsigned int flags;
+	unsigned int flags;       /* ptrace: RG_MEM_* method; raw socket: SOCK_* type */
 	unsigned char addr[RG_ADDR_LEN];
 	unsigned long long dev;
 	unsigned long long ino;
@@ -215,6 +217,7 @@ struct rg_block_record {
 #define RG_RULE_NET_DEFAULT 0xffffffffU
 #define RG_RULE_TAINT 0xfffffffeU
 #define RG_RULE_PTRACE_DENY 0xfffffffdU
+#define RG_RULE_RAW_SOCKET 0xfffffffcU
 
 /* Per-CPU counters, one array slot. seq numbers every record a program tried
  * to emit; lost counts those the ring buffer could not take, per kind. */

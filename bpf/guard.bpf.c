@@ -229,6 +229,55 @@ int rg_guard_sendmsg4(struct bpf_sock_addr *ctx) { return rg_egress(ctx, false, 
 SEC("cgroup/sendmsg6")
 int rg_guard_sendmsg6(struct bpf_sock_addr *ctx) { return rg_egress(ctx, true, RG_KIND_EXFIL_BLOCKED); }
 
+#define AF_PACKET 17
+#define SOCK_RAW 3
+#define SOCK_PACKET 10
+
+/* Raw and packet sockets write their own headers: the address hooks never see
+ * where they send. Refused at creation, before any packet exists. */
+SEC("cgroup/sock_create")
+int rg_guard_sock_create(struct bpf_sock *ctx)
+{
+	struct rg_guard_config *cfg = rg_config();
+	__u32 family = ctx->family, type = ctx->type;
+
+	if (!cfg || !cfg->raw_socket_deny || (bpf_get_current_pid_tgid() >> 32) == cfg->guard_tgid)
+		return 1;
+	if (family != AF_PACKET && type != SOCK_RAW && type != SOCK_PACKET)
+		return 1;
+	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_BLOCKED);
+	struct rg_block_record *e = rg_block_reserve(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_RAW_SOCKET);
+	if (e) {
+		e->family = family;
+		e->protocol = ctx->protocol;
+		e->flags = type;
+		rg_submit(e);
+	}
+	return action == RG_ACTION_BLOCKED ? 0 : 1;
+}
+
+/* Packet sockets are not inet sockets: the cgroup hook above never runs for
+ * them. Judged at socket() entry instead, where enforcement is a kill. */
+SEC("tp/syscalls/sys_enter_socket")
+int rg_guard_socket(struct trace_event_raw_sys_enter *ctx)
+{
+	struct rg_guard_config *cfg = rg_config();
+
+	if (!cfg || !cfg->raw_socket_deny || ctx->args[0] != AF_PACKET || !rg_guarded(cfg))
+		return 0;
+	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_KILLED);
+	if (action == RG_ACTION_KILLED)
+		bpf_send_signal(SIGKILL);
+	struct rg_block_record *e = rg_block_reserve(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_RAW_SOCKET);
+	if (e) {
+		e->family = AF_PACKET;
+		e->protocol = bpf_ntohs((__u16)ctx->args[2]);
+		e->flags = ctx->args[1] & 0xf; /* without SOCK_NONBLOCK / SOCK_CLOEXEC */
+		rg_submit(e);
+	}
+	return 0;
+}
+
 /* ---- ptrace and process memory ---- */
 
 static __always_inline void rg_judge_ptrace(struct rg_guard_config *cfg, __u32 target, __u32 method)

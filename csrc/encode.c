@@ -8,6 +8,7 @@
 #include <time.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netpacket/packet.h>
 
 #include "api.h"
 #include "encode.h"
@@ -475,14 +476,32 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 	mp_name(w, kind_names[kind]);
 	mp_lit(w, "rule_index");
 	mp_int(w, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
-		  : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : (long long)r->rule_index);
+		  : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : r->rule_index == RG_RULE_RAW_SOCKET ? -4
+		  : (long long)r->rule_index);
 	mp_lit(w, "blocked");
 	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
 	mp_lit(w, "would_deny");
 	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
 	mp_lit(w, "comm");
 	mp_cstr(w, r->comm, sizeof(r->comm));
-	if (net) {
+	if (r->rule_index == RG_RULE_RAW_SOCKET) {
+		char formatted[64];
+		const char *family = r->family == AF_INET ? "ipv4" : r->family == AF_INET6 ? "ipv6" : "packet";
+		int n = snprintf(formatted, sizeof(formatted), "%s socket (%s, protocol %u)",
+				 r->family == AF_PACKET || r->flags != SOCK_RAW ? "packet" : "raw", family, r->protocol);
+		mp_lit(w, "family");
+		mp_name(w, family);
+		mp_lit(w, "protocol");
+		mp_protocol(w, r->protocol);
+		mp_lit(w, "tainted");
+		mp_bool(w, 0);
+		mp_lit(w, "target_context");
+		mp_map(w, 2);
+		mp_lit(w, "type");
+		mp_lit(w, "socket");
+		mp_lit(w, "formatted");
+		mp_str_raw(w, formatted, n);
+	} else if (net) {
 		format_net(&text, r->family, r->addr, r->port);
 		mp_lit(w, "family");
 		if (text.v6)

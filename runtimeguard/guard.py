@@ -41,6 +41,7 @@ from .tracer import DEFAULT_RING_BUFFER_SIZE, Tracer, TracerStats
 _RULE_NET_DEFAULT = -1
 _RULE_TAINT = -2
 _RULE_PTRACE_DENY = -3
+_RULE_RAW_SOCKET = -4
 
 _PROTOCOLS = {"tcp": 6, "udp": 17, "any": 0}
 _TAINT_SOURCES = {"files": lib.RG_PROTECT_FILE, "mirage": lib.RG_PROTECT_MIRAGE}
@@ -110,6 +111,8 @@ class Guard:
             return "taint.block_egress"
         if index == _RULE_PTRACE_DENY:
             return "ptrace.deny"
+        if index == _RULE_RAW_SOCKET:
+            return "network.raw_sockets"
         return self._rules[index] if 0 <= index < len(self._rules) else f"rule #{index}"
 
     def _config(self, scope_id: int, scope_level: int):
@@ -122,6 +125,7 @@ class Guard:
         cfg.ptrace_deny = p.ptrace.deny
         cfg.taint_from = sum(1 << _TAINT_SOURCES[s] for s in p.taint.sources)
         cfg.taint_blocks_egress = p.taint.block_egress
+        cfg.raw_socket_deny = p.network.raw_sockets == "deny"
         cfg.scope_cgroup_id = scope_id
         cfg.scope_cgroup_level = scope_level
         cfg.guard_tgid = os.getpid()

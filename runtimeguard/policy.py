@@ -110,6 +110,9 @@ class Network(_Section):
     default: Literal["allow", "deny"] = "allow"
     allow: tuple[NetRule, ...] = ()
     deny: tuple[NetRule, ...] = ()
+    # Raw and packet sockets write their own headers, past every address
+    # rule: refused unless the policy allows them.
+    raw_sockets: Literal["allow", "deny"] = "deny"
 
 
 class Files(_Section):

@@ -114,10 +114,11 @@ class TargetContext(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """What an event touched or was stopped from touching.
 
     ``formatted`` is always set: ``127.1.2.3:8080``, ``[::1]:443``,
-    ``/etc/shadow (inode 1234 on 8:1)``, ``pid 4321 (bash)``.
+    ``/etc/shadow (inode 1234 on 8:1)``, ``pid 4321 (bash)``, and for a refused
+    raw socket ``raw socket (ipv4, protocol 1)``.
     """
 
-    type: Literal["ipv4", "ipv6", "inode", "pid"]
+    type: Literal["ipv4", "ipv6", "inode", "pid", "socket"]
     formatted: str
     address: Optional[str] = None
     port: Optional[int] = None
@@ -245,7 +246,8 @@ class LostData(_Data, tag="lost"):
 
 class _Decision(_Data):
     """A guard decision. ``rule_index`` points into the policy's compiled
-    rules (-1: the network default, -2: taint, -3: the blanket ptrace deny);
+    rules (-1: the network default, -2: taint, -3: the blanket ptrace deny,
+    -4: raw sockets);
     the event's ``policy`` names the rule."""
 
     rule_index: int
@@ -263,9 +265,10 @@ class ConnectDeniedData(_Decision, tag="connect_denied"):
 
 
 class ExfilBlockedData(_Decision, tag="exfil_blocked"):
-    """A send or connect to a denied destination, or any egress of a tainted process."""
+    """A send or connect to a denied destination, any egress of a tainted
+    process, or a raw/packet socket (which would bypass the address hooks)."""
 
-    family: Literal["ipv4", "ipv6"]
+    family: Literal["ipv4", "ipv6", "packet"]
     protocol: Optional[str]
     tainted: bool = False
 

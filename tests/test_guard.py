@@ -120,6 +120,29 @@ def test_ipv6_rule_with_port(secrets_dir):
     assert ev.target_context.formatted == "[::1]:9" and ev.data.protocol == "udp"
 
 
+@pytest.mark.parametrize("family,kind,proto,formatted,status,action", [
+    # An inet raw socket is refused by the cgroup hook: EPERM.
+    ("AF_INET", "SOCK_RAW", 1, "raw socket (ipv4, protocol 1)", 3, "blocked"),
+    # Packet sockets never reach that hook: the caller is killed at socket().
+    ("AF_PACKET", "SOCK_RAW", 0, "packet socket (packet, protocol 0)", 128 + 9, "killed"),
+])
+def test_raw_and_packet_sockets_are_refused(secrets_dir, family, kind, proto, formatted, status, action):
+    code = f"""
+        import socket, sys
+        try:
+            socket.socket(socket.{family}, socket.{kind}, {proto})
+        except PermissionError:
+            sys.exit(3)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == status
+    (ev,) = [e for e in result.events if e.name == "exfil_blocked"]
+    assert ev.action == action
+    assert ev.target_context.type == "socket" and ev.target_context.formatted == formatted
+    assert ev.policy.rule == "network.raw_sockets"
+    assert guard(make_policy(secrets_dir, mode="audit"), py(code)).exit_status == 0
+
+
 def test_udp_sendto_denied_destination_is_exfil_blocked(secrets_dir):
     code = f"""
         import socket, sys
