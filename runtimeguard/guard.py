@@ -35,7 +35,17 @@ from ._native import ffi, lib
 from .audit import AuditLogger, NotificationTracker
 from .errors import RuntimeGuardError
 from .policy import Policy, guess_template
-from .schema import BLOCK_EVENTS, EVENT_IDS, Event, ModeChangedData, PolicyRef
+from .mutations import MutationWatch
+from .schema import (
+    BLOCK_EVENTS,
+    EVENT_IDS,
+    Event,
+    ModeChangedData,
+    PolicyRef,
+    ProtectedFileChangedData,
+    TargetContext,
+    Workload,
+)
 from .tracer import DEFAULT_RING_BUFFER_SIZE, Tracer, TracerStats
 
 _RULE_NET_DEFAULT = -1
@@ -94,6 +104,8 @@ class Guard:
         self._rule_paths: dict[int, tuple[str, int, int]] = {}  # rule index -> (path, dev, ino)
         self._decoys_created: list[str] = []
         self._tracer: Optional[Tracer] = None
+        self._mutations: Optional[MutationWatch] = None
+        self._scope_path: Optional[str] = None  # cgroup path relative to the hierarchy; None: the host
         self._audit: Optional[AuditLogger] = None
         self._cgroup_fd = -1
         self.events: list[Event] = []
@@ -210,6 +222,7 @@ class Guard:
             root = environment.cgroup2_mount()
             path = self._cgroup if os.path.isabs(self._cgroup) else os.path.join(root, self._cgroup)
             scope_id, scope_level = os.stat(path).st_ino, os.path.relpath(path, root).count("/") + 1
+            self._scope_path = "/" + os.path.relpath(path, root)
         else:
             path, scope_id, scope_level = environment.cgroup2_mount(), 0, 0
         self._create_decoys()
@@ -224,12 +237,18 @@ class Guard:
                 guard_cgroup_fd=self._cgroup_fd,
                 before_attach=lambda t: self._fill_maps(t, scope_id, scope_level),
             ).start()
+            protected = self.policy.protected_paths()
+            if protected:
+                self._mutations = MutationWatch((p.path, p) for p in protected)
         except BaseException:
             self.close()
             raise
         return self
 
     def close(self) -> None:
+        if self._mutations is not None:
+            self._mutations.close()
+            self._mutations = None
         if self._tracer is not None:
             self._tracer.close()
             self._tracer = None
@@ -279,6 +298,8 @@ class Guard:
             if ev.name in ("open_inode", "mirage_trap"):
                 self._name_file(ev)
             decisions.append(ev)
+        if self._mutations is not None:
+            decisions += self._judge_mutations()
         if decisions:
             if self._audit is not None:
                 self._audit.write_many(decisions)
@@ -286,6 +307,50 @@ class Guard:
             if self._on_event is not None:
                 for ev in decisions:
                     self._on_event(ev)
+        return decisions
+
+    def _in_scope(self, pid: int) -> Optional[bool]:
+        """Whether pid is guarded; None when it is gone and nobody can tell."""
+        if pid == os.getpid():
+            return False
+        if self._scope_path is None:
+            return True
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                path = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), "")
+        except OSError:
+            return None
+        return path == self._scope_path or path.startswith(self._scope_path + "/")
+
+    def _judge_mutations(self) -> list[Event]:
+        decisions = []
+        for m in self._mutations.read():
+            scoped = self._in_scope(m.pid)
+            if scoped is False:
+                continue
+            kill = self.mode == "enforce" and self.policy.files.action == "kill" and scoped
+            if kill:
+                try:
+                    os.kill(m.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    kill = False
+            p = m.key
+            if p is None:
+                continue
+            action = "killed" if kill else ("would_block" if self.mode == "audit" else "observed")
+            index = self._rules.index(p.rule_id) if p.rule_id in self._rules else -1
+            process = self._tracer.process(m.pid)
+            decisions.append(Event(
+                timestamp=time.time_ns(), id=EVENT_IDS["protected_file_changed"], name="protected_file_changed",
+                pid=m.pid, tid=m.pid, entity_id=process.entity_id if process else 0, action=action,
+                workload=Workload(process=process) if process else None,
+                data=ProtectedFileChangedData(rule_index=index, blocked=False, would_deny=self.mode == "audit",
+                                              comm=process.name if process else "", operation=m.operation,
+                                              device=p.device, inode=p.inode),
+                target_context=TargetContext(
+                    type="inode", device=p.device, inode=p.inode, path=p.path,
+                    formatted=f"{p.path} (inode {p.inode} on {os.major(p.device)}:{os.minor(p.device)})"),
+                policy=PolicyRef(rule=p.rule_id, mode=self.mode, name=self.policy.name)))
         return decisions
 
     def _name_file(self, ev: Event) -> None:

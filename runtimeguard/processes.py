@@ -103,6 +103,11 @@ class ProcessTable:
     def get(self, entity_id: int) -> Optional[Process]:
         return self._processes.get(entity_id)
 
+    def by_pid(self, pid: int) -> Optional[Process]:
+        """The process now holding pid, from the table or /proc."""
+        entity = self._by_pid.get(pid)
+        return self._processes.get(entity) if entity else self._from_proc(pid, 0)
+
     # ---- the per-batch pass ----
 
     def enrich(self, events: list[Event]) -> None:

@@ -37,6 +37,7 @@ EVENT_IDS: dict[str, int] = {
     "mirage_trap": 13,
     "ptrace_denied": 14,
     "mode_changed": 15,
+    "protected_file_changed": 16,
 }
 EVENT_NAMES: dict[int, str] = {v: k for k, v in EVENT_IDS.items()}
 
@@ -56,6 +57,7 @@ EventName = Literal[
     "mirage_trap",
     "ptrace_denied",
     "mode_changed",
+    "protected_file_changed",
 ]
 
 Action = Literal["observed", "blocked", "would_block", "killed"]
@@ -287,6 +289,17 @@ class PtraceDeniedData(_Decision, tag="ptrace_denied"):
     method: Literal["ptrace", "process_vm_readv", "process_vm_writev", "proc_mem_open"]
 
 
+class ProtectedFileChangedData(_Decision, tag="protected_file_changed"):
+    """A protected file was changed by path (unlink, rename, truncate, chmod):
+    seen through fanotify after the fact, never prevented. In enforce mode
+    with ``files.action: kill`` the process that did it is killed then."""
+
+    operation: Literal["delete", "move", "create", "modify", "attributes"]
+    device: int
+    inode: int
+    detected_not_prevented: bool = True
+
+
 class ModeChangedData(_Data, tag="mode_changed"):
     """A running guard switched between audit and enforce."""
 
@@ -310,6 +323,7 @@ EventData = Union[
     MirageTrapData,
     PtraceDeniedData,
     ModeChangedData,
+    ProtectedFileChangedData,
 ]
 
 BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied")

@@ -342,6 +342,10 @@ class Tracer:
                 loop.remove_reader(fd)
                 timer.cancel()
 
+    def process(self, pid: int):
+        """The Process the table knows for pid (read from /proc if needed), or None."""
+        return self._table.by_pid(pid) if self._table is not None else None
+
     # ---- introspection ----
 
     def stats(self) -> TracerStats:

@@ -175,6 +175,38 @@ def test_protected_file_open_is_killed(secrets_dir, how, command):
     assert ev.workload.process.name == "cat"
 
 
+@pytest.mark.parametrize("command,operation", [
+    ("rm token", "delete"),
+    ("mv token moved", "move"),
+    # truncate(1) opens the file first, which is an open_inode kill; truncate(2) is by path.
+    (f"{sys.executable} -c 'import os; os.truncate(\"token\", 0)'", "modify"),
+    ("chmod 000 token", "attributes"),
+    ("rm secrets/id_rsa", "delete"),
+])
+def test_changes_by_path_are_detected_not_prevented(secrets_dir, command, operation):
+    result = guard(make_policy(secrets_dir), ["sh", "-c", f"cd {secrets_dir} && {command}"])
+    changes = [e for e in result.events if e.name == "protected_file_changed"]
+    assert operation in {e.data.operation for e in changes}
+    ev = next(e for e in changes if e.data.operation == operation)
+    assert ev.data.detected_not_prevented and not ev.data.blocked
+    # The short-lived tool may be gone before the report: then nobody is left to kill.
+    assert ev.action in ("killed", "observed")
+    protected = secrets_dir / ("secrets" if "secrets/" in command else "token")
+    assert ev.target_context.path == str(protected) and ev.policy.rule.startswith("files.protect[")
+
+
+def test_process_that_changed_a_protected_file_is_killed_after_the_fact(secrets_dir):
+    code = f"""
+        import os, time
+        os.unlink({str(secrets_dir / "token")!r})
+        time.sleep(10)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 128 + 9
+    (ev,) = [e for e in result.events if e.name == "protected_file_changed" and e.data.operation == "delete"]
+    assert ev.action == "killed" and ev.workload.process.name == "python3"
+
+
 def test_protected_file_in_audit_mode_is_read(secrets_dir):
     result = guard(make_policy(secrets_dir, mode="audit"), ["cat", str(secrets_dir / "token")])
     assert result.exit_status == 0

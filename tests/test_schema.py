@@ -184,7 +184,7 @@ KIND_CONSTANTS = {
     "ptrace_denied": "RG_KIND_PTRACE_DENIED",
 }
 # Made in Python, never by the kernel.
-USER_SPACE_EVENTS = {"mode_changed"}
+USER_SPACE_EVENTS = {"mode_changed", "protected_file_changed"}
 
 
 def test_event_ids_are_unique_and_positive():
