@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -387,3 +389,22 @@ def test_check_policy_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "runtimeguard", "check-policy", str(bad)], capture_output=True,
                          text=True, cwd=os.path.dirname(EXAMPLE))
     assert out.returncode == 1 and "network.deny[0].cidr" in out.stderr
+
+
+def test_ctrl_c_cleans_up_cgroup_and_decoys(tmp_path):
+    decoy = tmp_path / "decoy-env"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"version: 1\nmode: enforce\nmirage:\n  decoys: [{{path: '{decoy}', template: env}}]\n")
+    before = set(os.listdir(environment.cgroup2_mount()))
+    proc = subprocess.Popen([sys.executable, "-m", "runtimeguard", "run", "--policy", str(policy), "--",
+                             "sleep", "30"], stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(EXAMPLE))
+    deadline = time.monotonic() + 10
+    while not decoy.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert decoy.exists(), "the decoy is created while the guard runs"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 128 + signal.SIGINT
+    assert not decoy.exists()
+    assert set(os.listdir(environment.cgroup2_mount())) == before
+    assert "Traceback" not in proc.stderr.read()
