@@ -163,6 +163,40 @@ static __always_inline struct file *rg_fd_file(long fd)
 	return file;
 }
 
+#define PROC_SUPER_MAGIC 0x9fa0
+
+/* The pid named by a /proc/<pid>/ directory entry; 0 when not numeric. */
+static __always_inline __u32 rg_parse_pid(const unsigned char *name)
+{
+	char digits[12] = {};
+	__u32 pid = 0;
+
+	bpf_probe_read_kernel_str(digits, sizeof(digits), name);
+	for (int i = 0; i < 11; i++) {
+		char c = digits[i];
+		if (c == 0)
+			return i ? pid : 0;
+		if (c < '0' || c > '9')
+			return 0;
+		pid = pid * 10 + (c - '0');
+	}
+	return 0;
+}
+
+/* Target pid when the file is /proc/<pid>/mem or /proc/<pid>/task/<tid>/mem. */
+static __always_inline __u32 rg_proc_mem_target(struct file *file)
+{
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	char name[4] = {};
+
+	if (BPF_CORE_READ(dentry, d_sb, s_magic) != PROC_SUPER_MAGIC)
+		return 0;
+	bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(dentry, d_name.name));
+	if (name[0] != 'm' || name[1] != 'e' || name[2] != 'm' || name[3] != 0)
+		return 0;
+	return rg_parse_pid(BPF_CORE_READ(dentry, d_parent, d_name.name));
+}
+
 /* Arguments of a syscall in flight, saved at entry and consumed at exit. */
 struct rg_inflight {
 	__u64 arg0;

@@ -1,8 +1,6 @@
 /* File opens, and opens of /proc/<pid>/mem (process-memory access). */
 #include "common.bpf.h"
 
-#define PROC_SUPER_MAGIC 0x9fa0
-
 RG_INFLIGHT_MAP(rg_open_args);
 
 static __always_inline int rg_open_enter(const char *path, __u64 flags, __u64 mode, __u32 syscall)
@@ -13,38 +11,6 @@ static __always_inline int rg_open_enter(const char *path, __u64 flags, __u64 mo
 	struct rg_inflight args = { .arg0 = (__u64)path, .arg1 = flags, .arg2 = mode, .syscall = syscall };
 	bpf_map_update_elem(&rg_open_args, &id, &args, BPF_ANY);
 	return 0;
-}
-
-/* The pid named by a /proc/<pid>/ directory entry; 0 when not numeric. */
-static __always_inline __u32 rg_parse_pid(const unsigned char *name)
-{
-	char digits[12] = {};
-	__u32 pid = 0;
-
-	bpf_probe_read_kernel_str(digits, sizeof(digits), name);
-	for (int i = 0; i < 11; i++) {
-		char c = digits[i];
-		if (c == 0)
-			return i ? pid : 0;
-		if (c < '0' || c > '9')
-			return 0;
-		pid = pid * 10 + (c - '0');
-	}
-	return 0;
-}
-
-/* Target pid when the file is /proc/<pid>/mem or /proc/<pid>/task/<tid>/mem. */
-static __always_inline __u32 rg_proc_mem_target(struct file *file)
-{
-	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	char name[4] = {};
-
-	if (BPF_CORE_READ(dentry, d_sb, s_magic) != PROC_SUPER_MAGIC)
-		return 0;
-	bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(dentry, d_name.name));
-	if (name[0] != 'm' || name[1] != 'e' || name[2] != 'm' || name[3] != 0)
-		return 0;
-	return rg_parse_pid(BPF_CORE_READ(dentry, d_parent, d_name.name));
 }
 
 static __always_inline void rg_emit_proc_mem(struct rg_inflight *args, long ret, __u32 target)

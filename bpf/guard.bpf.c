@@ -8,7 +8,6 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SIGKILL 9
-#define PROC_SUPER_MAGIC 0x9fa0
 #define RG_MAX_DIR_DEPTH 16
 
 struct {
@@ -330,24 +329,6 @@ int rg_guard_vm_writev(struct trace_event_raw_sys_enter *ctx)
 
 /* ---- files: protected inodes, decoys, /proc/<pid>/mem ---- */
 
-static __always_inline __u32 rg_pid_from_name(const unsigned char *name)
-{
-	char digits[12] = {};
-	__u32 pid = 0;
-
-	bpf_probe_read_kernel_str(digits, sizeof(digits), name);
-#pragma unroll
-	for (int i = 0; i < 11; i++) {
-		char c = digits[i];
-		if (c == 0)
-			return i ? pid : 0;
-		if (c < '0' || c > '9')
-			return 0;
-		pid = pid * 10 + (c - '0');
-	}
-	return 0;
-}
-
 /* The protection covering a file: its own inode, or a protected directory
  * above it. Inode-based, so hard links, symlinks and renames do not escape. */
 static __always_inline struct rg_protected_value *rg_protection(struct file *file)
@@ -384,13 +365,10 @@ static __always_inline int rg_guard_open_exit(long ret)
 	if (!file)
 		return 0;
 	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	__u32 target = rg_proc_mem_target(file);
 
-	if (BPF_CORE_READ(dentry, d_sb, s_magic) == PROC_SUPER_MAGIC) {
-		char name[4] = {};
-		bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(dentry, d_name.name));
-		if (name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 0)
-			rg_judge_ptrace(cfg, rg_pid_from_name(BPF_CORE_READ(dentry, d_parent, d_name.name)),
-					RG_MEM_PROC_MEM_OPEN);
+	if (target) {
+		rg_judge_ptrace(cfg, target, RG_MEM_PROC_MEM_OPEN);
 		return 0;
 	}
 

@@ -427,6 +427,17 @@ static void encode_ptrace(struct rg_encoder *enc, struct mp_writer *w, const str
 	encode_pid_target(w, r->target_pid);
 }
 
+/* How a process's memory was reached; 0 (not a memory method) is plain ptrace. */
+static void mp_memory_method(struct mp_writer *w, unsigned int method)
+{
+	switch (method) {
+	case RG_MEM_VM_READV: mp_lit(w, "process_vm_readv"); break;
+	case RG_MEM_VM_WRITEV: mp_lit(w, "process_vm_writev"); break;
+	case RG_MEM_PROC_MEM_OPEN: mp_lit(w, "proc_mem_open"); break;
+	default: mp_lit(w, "ptrace"); break;
+	}
+}
+
 static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const struct rg_memory_record *r)
 {
 	encode_common(enc, w, &r->hdr, 2);
@@ -435,11 +446,8 @@ static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const str
 	mp_lit(w, "type");
 	mp_lit(w, "process_memory");
 	mp_lit(w, "method");
-	switch (r->method) {
-	case RG_MEM_VM_READV: mp_lit(w, "process_vm_readv"); break;
-	case RG_MEM_VM_WRITEV: mp_lit(w, "process_vm_writev"); break;
-	default: mp_lit(w, "proc_mem_open"); break;
-	}
+	mp_memory_method(w, r->method == RG_MEM_VM_READV || r->method == RG_MEM_VM_WRITEV ? r->method
+											  : RG_MEM_PROC_MEM_OPEN);
 	mp_lit(w, "target_pid");
 	mp_uint(w, r->target_pid);
 	mp_lit(w, "flags");
@@ -523,12 +531,7 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 		encode_inode_target(w, r->dev, r->ino, r->path, name_len);
 	} else {
 		mp_lit(w, "method");
-		switch (r->flags) {
-		case RG_MEM_VM_READV: mp_lit(w, "process_vm_readv"); break;
-		case RG_MEM_VM_WRITEV: mp_lit(w, "process_vm_writev"); break;
-		case RG_MEM_PROC_MEM_OPEN: mp_lit(w, "proc_mem_open"); break;
-		default: mp_lit(w, "ptrace"); break;
-		}
+		mp_memory_method(w, r->flags);
 		encode_pid_target(w, r->target_pid);
 	}
 }

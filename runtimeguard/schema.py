@@ -260,19 +260,21 @@ class _Decision(_Data):
     comm: str
 
 
-class ConnectDeniedData(_Decision, tag="connect_denied"):
-    family: Literal["ipv4", "ipv6"]
-    protocol: Optional[str]
-    tainted: bool = False
-
-
-class ExfilBlockedData(_Decision, tag="exfil_blocked"):
-    """A send or connect to a denied destination, any egress of a tainted
-    process, or a raw/packet socket (which would bypass the address hooks)."""
-
+class _EgressDecision(_Decision):
     family: Literal["ipv4", "ipv6", "packet"]
     protocol: Optional[str]
     tainted: bool = False
+    """The process had touched a protected file or a decoy (taint.block_egress)."""
+
+
+class ConnectDeniedData(_EgressDecision, tag="connect_denied"):
+    """A connect to a denied destination."""
+
+
+class ExfilBlockedData(_EgressDecision, tag="exfil_blocked"):
+    """A send or connect to a denied destination, any egress of a tainted
+    process, or a raw/packet socket (which would bypass the address hooks);
+    "packet" family only for the last."""
 
 
 class OpenInodeData(_Decision, tag="open_inode"):
