@@ -355,14 +355,18 @@ static __always_inline struct rg_protected_value *rg_protection(struct file *fil
 	return NULL;
 }
 
+static __always_inline int rg_guard_opened(struct file *file);
+
 static __always_inline int rg_guard_open_exit(long ret)
+{
+	return ret < 0 ? 0 : rg_guard_opened(rg_fd_file(ret));
+}
+
+static __always_inline int rg_guard_opened(struct file *file)
 {
 	struct rg_guard_config *cfg = rg_config();
 
-	if (ret < 0 || !cfg || !rg_guarded(cfg))
-		return 0;
-	struct file *file = rg_fd_file(ret);
-	if (!file)
+	if (!file || !cfg || !rg_guarded(cfg))
 		return 0;
 	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
 	__u32 target = rg_proc_mem_target(file);
@@ -411,6 +415,25 @@ int rg_guard_openat2(struct trace_event_raw_sys_exit *ctx) { return rg_guard_ope
 /* A file handle names an inode without a path: judged by the inode like any open. */
 SEC("tp/syscalls/sys_exit_open_by_handle_at")
 int rg_guard_by_handle(struct trace_event_raw_sys_exit *ctx) { return rg_guard_open_exit(ctx->ret); }
+
+#define IORING_OP_OPENAT 18
+#define IORING_OP_OPENAT2 28
+
+/* Opens submitted through io_uring never pass the open syscalls' tracepoints.
+ * At completion the new descriptor is in the process's table (completions run
+ * in the submitter or one of its io-wq threads): judged like any open. Opens
+ * into io_uring's fixed-file table (res 0, no descriptor) are not seen.
+ * Loaded only where the kernel has io_uring (the loader checks its BTF). */
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(rg_guard_uring, void *ring, void *req, struct io_uring_cqe *cqe)
+{
+	__u8 opcode = BPF_CORE_READ((struct io_kiocb *)req, opcode);
+	int res = BPF_CORE_READ(cqe, res);
+
+	if ((opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2) || res <= 0)
+		return 0;
+	return rg_guard_opened(rg_fd_file(res));
+}
 
 /* ---- taint follows children ---- */
 

@@ -20,6 +20,7 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <bpf/btf.h>
 
 #include "api.h"
 #include "encode.h"
@@ -277,6 +278,27 @@ static void tracer_free(struct rg_tracer *t)
 	free(t);
 }
 
+/* Programs for kernel features a kernel may be built without: left unloaded
+ * there instead of failing the whole sensor. */
+static void skip_missing_hooks(struct bpf_object *obj)
+{
+	static const char *const optional[][2] = {
+		{ "rg_guard_uring", "btf_trace_io_uring_complete" },
+	};
+	struct btf *vmlinux = NULL;
+
+	for (size_t i = 0; i < sizeof(optional) / sizeof(optional[0]); i++) {
+		struct bpf_program *prog = bpf_object__find_program_by_name(obj, optional[i][0]);
+		if (!prog)
+			continue;
+		if (!vmlinux)
+			vmlinux = btf__load_vmlinux_btf();
+		if (!vmlinux || btf__find_by_name_kind(vmlinux, optional[i][1], BTF_KIND_TYPEDEF) < 0)
+			bpf_program__set_autoload(prog, false);
+	}
+	btf__free(vmlinux);
+}
+
 static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 {
 	struct sensor *s = &t->sensors[i];
@@ -297,6 +319,7 @@ static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 			return fail(err, errlen, ret, "%s sensor: sharing map %s", sensor_names[i], shared_maps[m]);
 		}
 	}
+	skip_missing_hooks(s->obj);
 	if ((ret = bpf_object__load(s->obj)))
 		return fail(err, errlen, ret, "loading the %s sensor's BPF programs", sensor_names[i]);
 	if (first)
@@ -433,6 +456,9 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 			continue;
 		bpf_object__for_each_program(prog, t->sensors[i].obj) {
 			struct bpf_link *link = NULL;
+
+			if (!bpf_program__autoload(prog))
+				continue;
 
 			enum bpf_prog_type type = bpf_program__type(prog);
 			int on_cgroup = type == BPF_PROG_TYPE_CGROUP_SOCK_ADDR || type == BPF_PROG_TYPE_CGROUP_SOCK;

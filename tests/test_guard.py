@@ -209,6 +209,23 @@ def test_process_that_changed_a_protected_file_is_killed_after_the_fact(secrets_
     assert ev.action == "killed" and ev.workload.process.name == "python3"
 
 
+@pytest.fixture(scope="module")
+def uring_open(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("uring") / "uring_open"
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "uring_open.c")
+    subprocess.run(["cc", "-O1", "-o", str(exe), source], check=True)
+    return str(exe)
+
+
+def test_open_through_io_uring_is_killed(secrets_dir, uring_open):
+    if subprocess.run([uring_open, "/etc/hostname"], capture_output=True).returncode == 2:
+        pytest.skip("io_uring is disabled on this kernel")
+    result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token")])
+    assert result.exit_status == 128 + 9
+    (ev,) = [e for e in result.events if e.name == "open_inode"]
+    assert ev.action == "killed" and ev.target_context.inode == os.stat(secrets_dir / "token").st_ino
+
+
 def test_protected_file_in_audit_mode_is_read(secrets_dir):
     result = guard(make_policy(secrets_dir, mode="audit"), ["cat", str(secrets_dir / "token")])
     assert result.exit_status == 0
