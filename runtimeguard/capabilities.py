@@ -239,8 +239,9 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
                     "are not observed: syscalls:sys_enter_* tracepoints do not fire for compat syscalls "
                     "(network enforcement by cgroup hooks still applies)")
     if _io_uring_enabled(config):
-        gaps.append("file opens and connects submitted through io_uring are not seen by the syscall "
-                    "tracepoints (network enforcement by cgroup hooks still applies); "
+        gaps.append("file opens and connects submitted through io_uring are not reported as file_open/"
+                    "net_connect events (the guard judges io_uring opens at completion, except opens into "
+                    "the fixed-file table, and its cgroup hooks see io_uring connects); "
                     "sysctl kernel.io_uring_disabled=2 closes this")
     if "bpf_lsm" not in works and "bpf_send_signal" in works:
         gaps.append("file, ptrace and memory enforcement kills the caller after the syscall: the syscall "
