@@ -31,11 +31,12 @@ struct {
 	__type(value, struct rg_protected_value);
 } rg_protected SEC(".maps");
 
+/* Protected pid -> the index of its ptrace.protect_pids rule. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, __u32);
 } rg_protected_pids SEC(".maps");
 
 /* Thread group ids of tainted processes. */
@@ -282,9 +283,9 @@ int rg_guard_socket(struct trace_event_raw_sys_enter *ctx)
 static __always_inline void rg_judge_ptrace(struct rg_guard_config *cfg, __u32 target, __u32 method)
 {
 	bool guarded = rg_guarded(cfg);
-	bool protected_target = target && bpf_map_lookup_elem(&rg_protected_pids, &target);
+	__u32 *protected_rule = target ? bpf_map_lookup_elem(&rg_protected_pids, &target) : NULL;
 
-	if (!(guarded && cfg->ptrace_deny) && !protected_target)
+	if (!(guarded && cfg->ptrace_deny) && !protected_rule)
 		return;
 	if ((bpf_get_current_pid_tgid() >> 32) == cfg->guard_tgid)
 		return;
@@ -292,7 +293,7 @@ static __always_inline void rg_judge_ptrace(struct rg_guard_config *cfg, __u32 t
 	if (action == RG_ACTION_KILLED)
 		bpf_send_signal(SIGKILL);
 	struct rg_block_record *e = rg_block_reserve(RG_KIND_PTRACE_DENIED, action,
-						     protected_target ? target : RG_RULE_PTRACE_DENY);
+						     protected_rule ? *protected_rule : RG_RULE_PTRACE_DENY);
 	if (e) {
 		e->target_pid = target;
 		e->flags = method;

@@ -179,9 +179,9 @@ class Guard:
             protect(p.path, p.rule_id, lib.RG_PROTECT_FILE)
         for i, decoy in enumerate(self.policy.mirage.decoys):
             protect(os.path.expanduser(decoy.path), f"mirage.decoys[{i}]", lib.RG_PROTECT_MIRAGE)
-        one = ffi.new("unsigned char *", 1)
-        for pid in self.policy.ptrace.protect_pids:
-            tracer.update_map("rg_protected_pids", ffi.new("unsigned int *", pid), one)
+        for i, pid in enumerate(self.policy.ptrace.protect_pids):
+            rule = ffi.new("unsigned int *", self._rule(f"ptrace.protect_pids[{i}]"))
+            tracer.update_map("rg_protected_pids", ffi.new("unsigned int *", pid), rule)
 
         cfg = self._config(scope_id, scope_level)
         cfg.net_rule_count = len(rules)

@@ -425,3 +425,63 @@ def test_ctrl_c_cleans_up_cgroup_and_decoys(tmp_path):
     assert not decoy.exists()
     assert set(os.listdir(environment.cgroup2_mount())) == before
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_taint_passes_to_children_forked_later(secrets_dir, listener):
+    code = f"""
+        import os, socket, sys
+        open({str(secrets_dir / "aws-credentials")!r}).read()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                socket.create_connection(("127.0.0.1", {listener}), timeout=2)
+            except PermissionError:
+                os._exit(3)
+            os._exit(0)
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 3
+    (ev,) = [e for e in result.events if e.name == "exfil_blocked"]
+    assert ev.data.tainted and ev.pid != result.events[0].pid
+
+
+def test_tcp_fast_open_to_a_denied_destination_is_refused(secrets_dir, listener):
+    code = f"""
+        import socket, sys
+        s = socket.socket()
+        try:
+            s.sendto(b"x", socket.MSG_FASTOPEN, ({DENIED_V4!r}, {listener}))
+        except PermissionError:
+            sys.exit(3)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 3
+    assert [e.name for e in result.events] == ["connect_denied"]
+
+
+def test_protected_pid_cannot_be_traced_even_when_ptrace_is_allowed(secrets_dir):
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        text = textwrap.dedent(f"""
+            version: 1
+            mode: enforce
+            ptrace:
+              deny: false
+              protect_pids: [{victim.pid}]
+        """)
+        code = f"""
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+            libc.ptrace(16, {victim.pid}, None, None)
+        """
+        result = guard(Policy.from_text(text), py(code))
+        assert result.exit_status == 128 + 9
+        (ev,) = result.events
+        assert ev.name == "ptrace_denied" and ev.target_context.pid == victim.pid
+        assert ev.target_context.formatted == f"pid {victim.pid} (sleep)"
+        assert ev.policy.rule == "ptrace.protect_pids[0]"
+    finally:
+        victim.kill()
+        victim.wait()
