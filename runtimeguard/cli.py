@@ -273,7 +273,7 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .audit import NotificationTracker
-    from .guard import format_decision, guard
+    from .guard import Guard, format_decision
     from .policy import Policy
 
     if not args.argv:
@@ -286,8 +286,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if notices.should_notify(ev.policy.rule if ev.policy else "", f"{ev.name} {target}"):
             print(format_decision(ev), file=sys.stderr, flush=True)
 
-    result = guard(policy, args.argv, mode=args.mode, audit_log=args.audit_log, on_event=show)
-    return result.exit_status
+    if args.mode is not None:
+        policy = policy.with_mode(args.mode)
+    g = Guard(policy, audit_log=args.audit_log, on_event=show)
+    # Switching mode on the running guard: SIGUSR1 enforces, SIGUSR2 audits.
+    signal.signal(signal.SIGUSR1, lambda *_: g.request_mode("enforce"))
+    signal.signal(signal.SIGUSR2, lambda *_: g.request_mode("audit"))
+    return g.run(args.argv).exit_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -320,7 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=cmd_doctor)
 
-    run = sub.add_parser("run", help="run a command under a policy; exits with its status")
+    run = sub.add_parser("run", help="run a command under a policy; exits with its status",
+                         description="SIGUSR1 switches the running guard to enforce mode, SIGUSR2 to audit.")
     run.add_argument("--policy", required=True, metavar="FILE", help="YAML, TOML or JSON policy")
     run.add_argument("--mode", choices=("audit", "enforce"), help="override the policy's mode")
     run.add_argument("--audit-log", metavar="PATH", help="NDJSON log of every decision")

@@ -109,6 +109,7 @@ class Guard:
         self._audit: Optional[AuditLogger] = None
         self._cgroup_fd = -1
         self.events: list[Event] = []
+        self._requested_mode: Optional[str] = None
 
     # ---- compiling the policy into map entries ----
 
@@ -284,6 +285,12 @@ class Guard:
     def stats(self) -> TracerStats:
         return self._tracer.stats()
 
+    def request_mode(self, mode: str) -> None:
+        """Asks run() to switch mode at its next poll: safe from a signal handler."""
+        if mode not in ("audit", "enforce"):
+            raise ValueError(f"mode {mode!r} must be 'audit' or 'enforce'")
+        self._requested_mode = mode
+
     # ---- decisions ----
 
     def poll(self, timeout: Optional[float] = None) -> list[Event]:
@@ -389,6 +396,9 @@ class Guard:
             except OSError as e:
                 raise RuntimeGuardError(f"cannot run {argv[0]!r}: {e.strerror}") from None
             while proc.poll() is None:
+                requested, self._requested_mode = self._requested_mode, None
+                if requested is not None and requested != self.mode:
+                    self.set_mode(requested)
                 try:
                     self.poll(poll_interval)
                 except KeyboardInterrupt:

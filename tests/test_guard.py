@@ -485,3 +485,30 @@ def test_protected_pid_cannot_be_traced_even_when_ptrace_is_allowed(secrets_dir)
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_cli_mode_switch_by_signal(tmp_path, listener):
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"version: 1\nmode: audit\nnetwork:\n  deny: [{{cidr: {DENIED_V4}/32}}]\n")
+    log = tmp_path / "audit.ndjson"
+    code = f"""
+        import socket, sys, time
+        for _ in range(100):
+            try:
+                socket.create_connection(({DENIED_V4!r}, {listener}), timeout=2).close()
+                print("connected", flush=True)
+            except PermissionError:
+                print("refused", flush=True)
+                break
+            time.sleep(0.05)
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "runtimeguard", "run", "--policy", str(policy), "--audit-log",
+                             str(log), "--"] + py(code), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(EXAMPLE))
+    assert proc.stdout.readline().strip() == "connected"
+    proc.send_signal(signal.SIGUSR1)
+    lines = proc.stdout.read().split()
+    assert proc.wait(timeout=20) == 0
+    assert lines[-1] == "refused"
+    names = [json_decoder.decode(line).name for line in log.read_bytes().splitlines()]
+    assert "mode_changed" in names and names[-1] == "connect_denied"
