@@ -375,11 +375,19 @@ class Guard:
     def run(self, argv: Sequence[str], *, poll_interval: float = 0.1) -> GuardResult:
         """Runs argv in a fresh cgroup under this guard; returns its exit status
         and the decisions. Every descendant stays in scope (double forks and
-        setsid() do not leave a cgroup); leftovers are killed at the end."""
+        setsid() do not leave a cgroup); leftovers are killed at the end.
+
+        The guard covers the command's cgroup, or what the policy's scope names:
+        a cgroup (the command's cgroup is made inside it) or the whole host."""
         root = environment.cgroup2_mount()
-        cgroup = os.path.join(root, f"runtimeguard-{os.getpid()}-{secrets.token_hex(4)}")
+        scope = self.policy.scope
+        parent = root
+        if scope.type == "cgroup":
+            parent = scope.cgroup if os.path.isabs(scope.cgroup) else os.path.join(root, scope.cgroup)
+        cgroup = os.path.join(parent, f"runtimeguard-{os.getpid()}-{secrets.token_hex(4)}")
         os.mkdir(cgroup)
-        self._cgroup = cgroup
+        if scope.type == "command":
+            self._cgroup = cgroup
         proc = None
         try:
             self.start()

@@ -512,3 +512,29 @@ def test_cli_mode_switch_by_signal(tmp_path, listener):
     assert lines[-1] == "refused"
     names = [json_decoder.decode(line).name for line in log.read_bytes().splitlines()]
     assert "mode_changed" in names and names[-1] == "connect_denied"
+
+
+@pytest.mark.parametrize("scope", ["host", "cgroup"])
+def test_policy_scope_host_and_cgroup(tmp_path, listener, scope):
+    root = environment.cgroup2_mount()
+    outer = os.path.join(root, f"rg-scope-{secrets.token_hex(3)}")
+    os.mkdir(outer)
+    try:
+        scope_text = "{type: host}" if scope == "host" else f"{{type: cgroup, cgroup: {os.path.basename(outer)}}}"
+        policy = Policy.from_text(f"version: 1\nmode: enforce\nscope: {scope_text}\n"
+                                  f"network:\n  deny: [{{cidr: {DENIED_V4}/32}}]\n")
+        connect = py(CONNECT.format(host=DENIED_V4, port=listener))
+
+        def in_outer():
+            with open(os.path.join(outer, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+        with Guard(policy) as g:
+            # Host scope: any process; cgroup scope: only processes in that cgroup.
+            assert subprocess.run(connect).returncode == (3 if scope == "host" else 0)
+            assert subprocess.run(connect, preexec_fn=in_outer).returncode == 3
+            g.poll(0.2)
+        # run() puts the command in a cgroup of its own inside the scope.
+        assert guard(policy, connect).exit_status == 3
+    finally:
+        os.rmdir(outer)
