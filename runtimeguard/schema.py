@@ -331,7 +331,7 @@ EventData = Union[
 BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied")
 
 
-class Event(msgspec.Struct, omit_defaults=True):
+class Event(msgspec.Struct, omit_defaults=True, gc=False):
     """One event. ``workload`` is filled in from the process table."""
 
     timestamp: int
