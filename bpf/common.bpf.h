@@ -115,11 +115,12 @@ static __always_inline void *rg_reserve_checked(void *rec, __u32 kind)
 	struct rg_counters *counters = bpf_map_lookup_elem(&rg_counters, &zero);
 	__u64 seq = 0;
 
+	/* Atomic: a program preempted on this CPU by another must not share a number. */
 	if (counters)
-		seq = counters->seq++;
+		seq = __sync_fetch_and_add(&counters->seq, 1);
 	if (!rec) {
 		if (counters && kind < RG_KIND_SLOTS)
-			counters->lost[kind]++;
+			__sync_fetch_and_add(&counters->lost[kind], 1);
 		return NULL;
 	}
 	struct rg_header *hdr = rec;

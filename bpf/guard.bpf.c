@@ -8,7 +8,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SIGKILL 9
-#define RG_MAX_DIR_DEPTH 16
+#define RG_MAX_DIR_DEPTH 64
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -80,11 +80,11 @@ static __always_inline struct rg_block_record *rg_block_reserve(__u32 kind, __u3
 	__u64 seq = 0;
 
 	if (counters)
-		seq = counters->seq++;
+		seq = __sync_fetch_and_add(&counters->seq, 1);
 	e = bpf_ringbuf_reserve(&rg_events, sizeof(*e), 0);
 	if (!e) {
 		if (counters && kind < RG_KIND_SLOTS)
-			counters->lost[kind]++;
+			__sync_fetch_and_add(&counters->lost[kind], 1);
 		return NULL;
 	}
 	__u64 id = bpf_get_current_pid_tgid();
@@ -230,7 +230,10 @@ SEC("cgroup/sendmsg6")
 int rg_guard_sendmsg6(struct bpf_sock_addr *ctx) { return rg_egress(ctx, true, RG_KIND_EXFIL_BLOCKED); }
 
 #define AF_PACKET 17
+#define SOCK_DGRAM 2
 #define SOCK_RAW 3
+#define IPPROTO_ICMP 1
+#define IPPROTO_ICMPV6 58
 #define SOCK_PACKET 10
 
 /* Raw and packet sockets write their own headers: the address hooks never see
@@ -243,7 +246,9 @@ int rg_guard_sock_create(struct bpf_sock *ctx)
 
 	if (!cfg || !cfg->raw_socket_deny || (bpf_get_current_pid_tgid() >> 32) == cfg->guard_tgid)
 		return 1;
-	if (family != AF_PACKET && type != SOCK_RAW && type != SOCK_PACKET)
+	/* ICMP "ping" datagram sockets skip the sendmsg hook too. */
+	bool ping = type == SOCK_DGRAM && (ctx->protocol == IPPROTO_ICMP || ctx->protocol == IPPROTO_ICMPV6);
+	if (family != AF_PACKET && type != SOCK_RAW && type != SOCK_PACKET && !ping)
 		return 1;
 	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_BLOCKED);
 	struct rg_block_record *e = rg_block_reserve(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_RAW_SOCKET);
@@ -419,19 +424,59 @@ int rg_guard_by_handle(struct trace_event_raw_sys_exit *ctx) { return rg_guard_o
 
 #define IORING_OP_OPENAT 18
 #define IORING_OP_OPENAT2 28
+#define IORING_OP_SOCKET 45
 
-/* Opens submitted through io_uring never pass the open syscalls' tracepoints.
- * At completion the new descriptor is in the process's table (completions run
- * in the submitter or one of its io-wq threads): judged like any open. Opens
- * into io_uring's fixed-file table (res 0, no descriptor) are not seen.
- * Loaded only where the kernel has io_uring (the loader checks its BTF). */
+/* A packet socket made through io_uring: refused like one made by socket(). */
+static __always_inline void rg_guard_uring_socket(struct file *file)
+{
+	struct rg_guard_config *cfg = rg_config();
+	struct socket *sock = file ? BPF_CORE_READ(file, private_data) : NULL;
+
+	if (!sock || !cfg || !cfg->raw_socket_deny || !rg_guarded(cfg))
+		return;
+	if (BPF_CORE_READ(sock, sk, __sk_common.skc_family) != AF_PACKET)
+		return;
+	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_KILLED);
+	if (action == RG_ACTION_KILLED)
+		bpf_send_signal(SIGKILL);
+	struct rg_block_record *e = rg_block_reserve(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_RAW_SOCKET);
+	if (e) {
+		e->family = AF_PACKET;
+		e->flags = SOCK_RAW;
+		rg_submit(e);
+	}
+}
+
+/* Opens and sockets submitted through io_uring never pass the syscalls'
+ * tracepoints. At completion the new descriptor is in the process's table
+ * (completions run in the submitter or one of its io-wq threads): judged like
+ * the syscall. Loaded only where the kernel has io_uring (the loader checks). */
 SEC("tp_btf/io_uring_complete")
 int BPF_PROG(rg_guard_uring, void *ring, void *req, struct io_uring_cqe *cqe)
 {
 	__u8 opcode = BPF_CORE_READ((struct io_kiocb *)req, opcode);
 	int res = BPF_CORE_READ(cqe, res);
 
-	if ((opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2) || res <= 0)
+	/* res is a descriptor (0 included); an open into the fixed-file table
+	 * also returns 0, and then descriptor 0 is judged, which is harmless. */
+	if (res < 0)
+		return 0;
+	if (opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2)
+		return rg_guard_opened(rg_fd_file(res));
+	if (opcode == IORING_OP_SOCKET)
+		rg_guard_uring_socket(rg_fd_file(res));
+	return 0;
+}
+
+/* A completion that overflows the queue is copied into the ring later without
+ * passing io_uring_complete, and the opcode is gone by then: any descriptor-
+ * like result is judged as an open (a protected file cannot be open in a
+ * guarded process legitimately, so a match is never a false kill). */
+SEC("tp_btf/io_uring_cqe_overflow")
+int BPF_PROG(rg_guard_uring_overflow, void *ring, unsigned long long user_data, int res, unsigned int cflags,
+	     void *ocqe)
+{
+	if (res < 0)
 		return 0;
 	return rg_guard_opened(rg_fd_file(res));
 }

@@ -495,8 +495,9 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 	if (r->rule_index == RG_RULE_RAW_SOCKET) {
 		char formatted[64];
 		const char *family = r->family == AF_INET ? "ipv4" : r->family == AF_INET6 ? "ipv6" : "packet";
-		int n = snprintf(formatted, sizeof(formatted), "%s socket (%s, protocol %u)",
-				 r->family == AF_PACKET || r->flags != SOCK_RAW ? "packet" : "raw", family, r->protocol);
+		const char *what = r->family == AF_PACKET ? "packet" : r->flags == SOCK_DGRAM ? "ping"
+				   : r->flags == SOCK_RAW ? "raw" : "packet";
+		int n = snprintf(formatted, sizeof(formatted), "%s socket (%s, protocol %u)", what, family, r->protocol);
 		mp_lit(w, "family");
 		mp_name(w, family);
 		mp_lit(w, "protocol");

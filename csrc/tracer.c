@@ -284,6 +284,7 @@ static void skip_missing_hooks(struct bpf_object *obj)
 {
 	static const char *const optional[][2] = {
 		{ "rg_guard_uring", "btf_trace_io_uring_complete" },
+		{ "rg_guard_uring_overflow", "btf_trace_io_uring_cqe_overflow" },
 	};
 	struct btf *vmlinux = NULL;
 

@@ -122,13 +122,29 @@ def test_ipv6_rule_with_port(secrets_dir):
     assert ev.target_context.formatted == "[::1]:9" and ev.data.protocol == "udp"
 
 
+@pytest.fixture
+def ping_sockets_allowed():
+    """Lets every group open ICMP datagram sockets, as a root workload could."""
+    knob = "/proc/sys/net/ipv4/ping_group_range"
+    with open(knob) as f:
+        before = f.read()
+    with open(knob, "w") as f:
+        f.write("0 2147483647")
+    yield
+    with open(knob, "w") as f:
+        f.write(before)
+
+
 @pytest.mark.parametrize("family,kind,proto,formatted,status,action", [
+    # ICMP "ping" datagram sockets skip the sendmsg hook as raw ones do.
+    ("AF_INET", "SOCK_DGRAM", 1, "ping socket (ipv4, protocol 1)", 3, "blocked"),
     # An inet raw socket is refused by the cgroup hook: EPERM.
     ("AF_INET", "SOCK_RAW", 1, "raw socket (ipv4, protocol 1)", 3, "blocked"),
     # Packet sockets never reach that hook: the caller is killed at socket().
     ("AF_PACKET", "SOCK_RAW", 0, "packet socket (packet, protocol 0)", 128 + 9, "killed"),
 ])
-def test_raw_and_packet_sockets_are_refused(secrets_dir, family, kind, proto, formatted, status, action):
+def test_raw_and_packet_sockets_are_refused(secrets_dir, family, kind, proto, formatted, status, action,
+                                            ping_sockets_allowed):
     code = f"""
         import socket, sys
         try:
@@ -162,12 +178,16 @@ def test_udp_sendto_denied_destination_is_exfil_blocked(secrets_dir):
 @pytest.mark.parametrize("how,command", [
     ("direct", "cat token"),
     ("inside_dir", "cat secrets/id_rsa"),
+    ("deep_inside_dir", "cat secrets/" + "/".join("d" * 40) + "/f"),
     # Made by the workload itself, after the guard resolved the inodes:
     ("hardlink", "ln token link && cat link"),
     ("symlink", "ln -s token sym && cat sym"),
     ("renamed", "mv token renamed && cat renamed"),
 ])
 def test_protected_file_open_is_killed(secrets_dir, how, command):
+    deep = secrets_dir / "secrets" / "/".join("d" * 40)
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x\n")
     result = guard(make_policy(secrets_dir), ["sh", "-c", f"cd {secrets_dir} && {command}"])
     assert result.exit_status == 128 + 9
     (ev,) = [e for e in result.events if e.name == "open_inode"]
@@ -217,10 +237,11 @@ def uring_open(tmp_path_factory):
     return str(exe)
 
 
-def test_open_through_io_uring_is_killed(secrets_dir, uring_open):
+@pytest.mark.parametrize("fd0", [False, True])
+def test_open_through_io_uring_is_killed(secrets_dir, uring_open, fd0):
     if subprocess.run([uring_open, "/etc/hostname"], capture_output=True).returncode == 2:
         pytest.skip("io_uring is disabled on this kernel")
-    result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token")])
+    result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token")] + (["fd0"] if fd0 else []))
     assert result.exit_status == 128 + 9
     (ev,) = [e for e in result.events if e.name == "open_inode"]
     assert ev.action == "killed" and ev.target_context.inode == os.stat(secrets_dir / "token").st_ino

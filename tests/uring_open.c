@@ -1,6 +1,7 @@
 /* Opens a file through io_uring (IORING_OP_OPENAT), bypassing the open
  * syscalls, then reads it. Raw syscalls: no liburing needed.
- * Exit: 0 read ok, 2 io_uring unavailable, 3 the open failed. */
+ * With a second argument "fd0", descriptor 0 is closed first, so the open
+ * returns 0. Exit: 0 read ok, 2 io_uring unavailable, 3 the open failed. */
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@ int main(int argc, char **argv)
 {
 	struct io_uring_params p;
 	memset(&p, 0, sizeof(p));
+	if (argc > 2 && strcmp(argv[2], "fd0") == 0)
+		close(0);
 	int ring = syscall(__NR_io_uring_setup, 4, &p);
 	if (ring < 0 || argc < 2)
 		return 2;
