@@ -180,6 +180,9 @@ class Guard:
             protect(p.path, p.rule_id, lib.RG_PROTECT_FILE)
         for i, decoy in enumerate(self.policy.mirage.decoys):
             protect(os.path.expanduser(decoy.path), f"mirage.decoys[{i}]", lib.RG_PROTECT_MIRAGE)
+        # The guard itself is always protected from ptrace and memory access.
+        tracer.update_map("rg_protected_pids", ffi.new("unsigned int *", os.getpid()),
+                          ffi.new("unsigned int *", self._rule("guard")))
         for i, pid in enumerate(self.policy.ptrace.protect_pids):
             rule = ffi.new("unsigned int *", self._rule(f"ptrace.protect_pids[{i}]"))
             tracer.update_map("rg_protected_pids", ffi.new("unsigned int *", pid), rule)
@@ -226,8 +229,8 @@ class Guard:
             self._scope_path = "/" + os.path.relpath(path, root)
         else:
             path, scope_id, scope_level = environment.cgroup2_mount(), 0, 0
-        self._create_decoys()
         try:
+            self._create_decoys()
             self._cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             if self._audit_path:
                 self._audit = AuditLogger(self._audit_path)
@@ -332,6 +335,8 @@ class Guard:
     def _judge_mutations(self) -> list[Event]:
         decisions = []
         for m in self._mutations.read():
+            if m.pid <= 0:
+                continue  # a changer outside the guard's pid namespace: nobody to name or kill
             scoped = self._in_scope(m.pid)
             if scoped is False:
                 continue

@@ -7,6 +7,7 @@ records into one msgpack buffer, and Python decodes it with one msgspec call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import os
@@ -37,6 +38,7 @@ _POLL_SLICE_MS = 200  # lets Python run signal handlers while a poll waits
 _ERR_LEN = 8192
 
 _live: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
+_NO_LOCK = contextlib.nullcontext()
 
 
 def _after_fork_in_child() -> None:
@@ -64,6 +66,25 @@ class TracerStats(msgspec.Struct, frozen=True):
     polls: int
     processes: int
     """Processes in the table."""
+
+
+class _Native:
+    """The C tracer and the lock every use of it takes. Shared with the
+    finalizer, which must not hold the Tracer alive: closing (explicitly, or at
+    interpreter exit) waits for a poll in another thread to finish its slice."""
+
+    __slots__ = ("ptr", "lock")
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+        self.lock = threading.Lock()
+
+
+def _close_native(native: _Native) -> None:
+    with native.lock:
+        if native.ptr is not None:
+            lib.rg_tracer_close(native.ptr)
+            native.ptr = None
 
 
 def _kernel_object_fds(fds: Iterable[str]) -> list[int]:
@@ -188,18 +209,19 @@ class Tracer:
                 finally:
                     self._handle = None
             self._check(lib.rg_tracer_attach(handle, err, _ERR_LEN), err)
+            try:
+                cgroup_mount = environment.cgroup2_mount()
+            except environment.EnvironmentSetupError:
+                cgroup_mount = None
+            self._table = ProcessTable(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount)
+            self._batch = ffi.new("struct rg_batch *")
+            self._kernel_fds = _kernel_object_fds(set(os.listdir("/proc/self/fd")) - fds_before)
         except BaseException:
             lib.rg_tracer_close(handle)
             raise
-        try:
-            cgroup_mount = environment.cgroup2_mount()
-        except environment.EnvironmentSetupError:
-            cgroup_mount = None
-        self._table = ProcessTable(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount)
-        self._batch = ffi.new("struct rg_batch *")
-        self._kernel_fds = _kernel_object_fds(set(os.listdir("/proc/self/fd")) - fds_before)
+        self._native = _Native(handle)
         self._handle = handle
-        self._finalizer = weakref.finalize(self, lib.rg_tracer_close, handle)
+        self._finalizer = weakref.finalize(self, _close_native, self._native)
         _live.add(self)
         return self
 
@@ -209,15 +231,15 @@ class Tracer:
             raise BPFError(ffi.string(err).decode(errors="replace"), -ret)
 
     def close(self) -> None:
-        """Detaches every program and frees every map. Idempotent."""
-        with self._lock:
-            self._closed = True
-            if self._handle is None:
-                return
-            self._final_stats = self._read_stats()
-            self._handle = None
-            _live.discard(self)
-            self._finalizer()
+        """Detaches every program and frees every map. Idempotent; safe from
+        another thread while one polls (it waits for the poll's current slice)."""
+        self._closed = True
+        if self._handle is None:
+            return
+        self._final_stats = self._read_stats()
+        self._handle = None
+        _live.discard(self)
+        self._finalizer()
 
     def _abandon(self) -> None:
         # In a forked child: the fds and maps are the parent's too. Drop our
@@ -225,6 +247,7 @@ class Tracer:
         # really detaches, and never touch the parent's ring buffer.
         if self._handle is not None:
             self._finalizer.detach()
+            self._native.ptr = None
             for fd in self._kernel_fds:
                 try:
                     os.close(fd)
@@ -259,7 +282,13 @@ class Tracer:
         if self._handle is None:
             raise TracerStateError("this Tracer is not loaded")
         err = ffi.new("char[]", _ERR_LEN)
-        self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
+        with self._native_lock():
+            self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
+
+    def _native_lock(self):
+        # Before start() finishes (before_attach), no other thread can see the handle.
+        native = getattr(self, "_native", None)
+        return native.lock if native is not None and native.ptr is not None else _NO_LOCK
 
     # ---- consuming ----
 
@@ -269,8 +298,9 @@ class Tracer:
         exception it raises propagates from here, and the events after the one
         that raised are returned by the next poll."""
         with self._lock:
-            events = self._pending or self._poll_native(timeout)
-            self._pending = []
+            events, self._pending = self._pending, []
+        if not events:
+            events = self._poll_native(timeout)
         self._returned += len(events)
         if self.callback is not None:
             for i, ev in enumerate(events):
@@ -283,7 +313,8 @@ class Tracer:
         return events
 
     def _poll_native(self, timeout: Optional[float]) -> list[Event]:
-        handle = self._usable()
+        self._usable()
+        native = self._native
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             if deadline is None:
@@ -291,16 +322,22 @@ class Tracer:
             else:
                 # Round up: a sub-millisecond remainder must still wait, not spin.
                 wait_ms = math.ceil(max(0.0, min(_POLL_SLICE_MS / 1000, deadline - time.monotonic())) * 1000)
-            n = lib.rg_tracer_poll(handle, wait_ms, self._batch)
-            if n < 0 and n != -errno.EINTR:
-                raise BPFError(f"polling ring buffer rg_events: {os.strerror(-n)}", -n)
-            if n > 0:
-                events = batch_decoder.decode(ffi.buffer(self._batch.data, self._batch.len))
-                self._table.enrich(events)
-                wanted = self.events
-                events = [ev for ev in events if ev.name in wanted]
-                if events:
-                    return events
+            # One slice at a time under the lock: close() from another thread
+            # (or at interpreter exit) waits at most one slice, never frees the
+            # tracer under a running poll.
+            with native.lock:
+                if native.ptr is None:
+                    raise TracerStateError("this Tracer is closed")
+                n = lib.rg_tracer_poll(native.ptr, wait_ms, self._batch)
+                if n < 0 and n != -errno.EINTR:
+                    raise BPFError(f"polling ring buffer rg_events: {os.strerror(-n)}", -n)
+                if n > 0:
+                    events = batch_decoder.decode(ffi.buffer(self._batch.data, self._batch.len))
+                    self._table.enrich(events)
+                    wanted = self.events
+                    events = [ev for ev in events if ev.name in wanted]
+                    if events:
+                        return events
             if deadline is not None and time.monotonic() >= deadline:
                 return []
 
@@ -357,7 +394,10 @@ class Tracer:
 
     def _read_stats(self) -> TracerStats:
         s = ffi.new("struct rg_stats *")
-        lib.rg_tracer_stats(self._handle, s)
+        with self._native.lock:
+            if self._native.ptr is None:
+                raise TracerStateError("this Tracer is closed")
+            lib.rg_tracer_stats(self._native.ptr, s)
         names = {v: k for k, v in EVENT_IDS.items()}
         delivered = {names.get(k, f"kind-{k}"): s.delivered[k] for k in range(lib.RG_KIND_SLOTS) if s.delivered[k]}
         lost = {names.get(k, f"kind-{k}"): s.lost[k] for k in range(lib.RG_KIND_SLOTS) if s.lost[k]}

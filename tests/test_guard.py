@@ -559,3 +559,4 @@ def test_policy_scope_host_and_cgroup(tmp_path, listener, scope):
         assert guard(policy, connect).exit_status == 3
     finally:
         os.rmdir(outer)
+

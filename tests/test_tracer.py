@@ -336,3 +336,23 @@ def test_bad_arguments_are_refused_before_loading():
         Tracer(ring_buffer_size=5000)
     with pytest.raises(ValueError, match="cgroup"):
         Tracer(cgroups=["/no/such/cgroup"])
+
+
+def test_close_from_another_thread_ends_a_blocking_iteration():
+    """close() while another thread waits in poll: it returns within a slice,
+    and the iterating thread ends cleanly instead of touching freed memory."""
+    t = Tracer(events=["process_exec"], pids=[2**22 + 1]).start()
+    ended = threading.Event()
+
+    def iterate():
+        for _ in t:
+            pass
+        ended.set()
+
+    worker = threading.Thread(target=iterate)
+    worker.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    t.close()
+    worker.join(timeout=5)
+    assert ended.is_set() and time.monotonic() - started < 3
