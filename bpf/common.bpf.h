@@ -108,8 +108,10 @@ static __always_inline __u64 rg_task_start(struct task_struct *task)
 }
 
 /* Fills the header of a reserved record, or counts the loss. Every attempt
- * takes a sequence number, so a reader sees a gap for each lost record. */
-static __always_inline void *rg_reserve_checked(void *rec, __u32 kind)
+ * takes a sequence number, so a reader sees a gap for each lost record.
+ * with_task: programs that may not read the task (cgroup socket hooks) leave
+ * start_boottime 0, and the consumer resolves the process by pid. */
+static __always_inline void *rg_claim(void *rec, __u32 kind, bool with_task)
 {
 	__u32 zero = 0;
 	struct rg_counters *counters = bpf_map_lookup_elem(&rg_counters, &zero);
@@ -124,13 +126,12 @@ static __always_inline void *rg_reserve_checked(void *rec, __u32 kind)
 		return NULL;
 	}
 	struct rg_header *hdr = rec;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 id = bpf_get_current_pid_tgid();
 
 	hdr->timestamp_ns = bpf_ktime_get_boot_ns();
 	hdr->seq = seq;
 	hdr->cgroup_id = bpf_get_current_cgroup_id();
-	hdr->start_boottime = rg_task_start(task);
+	hdr->start_boottime = with_task ? rg_task_start((struct task_struct *)bpf_get_current_task()) : 0;
 	hdr->kind = kind;
 	hdr->cpu = bpf_get_smp_processor_id();
 	hdr->pid = id >> 32;
@@ -139,7 +140,7 @@ static __always_inline void *rg_reserve_checked(void *rec, __u32 kind)
 }
 
 #define rg_reserve(type, kind) \
-	((type *)rg_reserve_checked(bpf_ringbuf_reserve(&rg_events, sizeof(type), 0), kind))
+	((type *)rg_claim(bpf_ringbuf_reserve(&rg_events, sizeof(type), 0), kind, true))
 
 static __always_inline void rg_submit(void *rec)
 {

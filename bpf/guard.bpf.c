@@ -70,32 +70,14 @@ static __always_inline __u32 rg_enforced_action(struct rg_guard_config *cfg, boo
 	return act ? done : RG_ACTION_REPORTED;
 }
 
-/* A block record; the header is filled without the task (cgroup socket hooks
- * may not read it), so the consumer resolves the process by pid. */
+/* A block record, header filled without the task (see rg_claim). */
 static __always_inline struct rg_block_record *rg_block_reserve(__u32 kind, __u32 action, __u32 rule)
 {
-	__u32 zero = 0;
-	struct rg_counters *counters = bpf_map_lookup_elem(&rg_counters, &zero);
-	struct rg_block_record *e;
-	__u64 seq = 0;
+	struct rg_block_record *e = rg_claim(bpf_ringbuf_reserve(&rg_events, sizeof(*e), 0), kind, false);
 
-	if (counters)
-		seq = __sync_fetch_and_add(&counters->seq, 1);
-	e = bpf_ringbuf_reserve(&rg_events, sizeof(*e), 0);
-	if (!e) {
-		if (counters && kind < RG_KIND_SLOTS)
-			__sync_fetch_and_add(&counters->lost[kind], 1);
+	if (!e)
 		return NULL;
-	}
-	__u64 id = bpf_get_current_pid_tgid();
-	__builtin_memset(e, 0, sizeof(*e));
-	e->hdr.timestamp_ns = bpf_ktime_get_boot_ns();
-	e->hdr.seq = seq;
-	e->hdr.cgroup_id = bpf_get_current_cgroup_id();
-	e->hdr.kind = kind;
-	e->hdr.cpu = bpf_get_smp_processor_id();
-	e->hdr.pid = id >> 32;
-	e->hdr.tid = (__u32)id;
+	__builtin_memset((char *)e + sizeof(e->hdr), 0, sizeof(*e) - sizeof(e->hdr));
 	e->action = action;
 	e->rule_index = rule;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
