@@ -185,16 +185,23 @@ static __always_inline __u32 rg_parse_pid(const unsigned char *name)
 	return 0;
 }
 
-/* Target pid when the file is /proc/<pid>/mem or /proc/<pid>/task/<tid>/mem. */
-static __always_inline __u32 rg_proc_mem_target(struct file *file)
+/* Target pid when the file is /proc/<pid>/mem or /proc/<pid>/environ (or the
+ * same under task/<tid>/): both read the target's memory. *method is set to
+ * RG_MEM_PROC_MEM_OPEN or RG_MEM_PROC_ENVIRON_OPEN. 0 for any other file. */
+static __always_inline __u32 rg_proc_memory_target(struct file *file, __u32 *method)
 {
 	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	char name[4] = {};
+	char name[8] = {};
 
 	if (BPF_CORE_READ(dentry, d_sb, s_magic) != PROC_SUPER_MAGIC)
 		return 0;
-	bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(dentry, d_name.name));
-	if (name[0] != 'm' || name[1] != 'e' || name[2] != 'm' || name[3] != 0)
+	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(dentry, d_name.name));
+	if (name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 0)
+		*method = RG_MEM_PROC_MEM_OPEN;
+	else if (name[0] == 'e' && name[1] == 'n' && name[2] == 'v' && name[3] == 'i' && name[4] == 'r' &&
+		 name[5] == 'o' && name[6] == 'n' && name[7] == 0)
+		*method = RG_MEM_PROC_ENVIRON_OPEN;
+	else
 		return 0;
 	return rg_parse_pid(BPF_CORE_READ(dentry, d_parent, d_name.name));
 }

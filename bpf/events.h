@@ -32,6 +32,8 @@
 #define RG_KIND_OPEN_INODE 12
 #define RG_KIND_MIRAGE_TRAP 13
 #define RG_KIND_PTRACE_DENIED 14
+/* 15 (mode_changed) is made by the guard in user space. */
+#define RG_KIND_PROTECTED_FILE_CHANGED 16
 /* Size of the per-kind counter arrays; kinds stay below it. */
 #define RG_KIND_SLOTS 32
 
@@ -44,6 +46,8 @@
 #define RG_MEM_VM_READV 1
 #define RG_MEM_VM_WRITEV 2
 #define RG_MEM_PROC_MEM_OPEN 3
+#define RG_MEM_PIDFD_GETFD 4       /* a descriptor taken from another process */
+#define RG_MEM_PROC_ENVIRON_OPEN 5 /* /proc/<pid>/environ: the target's environment */
 
 /* Which open syscall a file_open came from. */
 #define RG_OPEN_OPEN 1
@@ -147,6 +151,14 @@ struct rg_memory_record {
 #define RG_MODE_AUDIT 0
 #define RG_MODE_ENFORCE 1
 
+/* How a protected file was changed (rg_block_record.flags of
+ * RG_KIND_PROTECTED_FILE_CHANGED). */
+#define RG_CHANGE_DELETE 1
+#define RG_CHANGE_MOVE 2
+#define RG_CHANGE_CREATE 3
+#define RG_CHANGE_MODIFY 4
+#define RG_CHANGE_ATTRIBUTES 5
+
 /* Protected inode kinds (rg_protected_value.kind). */
 #define RG_PROTECT_FILE 1
 #define RG_PROTECT_MIRAGE 2
@@ -206,7 +218,7 @@ struct rg_block_record {
 	unsigned short port;
 	unsigned short protocol;
 	unsigned short pad;
-	unsigned int flags;       /* ptrace: RG_MEM_* method; raw socket: SOCK_* type */
+	unsigned int flags;       /* ptrace: RG_MEM_* method; raw socket: SOCK_* type; change: RG_CHANGE_* */
 	unsigned char addr[RG_ADDR_LEN];
 	unsigned long long dev;
 	unsigned long long ino;

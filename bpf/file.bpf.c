@@ -1,4 +1,5 @@
-/* File opens, and opens of /proc/<pid>/mem (process-memory access). */
+/* File opens, and opens of /proc/<pid>/mem and /proc/<pid>/environ
+ * (process-memory access). */
 #include "common.bpf.h"
 
 RG_INFLIGHT_MAP(rg_open_args);
@@ -13,14 +14,14 @@ static __always_inline int rg_open_enter(const char *path, __u64 flags, __u64 mo
 	return 0;
 }
 
-static __always_inline void rg_emit_proc_mem(struct rg_inflight *args, long ret, __u32 target)
+static __always_inline void rg_emit_proc_mem(struct rg_inflight *args, long ret, __u32 target, __u32 method)
 {
 	struct rg_memory_record *e = rg_reserve(struct rg_memory_record, RG_KIND_PROCESS_MEMORY);
 	if (!e)
 		return;
 	e->retval = ret;
 	e->target_pid = target;
-	e->method = RG_MEM_PROC_MEM_OPEN;
+	e->method = method;
 	e->flags = args->arg1;
 	rg_submit(e);
 }
@@ -36,9 +37,9 @@ static __always_inline int rg_open_exit(long ret)
 	struct inode *inode = file ? BPF_CORE_READ(file, f_inode) : NULL;
 
 	if (file && rg_kind_enabled(RG_KIND_PROCESS_MEMORY)) {
-		__u32 target = rg_proc_mem_target(file);
+		__u32 method = 0, target = rg_proc_memory_target(file, &method);
 		if (target)
-			rg_emit_proc_mem(args, ret, target);
+			rg_emit_proc_mem(args, ret, target, method);
 	}
 	if (!rg_kind_enabled(RG_KIND_FILE_OPEN))
 		goto out;

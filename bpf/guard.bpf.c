@@ -1,13 +1,17 @@
 /* Enforcement: egress by the cgroup socket hooks (EPERM before the connect or
- * send), protected and decoy files, ptrace and process-memory access at the
- * syscall tracepoints (SIGKILL: the caller never returns to user space), and
- * taint. Decisions never depend on the ring buffer: a full ring loses the
- * report, not the decision. */
+ * send); protected and decoy files, ptrace and process-memory access, packet
+ * sockets and changes to protected files by BPF LSM hooks where the kernel
+ * runs them (EPERM before the operation), else at the syscall tracepoints
+ * (SIGKILL: the caller never returns to user space); and taint. The loader
+ * loads one of the two sets (rg_lsm_* or the tracepoint judges), never both.
+ * Decisions never depend on the ring buffer: a full ring loses the report,
+ * not the decision. */
 #include "common.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
 #define SIGKILL 9
+#define EPERM 1
 #define RG_MAX_DIR_DEPTH 64
 
 struct {
@@ -68,6 +72,23 @@ static __always_inline __u32 rg_enforced_action(struct rg_guard_config *cfg, boo
 	if (cfg->mode != RG_MODE_ENFORCE)
 		return RG_ACTION_WOULD_BLOCK;
 	return act ? done : RG_ACTION_REPORTED;
+}
+
+/* Carries out a refusal the one way each hook can: an LSM hook returns EPERM
+ * before the operation (RG_ACTION_BLOCKED, the caller returns -EPERM); a
+ * tracepoint kills the caller (RG_ACTION_KILLED). */
+static __always_inline __u32 rg_refuse(struct rg_guard_config *cfg, bool act, bool lsm)
+{
+	__u32 action = rg_enforced_action(cfg, act, lsm ? RG_ACTION_BLOCKED : RG_ACTION_KILLED);
+
+	if (action == RG_ACTION_KILLED)
+		bpf_send_signal(SIGKILL);
+	return action;
+}
+
+static __always_inline int rg_lsm_verdict(__u32 action)
+{
+	return action == RG_ACTION_BLOCKED ? -EPERM : 0;
 }
 
 /* A block record, header filled without the task (see rg_claim). */
@@ -244,41 +265,58 @@ int rg_guard_sock_create(struct bpf_sock *ctx)
 }
 
 /* Packet sockets are not inet sockets: the cgroup hook above never runs for
- * them. Judged at socket() entry instead, where enforcement is a kill. */
-SEC("tp/syscalls/sys_enter_socket")
-int rg_guard_socket(struct trace_event_raw_sys_enter *ctx)
+ * them. Judged by the socket_create LSM hook, or at socket() entry, where
+ * enforcement is a kill. */
+static __always_inline __u32 rg_judge_packet_socket(__u32 type, __u16 protocol, bool lsm)
 {
 	struct rg_guard_config *cfg = rg_config();
 
-	if (!cfg || !cfg->raw_socket_deny || ctx->args[0] != AF_PACKET || !rg_guarded(cfg))
+	if (!cfg || !cfg->raw_socket_deny || !rg_guarded(cfg))
 		return 0;
-	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_KILLED);
-	if (action == RG_ACTION_KILLED)
-		bpf_send_signal(SIGKILL);
+	__u32 action = rg_refuse(cfg, true, lsm);
 	struct rg_block_record *e = rg_block_reserve(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_RAW_SOCKET);
 	if (e) {
 		e->family = AF_PACKET;
-		e->protocol = bpf_ntohs((__u16)ctx->args[2]);
-		e->flags = ctx->args[1] & 0xf; /* without SOCK_NONBLOCK / SOCK_CLOEXEC */
+		e->protocol = protocol;
+		e->flags = type;
 		rg_submit(e);
 	}
+	return action;
+}
+
+SEC("tp/syscalls/sys_enter_socket")
+int rg_guard_socket(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[0] == AF_PACKET)
+		rg_judge_packet_socket(ctx->args[1] & 0xf /* without SOCK_NONBLOCK / SOCK_CLOEXEC */,
+				       bpf_ntohs((__u16)ctx->args[2]), false);
 	return 0;
+}
+
+SEC("lsm/socket_create")
+int BPF_PROG(rg_lsm_socket_create, int family, int type, int protocol, int kern, int ret)
+{
+	if (ret || kern || family != AF_PACKET)
+		return ret; /* inet raw and ping sockets: the cgroup hook above */
+	return rg_lsm_verdict(rg_judge_packet_socket(type & 0xf, bpf_ntohs((__u16)protocol), true));
 }
 
 /* ---- ptrace and process memory ---- */
 
-static __always_inline void rg_judge_ptrace(struct rg_guard_config *cfg, __u32 target, __u32 method)
+/* target: the thread group id of the process accessed (as the caller named
+ * it, for the tracepoints; the kernel's own, for the LSM hook). A process's
+ * access to itself is never judged. Returns the action taken, 0 for none. */
+static __always_inline __u32 rg_judge_ptrace(struct rg_guard_config *cfg, __u32 target, __u32 method, bool lsm)
 {
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	bool guarded = rg_guarded(cfg);
 	__u32 *protected_rule = target ? bpf_map_lookup_elem(&rg_protected_pids, &target) : NULL;
 
 	if (!(guarded && cfg->ptrace_deny) && !protected_rule)
-		return;
-	if ((bpf_get_current_pid_tgid() >> 32) == cfg->guard_tgid)
-		return;
-	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_KILLED);
-	if (action == RG_ACTION_KILLED)
-		bpf_send_signal(SIGKILL);
+		return 0;
+	if (tgid == cfg->guard_tgid || target == tgid)
+		return 0;
+	__u32 action = rg_refuse(cfg, true, lsm);
 	struct rg_block_record *e = rg_block_reserve(RG_KIND_PTRACE_DENIED, action,
 						     protected_rule ? *protected_rule : RG_RULE_PTRACE_DENY);
 	if (e) {
@@ -286,6 +324,7 @@ static __always_inline void rg_judge_ptrace(struct rg_guard_config *cfg, __u32 t
 		e->flags = method;
 		rg_submit(e);
 	}
+	return action;
 }
 
 SEC("tp/syscalls/sys_enter_ptrace")
@@ -293,7 +332,7 @@ int rg_guard_ptrace(struct trace_event_raw_sys_enter *ctx)
 {
 	struct rg_guard_config *cfg = rg_config();
 	if (cfg)
-		rg_judge_ptrace(cfg, ctx->args[1], 0);
+		rg_judge_ptrace(cfg, ctx->args[1], 0, false);
 	return 0;
 }
 
@@ -302,7 +341,7 @@ int rg_guard_vm_readv(struct trace_event_raw_sys_enter *ctx)
 {
 	struct rg_guard_config *cfg = rg_config();
 	if (cfg)
-		rg_judge_ptrace(cfg, ctx->args[0], RG_MEM_VM_READV);
+		rg_judge_ptrace(cfg, ctx->args[0], RG_MEM_VM_READV, false);
 	return 0;
 }
 
@@ -311,25 +350,98 @@ int rg_guard_vm_writev(struct trace_event_raw_sys_enter *ctx)
 {
 	struct rg_guard_config *cfg = rg_config();
 	if (cfg)
-		rg_judge_ptrace(cfg, ctx->args[0], RG_MEM_VM_WRITEV);
+		rg_judge_ptrace(cfg, ctx->args[0], RG_MEM_VM_WRITEV, false);
 	return 0;
 }
 
-/* ---- files: protected inodes, decoys, /proc/<pid>/mem ---- */
+#define PIDFS_MAGIC 0x50494446
 
-/* The protection covering a file: its own inode, or a protected directory
- * above it. Inode-based, so hard links, symlinks and renames do not escape. */
-static __always_inline struct rg_protected_value *rg_protection(struct file *file)
+/* pidfd_getfd copies a descriptor out of another process: the pidfd's
+ * struct pid names the target (in the kernel's numbering). A pidfs inode
+ * (6.9+) holds it in i_private, the older anonymous inode in private_data. */
+SEC("tp/syscalls/sys_enter_pidfd_getfd")
+int rg_guard_pidfd_getfd(struct trace_event_raw_sys_enter *ctx)
 {
-	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	struct rg_guard_config *cfg = rg_config();
+	struct file *file = rg_fd_file(ctx->args[0]);
+	struct pid *pid = NULL;
+
+	if (file)
+		pid = BPF_CORE_READ(file, f_inode, i_sb, s_magic) == PIDFS_MAGIC ? BPF_CORE_READ(file, f_inode, i_private)
+									      : BPF_CORE_READ(file, private_data);
+
+	if (cfg && pid)
+		rg_judge_ptrace(cfg, BPF_CORE_READ(pid, numbers[0].nr), RG_MEM_PIDFD_GETFD, false);
+	return 0;
+}
+
+#define PTRACE_MODE_ATTACH 0x02
+
+#if defined(__TARGET_ARCH_x86)
+#define RG_NR_PROCESS_VM_READV 310
+#define RG_NR_PROCESS_VM_WRITEV 311
+#define RG_NR_PIDFD_GETFD 438
+#endif
+
+/* Which call asked: the LSM hook serves ptrace, process_vm_readv/writev and
+ * pidfd_getfd alike (/proc/<pid>/mem is refused earlier, at file_open). */
+static __always_inline __u32 rg_access_method(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	long nr = BPF_CORE_READ(regs, orig_ax);
+
+	if (nr == RG_NR_PROCESS_VM_READV)
+		return RG_MEM_VM_READV;
+	if (nr == RG_NR_PROCESS_VM_WRITEV)
+		return RG_MEM_VM_WRITEV;
+	if (nr == RG_NR_PIDFD_GETFD)
+		return RG_MEM_PIDFD_GETFD;
+#endif
+	return 0;
+}
+
+/* Attach-mode checks only: read-mode checks serve /proc listings (ps reads
+ * /proc/<pid>/stat through them) and are not memory access. The kernel skips
+ * the hook for a process's access to itself. */
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(rg_lsm_ptrace_access, struct task_struct *child, unsigned int mode, int ret)
+{
+	struct rg_guard_config *cfg = rg_config();
+
+	if (ret || !cfg || !(mode & PTRACE_MODE_ATTACH))
+		return ret;
+	return rg_lsm_verdict(rg_judge_ptrace(cfg, BPF_CORE_READ(child, tgid), rg_access_method(), true));
+}
+
+/* PTRACE_TRACEME makes the parent the tracer. */
+SEC("lsm/ptrace_traceme")
+int BPF_PROG(rg_lsm_ptrace_traceme, struct task_struct *parent, int ret)
+{
+	struct rg_guard_config *cfg = rg_config();
+
+	if (ret || !cfg)
+		return ret;
+	return rg_lsm_verdict(rg_judge_ptrace(cfg, BPF_CORE_READ(parent, tgid), 0, true));
+}
+
+/* ---- files: protected inodes, decoys, /proc/<pid>/mem and environ ---- */
+
+/* The protection covering a dentry: its own inode, or a protected directory
+ * above it. Inode-based, so hard links, symlinks and renames do not escape. */
+static __always_inline struct rg_protected_value *rg_protection(struct dentry *dentry)
+{
 	struct rg_inode_key key = {};
 	struct rg_protected_value *v;
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
 
-	key.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
-	key.ino = BPF_CORE_READ(file, f_inode, i_ino);
-	v = bpf_map_lookup_elem(&rg_protected, &key);
-	if (v)
-		return v;
+	key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
+	if (inode) {
+		key.ino = BPF_CORE_READ(inode, i_ino);
+		v = bpf_map_lookup_elem(&rg_protected, &key);
+		if (v)
+			return v;
+	}
 	for (int i = 0; i < RG_MAX_DIR_DEPTH; i++) {
 		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
 		if (!parent || parent == dentry)
@@ -343,49 +455,154 @@ static __always_inline struct rg_protected_value *rg_protection(struct file *fil
 	return NULL;
 }
 
-static __always_inline int rg_guard_opened(struct file *file);
-
-static __always_inline int rg_guard_open_exit(long ret)
+/* Reports a decision on a file; dentry names it (its inode may be absent:
+ * an entry about to be created). */
+static __always_inline void rg_report_file(__u32 kind, __u32 action, __u32 rule, struct dentry *dentry, __u32 flags)
 {
-	return ret < 0 ? 0 : rg_guard_opened(rg_fd_file(ret));
+	struct rg_block_record *e = rg_block_reserve(kind, action, rule);
+
+	if (!e)
+		return;
+	e->dev = BPF_CORE_READ(dentry, d_sb, s_dev);
+	e->ino = BPF_CORE_READ(dentry, d_inode, i_ino);
+	e->flags = flags;
+	bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(dentry, d_name.name));
+	rg_submit(e);
 }
 
-static __always_inline int rg_guard_opened(struct file *file)
+/* An open of a protected file, a decoy, or another process's memory or
+ * environment. Returns the action taken, 0 for none. */
+static __always_inline __u32 rg_judge_open(struct file *file, bool lsm)
 {
 	struct rg_guard_config *cfg = rg_config();
 
 	if (!file || !cfg || !rg_guarded(cfg))
 		return 0;
 	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	__u32 target = rg_proc_mem_target(file);
+	__u32 method = 0, target = rg_proc_memory_target(file, &method);
 
-	if (target) {
-		rg_judge_ptrace(cfg, target, RG_MEM_PROC_MEM_OPEN);
-		return 0;
-	}
+	if (target)
+		return rg_judge_ptrace(cfg, target, method, lsm);
 
-	struct rg_protected_value *v = rg_protection(file);
+	struct rg_protected_value *v = rg_protection(dentry);
 	if (!v)
 		return 0;
 	__u32 kind = v->kind == RG_PROTECT_MIRAGE ? RG_KIND_MIRAGE_TRAP : RG_KIND_OPEN_INODE;
-	bool kill = v->kind == RG_PROTECT_MIRAGE ? cfg->mirage_kill : cfg->file_kill;
-	__u32 action = rg_enforced_action(cfg, kill, RG_ACTION_KILLED);
+	bool act = v->kind == RG_PROTECT_MIRAGE ? cfg->mirage_kill : cfg->file_kill;
+	__u32 action = rg_refuse(cfg, act, lsm);
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	if (cfg->taint_from & (1U << v->kind)) {
+	/* A refused open read nothing: only an open that goes through taints. */
+	if ((cfg->taint_from & (1U << v->kind)) && action != RG_ACTION_BLOCKED) {
 		__u8 one = 1;
 		bpf_map_update_elem(&rg_tainted, &tgid, &one, BPF_ANY);
 	}
-	if (action == RG_ACTION_KILLED)
-		bpf_send_signal(SIGKILL);
-	struct rg_block_record *e = rg_block_reserve(kind, action, v->rule_index);
-	if (e) {
-		e->dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
-		e->ino = BPF_CORE_READ(file, f_inode, i_ino);
-		bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(dentry, d_name.name));
-		rg_submit(e);
-	}
+	rg_report_file(kind, action, v->rule_index, dentry, 0);
+	return action;
+}
+
+static __always_inline int rg_guard_open_exit(long ret)
+{
+	if (ret >= 0)
+		rg_judge_open(rg_fd_file(ret), false);
 	return 0;
+}
+
+/* Every open reaches this hook before the file is usable: the open syscalls,
+ * open_by_handle_at, io_uring (fixed-file table included) and execve. */
+SEC("lsm/file_open")
+int BPF_PROG(rg_lsm_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	return rg_lsm_verdict(rg_judge_open(file, true));
+}
+
+/* A change by path to a protected file, or to the entries of a protected
+ * directory: refused before it happens (LSM only; without it the guard
+ * detects changes through fanotify). */
+static __always_inline int rg_judge_change(struct dentry *dentry, __u32 operation)
+{
+	struct rg_guard_config *cfg = rg_config();
+
+	if (!cfg || !rg_guarded(cfg))
+		return 0;
+	struct rg_protected_value *v = rg_protection(dentry);
+	if (!v)
+		return 0;
+	__u32 action = rg_refuse(cfg, cfg->file_kill, true);
+	rg_report_file(RG_KIND_PROTECTED_FILE_CHANGED, action, v->rule_index, dentry, operation);
+	return rg_lsm_verdict(action);
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(rg_lsm_unlink, const struct path *dir, struct dentry *dentry, int ret)
+{
+	return ret ? ret : rg_judge_change(dentry, RG_CHANGE_DELETE);
+}
+
+SEC("lsm/path_rmdir")
+int BPF_PROG(rg_lsm_rmdir, const struct path *dir, struct dentry *dentry, int ret)
+{
+	return ret ? ret : rg_judge_change(dentry, RG_CHANGE_DELETE);
+}
+
+/* Either end may be protected: moving a protected file away, or over it. */
+SEC("lsm/path_rename")
+int BPF_PROG(rg_lsm_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, int ret)
+{
+	if (ret)
+		return ret;
+	ret = rg_judge_change(old_dentry, RG_CHANGE_MOVE);
+	return ret ? ret : rg_judge_change(new_dentry, RG_CHANGE_MOVE);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(rg_lsm_truncate, const struct path *path, int ret)
+{
+	return ret ? ret : rg_judge_change(BPF_CORE_READ(path, dentry), RG_CHANGE_MODIFY);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(rg_lsm_chmod, const struct path *path, umode_t mode, int ret)
+{
+	return ret ? ret : rg_judge_change(BPF_CORE_READ(path, dentry), RG_CHANGE_ATTRIBUTES);
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(rg_lsm_chown, const struct path *path, __u32 uid, __u32 gid, int ret) /* kuid_t, kgid_t */
+{
+	return ret ? ret : rg_judge_change(BPF_CORE_READ(path, dentry), RG_CHANGE_ATTRIBUTES);
+}
+
+/* New entries in a protected directory (the new dentry has no inode yet: its
+ * parent decides). A hard link to a protected file is a create too. */
+SEC("lsm/path_mknod")
+int BPF_PROG(rg_lsm_mknod, const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev, int ret)
+{
+	return ret ? ret : rg_judge_change(dentry, RG_CHANGE_CREATE);
+}
+
+SEC("lsm/path_mkdir")
+int BPF_PROG(rg_lsm_mkdir, const struct path *dir, struct dentry *dentry, umode_t mode, int ret)
+{
+	return ret ? ret : rg_judge_change(dentry, RG_CHANGE_CREATE);
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(rg_lsm_symlink, const struct path *dir, struct dentry *dentry, const char *old_name, int ret)
+{
+	return ret ? ret : rg_judge_change(dentry, RG_CHANGE_CREATE);
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(rg_lsm_link, struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry, int ret)
+{
+	if (ret)
+		return ret;
+	ret = rg_judge_change(old_dentry, RG_CHANGE_CREATE);
+	return ret ? ret : rg_judge_change(new_dentry, RG_CHANGE_CREATE);
 }
 
 SEC("tp/syscalls/sys_exit_open")
@@ -411,22 +628,10 @@ int rg_guard_by_handle(struct trace_event_raw_sys_exit *ctx) { return rg_guard_o
 /* A packet socket made through io_uring: refused like one made by socket(). */
 static __always_inline void rg_guard_uring_socket(struct file *file)
 {
-	struct rg_guard_config *cfg = rg_config();
 	struct socket *sock = file ? BPF_CORE_READ(file, private_data) : NULL;
 
-	if (!sock || !cfg || !cfg->raw_socket_deny || !rg_guarded(cfg))
-		return;
-	if (BPF_CORE_READ(sock, sk, __sk_common.skc_family) != AF_PACKET)
-		return;
-	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_KILLED);
-	if (action == RG_ACTION_KILLED)
-		bpf_send_signal(SIGKILL);
-	struct rg_block_record *e = rg_block_reserve(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_RAW_SOCKET);
-	if (e) {
-		e->family = AF_PACKET;
-		e->flags = SOCK_RAW;
-		rg_submit(e);
-	}
+	if (sock && BPF_CORE_READ(sock, sk, __sk_common.skc_family) == AF_PACKET)
+		rg_judge_packet_socket(SOCK_RAW, 0, false);
 }
 
 /* Opens and sockets submitted through io_uring never pass the syscalls'
@@ -444,7 +649,7 @@ int BPF_PROG(rg_guard_uring, void *ring, void *req, struct io_uring_cqe *cqe)
 	if (res < 0)
 		return 0;
 	if (opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2)
-		return rg_guard_opened(rg_fd_file(res));
+		rg_judge_open(rg_fd_file(res), false);
 	if (opcode == IORING_OP_SOCKET)
 		rg_guard_uring_socket(rg_fd_file(res));
 	return 0;
@@ -458,9 +663,9 @@ SEC("tp_btf/io_uring_cqe_overflow")
 int BPF_PROG(rg_guard_uring_overflow, void *ring, unsigned long long user_data, int res, unsigned int cflags,
 	     void *ocqe)
 {
-	if (res < 0)
-		return 0;
-	return rg_guard_opened(rg_fd_file(res));
+	if (res >= 0)
+		rg_judge_open(rg_fd_file(res), false);
+	return 0;
 }
 
 /* ---- taint follows children ---- */

@@ -28,6 +28,10 @@ int BPF_PROG(rg_probe_fentry) { return 0; }
 SEC("lsm/file_open")
 int BPF_PROG(rg_probe_lsm, struct file *file) { return 0; }
 
+/* The path hooks exist only with CONFIG_SECURITY_PATH. */
+SEC("lsm/path_unlink")
+int BPF_PROG(rg_probe_lsm_path, const struct path *dir, struct dentry *dentry) { return 0; }
+
 SEC("kprobe/do_nanosleep")
 int rg_probe_kprobe(void *ctx) { return 0; }
 

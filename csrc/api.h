@@ -16,6 +16,7 @@ struct rg_options {
 	unsigned int self_tgid;          /* never traced: the consuming process */
 	unsigned int batch_limit;        /* most events one poll returns */
 	int guard_cgroup_fd;             /* >= 0: load the guard, its socket hooks on this cgroup */
+	unsigned int guard_lsm;          /* 1: the guard judges by BPF LSM hooks, 0: at tracepoints */
 };
 
 struct rg_stats {

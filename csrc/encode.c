@@ -28,6 +28,7 @@ static const char *const kind_names[RG_KIND_SLOTS] = {
 	[RG_KIND_OPEN_INODE] = "open_inode",
 	[RG_KIND_MIRAGE_TRAP] = "mirage_trap",
 	[RG_KIND_PTRACE_DENIED] = "ptrace_denied",
+	[RG_KIND_PROTECTED_FILE_CHANGED] = "protected_file_changed",
 };
 
 static const size_t kind_sizes[RG_KIND_SLOTS] = {
@@ -44,6 +45,7 @@ static const size_t kind_sizes[RG_KIND_SLOTS] = {
 	[RG_KIND_OPEN_INODE] = sizeof(struct rg_block_record),
 	[RG_KIND_MIRAGE_TRAP] = sizeof(struct rg_block_record),
 	[RG_KIND_PTRACE_DENIED] = sizeof(struct rg_block_record),
+	[RG_KIND_PROTECTED_FILE_CHANGED] = sizeof(struct rg_block_record),
 };
 
 static void mp_name(struct mp_writer *w, const char *s) { mp_str_raw(w, s, strlen(s)); }
@@ -434,6 +436,8 @@ static void mp_memory_method(struct mp_writer *w, unsigned int method)
 	case RG_MEM_VM_READV: mp_lit(w, "process_vm_readv"); break;
 	case RG_MEM_VM_WRITEV: mp_lit(w, "process_vm_writev"); break;
 	case RG_MEM_PROC_MEM_OPEN: mp_lit(w, "proc_mem_open"); break;
+	case RG_MEM_PIDFD_GETFD: mp_lit(w, "pidfd_getfd"); break;
+	case RG_MEM_PROC_ENVIRON_OPEN: mp_lit(w, "proc_environ_open"); break;
 	default: mp_lit(w, "ptrace"); break;
 	}
 }
@@ -446,8 +450,8 @@ static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const str
 	mp_lit(w, "type");
 	mp_lit(w, "process_memory");
 	mp_lit(w, "method");
-	mp_memory_method(w, r->method == RG_MEM_VM_READV || r->method == RG_MEM_VM_WRITEV ? r->method
-											  : RG_MEM_PROC_MEM_OPEN);
+	mp_memory_method(w, r->method == RG_MEM_VM_READV || r->method == RG_MEM_VM_WRITEV ||
+				    r->method == RG_MEM_PROC_ENVIRON_OPEN ? r->method : RG_MEM_PROC_MEM_OPEN);
 	mp_lit(w, "target_pid");
 	mp_uint(w, r->target_pid);
 	mp_lit(w, "flags");
@@ -455,6 +459,17 @@ static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const str
 	mp_lit(w, "result");
 	mp_int(w, r->retval);
 	encode_pid_target(w, r->target_pid);
+}
+
+static void mp_change_operation(struct mp_writer *w, unsigned int operation)
+{
+	switch (operation) {
+	case RG_CHANGE_DELETE: mp_lit(w, "delete"); break;
+	case RG_CHANGE_MOVE: mp_lit(w, "move"); break;
+	case RG_CHANGE_CREATE: mp_lit(w, "create"); break;
+	case RG_CHANGE_ATTRIBUTES: mp_lit(w, "attributes"); break;
+	default: mp_lit(w, "modify"); break;
+	}
 }
 
 static void mp_action(struct mp_writer *w, unsigned int action)
@@ -472,14 +487,15 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 {
 	unsigned int kind = r->hdr.kind;
 	int net = kind == RG_KIND_CONNECT_DENIED || kind == RG_KIND_EXFIL_BLOCKED;
-	int file = kind == RG_KIND_OPEN_INODE || kind == RG_KIND_MIRAGE_TRAP;
+	int change = kind == RG_KIND_PROTECTED_FILE_CHANGED;
+	int file = kind == RG_KIND_OPEN_INODE || kind == RG_KIND_MIRAGE_TRAP || change;
 	struct net_text text;
 
 	encode_common(enc, w, &r->hdr, 3);
 	mp_lit(w, "action");
 	mp_action(w, r->action);
 	mp_lit(w, "data");
-	mp_map(w, net ? 8 : file ? 7 : 6);
+	mp_map(w, net ? 8 : change ? 9 : file ? 7 : 6);
 	mp_lit(w, "type");
 	mp_name(w, kind_names[kind]);
 	mp_lit(w, "rule_index");
@@ -528,6 +544,13 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 		mp_uint(w, user_dev(r->dev));
 		mp_lit(w, "inode");
 		mp_uint(w, r->ino);
+		if (change) {
+			/* Made by an LSM hook, before the change: refused, or let through in audit mode. */
+			mp_lit(w, "operation");
+			mp_change_operation(w, r->flags);
+			mp_lit(w, "detected_not_prevented");
+			mp_bool(w, 0);
+		}
 		mp_lit(w, "target_context");
 		encode_inode_target(w, r->dev, r->ino, r->path, name_len);
 	} else {

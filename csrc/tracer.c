@@ -300,6 +300,30 @@ static void skip_missing_hooks(struct bpf_object *obj)
 	btf__free(vmlinux);
 }
 
+/* The guard's tracepoint judges, which its LSM hooks replace where BPF LSM
+ * runs: one set or the other is loaded, so no operation is judged twice. */
+static const char *const tracepoint_judges[] = {
+	"rg_guard_open",   "rg_guard_creat",     "rg_guard_openat",    "rg_guard_openat2",
+	"rg_guard_by_handle", "rg_guard_socket", "rg_guard_ptrace",    "rg_guard_vm_readv",
+	"rg_guard_vm_writev", "rg_guard_pidfd_getfd", "rg_guard_uring", "rg_guard_uring_overflow",
+};
+
+static void choose_guard_backend(struct bpf_object *obj, int lsm)
+{
+	struct bpf_program *prog;
+
+	bpf_object__for_each_program(prog, obj) {
+		int judge = 0;
+
+		for (size_t i = 0; i < sizeof(tracepoint_judges) / sizeof(tracepoint_judges[0]); i++)
+			judge |= !strcmp(bpf_program__name(prog), tracepoint_judges[i]);
+		if (bpf_program__type(prog) == BPF_PROG_TYPE_LSM)
+			bpf_program__set_autoload(prog, lsm);
+		else if (judge)
+			bpf_program__set_autoload(prog, !lsm);
+	}
+}
+
 static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 {
 	struct sensor *s = &t->sensors[i];
@@ -320,6 +344,8 @@ static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 			return fail(err, errlen, ret, "%s sensor: sharing map %s", sensor_names[i], shared_maps[m]);
 		}
 	}
+	if (i == SENSOR_GUARD)
+		choose_guard_backend(s->obj, t->opts.guard_lsm);
 	skip_missing_hooks(s->obj);
 	if ((ret = bpf_object__load(s->obj)))
 		return fail(err, errlen, ret, "loading the %s sensor's BPF programs", sensor_names[i]);

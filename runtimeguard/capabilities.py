@@ -29,6 +29,7 @@ _PROBES = (
     ("tp_btf", "rg_probe_tp_btf", "BTF tracepoints: fork, exec, exit"),
     ("fentry", "rg_probe_fentry", "fentry/fexit on kernel functions"),
     ("bpf_lsm", "rg_probe_lsm", "BPF LSM: synchronous EPERM"),
+    ("bpf_lsm_path", "rg_probe_lsm_path", "BPF LSM path hooks: refuse changes to protected files"),
     ("kprobe", "rg_probe_kprobe", "kprobes on kernel functions"),
     ("cgroup_connect4", "rg_probe_connect4", "cgroup connect hooks: block connects"),
     ("cgroup_sendmsg4", "rg_probe_sendmsg4", "cgroup sendmsg hooks: block datagrams"),
@@ -43,8 +44,10 @@ _LSM_STRENGTH = {
     "files": "BPF LSM (EPERM before open)",
     "ptrace": "BPF LSM (EPERM before attach)",
     "process_memory": "BPF LSM (EPERM before the memory is opened)",
+    "file_changes": "BPF LSM (EPERM before unlink, rename, truncate, chmod, create)",
 }
 KILL_AFTER = "tracepoint + bpf_send_signal(SIGKILL) (kill after the syscall)"
+CHANGES_DETECTED = "fanotify (detected after the fact, the process killed then)"
 DETECT_ONLY = "detect only"
 UNAVAILABLE = "unavailable (syscall tracepoints do not work)"
 NETWORK_HOOKS = "cgroup sock_addr hooks (EPERM before connect/send)"
@@ -78,7 +81,7 @@ def capabilities() -> Capabilities:
     environment.prepare()
     config = kernel_config()
     features = [_probe(name, program, purpose, config) for name, program, purpose in _PROBES]
-    features = [_check_lsm_active(f, config) if f.name == "bpf_lsm" else f for f in features]
+    features = [_check_lsm_active(f, config) if f.name.startswith("bpf_lsm") else f for f in features]
     features += _facts()
     ia32 = ia32_emulation(config)
     if ia32:
@@ -227,9 +230,28 @@ def _enforcement(works: set[str]) -> dict[str, str]:
     else:
         fallback = DETECT_ONLY
     enforcement = {"network": NETWORK_HOOKS if "cgroup_connect4" in works else fallback}
-    for area, lsm in _LSM_STRENGTH.items():
-        enforcement[area] = lsm if "bpf_lsm" in works else fallback
+    lsm = _LSM_FEATURES <= works
+    for area, strength in _LSM_STRENGTH.items():
+        enforcement[area] = strength if lsm else CHANGES_DETECTED if area == "file_changes" else fallback
     return enforcement
+
+
+# The guard's LSM backend needs both: file_open and the others, and the path hooks.
+_LSM_FEATURES = {"bpf_lsm", "bpf_lsm_path"}
+
+
+@functools.lru_cache(maxsize=None)
+def lsm_enforcement() -> tuple[bool, str]:
+    """Whether the guard's BPF LSM hooks run here, and if not, why: probes the
+    two LSM mechanisms only (cheaper than :func:`capabilities`)."""
+    environment.prepare()
+    config = kernel_config()
+    for name, program, purpose in _PROBES:
+        if name in _LSM_FEATURES:
+            f = _check_lsm_active(_probe(name, program, purpose, config), config)
+            if not f.available:
+                return False, f"{name}: {f.detail}"
+    return True, "BPF LSM hooks load and 'bpf' is an active LSM"
 
 
 def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
@@ -243,9 +265,10 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
                     "net_connect events (the guard judges io_uring opens at completion, except opens into "
                     "the fixed-file table, and its cgroup hooks see io_uring connects); "
                     "sysctl kernel.io_uring_disabled=2 closes this")
-    if "bpf_lsm" not in works and "bpf_send_signal" in works:
+    if not _LSM_FEATURES <= works and "bpf_send_signal" in works:
         gaps.append("file, ptrace and memory enforcement kills the caller after the syscall: the syscall "
-                    "completes (an opened file is opened) but the process never returns to user space")
+                    "completes (an opened file is opened) but the process never returns to user space; "
+                    "changes to protected files are detected after the fact, not prevented")
     if "tracepoint" not in works:
         gaps.append("syscall tracepoints do not work: no file, network or ptrace events")
     if "ring_buffer" not in works:

@@ -9,11 +9,14 @@ returned to the caller.
 What each mechanism guarantees (see README, "Security"):
 - egress (connect_denied, exfil_blocked): cgroup connect4/6 and sendmsg4/6
   hooks refuse the operation; the caller gets EPERM and nothing is sent.
-- files, decoys, ptrace, process memory (open_inode, mirage_trap,
-  ptrace_denied): detected at the syscall tracepoints; in enforce mode the
-  caller is sent SIGKILL there. The syscall itself may complete (an open has
-  already opened the file), but the process never returns to user space to use
-  the result.
+- files, decoys, ptrace, process memory, packet sockets, changes to protected
+  files: where BPF LSM runs (the "lsm" backend), LSM hooks refuse the
+  operation before it happens and the caller gets EPERM. Elsewhere (the
+  "tracepoint" backend) they are detected at the syscall tracepoints and in
+  enforce mode the caller is sent SIGKILL there: the syscall itself may
+  complete (an open has already opened the file), but the process never
+  returns to user space to use the result; changes by path are detected
+  through fanotify after the fact.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from msgspec.structs import force_setattr
 from . import environment
 from ._native import ffi, lib
 from .audit import AuditLogger, NotificationTracker
+from .capabilities import lsm_enforcement
 from .errors import RuntimeGuardError
 from .policy import Policy, guess_template
 from .mutations import MutationWatch
@@ -54,6 +58,7 @@ _RULE_PTRACE_DENY = -3
 _RULE_RAW_SOCKET = -4
 
 _PROTOCOLS = {"tcp": 6, "udp": 17, "any": 0}
+BACKENDS = ("auto", "lsm", "tracepoint")
 _TAINT_SOURCES = {"files": lib.RG_PROTECT_FILE, "mirage": lib.RG_PROTECT_MIRAGE}
 
 
@@ -93,8 +98,14 @@ class Guard:
 
     def __init__(self, policy: Policy, *, cgroup: Optional[str] = None, audit_log: Optional[str] = None,
                  on_event: Optional[Callable[[Event], None]] = None,
-                 ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE):
+                 ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} must be one of {', '.join(BACKENDS)}")
         self.policy = policy
+        self._backend = backend
+        self.backend: Optional[str] = None
+        """After start(): "lsm" (BPF LSM hooks refuse with EPERM) or "tracepoint"
+        (syscall tracepoints kill; changes by path detected through fanotify)."""
         self.mode = policy.mode
         self._cgroup = cgroup
         self._audit_path = audit_log
@@ -214,6 +225,17 @@ class Guard:
 
     # ---- lifecycle ----
 
+    def _choose_backend(self) -> str:
+        """The strongest mechanism this kernel runs, unless the caller chose."""
+        if self._backend == "tracepoint":
+            return "tracepoint"
+        works, why = lsm_enforcement()
+        if works:
+            return "lsm"
+        if self._backend == "lsm":
+            raise RuntimeGuardError(f"the BPF LSM backend is not available here: {why}")
+        return "tracepoint"
+
     def start(self) -> "Guard":
         environment.prepare()
         if self._cgroup is None:
@@ -229,6 +251,7 @@ class Guard:
             self._scope_path = "/" + os.path.relpath(path, root)
         else:
             path, scope_id, scope_level = environment.cgroup2_mount(), 0, 0
+        self.backend = self._choose_backend()
         try:
             self._create_decoys()
             self._cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -239,10 +262,13 @@ class Guard:
                 cgroups=[scope_id] if scope_id else (),
                 ring_buffer_size=self._ring_buffer_size,
                 guard_cgroup_fd=self._cgroup_fd,
+                guard_lsm=self.backend == "lsm",
                 before_attach=lambda t: self._fill_maps(t, scope_id, scope_level),
             ).start()
+            # The LSM backend refuses changes by path in the kernel; without
+            # it they can only be seen after the fact.
             protected = self.policy.protected_paths()
-            if protected:
+            if protected and self.backend != "lsm":
                 self._mutations = MutationWatch((p.path, p) for p in protected)
         except BaseException:
             self.close()
@@ -305,7 +331,7 @@ class Guard:
             mode = "audit" if ev.action == "would_block" else self.mode
             force_setattr(ev, "policy", PolicyRef(rule=self.rule_id(ev.data.rule_index), mode=mode,
                                                   name=self.policy.name))
-            if ev.name in ("open_inode", "mirage_trap"):
+            if ev.name in ("open_inode", "mirage_trap", "protected_file_changed"):
                 self._name_file(ev)
             decisions.append(ev)
         if self._mutations is not None:
@@ -469,8 +495,9 @@ def format_decision(ev: Event) -> str:
 
 
 def guard(policy: Policy, argv: Sequence[str], *, mode: Optional[str] = None, audit_log: Optional[str] = None,
-          on_event: Optional[Callable[[Event], None]] = None) -> GuardResult:
-    """Runs argv under policy; returns its exit status and the guard's decisions."""
+          on_event: Optional[Callable[[Event], None]] = None, backend: str = "auto") -> GuardResult:
+    """Runs argv under policy; returns its exit status and the guard's decisions.
+    backend: "auto" (the strongest this kernel runs), "lsm" or "tracepoint"."""
     if mode is not None:
         policy = policy.with_mode(mode)
-    return Guard(policy, audit_log=audit_log, on_event=on_event).run(argv)
+    return Guard(policy, audit_log=audit_log, on_event=on_event, backend=backend).run(argv)

@@ -233,7 +233,7 @@ class PtraceData(_Data, tag="ptrace"):
 
 
 class ProcessMemoryData(_Data, tag="process_memory"):
-    method: Literal["process_vm_readv", "process_vm_writev", "proc_mem_open"]
+    method: Literal["process_vm_readv", "process_vm_writev", "proc_mem_open", "proc_environ_open"]
     target_pid: int
     result: int
     flags: int = 0
@@ -288,13 +288,17 @@ class MirageTrapData(_Decision, tag="mirage_trap"):
 
 
 class PtraceDeniedData(_Decision, tag="ptrace_denied"):
-    method: Literal["ptrace", "process_vm_readv", "process_vm_writev", "proc_mem_open"]
+    method: Literal["ptrace", "process_vm_readv", "process_vm_writev", "proc_mem_open", "proc_environ_open",
+                    "pidfd_getfd"]
 
 
 class ProtectedFileChangedData(_Decision, tag="protected_file_changed"):
-    """A protected file was changed by path (unlink, rename, truncate, chmod):
-    seen through fanotify after the fact, never prevented. In enforce mode
-    with ``files.action: kill`` the process that did it is killed then."""
+    """A protected file (or an entry of a protected directory) changed by path:
+    unlink, rename, truncate, chmod/chown, a new entry. Where BPF LSM runs, the
+    change is refused before it happens (``blocked``, EPERM to the caller;
+    ``detected_not_prevented`` false). Elsewhere it is seen through fanotify
+    after the fact, and in enforce mode with ``files.action: kill`` the process
+    that did it is killed then."""
 
     operation: Literal["delete", "move", "create", "modify", "attributes"]
     device: int
@@ -328,7 +332,8 @@ EventData = Union[
     ProtectedFileChangedData,
 ]
 
-BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied")
+BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied",
+                "protected_file_changed")
 
 
 class Event(msgspec.Struct, omit_defaults=True, gc=False):

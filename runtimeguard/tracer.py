@@ -135,6 +135,7 @@ class Tracer:
         callback: Optional[Callable[[Event], None]] = None,
         batch_limit: int = 4096,
         guard_cgroup_fd: int = -1,
+        guard_lsm: bool = False,
         before_attach: Optional[Callable[["Tracer"], None]] = None,
     ):
         names = tuple(DEFAULT_EVENTS if events is None else events)
@@ -157,6 +158,7 @@ class Tracer:
         # The guard's hooks: its socket programs attach to this cgroup, and its
         # policy maps are filled by before_attach, after load, before attach.
         self._guard_cgroup_fd = guard_cgroup_fd
+        self._guard_lsm = guard_lsm
         self._before_attach = before_attach
         self._handle = None
         self._closed = False
@@ -190,6 +192,7 @@ class Tracer:
         opts.self_tgid = os.getpid()
         opts.batch_limit = self._batch_limit
         opts.guard_cgroup_fd = self._guard_cgroup_fd
+        opts.guard_lsm = self._guard_lsm
         err = ffi.new("char[]", _ERR_LEN)
         out = ffi.new("struct rg_tracer **")
         fds_before = set(os.listdir("/proc/self/fd"))

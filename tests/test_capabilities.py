@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 import runtimeguard
-from runtimeguard.capabilities import (DETECT_ONLY, KILL_AFTER, NETWORK_HOOKS, Capabilities, capabilities,
-                                       explain)
+from runtimeguard.capabilities import (CHANGES_DETECTED, DETECT_ONLY, KILL_AFTER, NETWORK_HOOKS, Capabilities,
+                                       capabilities, explain, lsm_enforcement)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="probing loads BPF programs: needs root")
 
@@ -42,11 +42,14 @@ def test_refusals_say_why(caps):
 def test_enforcement_follows_the_features(caps):
     e = caps.enforcement
     assert (e["network"] == NETWORK_HOOKS) == caps.available("cgroup_connect4")
-    lsm = caps.available("bpf_lsm")
-    for area in ("files", "ptrace", "process_memory"):
+    lsm = caps.available("bpf_lsm") and caps.available("bpf_lsm_path")
+    assert lsm_enforcement()[0] == lsm
+    for area in ("files", "ptrace", "process_memory", "file_changes"):
         assert e[area].startswith("BPF LSM") == lsm
-        if not lsm:
+        if not lsm and area != "file_changes":
             assert e[area] == (KILL_AFTER if caps.available("bpf_send_signal") else DETECT_ONLY)
+    if not lsm:
+        assert e["file_changes"] == CHANGES_DETECTED
 
 
 def test_ia32_gap_matches_the_feature(caps):

@@ -193,7 +193,8 @@ def model(rec_bytes: bytes) -> schema.Event:
         target = schema.TargetContext(type="pid", pid=r.target_pid, formatted=f"pid {r.target_pid}")
     elif kind == lib.RG_KIND_PROCESS_MEMORY:
         data = schema.ProcessMemoryData(
-            method={1: "process_vm_readv", 2: "process_vm_writev"}.get(r.method, "proc_mem_open"),
+            method={1: "process_vm_readv", 2: "process_vm_writev", 5: "proc_environ_open"}.get(r.method,
+                                                                                              "proc_mem_open"),
             target_pid=r.target_pid, flags=r.flags, result=r.retval)
         target = schema.TargetContext(type="pid", pid=r.target_pid, formatted=f"pid {r.target_pid}")
     else:  # pragma: no cover
@@ -344,7 +345,7 @@ def memory_records(draw):
     fill_header(draw, rec, lib.RG_KIND_PROCESS_MEMORY)
     rec.retval = draw(I64)
     rec.target_pid = draw(st.one_of(PID, U32))
-    rec.method = draw(st.one_of(st.integers(1, 3), U32))
+    rec.method = draw(st.one_of(st.integers(1, 5), U32))
     rec.flags = draw(U32)
     return rec
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from runtimeguard import environment
+from runtimeguard.errors import RuntimeGuardError
 from runtimeguard.guard import Guard, guard
 from runtimeguard.policy import Policy
 from runtimeguard.schema import json_decoder
@@ -287,6 +288,8 @@ PTRACER = """
 @pytest.mark.parametrize("action,method", [
     ("libc.ptrace(16, target, None, None)", "ptrace"),
     ("open(f'/proc/{target}/mem', 'rb')", "proc_mem_open"),
+    ("open(f'/proc/{target}/environ', 'rb').read()", "proc_environ_open"),
+    ("libc.syscall(438, os.pidfd_open(target), 0, 0)", "pidfd_getfd"),
 ])
 def test_ptrace_and_memory_access_are_killed(secrets_dir, action, method):
     result = guard(make_policy(secrets_dir), py(PTRACER.format(action=action)))
@@ -294,6 +297,32 @@ def test_ptrace_and_memory_access_are_killed(secrets_dir, action, method):
     (ev,) = [e for e in result.events if e.name == "ptrace_denied"]
     assert ev.action == "killed" and ev.data.method == method
     assert ev.target_context.type == "pid" and ev.target_context.pid > 0
+
+
+def test_own_memory_and_environment_are_not_judged(secrets_dir):
+    code = """
+        import os
+        open(f"/proc/{os.getpid()}/mem", "rb").close()
+        open("/proc/self/environ", "rb").read()
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 0 and result.events == []
+
+
+def test_lsm_backend_is_used_where_the_kernel_runs_it_and_refused_elsewhere(secrets_dir):
+    from runtimeguard.capabilities import lsm_enforcement
+
+    works, why = lsm_enforcement()
+    g = Guard(make_policy(secrets_dir), backend="lsm")
+    if works:
+        assert g.run(["true"]).exit_status == 0 and g.backend == "lsm"
+    else:
+        with pytest.raises(RuntimeGuardError, match="BPF LSM backend is not available here: bpf_lsm"):
+            g.run(["true"])
+        assert not (secrets_dir / "aws-credentials").exists(), "nothing is set up from a refused start"
+    auto = Guard(make_policy(secrets_dir))
+    auto.run(["true"])
+    assert auto.backend == ("lsm" if works else "tracepoint")
 
 
 def test_double_forked_setsid_grandchild_stays_in_scope(secrets_dir, listener):

@@ -182,9 +182,10 @@ KIND_CONSTANTS = {
     "open_inode": "RG_KIND_OPEN_INODE",
     "mirage_trap": "RG_KIND_MIRAGE_TRAP",
     "ptrace_denied": "RG_KIND_PTRACE_DENIED",
+    "protected_file_changed": "RG_KIND_PROTECTED_FILE_CHANGED",  # by the LSM hooks, and by fanotify in Python
 }
 # Made in Python, never by the kernel.
-USER_SPACE_EVENTS = {"mode_changed", "protected_file_changed"}
+USER_SPACE_EVENTS = {"mode_changed"}
 
 
 def test_event_ids_are_unique_and_positive():
