@@ -232,6 +232,36 @@ int rg_guard_sendmsg4(struct bpf_sock_addr *ctx) { return rg_egress(ctx, false, 
 SEC("cgroup/sendmsg6")
 int rg_guard_sendmsg6(struct bpf_sock_addr *ctx) { return rg_egress(ctx, true, RG_KIND_EXFIL_BLOCKED); }
 
+/* A tainted process's sends on an inet socket it connected before it was
+ * tainted: the address hooks above judge connects and addressed sends only.
+ * LSM only; addressed sends are left to the sendmsg hooks (one decision each). */
+SEC("lsm/socket_sendmsg")
+int BPF_PROG(rg_lsm_socket_sendmsg, struct socket *sock, struct msghdr *msg, int size, int ret)
+{
+	struct rg_guard_config *cfg = rg_config();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (ret || !cfg || !cfg->taint_blocks_egress || !bpf_map_lookup_elem(&rg_tainted, &tgid))
+		return ret;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if ((family != AF_INET && family != AF_INET6) || BPF_CORE_READ(msg, msg_name))
+		return 0;
+	__u32 action = rg_refuse(cfg, true, true);
+	struct rg_block_record *e = rg_block_reserve(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_TAINT);
+	if (e) {
+		e->family = family;
+		e->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		e->protocol = BPF_CORE_READ(sk, sk_protocol);
+		if (family == AF_INET)
+			BPF_CORE_READ_INTO(&e->addr, sk, __sk_common.skc_daddr);
+		else
+			BPF_CORE_READ_INTO(&e->addr, sk, __sk_common.skc_v6_daddr);
+		rg_submit(e);
+	}
+	return rg_lsm_verdict(action);
+}
+
 #define AF_PACKET 17
 #define SOCK_DGRAM 2
 #define SOCK_RAW 3
@@ -550,7 +580,7 @@ int BPF_PROG(rg_lsm_rmdir, const struct path *dir, struct dentry *dentry, int re
 /* Either end may be protected: moving a protected file away, or over it. */
 SEC("lsm/path_rename")
 int BPF_PROG(rg_lsm_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
-	     struct dentry *new_dentry, int ret)
+	     struct dentry *new_dentry, unsigned int flags, int ret)
 {
 	if (ret)
 		return ret;

@@ -273,6 +273,7 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .audit import NotificationTracker
+    from .capabilities import lsm_enforcement
     from .guard import Guard, format_decision
     from .policy import Policy
 
@@ -289,6 +290,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode is not None:
         policy = policy.with_mode(args.mode)
     g = Guard(policy, audit_log=args.audit_log, on_event=show)
+    # The same probe the guard's start() consults (cached), so this line is what it will use.
+    lsm, why = lsm_enforcement()
+    how = ("BPF LSM hooks: files, ptrace and process memory refused with EPERM before the operation" if lsm else
+           f"syscall tracepoints: files, ptrace and process memory killed after the syscall ({why})")
+    print(f"runtimeguard: {policy.mode} mode; egress by cgroup hooks (EPERM); {how}", file=sys.stderr, flush=True)
     # Switching mode on the running guard: SIGUSR1 enforces, SIGUSR2 audits.
     signal.signal(signal.SIGUSR1, lambda *_: g.request_mode("enforce"))
     signal.signal(signal.SIGUSR2, lambda *_: g.request_mode("audit"))

@@ -238,11 +238,13 @@ def uring_open(tmp_path_factory):
     return str(exe)
 
 
-@pytest.mark.parametrize("fd0", [False, True])
-def test_open_through_io_uring_is_killed(secrets_dir, uring_open, fd0):
+# fd0: the open returns descriptor 0; overflow: its completion overflows the
+# queue and reaches the ring through io_uring_cqe_overflow.
+@pytest.mark.parametrize("mode", ["plain", "fd0", "overflow"])
+def test_open_through_io_uring_is_killed(secrets_dir, uring_open, mode):
     if subprocess.run([uring_open, "/etc/hostname"], capture_output=True).returncode == 2:
         pytest.skip("io_uring is disabled on this kernel")
-    result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token")] + (["fd0"] if fd0 else []))
+    result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token"), mode])
     assert result.exit_status == 128 + 9
     (ev,) = [e for e in result.events if e.name == "open_inode"]
     assert ev.action == "killed" and ev.target_context.inode == os.stat(secrets_dir / "token").st_ino
@@ -290,6 +292,8 @@ PTRACER = """
     ("open(f'/proc/{target}/mem', 'rb')", "proc_mem_open"),
     ("open(f'/proc/{target}/environ', 'rb').read()", "proc_environ_open"),
     ("libc.syscall(438, os.pidfd_open(target), 0, 0)", "pidfd_getfd"),
+    ("buf = ctypes.create_string_buffer(8); iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 8); "
+     "libc.process_vm_readv(target, iov, 1, iov, 1, 0)", "process_vm_readv"),
 ])
 def test_ptrace_and_memory_access_are_killed(secrets_dir, action, method):
     result = guard(make_policy(secrets_dir), py(PTRACER.format(action=action)))

@@ -1,7 +1,9 @@
 /* Opens a file through io_uring (IORING_OP_OPENAT), bypassing the open
  * syscalls, then reads it. Raw syscalls: no liburing needed.
- * With a second argument "fd0", descriptor 0 is closed first, so the open
- * returns 0. Exit: 0 read ok, 2 io_uring unavailable, 3 the open failed. */
+ * A second argument "fd0" closes descriptor 0 first, so the open returns 0;
+ * "overflow" fills the completion queue with NOPs first, so the open's
+ * completion overflows it. Exit: 0 read ok, 2 io_uring unavailable, 3 the
+ * open failed. */
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <stdio.h>
@@ -28,7 +30,19 @@ int main(int argc, char **argv)
 	if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED)
 		return 2;
 	unsigned *tail = (unsigned *)(sq + p.sq_off.tail), *array = (unsigned *)(sq + p.sq_off.array);
+	unsigned *head = (unsigned *)(cq + p.cq_off.head);
 	struct io_uring_sqe *sqe = &sqes[0];
+	int overflow = argc > 2 && strcmp(argv[2], "overflow") == 0;
+
+	/* Completions nobody reaps: the queue is full after cq_entries of them. */
+	for (unsigned done = 0; overflow && done < p.cq_entries; done++) {
+		memset(sqe, 0, sizeof(*sqe));
+		sqe->opcode = IORING_OP_NOP;
+		array[0] = 0;
+		__atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+		if (syscall(__NR_io_uring_enter, ring, 1, 0, 0, NULL, 0) < 0)
+			return 2;
+	}
 	memset(sqe, 0, sizeof(*sqe));
 	sqe->opcode = IORING_OP_OPENAT;
 	sqe->fd = AT_FDCWD;
@@ -36,9 +50,14 @@ int main(int argc, char **argv)
 	sqe->open_flags = O_RDONLY;
 	array[0] = 0;
 	__atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
-	if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+	if (syscall(__NR_io_uring_enter, ring, 1, overflow ? 0 : 1, overflow ? 0 : IORING_ENTER_GETEVENTS, NULL, 0) < 0)
 		return 2;
-	unsigned *head = (unsigned *)(cq + p.cq_off.head);
+	if (overflow) {
+		/* Reap the NOPs; the next wait moves the overflowed completion in. */
+		__atomic_store_n(head, *head + p.cq_entries, __ATOMIC_RELEASE);
+		if (syscall(__NR_io_uring_enter, ring, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+			return 2;
+	}
 	struct io_uring_cqe *cqe = (struct io_uring_cqe *)(cq + p.cq_off.cqes) + (*head & (p.cq_entries - 1));
 	int fd = cqe->res;
 	if (fd < 0)
