@@ -107,11 +107,19 @@ static __always_inline __u64 rg_task_start(struct task_struct *task)
 	return BPF_CORE_READ(task, group_leader, start_boottime);
 }
 
+/* The process a record is about, for programs that run with no task of their
+ * own (a packet's egress): named from what was stored when it had one. */
+struct rg_who {
+	__u32 pid;
+	__u64 cgroup_id;
+};
+
 /* Fills the header of a reserved record, or counts the loss. Every attempt
  * takes a sequence number, so a reader sees a gap for each lost record.
  * with_task: programs that may not read the task (cgroup socket hooks) leave
- * start_boottime 0, and the consumer resolves the process by pid. */
-static __always_inline void *rg_claim(void *rec, __u32 kind, bool with_task)
+ * start_boottime 0, and the consumer resolves the process by pid.
+ * who: NULL for the current task. */
+static __always_inline void *rg_claim(void *rec, __u32 kind, bool with_task, const struct rg_who *who)
 {
 	__u32 zero = 0;
 	struct rg_counters *counters = bpf_map_lookup_elem(&rg_counters, &zero);
@@ -126,21 +134,27 @@ static __always_inline void *rg_claim(void *rec, __u32 kind, bool with_task)
 		return NULL;
 	}
 	struct rg_header *hdr = rec;
-	__u64 id = bpf_get_current_pid_tgid();
 
 	hdr->timestamp_ns = bpf_ktime_get_boot_ns();
 	hdr->seq = seq;
-	hdr->cgroup_id = bpf_get_current_cgroup_id();
-	hdr->start_boottime = with_task ? rg_task_start((struct task_struct *)bpf_get_current_task()) : 0;
 	hdr->kind = kind;
 	hdr->cpu = bpf_get_smp_processor_id();
+	if (who) {
+		hdr->cgroup_id = who->cgroup_id;
+		hdr->start_boottime = 0;
+		hdr->pid = hdr->tid = who->pid;
+		return rec;
+	}
+	__u64 id = bpf_get_current_pid_tgid();
+	hdr->cgroup_id = bpf_get_current_cgroup_id();
+	hdr->start_boottime = with_task ? rg_task_start((struct task_struct *)bpf_get_current_task()) : 0;
 	hdr->pid = id >> 32;
 	hdr->tid = (__u32)id;
 	return rec;
 }
 
 #define rg_reserve(type, kind) \
-	((type *)rg_claim(bpf_ringbuf_reserve(&rg_events, sizeof(type), 0), kind, true))
+	((type *)rg_claim(bpf_ringbuf_reserve(&rg_events, sizeof(type), 0), kind, true, NULL))
 
 static __always_inline void rg_submit(void *rec)
 {

@@ -51,6 +51,22 @@ struct {
 	__type(value, __u8);
 } rg_tainted SEC(".maps");
 
+/* Who connected a socket, kept with the socket, so that its packets can be
+ * judged by the process's taint where no process is at hand (egress). */
+struct rg_sock_owner {
+	__u32 tgid;
+	__u32 reported; /* one report per socket, not one per packet */
+	__u64 cgroup_id;
+	char comm[RG_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct rg_sock_owner);
+} rg_sock_owners SEC(".maps");
+
 static __always_inline struct rg_guard_config *rg_config(void)
 {
 	__u32 zero = 0;
@@ -91,19 +107,26 @@ static __always_inline int rg_lsm_verdict(__u32 action)
 	return action == RG_ACTION_BLOCKED ? -EPERM : 0;
 }
 
-/* A block record, header filled without the task (see rg_claim). */
-static __always_inline struct rg_block_record *rg_block_reserve(__u32 kind, __u32 action, __u32 rule)
+/* A block record, header filled without the task (see rg_claim); about
+ * the current process, or who (with comm) where there is none. */
+static __always_inline struct rg_block_record *rg_block_reserve_for(__u32 kind, __u32 action, __u32 rule,
+								     const struct rg_who *who, const char *comm)
 {
-	struct rg_block_record *e = rg_claim(bpf_ringbuf_reserve(&rg_events, sizeof(*e), 0), kind, false);
+	struct rg_block_record *e = rg_claim(bpf_ringbuf_reserve(&rg_events, sizeof(*e), 0), kind, false, who);
 
 	if (!e)
 		return NULL;
 	__builtin_memset((char *)e + sizeof(e->hdr), 0, sizeof(*e) - sizeof(e->hdr));
 	e->action = action;
 	e->rule_index = rule;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (comm)
+		__builtin_memcpy(e->comm, comm, sizeof(e->comm));
+	else
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
 	return e;
 }
+
+#define rg_block_reserve(kind, action, rule) rg_block_reserve_for(kind, action, rule, NULL, NULL)
 
 /* ---- network: cgroup socket address hooks ---- */
 
@@ -205,8 +228,17 @@ static __always_inline int rg_egress(struct bpf_sock_addr *ctx, bool v6, __u32 k
 			denied = cfg->net_default_deny;
 		}
 	}
-	if (!denied)
+	if (!denied) {
+		struct rg_sock_owner *owner = bpf_sk_storage_get(&rg_sock_owners, ctx->sk, 0,
+								 BPF_SK_STORAGE_GET_F_CREATE);
+		if (owner && owner->tgid != tgid) {
+			owner->tgid = tgid;
+			owner->reported = 0;
+			owner->cgroup_id = bpf_get_current_cgroup_id();
+			bpf_get_current_comm(owner->comm, sizeof(owner->comm));
+		}
 		return 1;
+	}
 
 	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_BLOCKED);
 	struct rg_block_record *e = rg_block_reserve(kind, action, rule);
@@ -260,6 +292,47 @@ int BPF_PROG(rg_lsm_socket_sendmsg, struct socket *sock, struct msghdr *msg, int
 		rg_submit(e);
 	}
 	return rg_lsm_verdict(action);
+}
+
+/* Packets of a socket whose connecting process has since been tainted: the
+ * address hooks judged the connect before the taint, and see no later send.
+ * Dropped at egress: the send succeeds, nothing leaves. The tracepoint
+ * backend's answer; the LSM backend refuses the send itself (above). */
+SEC("cgroup_skb/egress")
+int rg_guard_tainted_egress(struct __sk_buff *skb)
+{
+	struct rg_guard_config *cfg = rg_config();
+	struct bpf_sock *sk = skb->sk;
+
+	if (!cfg || !cfg->taint_blocks_egress || !sk || !(sk = bpf_sk_fullsock(sk)))
+		return 1;
+	struct rg_sock_owner *owner = bpf_sk_storage_get(&rg_sock_owners, sk, 0, 0);
+	if (!owner || !bpf_map_lookup_elem(&rg_tainted, &owner->tgid))
+		return 1;
+	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_BLOCKED);
+	if (!owner->reported) {
+		struct rg_who who = { .pid = owner->tgid, .cgroup_id = owner->cgroup_id };
+		struct rg_block_record *e = rg_block_reserve_for(RG_KIND_EXFIL_BLOCKED, action, RG_RULE_TAINT, &who,
+								 owner->comm);
+		if (e) {
+			owner->reported = 1;
+			e->family = sk->family;
+			e->port = bpf_ntohs(sk->dst_port);
+			e->protocol = sk->protocol;
+			if (sk->family == AF_INET) {
+				__u32 w = sk->dst_ip4;
+				__builtin_memcpy(e->addr, &w, 4);
+			} else {
+				__u32 w0 = sk->dst_ip6[0], w1 = sk->dst_ip6[1], w2 = sk->dst_ip6[2], w3 = sk->dst_ip6[3];
+				__builtin_memcpy(e->addr, &w0, 4);
+				__builtin_memcpy(e->addr + 4, &w1, 4);
+				__builtin_memcpy(e->addr + 8, &w2, 4);
+				__builtin_memcpy(e->addr + 12, &w3, 4);
+			}
+			rg_submit(e);
+		}
+	}
+	return action == RG_ACTION_BLOCKED ? 0 : 1;
 }
 
 #define AF_PACKET 17

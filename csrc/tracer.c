@@ -306,6 +306,7 @@ static const char *const tracepoint_judges[] = {
 	"rg_guard_open",   "rg_guard_creat",     "rg_guard_openat",    "rg_guard_openat2",
 	"rg_guard_by_handle", "rg_guard_socket", "rg_guard_ptrace",    "rg_guard_vm_readv",
 	"rg_guard_vm_writev", "rg_guard_pidfd_getfd", "rg_guard_uring", "rg_guard_uring_overflow",
+	"rg_guard_tainted_egress",
 };
 
 static void choose_guard_backend(struct bpf_object *obj, int lsm)
@@ -488,7 +489,8 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 				continue;
 
 			enum bpf_prog_type type = bpf_program__type(prog);
-			int on_cgroup = type == BPF_PROG_TYPE_CGROUP_SOCK_ADDR || type == BPF_PROG_TYPE_CGROUP_SOCK;
+			int on_cgroup = type == BPF_PROG_TYPE_CGROUP_SOCK_ADDR || type == BPF_PROG_TYPE_CGROUP_SOCK ||
+					type == BPF_PROG_TYPE_CGROUP_SKB;
 
 			if (t->n_links == MAX_LINKS)
 				code = fail(err, errlen, -E2BIG, "more than %d programs to attach", MAX_LINKS);

@@ -298,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Switching mode on the running guard: SIGUSR1 enforces, SIGUSR2 audits.
     signal.signal(signal.SIGUSR1, lambda *_: g.request_mode("enforce"))
     signal.signal(signal.SIGUSR2, lambda *_: g.request_mode("audit"))
-    return g.run(args.argv).exit_status
+    return g.run(args.argv, user=args.user).exit_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -336,6 +336,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", required=True, metavar="FILE", help="YAML, TOML or JSON policy")
     run.add_argument("--mode", choices=("audit", "enforce"), help="override the policy's mode")
     run.add_argument("--audit-log", metavar="PATH", help="NDJSON log of every decision")
+    run.add_argument("--user", metavar="USER", help="run the command as this user (name or uid), with no "
+                     "supplementary groups and no_new_privs, so it cannot undo the guard")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     run.set_defaults(func=cmd_run)
 

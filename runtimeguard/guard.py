@@ -22,7 +22,9 @@ What each mechanism guarantees (see README, "Security"):
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -403,13 +405,19 @@ class Guard:
         force_setattr(ev, "target_context", msgspec.structs.replace(
             tc, path=path, formatted=f"{path} (inode {tc.inode} on {os.major(tc.device)}:{os.minor(tc.device)})"))
 
-    def run(self, argv: Sequence[str], *, poll_interval: float = 0.1) -> GuardResult:
+    def run(self, argv: Sequence[str], *, poll_interval: float = 0.1, user: Optional[str] = None) -> GuardResult:
         """Runs argv in a fresh cgroup under this guard; returns its exit status
         and the decisions. Every descendant stays in scope (double forks and
         setsid() do not leave a cgroup); leftovers are killed at the end.
 
         The guard covers the command's cgroup, or what the policy's scope names:
-        a cgroup (the command's cgroup is made inside it) or the whole host."""
+        a cgroup (the command's cgroup is made inside it) or the whole host.
+
+        user: run the command as this user (name or uid), with its primary
+        group, no supplementary groups and no_new_privs, so it cannot undo the
+        guard (leave its cgroup, kill the guard, detach programs) nor regain
+        privileges through a set-uid program."""
+        identity = _identity(user) if user is not None else None
         root = environment.cgroup2_mount()
         scope = self.policy.scope
         parent = root
@@ -426,9 +434,12 @@ class Guard:
 
             def enter_cgroup() -> None:
                 # In the child, before exec: the guard is attached before the
-                # command's first instruction runs.
+                # command's first instruction runs. Privileges are dropped
+                # after, since only root may move a process into the cgroup.
                 with open(procs_file, "w") as f:
                     f.write("0")
+                if identity is not None:
+                    _drop_privileges(*identity)
 
             try:
                 proc = subprocess.Popen(list(argv), preexec_fn=enter_cgroup)
@@ -463,6 +474,26 @@ class Guard:
             pass
 
 
+def _identity(user: str) -> tuple[int, int]:
+    """(uid, gid) of a user name or numeric uid; a clear error when unknown."""
+    try:
+        entry = pwd.getpwuid(int(user)) if str(user).isdigit() else pwd.getpwnam(str(user))
+    except KeyError:
+        raise RuntimeGuardError(f"run: no such user {user!r}") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def _drop_privileges(uid: int, gid: int) -> None:
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
 def _kill_cgroup(path: str, timeout: float = 5.0) -> None:
     """Kills whatever the command left running in its cgroup, and waits."""
     procs = os.path.join(path, "cgroup.procs")
@@ -495,9 +526,11 @@ def format_decision(ev: Event) -> str:
 
 
 def guard(policy: Policy, argv: Sequence[str], *, mode: Optional[str] = None, audit_log: Optional[str] = None,
-          on_event: Optional[Callable[[Event], None]] = None, backend: str = "auto") -> GuardResult:
+          on_event: Optional[Callable[[Event], None]] = None, backend: str = "auto",
+          user: Optional[str] = None) -> GuardResult:
     """Runs argv under policy; returns its exit status and the guard's decisions.
-    backend: "auto" (the strongest this kernel runs), "lsm" or "tracepoint"."""
+    backend: "auto" (the strongest this kernel runs), "lsm" or "tracepoint".
+    user: run argv as this user, unprivileged (see Guard.run)."""
     if mode is not None:
         policy = policy.with_mode(mode)
-    return Guard(policy, audit_log=audit_log, on_event=on_event, backend=backend).run(argv)
+    return Guard(policy, audit_log=audit_log, on_event=on_event, backend=backend).run(argv, user=user)

@@ -60,9 +60,13 @@ stty -F /dev/ttyS1 raw -echo
 exec </dev/null >/dev/ttyS1 2>&1
 
 r=/newroot
+mkdir -p /host $r
 # cache=loose: the host tree does not change under a guest that lives for one
-# script, and it makes Python's many stats and imports cheap.
-mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose hostroot $r || poweroff -f
+# script, and it makes Python's many stats and imports cheap. A 9p tag can be
+# mounted once: /host keeps the whole tree in view, $r gets the scratch
+# mounts over it.
+mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose hostroot /host || poweroff -f
+mount -o bind /host $r
 mount -t proc proc $r/proc
 mount -t sysfs sysfs $r/sys
 mount -t devtmpfs devtmpfs $r/dev
@@ -80,6 +84,13 @@ mount -t securityfs securityfs $r/sys/kernel/security
 # runtimeguard reads the kernel's configuration from there.
 mount -t tmpfs -o mode=755 tmpfs $r/boot && cp /config $r/boot/config-$(uname -r)
 mkdir -p $r/tmp/home
+# The checkout and the interpreter may live under a directory the scratch
+# mounts cover (a CI clone in /tmp): shown again from the host's tree.
+for d in "$root_dir" "${python_dir%/*}"; do
+    if [ -d "/host$d" ] && [ ! -d "$r$d" ]; then
+        mkdir -p "$r$d" && mount -o bind "/host$d" "$r$d"
+    fi
+done
 ip link set lo up
 
 env -i HOME=/tmp/home TERM=dumb LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$root_dir" \

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -329,6 +330,26 @@ def test_lsm_backend_is_used_where_the_kernel_runs_it_and_refused_elsewhere(secr
     assert auto.backend == ("lsm" if works else "tracepoint")
 
 
+def test_command_run_as_another_user_cannot_undo_the_guard(secrets_dir):
+    # Shell, not Python: this interpreter may live where "nobody" cannot read.
+    script = f"""
+        set -u
+        [ "$(id -u)" = 65534 ] && [ "$(id -G)" = 65534 ] || exit 1
+        grep -q '^NoNewPrivs:[[:space:]]*1$' /proc/self/status || exit 2
+        echo $$ > {environment.cgroup2_mount()}/cgroup.procs 2>/dev/null && exit 3
+        kill -0 $PPID 2>/dev/null && exit 4  # signal 0: the permission check alone
+        exit 0
+    """
+    result = guard(make_policy(secrets_dir), ["sh", "-c", textwrap.dedent(script)], user="nobody")
+    assert result.exit_status == 0
+
+
+def test_unknown_user_is_refused_before_anything_runs(secrets_dir):
+    with pytest.raises(RuntimeGuardError, match="no such user 'no-such-user-here'"):
+        guard(make_policy(secrets_dir), ["true"], user="no-such-user-here")
+    assert not (secrets_dir / "aws-credentials").exists()
+
+
 def test_double_forked_setsid_grandchild_stays_in_scope(secrets_dir, listener):
     code = f"""
         import os, socket, sys, time
@@ -362,10 +383,10 @@ def test_missing_command_is_a_clear_error(secrets_dir):
         guard(make_policy(secrets_dir), ["/nonexistent/command"])
 
 
-def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, listener):
-    """Nobody drains a tiny ring, which fills up: the decisions are made all the same."""
-    root = environment.cgroup2_mount()
-    cgroup = os.path.join(root, f"rg-full-{secrets.token_hex(3)}")
+@pytest.fixture
+def scope_cgroup():
+    """A cgroup to guard, and a way to run commands in it."""
+    cgroup = os.path.join(environment.cgroup2_mount(), f"rg-test-{secrets.token_hex(3)}")
     os.mkdir(cgroup)
 
     def enter():
@@ -375,15 +396,19 @@ def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, listener):
     def run(argv):
         return subprocess.run(argv, preexec_fn=enter, capture_output=True).returncode
 
-    try:
-        with Guard(make_policy(secrets_dir), cgroup=cgroup, ring_buffer_size=4096) as g:
-            for _ in range(20):
-                run(["/bin/true"])
-            assert run(py(CONNECT.format(host=DENIED_V4, port=listener))) == 3
-            assert run(["cat", str(secrets_dir / "token")]) == -9
-            assert g.stats().lost_total > 0
-    finally:
-        os.rmdir(cgroup)
+    yield cgroup, run
+    os.rmdir(cgroup)
+
+
+def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, listener, scope_cgroup):
+    """Nobody drains a tiny ring, which fills up: the decisions are made all the same."""
+    cgroup, run = scope_cgroup
+    with Guard(make_policy(secrets_dir), cgroup=cgroup, ring_buffer_size=4096) as g:
+        for _ in range(20):
+            run(["/bin/true"])
+        assert run(py(CONNECT.format(host=DENIED_V4, port=listener))) == 3
+        assert run(["cat", str(secrets_dir / "token")]) == -9
+        assert g.stats().lost_total > 0
 
 
 def test_mode_switch_on_a_running_guard_is_logged(secrets_dir, listener, tmp_path):
@@ -479,6 +504,56 @@ def test_ctrl_c_cleans_up_cgroup_and_decoys(tmp_path):
     assert not decoy.exists()
     assert set(os.listdir(environment.cgroup2_mount())) == before
     assert "Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.parametrize("mode,delivered", [("enforce", b"before"), ("audit", b"beforeafter")])
+def test_tainted_process_sends_nothing_on_a_socket_connected_before(secrets_dir, scope_cgroup, mode, delivered):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    received = []
+
+    def serve():
+        conn, _ = server.accept()
+        conn.settimeout(3)
+        with conn:
+            try:
+                while chunk := conn.recv(100):
+                    received.append(chunk)
+            except OSError:
+                pass
+
+    port = server.getsockname()[1]
+    reader = threading.Thread(target=serve)
+    reader.start()
+    code = f"""
+        import socket, time
+        s = socket.create_connection(("127.0.0.1", {port}))
+        s.sendall(b"before")
+        time.sleep(0.3)
+        open({str(secrets_dir / "aws-credentials")!r}).read()
+        s.sendall(b"after")  # accepted into the socket's buffer; its packets are dropped
+        time.sleep(1)
+    """
+    cgroup, run = scope_cgroup
+    try:
+        with Guard(make_policy(secrets_dir, mode=mode), cgroup=cgroup) as g:
+            assert run(py(code)) == 0
+            # What left while the guard was attached: the kernel may send the
+            # dropped data once it has detached (README: fail-open on exit).
+            during = b"".join(received)
+            time.sleep(0.1)
+            decisions = g.poll(1)
+    finally:
+        reader.join()
+        server.close()
+    assert [e.name for e in decisions] == ["mirage_trap", "exfil_blocked"], decisions
+    assert during == delivered
+    exfil = decisions[1]
+    assert exfil.data.tainted and exfil.policy.rule == "taint.block_egress"
+    assert exfil.action == ("blocked" if mode == "enforce" else "would_block")
+    assert exfil.target_context.formatted == f"127.0.0.1:{port}"
+    assert exfil.workload.process.name == "python3"
 
 
 def test_taint_passes_to_children_forked_later(secrets_dir, listener):
