@@ -17,7 +17,10 @@ from typing import Literal, Optional, Union
 
 import msgspec
 
-SCHEMA_VERSION = "1.0"
+# The minor number counts additive changes: nothing is removed or renamed.
+# 1.1: the proc_environ_open and pidfd_getfd methods; protected_file_changed
+# also made by the kernel (refused, detected_not_prevented false).
+SCHEMA_VERSION = "1.1"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
 # renumbered. The kernel record kinds in bpf/events.h use the same numbers.

@@ -11,7 +11,6 @@ operations are refused before they happen: the caller gets EPERM and lives.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -19,11 +18,12 @@ import time
 
 import pytest
 
-from runtimeguard import environment
 from runtimeguard.capabilities import capabilities, lsm_enforcement
 from runtimeguard.guard import Guard, guard
 from runtimeguard.policy import Policy
-from tests.test_guard import DENIED_V4, PTRACER, listener, make_policy, py, secrets_dir  # noqa: F401 (fixtures)
+from tests.test_guard import PTRACER, listener, make_policy, py, scope_cgroup, secrets_dir  # noqa: F401 (fixtures)
+# The same behaviour under either backend: the file_open hook taints as the tracepoint did.
+from tests.test_guard import test_decoy_read_taints_and_blocks_later_egress  # noqa: F401
 
 EPERM_EXIT = 3
 
@@ -197,22 +197,6 @@ def test_packet_socket_gets_eperm(secrets_dir):
     assert ev.action == "blocked" and ev.target_context.type == "socket"
 
 
-def test_decoy_read_taints_and_blocks_later_egress(secrets_dir, listener):
-    decoy = secrets_dir / "aws-credentials"
-    code = f"""
-        import socket, sys
-        open({str(decoy)!r}).read()
-        try:
-            socket.create_connection(("127.0.0.1", {listener}), timeout=2)
-        except PermissionError:
-            sys.exit({EPERM_EXIT})
-    """
-    result = guard(make_policy(secrets_dir), py(code))
-    assert result.exit_status == EPERM_EXIT
-    assert [e.name for e in result.events] == ["mirage_trap", "exfil_blocked"]
-    assert result.events[1].data.tainted
-
-
 @pytest.fixture
 def allowed_listener():
     s = socket.socket()
@@ -258,22 +242,11 @@ def test_refused_open_of_a_protected_file_does_not_taint(secrets_dir, allowed_li
     assert [e.name for e in result.events] == ["open_inode"]
 
 
-def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir):
+def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, scope_cgroup):
     """Nobody drains a tiny ring, which fills up: the refusals happen all the same."""
-    root = environment.cgroup2_mount()
-    cgroup = os.path.join(root, f"rg-full-{secrets.token_hex(3)}")
-    os.mkdir(cgroup)
-
-    def enter():
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write("0")
-
-    try:
-        with Guard(make_policy(secrets_dir), cgroup=cgroup, ring_buffer_size=4096) as g:
-            for _ in range(20):
-                subprocess.run(["/bin/true"], preexec_fn=enter)
-            cat = subprocess.run(["cat", str(secrets_dir / "token")], preexec_fn=enter, capture_output=True)
-            assert cat.returncode == 1 and b"Operation not permitted" in cat.stderr
-            assert g.stats().lost_total > 0
-    finally:
-        os.rmdir(cgroup)
+    cgroup, run = scope_cgroup
+    with Guard(make_policy(secrets_dir), cgroup=cgroup, ring_buffer_size=4096) as g:
+        for _ in range(20):
+            run(["/bin/true"])
+        assert run(["cat", str(secrets_dir / "token")]) == 1, "cat lives to report EPERM"
+        assert g.stats().lost_total > 0
