@@ -278,23 +278,35 @@ static void tracer_free(struct rg_tracer *t)
 	free(t);
 }
 
-/* Programs for kernel features a kernel may be built without: left unloaded
- * there instead of failing the whole sensor. */
+/* Programs for kernel features a kernel may be built without, or whose
+ * tracepoint arguments changed: left unloaded there instead of failing the
+ * whole sensor or reading the wrong argument. args: the tracepoint's BTF
+ * prototype's parameter count (its first is the probe's data pointer). */
 static void skip_missing_hooks(struct bpf_object *obj)
 {
-	static const char *const optional[][2] = {
-		{ "rg_guard_uring", "btf_trace_io_uring_complete" },
-		{ "rg_guard_uring_overflow", "btf_trace_io_uring_cqe_overflow" },
+	static const struct {
+		const char *prog, *typedef_name;
+		unsigned short args;
+	} optional[] = {
+		{ "rg_guard_uring", "btf_trace_io_uring_complete", 4 }, /* (ring, req, cqe); older kernels: 7 fields */
+		{ "rg_guard_uring_overflow", "btf_trace_io_uring_cqe_overflow", 6 },
 	};
 	struct btf *vmlinux = NULL;
 
 	for (size_t i = 0; i < sizeof(optional) / sizeof(optional[0]); i++) {
-		struct bpf_program *prog = bpf_object__find_program_by_name(obj, optional[i][0]);
-		if (!prog)
+		struct bpf_program *prog = bpf_object__find_program_by_name(obj, optional[i].prog);
+		const struct btf_type *proto = NULL;
+		int id;
+
+		if (!prog || !bpf_program__autoload(prog))
 			continue;
 		if (!vmlinux)
 			vmlinux = btf__load_vmlinux_btf();
-		if (!vmlinux || btf__find_by_name_kind(vmlinux, optional[i][1], BTF_KIND_TYPEDEF) < 0)
+		if (vmlinux && (id = btf__find_by_name_kind(vmlinux, optional[i].typedef_name, BTF_KIND_TYPEDEF)) > 0) {
+			const struct btf_type *t = btf__type_by_id(vmlinux, btf__type_by_id(vmlinux, id)->type); /* pointer */
+			proto = t && btf_is_ptr(t) ? btf__type_by_id(vmlinux, t->type) : NULL;
+		}
+		if (!proto || !btf_is_func_proto(proto) || btf_vlen(proto) != optional[i].args)
 			bpf_program__set_autoload(prog, false);
 	}
 	btf__free(vmlinux);

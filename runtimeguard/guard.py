@@ -271,7 +271,12 @@ class Guard:
             # it they can only be seen after the fact.
             protected = self.policy.protected_paths()
             if protected and self.backend != "lsm":
-                self._mutations = MutationWatch((p.path, p) for p in protected)
+                try:
+                    self._mutations = MutationWatch((p.path, p) for p in protected)
+                except OSError as e:
+                    raise RuntimeGuardError(
+                        f"files.protect: changes by path cannot be watched ({e.strerror}); without BPF LSM "
+                        "the guard needs fanotify marks on the protected files' filesystem") from None
         except BaseException:
             self.close()
             raise

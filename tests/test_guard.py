@@ -344,6 +344,15 @@ def test_command_run_as_another_user_cannot_undo_the_guard(secrets_dir):
     assert result.exit_status == 0
 
 
+def test_protected_file_where_changes_cannot_be_watched_is_a_clear_error():
+    # procfs has no file handles for fanotify; only BPF LSM could guard changes there.
+    policy = Policy.from_text("version: 1\nmode: enforce\nfiles:\n  protect: [/proc/version]\n")
+    before = set(os.listdir(environment.cgroup2_mount()))
+    with pytest.raises(RuntimeGuardError, match=r"files.protect: changes by path cannot be watched .*/proc/version"):
+        guard(policy, ["true"], backend="tracepoint")
+    assert set(os.listdir(environment.cgroup2_mount())) == before
+
+
 def test_unknown_user_is_refused_before_anything_runs(secrets_dir):
     with pytest.raises(RuntimeGuardError, match="no such user 'no-such-user-here'"):
         guard(make_policy(secrets_dir), ["true"], user="no-such-user-here")
