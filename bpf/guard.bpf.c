@@ -229,8 +229,9 @@ static __always_inline int rg_egress(struct bpf_sock_addr *ctx, bool v6, __u32 k
 		}
 	}
 	if (!denied) {
-		struct rg_sock_owner *owner = bpf_sk_storage_get(&rg_sock_owners, ctx->sk, 0,
-								 BPF_SK_STORAGE_GET_F_CREATE);
+		/* For rg_guard_tainted_egress: the process that addressed the socket last. */
+		struct rg_sock_owner *owner = cfg->taint_blocks_egress ?
+			bpf_sk_storage_get(&rg_sock_owners, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : NULL;
 		if (owner && owner->tgid != tgid) {
 			owner->tgid = tgid;
 			owner->reported = 0;
