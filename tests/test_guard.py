@@ -475,6 +475,10 @@ def test_example_policy_from_the_command_line(tmp_path, mode, expected):
     assert {e.action for e in decisions} == ({"blocked", "killed", "observed"} if mode == "enforce"
                                              else {"would_block"})
     assert "(rule files.protect[0])" in out.stderr
+    from runtimeguard.capabilities import lsm_enforcement
+    mechanism = "BPF LSM hooks" if lsm_enforcement()[0] else "syscall tracepoints"
+    assert out.stderr.splitlines()[0].startswith(f"runtimeguard: {mode} mode; egress by cgroup hooks (EPERM); "
+                                                 f"{mechanism}: ")
 
 
 def test_run_returns_the_commands_exit_status():
