@@ -151,7 +151,7 @@ def ensure_vm_assets() -> VmAssets:
     return VmAssets(VM_DIR / release / "vmlinux", initramfs, release)
 
 
-def run_in_vm(script: str, timeout: float = 120, memory_mb: int = 2048,
+def run_in_vm(script: str, timeout: float = 300, memory_mb: int = 2048,
               assets: Optional[VmAssets] = None) -> VmResult:
     """Boots the guest, runs `script` with bash as root in the repository root, powers off."""
     assets = assets or ensure_vm_assets()
