@@ -39,10 +39,18 @@ CONSUMER_TARGET_NS = 400.0
 NOT_MEASURED = [
     ("traced-workload cost: connect loop, exec storm", "not measured yet"),
     ("consumer CPU vs bcc Python consumer (target: >= 3x less)", "not measured yet"),
-    ("loss: zero loss at 1 M events/s, default ring", "not measured yet"),
-    ("latency p99 < 2x bound at 100 k events/s", "not measured yet"),
-    ("memory: RSS flat within 5 % over 60 s at 200 k events/s", "not measured yet"),
 ]
+
+LOSS_TARGET_RATE = 1_000_000    # events/s offered with zero loss, default ring
+LOSS_RATES = (100_000, 200_000, 400_000, 800_000, 1_000_000)
+LOSS_SECONDS = 1.0
+LATENCY_RATES = (1_000, 100_000)  # events/s, paced
+LATENCY_SECONDS = 2.0
+LATENCY_TARGET_FACTOR = 2.0     # p99 under this many times the configured bound
+RSS_RATE = 200_000
+RSS_WARMUP_S = float(os.environ.get("BENCH_RSS_WARMUP", 10))
+RSS_SECONDS = float(os.environ.get("BENCH_RSS_SECONDS", 60))
+RSS_TARGET_GROWTH = 0.05
 
 
 def cpus():
@@ -59,9 +67,9 @@ def build():
     subprocess.run(["make", "-s", "-f", os.path.join(ROOT, "bench", "Makefile")], check=True)
 
 
-def spawn_generator(calls):
-    gen = subprocess.Popen([GEN, str(calls)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                           preexec_fn=lambda: os.sched_setaffinity(0, GEN_CPUS))
+def spawn_generator(calls, rate=0):
+    gen = subprocess.Popen([GEN, str(calls)] + ([str(rate)] if rate else []), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, GEN_CPUS))
     line = gen.stdout.readline()
     if line.strip() != "ready":
         gen.kill()
@@ -144,6 +152,98 @@ def run_runtimeguard():
             "cpu_ns_per_event": cpu_ns / max(1, delivered)}
 
 
+def traced_run(rate, calls, on_events=None, on_tick=None):
+    """A paced generator under a default Tracer polled here: (delivered, lost,
+    offered rate achieved). on_events(events, arrival_ns) sees each batch;
+    on_tick() runs after every poll."""
+    from runtimeguard import Tracer
+
+    gen = spawn_generator(calls, rate)
+    tracer = Tracer(events=["file_open"], pids=[gen.pid])
+    try:
+        tracer.start()
+        delivered = 0
+        go(gen)
+        exited_at = None
+        while True:
+            events = tracer.poll(0.05)
+            if on_events is not None and events:
+                on_events(events, time.time_ns())
+            delivered += sum(1 for ev in events if ev.name == "file_open")
+            if on_tick is not None:
+                on_tick()
+            if exited_at is None and gen.poll() is not None:
+                exited_at = time.monotonic()
+            if exited_at is not None and (delivered >= calls or time.monotonic() - exited_at > 1.0):
+                break
+        elapsed = generator_result(gen)
+        lost = tracer.stats().lost.get("file_open", 0)
+    finally:
+        tracer.close()
+        if gen.poll() is None:
+            gen.kill()
+    return delivered, lost, calls / (elapsed / 1e9)
+
+
+def run_loss():
+    """Offered rate stepping up: the highest at which every event arrives."""
+    steps = []
+    for rate in LOSS_RATES:
+        calls = int(rate * LOSS_SECONDS)
+        delivered, lost, achieved = traced_run(rate, calls)
+        steps.append({"rate": rate, "achieved": achieved, "calls": calls, "delivered": delivered, "lost": lost})
+        print(f"loss: offered {rate:,}/s (achieved {achieved:,.0f}/s): delivered {delivered:,}, lost {lost:,}",
+              flush=True)
+    clean = [st for st in steps if st["lost"] == 0 and st["delivered"] == st["calls"]]
+    return {"steps": steps, "best_zero_loss": max((st["achieved"] for st in clean), default=0.0)}
+
+
+def run_latency(bound_ms):
+    """Syscall to Struct in Python: arrival time minus the event's kernel timestamp."""
+    out = {}
+    for rate in LATENCY_RATES:
+        lat = []
+
+        def record(events, arrival):
+            lat.extend((arrival - ev.timestamp) / 1e6 for ev in events if ev.name == "file_open")
+
+        traced_run(rate, int(rate * LATENCY_SECONDS), on_events=record)
+        lat.sort()
+        pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+        out[rate] = {"events": len(lat), "p50_ms": pick(0.50), "p99_ms": pick(0.99), "bound_ms": bound_ms}
+        print(f"latency at {rate:,}/s: p50 {out[rate]['p50_ms']:.2f} ms, p99 {out[rate]['p99_ms']:.2f} ms "
+              f"({len(lat):,} events)", flush=True)
+    return out
+
+
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def run_rss():
+    """RSS of this (consuming) process under a steady load, after warm-up."""
+    samples = []
+    start = time.monotonic()
+    next_sample = [start]
+
+    def tick():
+        now = time.monotonic()
+        if now >= next_sample[0]:
+            samples.append((now - start, rss_kib()))
+            next_sample[0] = now + 1.0
+
+    calls = int(RSS_RATE * (RSS_WARMUP_S + RSS_SECONDS))
+    delivered, lost, achieved = traced_run(RSS_RATE, calls, on_tick=tick)
+    steady = [kib for t, kib in samples if t >= RSS_WARMUP_S]
+    growth = (steady[-1] - steady[0]) / steady[0] if len(steady) >= 2 else None
+    peak = max((kib for _, kib in samples), default=None)
+    print(f"rss at {RSS_RATE:,}/s: peak {peak:,} KiB, growth after warm-up "
+          f"{'-' if growth is None else f'{growth * 100:+.2f} %'} ({delivered:,} events, {lost:,} lost)", flush=True)
+    return {"samples": samples, "peak_kib": peak, "growth": growth, "delivered": delivered, "lost": lost,
+            "achieved": achieved}
+
+
 def median(runs, key):
     return statistics.median(r[key] for r in runs)
 
@@ -176,6 +276,14 @@ def main():
     rg_cpu = median(raw["runtimeguard"], "cpu_ns_per_event")
     incomplete = {k: [r["events"] for r in raw[k] if r["events"] != CALLS] for k in ("reference", "runtimeguard")}
 
+    from runtimeguard.tracer import DEFAULT_MAX_LATENCY_MS
+    loss = run_loss()
+    latency = run_latency(DEFAULT_MAX_LATENCY_MS)
+    rss = run_rss()
+    high = latency[max(LATENCY_RATES)]
+    latency_limit = LATENCY_TARGET_FACTOR * DEFAULT_MAX_LATENCY_MS
+    over = [st for st in loss["steps"] if st["rate"] >= 2 * loss["best_zero_loss"]]
+
     rows = [
         {"metric": "openat+close untraced, ns/call", "runtimeguard": None, "reference": None,
          "value": base, "ratio": None, "target": None, "verdict": None},
@@ -188,6 +296,25 @@ def main():
          "ratio": rg_cpu / ref_cpu if ref_cpu else None, "ratio_to_target": rg_cpu / CONSUMER_TARGET_NS,
          "target": f"runtimeguard <= {CONSUMER_TARGET_NS:.0f} ns",
          "verdict": "PASS" if rg_cpu <= CONSUMER_TARGET_NS else "FALL SHORT"},
+        {"metric": "loss: highest offered events/s with zero loss, default ring", "runtimeguard": loss["best_zero_loss"],
+         "reference": None, "ratio": loss["best_zero_loss"] / LOSS_TARGET_RATE, "ratio_label": "x target",
+         "target": f">= {LOSS_TARGET_RATE:,}/s",
+         "verdict": "PASS" if loss["best_zero_loss"] >= LOSS_TARGET_RATE else
+                    "FALL SHORT" if any(st["lost"] for st in loss["steps"]) else
+                    "NOT REACHED: the generator peaks below the target rate, and nothing was lost",
+         "note": "lost at 2x: " + (", ".join(f"{st['lost']:,} of {st['calls']:,} at {st['rate']:,}/s" for st in over)
+                                   or "not reached by the generator")},
+        {"metric": f"latency p99 ms at {max(LATENCY_RATES):,} events/s (p50 {high['p50_ms'] or 0:.2f} ms; "
+                   f"at {min(LATENCY_RATES):,}/s p99 {latency[min(LATENCY_RATES)]['p99_ms'] or 0:.2f} ms)",
+         "runtimeguard": high["p99_ms"], "reference": None,
+         "ratio": (high["p99_ms"] or 0) / latency_limit, "ratio_label": "x target",
+         "target": f"< {latency_limit:.0f} ms ({LATENCY_TARGET_FACTOR:.0f}x the {DEFAULT_MAX_LATENCY_MS} ms bound)",
+         "verdict": "PASS" if high["p99_ms"] is not None and high["p99_ms"] < latency_limit else "FALL SHORT"},
+        {"metric": f"memory: RSS growth over {RSS_SECONDS:.0f} s at {RSS_RATE:,} events/s (peak {rss['peak_kib']:,} KiB)",
+         "runtimeguard": None if rss["growth"] is None else rss["growth"] * 100, "reference": None,
+         "ratio": None if rss["growth"] is None else abs(rss["growth"]) / RSS_TARGET_GROWTH, "ratio_label": "x target",
+         "target": f"within {RSS_TARGET_GROWTH * 100:.0f} %",
+         "verdict": "PASS" if rss["growth"] is not None and abs(rss["growth"]) <= RSS_TARGET_GROWTH else "FALL SHORT"},
     ] + [{"metric": m, "runtimeguard": None, "reference": None, "ratio": None, "target": None, "verdict": v}
          for m, v in NOT_MEASURED]
 
@@ -199,7 +326,7 @@ def main():
         elif r["verdict"] == "not measured yet":
             cells = (r["metric"], "", "", "", "", r["verdict"])
         else:
-            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x ref"
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}{r.get('ratio_label', 'x ref')}"
             if "ratio_to_target" in r:
                 ratio += f", {r['ratio_to_target']:.2f}x target"
             cells = (r["metric"], fmt(r["runtimeguard"]), fmt(r["reference"]), ratio, r["target"] or "-",
@@ -216,6 +343,9 @@ def main():
     print(f"{CALLS:,} calls per run, {REPEATS} runs each, medians; generator on CPU {sorted(GEN_CPUS)}, "
           f"consumers on CPU {sorted(CONSUMER_CPUS)}; reference drains every {REF_DRAIN_MS} ms, "
           f"runtimeguard in its default configuration.")
+    for r in rows:
+        if r.get("note"):
+            print(f"{r['metric'].split(':')[0]}: {r['note']}")
     for k, bad in incomplete.items():
         if bad:
             print(f"warning: {k} delivered {bad} events in some runs, expected {CALLS} "
@@ -227,6 +357,9 @@ def main():
                    "generator_cpus": sorted(GEN_CPUS), "consumer_cpus": sorted(CONSUMER_CPUS)},
         "rows": rows,
         "raw": raw,
+        "loss": loss,
+        "latency": latency,
+        "rss": rss,
         "seconds": time.monotonic() - started,
     }
     os.makedirs(OUT, exist_ok=True)
