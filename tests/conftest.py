@@ -62,6 +62,18 @@ def leaves_nothing_behind():
     assert children() == [], f"test left child processes: {children()}"
 
 
+@pytest.fixture(scope="session")
+def vm_assets():
+    """The test VM's kernel and initramfs (tests/kernelvm.py), built once; the
+    tests that need it skip, with the reason, only where it cannot be had."""
+    from kernelvm import VmUnavailable, ensure_vm_assets
+
+    try:
+        return ensure_vm_assets()
+    except VmUnavailable as e:
+        pytest.skip(f"test VM unavailable: {e}")
+
+
 def rg_program_ids() -> set[int]:
     """runtimeguard's programs loaded on the host (bpftool)."""
     import json

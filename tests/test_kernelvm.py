@@ -8,18 +8,10 @@ import sys
 
 import pytest
 
-from kernelvm import VmAssets, VmResult, VmUnavailable, ensure_vm_assets, run_in_vm
+from kernelvm import VmResult, run_in_vm
 
 CAPABILITIES = ("import runtimeguard; c = runtimeguard.capabilities(); print(c.available('bpf_lsm'), c.enforcement); "
                 "print('bpf_lsm feature:', c.feature('bpf_lsm'))")
-
-
-@pytest.fixture(scope="module")
-def vm_assets() -> VmAssets:
-    try:
-        return ensure_vm_assets()
-    except VmUnavailable as e:
-        pytest.skip(f"test VM unavailable: {e}")
 
 
 @pytest.fixture(scope="module")
