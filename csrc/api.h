@@ -8,7 +8,8 @@
 #include "events.h"
 
 struct rg_options {
-	unsigned long long event_mask;   /* bit per RG_KIND_* delivered to the caller */
+	unsigned long long event_mask;   /* bit per RG_KIND_* the sensors emit */
+	unsigned long long wanted_mask;  /* those the caller asked for; the others only feed the process table */
 	unsigned long long ring_bytes;   /* ring buffer size: a power of two, >= page size */
 	unsigned long long wakeup_bytes; /* unread bytes past which a record wakes the consumer */
 	unsigned int max_latency_ms;     /* the timed drain: longest a record waits unread */
@@ -34,6 +35,7 @@ struct rg_batch {
 	const unsigned char *data;
 	size_t len;
 	unsigned int count;
+	unsigned int unwanted; /* events of kinds outside wanted_mask */
 };
 
 struct rg_tracer;

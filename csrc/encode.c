@@ -129,16 +129,26 @@ static unsigned long long user_dev(unsigned long long kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
-/* The keys every event shares. n_extra: how many more keys the caller writes. */
-static void encode_common(struct rg_encoder *enc, struct mp_writer *w, const struct rg_header *h, uint32_t n_extra)
+/* Keys go out in the order of the Struct's fields (runtimeguard/schema.py):
+ * msgspec matches each key against the next expected field first, so keys in
+ * order cost one comparison each. tests/test_encoder.py checks the order. */
+
+/* The event's map header, its first keys, and the "data" key: the caller
+ * writes the data map, then encode_ids(). n_after: keys after the ids. */
+static void encode_head(struct rg_encoder *enc, struct mp_writer *w, const struct rg_header *h, uint32_t n_after)
 {
-	mp_map(w, 9 + n_extra);
+	mp_map(w, 10 + n_after);
 	mp_lit(w, "timestamp");
 	mp_int(w, (long long)h->timestamp_ns + enc->realtime_offset_ns);
 	mp_lit(w, "id");
 	mp_uint(w, h->kind);
 	mp_lit(w, "name");
 	mp_name(w, kind_names[h->kind]);
+	mp_lit(w, "data");
+}
+
+static void encode_ids(struct mp_writer *w, const struct rg_header *h)
+{
 	mp_lit(w, "seq");
 	mp_uint(w, h->seq);
 	mp_lit(w, "cpu");
@@ -155,16 +165,6 @@ static void encode_common(struct rg_encoder *enc, struct mp_writer *w, const str
 
 static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struct rg_exec_record *r)
 {
-	encode_common(enc, w, &r->hdr, 1);
-	mp_lit(w, "data");
-	mp_map(w, 13);
-	mp_lit(w, "type");
-	mp_lit(w, "process_exec");
-	mp_lit(w, "executable");
-	mp_cstr(w, r->filename, sizeof(r->filename));
-	mp_lit(w, "executable_truncated");
-	mp_bool(w, r->filename_truncated);
-
 	/* argv: NUL-separated, the last argument possibly cut short. */
 	size_t len = r->args_len < sizeof(r->args) ? r->args_len : sizeof(r->args);
 	uint32_t argc = 0;
@@ -172,6 +172,13 @@ static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struc
 		if (r->args[i] == 0)
 			argc++;
 	int tail = len > 0 && r->args[len - 1] != 0;
+
+	encode_head(enc, w, &r->hdr, 0);
+	mp_map(w, 13);
+	mp_lit(w, "type");
+	mp_lit(w, "process_exec");
+	mp_lit(w, "executable");
+	mp_cstr(w, r->filename, sizeof(r->filename));
 	mp_lit(w, "argv");
 	mp_array(w, argc + tail);
 	for (size_t start = 0, i = 0; i < len; i++) {
@@ -181,8 +188,6 @@ static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struc
 			start = i + 1;
 		}
 	}
-	mp_lit(w, "argv_truncated");
-	mp_bool(w, r->args_truncated || tail);
 	mp_lit(w, "comm");
 	mp_cstr(w, r->comm, sizeof(r->comm));
 	mp_lit(w, "uid");
@@ -199,12 +204,16 @@ static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struc
 	mp_int(w, (long long)r->hdr.start_boottime + enc->realtime_offset_ns);
 	mp_lit(w, "return_code");
 	mp_int(w, r->retval);
+	mp_lit(w, "executable_truncated");
+	mp_bool(w, r->filename_truncated);
+	mp_lit(w, "argv_truncated");
+	mp_bool(w, r->args_truncated || tail);
+	encode_ids(w, &r->hdr);
 }
 
 static void encode_fork(struct rg_encoder *enc, struct mp_writer *w, const struct rg_fork_record *r)
 {
-	encode_common(enc, w, &r->hdr, 1);
-	mp_lit(w, "data");
+	encode_head(enc, w, &r->hdr, 0);
 	mp_map(w, 4);
 	mp_lit(w, "type");
 	mp_lit(w, "process_fork");
@@ -214,6 +223,7 @@ static void encode_fork(struct rg_encoder *enc, struct mp_writer *w, const struc
 	mp_uint(w, rg_entity_id(r->child_pid, r->child_start_boottime));
 	mp_lit(w, "child_start_time");
 	mp_int(w, (long long)r->child_start_boottime + enc->realtime_offset_ns);
+	encode_ids(w, &r->hdr);
 }
 
 static void encode_exit(struct rg_encoder *enc, struct mp_writer *w, const struct rg_exit_record *r)
@@ -221,8 +231,7 @@ static void encode_exit(struct rg_encoder *enc, struct mp_writer *w, const struc
 	unsigned int status = r->exit_code;
 	int signal = status & 0x7f;
 
-	encode_common(enc, w, &r->hdr, 1);
-	mp_lit(w, "data");
+	encode_head(enc, w, &r->hdr, 0);
 	mp_map(w, 5);
 	mp_lit(w, "type");
 	mp_lit(w, "process_exit");
@@ -236,26 +245,60 @@ static void encode_exit(struct rg_encoder *enc, struct mp_writer *w, const struc
 		mp_uint(w, signal);
 	else
 		mp_nil(w);
-	mp_lit(w, "core_dumped");
-	mp_bool(w, status & 0x80);
 	mp_lit(w, "duration_ns");
 	mp_uint(w, r->hdr.timestamp_ns > r->hdr.start_boottime ? r->hdr.timestamp_ns - r->hdr.start_boottime : 0);
+	mp_lit(w, "core_dumped");
+	mp_bool(w, status & 0x80);
+	encode_ids(w, &r->hdr);
 }
 
+/* Decimal digits of v, written backwards ending at end; returns the start. */
+static char *format_decimal(char *end, unsigned long long v)
+{
+	do {
+		*--end = '0' + v % 10;
+		v /= 10;
+	} while (v);
+	return end;
+}
+
+static void put(char **at, const char *s, size_t n)
+{
+	memcpy(*at, s, n);
+	*at += n;
+}
+
+static void put_decimal(char **at, unsigned long long v)
+{
+	char digits[20], *end = digits + sizeof(digits), *start = format_decimal(end, v);
+	put(at, start, end - start);
+}
+
+/* target_context of an inode: "<path> (inode <ino> on <major>:<minor>)",
+ * "inode <ino> on <major>:<minor>" without a path. */
 static void encode_inode_target(struct mp_writer *w, unsigned long long dev, unsigned long long ino,
 				const char *path, size_t path_len)
 {
-	char formatted[RG_PATH_LEN + 96];
-	int n;
+	char formatted[RG_PATH_LEN + 96], *at = formatted;
 
+	if (path_len) {
+		put(&at, path, path_len);
+		put(&at, " (", 2);
+	}
+	put(&at, "inode ", 6);
+	put_decimal(&at, ino);
+	put(&at, " on ", 4);
+	put_decimal(&at, dev >> 20);
+	*at++ = ':';
+	put_decimal(&at, dev & 0xfffff);
 	if (path_len)
-		n = snprintf(formatted, sizeof(formatted), "%.*s (inode %llu on %llu:%llu)", (int)path_len, path,
-			     ino, dev >> 20, dev & 0xfffff);
-	else
-		n = snprintf(formatted, sizeof(formatted), "inode %llu on %llu:%llu", ino, dev >> 20, dev & 0xfffff);
+		*at++ = ')';
+	mp_lit(w, "target_context");
 	mp_map(w, path_len ? 5 : 4);
 	mp_lit(w, "type");
 	mp_lit(w, "inode");
+	mp_lit(w, "formatted");
+	mp_text(w, formatted, at - formatted);
 	mp_lit(w, "device");
 	mp_uint(w, user_dev(dev));
 	mp_lit(w, "inode");
@@ -264,8 +307,6 @@ static void encode_inode_target(struct mp_writer *w, unsigned long long dev, uns
 		mp_lit(w, "path");
 		mp_text(w, path, path_len);
 	}
-	mp_lit(w, "formatted");
-	mp_text(w, formatted, n);
 }
 
 static void encode_file(struct rg_encoder *enc, struct mp_writer *w, const struct rg_file_record *r)
@@ -273,15 +314,12 @@ static void encode_file(struct rg_encoder *enc, struct mp_writer *w, const struc
 	size_t path_len = strnlen(r->path, sizeof(r->path));
 	int opened = r->retval >= 0 && r->ino;
 
-	encode_common(enc, w, &r->hdr, opened ? 2 : 1);
-	mp_lit(w, "data");
+	encode_head(enc, w, &r->hdr, opened);
 	mp_map(w, 9);
 	mp_lit(w, "type");
 	mp_lit(w, "file_open");
 	mp_lit(w, "path");
 	mp_text(w, r->path, path_len);
-	mp_lit(w, "path_truncated");
-	mp_bool(w, r->path_truncated);
 	mp_lit(w, "flags");
 	mp_uint(w, r->flags);
 	mp_lit(w, "mode");
@@ -299,10 +337,11 @@ static void encode_file(struct rg_encoder *enc, struct mp_writer *w, const struc
 	case RG_OPEN_CREAT: mp_lit(w, "creat"); break;
 	default: mp_lit(w, "openat"); break;
 	}
-	if (opened) {
-		mp_lit(w, "target_context");
+	mp_lit(w, "path_truncated");
+	mp_bool(w, r->path_truncated);
+	encode_ids(w, &r->hdr);
+	if (opened)
 		encode_inode_target(w, r->dev, r->ino, r->path, path_len);
-	}
 }
 
 static void mp_protocol(struct mp_writer *w, unsigned int protocol)
@@ -351,37 +390,37 @@ static void encode_net_target(struct mp_writer *w, const struct net_text *t, uns
 		mp_lit(w, "ipv6");
 	else
 		mp_lit(w, "ipv4");
+	mp_lit(w, "formatted");
+	mp_str_raw(w, t->formatted, t->formatted_len);
 	mp_lit(w, "address");
 	mp_str_raw(w, t->addr, t->addr_len);
 	mp_lit(w, "port");
 	mp_uint(w, port);
-	mp_lit(w, "formatted");
-	mp_str_raw(w, t->formatted, t->formatted_len);
+}
+
+static void mp_family(struct mp_writer *w, int v6)
+{
+	if (v6)
+		mp_lit(w, "ipv6");
+	else
+		mp_lit(w, "ipv4");
 }
 
 static void encode_net(struct rg_encoder *enc, struct mp_writer *w, const struct rg_net_record *r)
 {
 	struct net_text text;
-	int v6 = r->family == AF_INET6;
 
 	format_net(&text, r->family, r->addr, r->port);
-	const char *addr = text.addr;
-	size_t addr_len = text.addr_len;
-
-	encode_common(enc, w, &r->hdr, 2);
-	mp_lit(w, "data");
+	encode_head(enc, w, &r->hdr, 1);
 	mp_map(w, r->hdr.kind == RG_KIND_NET_SENDMSG ? 8 : 7);
 	mp_lit(w, "type");
 	mp_name(w, kind_names[r->hdr.kind]);
 	mp_lit(w, "family");
-	if (v6)
-		mp_lit(w, "ipv6");
-	else
-		mp_lit(w, "ipv4");
+	mp_family(w, text.v6);
 	mp_lit(w, "protocol");
 	mp_protocol(w, r->protocol);
 	mp_lit(w, "address");
-	mp_str_raw(w, addr, addr_len);
+	mp_str_raw(w, text.addr, text.addr_len);
 	mp_lit(w, "port");
 	mp_uint(w, r->port);
 	mp_lit(w, "result");
@@ -395,28 +434,29 @@ static void encode_net(struct rg_encoder *enc, struct mp_writer *w, const struct
 		else
 			mp_lit(w, "sendto");
 	}
+	encode_ids(w, &r->hdr);
 	encode_net_target(w, &text, r->port);
 }
 
 static void encode_pid_target(struct mp_writer *w, unsigned int pid)
 {
-	char formatted[32];
-	int n = snprintf(formatted, sizeof(formatted), "pid %u", pid);
+	char formatted[32], *at = formatted;
 
+	put(&at, "pid ", 4);
+	put_decimal(&at, pid);
 	mp_lit(w, "target_context");
 	mp_map(w, 3);
 	mp_lit(w, "type");
 	mp_lit(w, "pid");
+	mp_lit(w, "formatted");
+	mp_str_raw(w, formatted, at - formatted);
 	mp_lit(w, "pid");
 	mp_uint(w, pid);
-	mp_lit(w, "formatted");
-	mp_str_raw(w, formatted, n);
 }
 
 static void encode_ptrace(struct rg_encoder *enc, struct mp_writer *w, const struct rg_ptrace_record *r)
 {
-	encode_common(enc, w, &r->hdr, 2);
-	mp_lit(w, "data");
+	encode_head(enc, w, &r->hdr, 1);
 	mp_map(w, 4);
 	mp_lit(w, "type");
 	mp_lit(w, "ptrace");
@@ -426,6 +466,7 @@ static void encode_ptrace(struct rg_encoder *enc, struct mp_writer *w, const str
 	mp_uint(w, r->target_pid);
 	mp_lit(w, "result");
 	mp_int(w, r->retval);
+	encode_ids(w, &r->hdr);
 	encode_pid_target(w, r->target_pid);
 }
 
@@ -444,8 +485,7 @@ static void mp_memory_method(struct mp_writer *w, unsigned int method)
 
 static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const struct rg_memory_record *r)
 {
-	encode_common(enc, w, &r->hdr, 2);
-	mp_lit(w, "data");
+	encode_head(enc, w, &r->hdr, 1);
 	mp_map(w, 5);
 	mp_lit(w, "type");
 	mp_lit(w, "process_memory");
@@ -454,10 +494,11 @@ static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const str
 				    r->method == RG_MEM_PROC_ENVIRON_OPEN ? r->method : RG_MEM_PROC_MEM_OPEN);
 	mp_lit(w, "target_pid");
 	mp_uint(w, r->target_pid);
-	mp_lit(w, "flags");
-	mp_uint(w, r->flags);
 	mp_lit(w, "result");
 	mp_int(w, r->retval);
+	mp_lit(w, "flags");
+	mp_uint(w, r->flags);
+	encode_ids(w, &r->hdr);
 	encode_pid_target(w, r->target_pid);
 }
 
@@ -482,44 +523,69 @@ static void mp_action(struct mp_writer *w, unsigned int action)
 	}
 }
 
-/* Guard decisions: the common keys, action, data, and the target. */
+/* Guard decisions: the common keys, data, action, and the target. */
 static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const struct rg_block_record *r)
 {
 	unsigned int kind = r->hdr.kind;
-	int net = kind == RG_KIND_CONNECT_DENIED || kind == RG_KIND_EXFIL_BLOCKED;
+	int raw = r->rule_index == RG_RULE_RAW_SOCKET;
+	int net = !raw && (kind == RG_KIND_CONNECT_DENIED || kind == RG_KIND_EXFIL_BLOCKED);
 	int change = kind == RG_KIND_PROTECTED_FILE_CHANGED;
-	int file = kind == RG_KIND_OPEN_INODE || kind == RG_KIND_MIRAGE_TRAP || change;
+	int file = !raw && (kind == RG_KIND_OPEN_INODE || kind == RG_KIND_MIRAGE_TRAP || change);
+	const char *raw_family = r->family == AF_INET ? "ipv4" : r->family == AF_INET6 ? "ipv6" : "packet";
 	struct net_text text;
 
-	encode_common(enc, w, &r->hdr, 3);
-	mp_lit(w, "action");
-	mp_action(w, r->action);
-	mp_lit(w, "data");
-	mp_map(w, net ? 8 : change ? 9 : file ? 7 : 6);
+	if (net)
+		format_net(&text, r->family, r->addr, r->port);
+	encode_head(enc, w, &r->hdr, 2);
+	mp_map(w, raw || net ? 8 : change ? 9 : file ? 7 : 6);
 	mp_lit(w, "type");
 	mp_name(w, kind_names[kind]);
 	mp_lit(w, "rule_index");
 	mp_int(w, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
-		  : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : r->rule_index == RG_RULE_RAW_SOCKET ? -4
-		  : (long long)r->rule_index);
+		  : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : raw ? -4 : (long long)r->rule_index);
 	mp_lit(w, "blocked");
 	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
 	mp_lit(w, "would_deny");
 	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
 	mp_lit(w, "comm");
 	mp_cstr(w, r->comm, sizeof(r->comm));
-	if (r->rule_index == RG_RULE_RAW_SOCKET) {
-		char formatted[64];
-		const char *family = r->family == AF_INET ? "ipv4" : r->family == AF_INET6 ? "ipv6" : "packet";
-		const char *what = r->family == AF_PACKET ? "packet" : r->flags == SOCK_DGRAM ? "ping"
-				   : r->flags == SOCK_RAW ? "raw" : "packet";
-		int n = snprintf(formatted, sizeof(formatted), "%s socket (%s, protocol %u)", what, family, r->protocol);
+	if (raw || net) {
 		mp_lit(w, "family");
-		mp_name(w, family);
+		if (raw)
+			mp_name(w, raw_family);
+		else
+			mp_family(w, text.v6);
 		mp_lit(w, "protocol");
 		mp_protocol(w, r->protocol);
 		mp_lit(w, "tainted");
-		mp_bool(w, 0);
+		mp_bool(w, r->rule_index == RG_RULE_TAINT);
+	} else if (file) {
+		if (change) {
+			/* Made by an LSM hook, before the change: refused, or let through in audit mode. */
+			mp_lit(w, "operation");
+			mp_change_operation(w, r->flags);
+		}
+		mp_lit(w, "device");
+		mp_uint(w, user_dev(r->dev));
+		mp_lit(w, "inode");
+		mp_uint(w, r->ino);
+		if (change) {
+			mp_lit(w, "detected_not_prevented");
+			mp_bool(w, 0);
+		}
+	} else {
+		mp_lit(w, "method");
+		mp_memory_method(w, r->flags);
+	}
+	encode_ids(w, &r->hdr);
+	mp_lit(w, "action");
+	mp_action(w, r->action);
+	if (raw) {
+		char formatted[64];
+		const char *what = r->family == AF_PACKET ? "packet" : r->flags == SOCK_DGRAM ? "ping"
+				   : r->flags == SOCK_RAW ? "raw" : "packet";
+		int n = snprintf(formatted, sizeof(formatted), "%s socket (%s, protocol %u)", what, raw_family,
+				 r->protocol);
 		mp_lit(w, "target_context");
 		mp_map(w, 2);
 		mp_lit(w, "type");
@@ -527,35 +593,10 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 		mp_lit(w, "formatted");
 		mp_str_raw(w, formatted, n);
 	} else if (net) {
-		format_net(&text, r->family, r->addr, r->port);
-		mp_lit(w, "family");
-		if (text.v6)
-			mp_lit(w, "ipv6");
-		else
-			mp_lit(w, "ipv4");
-		mp_lit(w, "protocol");
-		mp_protocol(w, r->protocol);
-		mp_lit(w, "tainted");
-		mp_bool(w, r->rule_index == RG_RULE_TAINT);
 		encode_net_target(w, &text, r->port);
 	} else if (file) {
-		size_t name_len = strnlen(r->path, sizeof(r->path));
-		mp_lit(w, "device");
-		mp_uint(w, user_dev(r->dev));
-		mp_lit(w, "inode");
-		mp_uint(w, r->ino);
-		if (change) {
-			/* Made by an LSM hook, before the change: refused, or let through in audit mode. */
-			mp_lit(w, "operation");
-			mp_change_operation(w, r->flags);
-			mp_lit(w, "detected_not_prevented");
-			mp_bool(w, 0);
-		}
-		mp_lit(w, "target_context");
-		encode_inode_target(w, r->dev, r->ino, r->path, name_len);
+		encode_inode_target(w, r->dev, r->ino, r->path, strnlen(r->path, sizeof(r->path)));
 	} else {
-		mp_lit(w, "method");
-		mp_memory_method(w, r->flags);
 		encode_pid_target(w, r->target_pid);
 	}
 }
@@ -594,8 +635,7 @@ void rg_encode_lost(struct rg_encoder *enc, struct mp_writer *w, const unsigned 
 	h.timestamp_ns = ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 	for (int k = 0; k < RG_KIND_SLOTS; k++)
 		kinds += lost_delta[k] != 0;
-	encode_common(enc, w, &h, 1);
-	mp_lit(w, "data");
+	encode_head(enc, w, &h, 0);
 	mp_map(w, 3);
 	mp_lit(w, "type");
 	mp_lit(w, "lost");
@@ -614,4 +654,5 @@ void rg_encode_lost(struct rg_encoder *enc, struct mp_writer *w, const unsigned 
 		}
 		mp_uint(w, lost_delta[k]);
 	}
+	encode_ids(w, &h);
 }

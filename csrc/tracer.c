@@ -179,7 +179,11 @@ struct rg_tracer {
 
 	struct mp_writer out;
 	struct rg_encoder enc;
-	unsigned int batch_count;
+	unsigned int batch_count, batch_unwanted;
+	/* The timed drain: when the ring was last drained, and whether that drain
+	 * stopped on a full batch with records left behind. */
+	long long last_drain_ms;
+	int backlog;
 	unsigned long long lost_seen[RG_KIND_SLOTS];
 	unsigned long long delivered[RG_KIND_SLOTS];
 	unsigned long long bytes, polls;
@@ -422,6 +426,14 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 		goto error;
 	}
 	t->epoll_fd = ring_buffer__epoll_fd(t->ring);
+	/* Edge-triggered: the ring's epoll then reports only the wake-ups the BPF
+	 * side forces past the fill threshold, not "some data is there", so a
+	 * consumer polling in a loop is not handed a few records per call. */
+	struct epoll_event ring_event = { .events = EPOLLIN | EPOLLET, .data.fd = 0 };
+	if (epoll_ctl(t->epoll_fd, EPOLL_CTL_MOD, t->shared_fds[0], &ring_event)) {
+		ret = fail(err, errlen, -errno, "making the ring buffer's wake-up edge-triggered");
+		goto error;
+	}
 	if ((ret = map_ring_positions(t, err, errlen)))
 		goto error;
 	t->ncpus = libbpf_num_possible_cpus();
@@ -532,8 +544,11 @@ static int handle_record(void *ctx, void *data, size_t len)
 	struct rg_tracer *t = ctx;
 
 	t->bytes += len;
-	if (rg_encode_record(&t->enc, &t->out, data, len))
+	if (rg_encode_record(&t->enc, &t->out, data, len)) {
 		t->batch_count++;
+		if (!(t->opts.wanted_mask >> ((const struct rg_header *)data)->kind & 1))
+			t->batch_unwanted++;
+	}
 	/* The record is consumed either way; stop while room remains for one more. */
 	if (t->batch_count >= t->opts.batch_limit || t->out.cap - t->out.len < RG_MAX_ENCODED_RECORD)
 		return RG_STOP_BATCH;
@@ -569,10 +584,12 @@ static long long now_ms(void)
 	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
-static int drain(struct rg_tracer *t)
+static int drain(struct rg_tracer *t, long long now)
 {
 	int ret = ring_buffer__consume(t->ring);
 
+	t->last_drain_ms = now;
+	t->backlog = ret == RG_STOP_BATCH;
 	if (ret < 0 && ret != RG_STOP_BATCH)
 		return ret;
 	if (t->out.cap - t->out.len >= RG_MAX_ENCODED_RECORD)
@@ -580,6 +597,11 @@ static int drain(struct rg_tracer *t)
 	return 0;
 }
 
+/* Drains on a rhythm, not on every call: when the last drain left records
+ * behind, when the BPF side forced a wake-up (the ring past its fill
+ * threshold), when max_latency_ms has passed since the last drain, or when
+ * the caller's timeout runs out. Batches stay large, and no record waits in
+ * the ring much longer than max_latency_ms. */
 int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out)
 {
 	long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
@@ -589,25 +611,30 @@ int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out)
 	t->polls++;
 	t->enc.realtime_offset_ns = rg_realtime_offset_ns();
 	t->batch_count = 0;
+	t->batch_unwanted = 0;
 	/* Room for an array32 header, written once the count is known. */
 	t->out.len = 5;
 	for (;;) {
-		if ((ret = drain(t)))
-			return ret;
-		if (t->batch_count)
-			break;
-		int wait = t->opts.max_latency_ms;
-		if (deadline >= 0) {
-			long long left = deadline - now_ms();
-			if (left <= 0)
-				break;
-			if (left < wait)
-				wait = left;
-		}
-		/* Records are submitted without wake-ups below the fill threshold, so
-		 * this wait is also the timed drain that bounds their latency. */
-		if (epoll_wait(t->epoll_fd, &ev, 1, wait) < 0 && errno == EINTR)
+		long long now = now_ms();
+		long long wait = t->backlog ? 0 : t->last_drain_ms + t->opts.max_latency_ms - now;
+
+		if (deadline >= 0 && deadline - now < wait)
+			wait = deadline - now;
+		if (wait < 0)
+			wait = 0;
+		int woken = epoll_wait(t->epoll_fd, &ev, 1, (int)wait);
+		if (woken < 0 && errno == EINTR)
 			return -EINTR;
+		now = now_ms();
+		int timed_out = deadline >= 0 && now >= deadline;
+		if (woken > 0 || t->backlog || now >= t->last_drain_ms + t->opts.max_latency_ms || timed_out) {
+			if ((ret = drain(t, now)))
+				return ret;
+			if (t->batch_count)
+				break;
+		}
+		if (timed_out)
+			break;
 	}
 	t->out.buf[0] = 0xdd;
 	for (int i = 0; i < 4; i++)
@@ -615,6 +642,7 @@ int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out)
 	out->data = t->out.buf;
 	out->len = t->out.len;
 	out->count = t->batch_count;
+	out->unwanted = t->batch_unwanted;
 	return t->batch_count;
 }
 

@@ -14,7 +14,6 @@ import re
 import time
 from typing import Callable, Optional
 
-from msgspec.structs import force_setattr
 
 from .schema import (
     Container,
@@ -31,6 +30,10 @@ MAX_ANCESTORS = 8
 MAX_PROCESSES = 32768
 KEEP_EXITED = 2048
 CGROUP_RESCAN_INTERVAL_S = 1.0
+# Events that change the table (or, "lost", belong to no process).
+_TABLE_CHANGES = frozenset(("process_exec", "process_fork", "process_exit", "lost"))
+# Events whose target is a process: named from the table.
+_PID_TARGETS = frozenset(("ptrace", "process_memory", "ptrace_denied"))
 
 _CONTAINER_PATTERNS = [
     (re.compile(r"docker-([0-9a-f]{64})\.scope"), "docker"),
@@ -114,28 +117,38 @@ class ProcessTable:
         """Fills every event's workload, and learns from process events."""
         workloads = self._workloads
         exited = []
+        # Consecutive events mostly come from one process: its Workload is
+        # looked up once per run of them. Events are not frozen, so a plain
+        # attribute store sets the workload.
+        last_entity = last_cgroup = -1
+        wl = None
         for ev in events:
             name = ev.name
-            if name == "process_exec":
-                self._on_exec(ev)
-            elif name == "process_fork":
-                self._on_fork(ev)
-            elif name == "process_exit":
-                exited.append(ev.entity_id)
-            elif name == "lost":
-                continue
+            if name in _TABLE_CHANGES:
+                if name == "process_exec":
+                    self._on_exec(ev)
+                elif name == "process_fork":
+                    self._on_fork(ev)
+                elif name == "process_exit":
+                    exited.append(ev.entity_id)
+                else:  # lost: no process
+                    continue
+                last_entity = -1
             elif not ev.entity_id and ev.pid:
                 # Socket hooks cannot read the task: find the process by pid.
                 entity = self._by_pid.get(ev.pid)
                 process = self._processes.get(entity) if entity else self._from_proc(ev.pid, 0)
                 if process is not None:
-                    force_setattr(ev, "entity_id", process.entity_id)
-            by_cgroup = workloads.get(ev.entity_id)
-            wl = by_cgroup.get(ev.cgroup_id) if by_cgroup else None
-            if wl is None:
-                wl = self._workload(ev)
-            force_setattr(ev, "workload", wl)
-            if ev.target_context is not None and ev.target_context.type == "pid":
+                    ev.entity_id = process.entity_id
+            entity, cgroup = ev.entity_id, ev.cgroup_id
+            if entity != last_entity or cgroup != last_cgroup:
+                by_cgroup = workloads.get(entity)
+                wl = by_cgroup.get(cgroup) if by_cgroup else None
+                if wl is None:
+                    wl = self._workload(ev)
+                last_entity, last_cgroup = entity, cgroup
+            ev.workload = wl
+            if name in _PID_TARGETS:
                 self._name_target(ev)
         for entity in exited:
             self._exited[entity] = None
@@ -252,10 +265,12 @@ class ProcessTable:
 
     def _name_target(self, ev: Event) -> None:
         tc = ev.target_context
+        if tc is None or tc.type != "pid":
+            return
         entity = self._by_pid.get(tc.pid)
         target = self._processes.get(entity) if entity else None
         if target is None:
             target = self._from_proc(tc.pid, 0)
         if target is not None and target.name:
-            force_setattr(ev, "target_context", TargetContext(
-                type="pid", pid=tc.pid, comm=target.name, formatted=f"pid {tc.pid} ({target.name})"))
+            ev.target_context = TargetContext(
+                type="pid", pid=tc.pid, comm=target.name, formatted=f"pid {tc.pid} ({target.name})")

@@ -178,12 +178,11 @@ class Tracer:
         if self._closed:
             raise TracerStateError("this Tracer is closed; create a new one")
         environment.prepare()
-        mask = 0
-        for name in set(self.events) | set(_TABLE_EVENTS):
-            if name != "lost":
-                mask |= 1 << EVENT_IDS[name]
+        wanted = sum(1 << EVENT_IDS[name] for name in self.events)
         opts = ffi.new("struct rg_options *")
-        opts.event_mask = mask
+        opts.event_mask = sum(1 << EVENT_IDS[name] for name in set(self.events) | set(_TABLE_EVENTS)
+                              if name != "lost")
+        opts.wanted_mask = wanted
         opts.ring_bytes = self.ring_buffer_size
         opts.wakeup_bytes = self.ring_buffer_size // 4
         opts.max_latency_ms = self.max_latency_ms
@@ -337,8 +336,9 @@ class Tracer:
                 if n > 0:
                     events = batch_decoder.decode(ffi.buffer(self._batch.data, self._batch.len))
                     self._table.enrich(events)
-                    wanted = self.events
-                    events = [ev for ev in events if ev.name in wanted]
+                    if self._batch.unwanted:
+                        wanted = self.events
+                        events = [ev for ev in events if ev.name in wanted]
                     if events:
                         return events
             if deadline is not None and time.monotonic() >= deadline:

@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 
+import msgspec
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
@@ -824,3 +825,58 @@ def test_encoded_events_validate_against_the_json_schema(rec):
 
     ev = encode_one(raw(rec))
     validator().validate(json.loads(schema.json_encoder.encode(ev)))
+
+
+# ---------------------------------------------------------------- key order
+
+def block_record(kind, rule_index=0, family=0, flags=0, path=b"/etc/shadow"):
+    rec = ffi.new("struct rg_block_record *")
+    rec.hdr.kind = kind
+    rec.hdr.pid = rec.hdr.tid = 4242
+    rec.action = lib.RG_ACTION_BLOCKED
+    rec.rule_index = rule_index
+    rec.target_pid = 77
+    rec.family = family
+    rec.port = 443
+    rec.protocol = 6
+    rec.flags = flags
+    rec.dev, rec.ino = (8 << 20) | 1, 1234
+    ffi.memmove(rec.comm, b"cat", 3)
+    ffi.memmove(rec.path, path, len(path))
+    return raw(rec)
+
+
+BLOCK_RECORDS = [
+    block_record(lib.RG_KIND_CONNECT_DENIED, family=socket.AF_INET),
+    block_record(lib.RG_KIND_EXFIL_BLOCKED, rule_index=lib.RG_RULE_TAINT, family=socket.AF_INET6),
+    block_record(lib.RG_KIND_EXFIL_BLOCKED, rule_index=lib.RG_RULE_RAW_SOCKET, family=socket.AF_PACKET),
+    block_record(lib.RG_KIND_OPEN_INODE),
+    block_record(lib.RG_KIND_MIRAGE_TRAP, path=b""),
+    block_record(lib.RG_KIND_PTRACE_DENIED, rule_index=lib.RG_RULE_PTRACE_DENY, flags=lib.RG_MEM_VM_READV),
+    block_record(lib.RG_KIND_PROTECTED_FILE_CHANGED, flags=lib.RG_CHANGE_MOVE),
+]
+DATA_TYPES = {t.__struct_config__.tag: t for t in schema.EventData.__args__}
+
+
+def assert_keys_in_field_order(obj: dict, struct_type) -> None:
+    keys = list(obj)
+    tag_field = struct_type.__struct_config__.tag_field
+    if tag_field:
+        assert keys[0] == tag_field
+        keys = keys[1:]
+    assert keys == [f for f in struct_type.__struct_fields__ if f in obj], struct_type.__name__
+
+
+@settings(max_examples=200)
+@given(rec=st.one_of(any_record.map(raw), st.sampled_from(BLOCK_RECORDS)))
+def test_keys_come_in_the_structs_field_order(rec):
+    # msgspec matches a key against the next expected field first: keys out of
+    # order cost a search per key on the consumer's hot path.
+    rc = lib.rg_encode_records(frame([rec]), len(rec) + 4, _OUT, CAP, _OUT_LEN, _MALFORMED)
+    assert rc == 1
+    (event,) = msgspec.msgpack.decode(ffi.buffer(_OUT, _OUT_LEN[0]))
+    assert_keys_in_field_order(event, schema.Event)
+    assert_keys_in_field_order(event["data"], DATA_TYPES[event["data"]["type"]])
+    if "target_context" in event:
+        assert_keys_in_field_order(event["target_context"], schema.TargetContext)
+    assert schema.batch_decoder.decode(ffi.buffer(_OUT, _OUT_LEN[0]))[0].name == event["name"]
