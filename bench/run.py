@@ -1,25 +1,27 @@
 #!/usr/bin/env python3
 """runtimeguard benchmarks (issue 4), the `make bench` entry point.
 
-Measured so far (each 3 times, median):
-  1. cost to the traced workload: ns added per openat+close of a C loop
-     (bench/gen/openat_loop.c), with the C libbpf reference (bench/ref/)
-     attached and with a runtimeguard Tracer(events=["file_open"]) attached,
-     both filtered to the generator's pid, against the same loop untraced;
+Measured (each 3 times, median):
+  1. cost to the traced workload: ns added per operation of a C loop
+     (bench/gen/workload.c: openat+close, a loopback TCP connect, an exec),
+     with the C libbpf reference (bench/ref/) attached and with a runtimeguard
+     Tracer attached (file_open, net_connect, process_exec), filtered to the
+     generator's pid (its cgroup for the exec storm), against the same loop
+     untraced;
   2. cost to the consumer: CPU ns (user + sys) of the consuming process per
      delivered event, runtimeguard's Tracer in this Python process against
-     the C reference consumer;
+     the C reference consumer and bcc's Python ring-buffer consumer
+     (bench/bcc/peer.py) on the same openat records;
   3. loss: the highest offered rate at which a default Tracer delivers every
      event (paced generator, stepping up);
   4. latency: syscall to Struct in Python, p50/p99 at a low and a high rate;
-  5. memory: RSS of this process over 60 s at 200 k events/s, after warm-up;
-  6. the consumer against bcc's Python ring-buffer consumer (bench/bcc/peer.py)
-     on the same records.
+  5. memory: RSS of this process over 60 s at 200 k events/s, after warm-up.
 The generator runs pinned to one CPU, the consumers to the other.
 
 Prints a table and writes the same as JSON to build/bench/results.json.
 Needs root (loading BPF programs).
 """
+import contextlib
 import json
 import os
 import platform
@@ -32,7 +34,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "bench")
-GEN = os.path.join(OUT, "openat_loop")
+GEN = os.path.join(OUT, "workload")
 REF = os.path.join(OUT, "ref")
 sys.path.insert(0, ROOT)
 
@@ -42,9 +44,11 @@ REF_DRAIN_MS = 5
 WORKLOAD_TARGET_RATIO = 1.5
 CONSUMER_TARGET_NS = 400.0
 
-NOT_MEASURED = [
-    ("traced-workload cost: connect loop, exec storm", "not measured yet"),
-]
+# The other traced loops: operations per run (each is far slower than an
+# openat), and the event runtimeguard reports for each.
+LOOP_CALLS = {"connect": int(os.environ.get("BENCH_CONNECT_CALLS", 50_000)),
+              "exec": int(os.environ.get("BENCH_EXEC_CALLS", 2_000))}
+LOOP_EVENTS = {"openat": "file_open", "connect": "net_connect", "exec": "process_exec"}
 BCC_PEER = os.path.join(ROOT, "bench", "bcc", "peer.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-bpfcc is installed for it
 BCC_TARGET_FACTOR = 3.0           # runtimeguard's consumer at least this much cheaper
@@ -105,9 +109,37 @@ def ensure_bcc():
             os.symlink(f"/usr/src/{common}", os.path.join(modules, "source"))
 
 
-def spawn_generator(calls, rate=0):
-    gen = subprocess.Popen([GEN, str(calls)] + ([str(rate)] if rate else []), stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, GEN_CPUS))
+class BenchCgroup:
+    """A cgroup of its own for the exec storm: its children get new pids, so
+    the tracers filter on the cgroup. Removed on exit (empty by then)."""
+
+    def __enter__(self):
+        from runtimeguard import environment
+
+        self.path = os.path.join(environment.cgroup2_mount(), f"runtimeguard-bench-{os.getpid()}")
+        os.mkdir(self.path)
+        self.id = os.stat(self.path).st_ino
+        return self
+
+    def __exit__(self, *exc):
+        for _ in range(50):  # the last children may still be leaving
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.1)
+        os.rmdir(self.path)
+
+
+def spawn_generator(calls, rate=0, mode="openat", cgroup=None):
+    def setup():
+        os.sched_setaffinity(0, GEN_CPUS)
+        if cgroup is not None:
+            with open(os.path.join(cgroup.path, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+    gen = subprocess.Popen([GEN, mode, str(calls)] + ([str(rate)] if rate else []), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, preexec_fn=setup)
     line = gen.stdout.readline()
     if line.strip() != "ready":
         gen.kill()
@@ -128,22 +160,38 @@ def generator_result(gen):
     return int(out[0])
 
 
-def run_untraced():
-    gen = spawn_generator(CALLS)
-    go(gen)
-    return {"ns_per_call": generator_result(gen) / CALLS}
+def loop_calls(mode):
+    return CALLS if mode == "openat" else LOOP_CALLS[mode]
 
 
-def run_reference():
-    return run_consumer_process([REF, "--pid", "{pid}", "--drain-ms", str(REF_DRAIN_MS)])
+def run_untraced(mode="openat"):
+    calls = loop_calls(mode)
+    with BenchCgroup() if mode == "exec" else contextlib.nullcontext() as cgroup:
+        gen = spawn_generator(calls, mode=mode, cgroup=cgroup)
+        go(gen)
+        return {"ns_per_call": generator_result(gen) / calls}
 
 
-def run_consumer_process(argv):
+def run_reference(mode="openat"):
+    if mode == "exec":
+        return run_consumer_process([REF, "--cgroup", "{cgroup}", "--event", mode, "--drain-ms", str(REF_DRAIN_MS)],
+                                    mode)
+    return run_consumer_process([REF, "--pid", "{pid}", "--event", mode, "--drain-ms", str(REF_DRAIN_MS)], mode)
+
+
+def run_consumer_process(argv, mode="openat"):
     """The generator under a consumer process that prints "ready" and, on
     SIGTERM, one JSON line of events, lost and cpu_ns."""
-    gen = spawn_generator(CALLS)
-    consumer = subprocess.Popen([a.replace("{pid}", str(gen.pid)) for a in argv], stdout=subprocess.PIPE,
-                                text=True, preexec_fn=lambda: os.sched_setaffinity(0, CONSUMER_CPUS))
+    with BenchCgroup() if mode == "exec" else contextlib.nullcontext() as cgroup:
+        return _run_consumer_process(argv, mode, cgroup)
+
+
+def _run_consumer_process(argv, mode, cgroup):
+    calls = loop_calls(mode)
+    gen = spawn_generator(calls, mode=mode, cgroup=cgroup)
+    argv = [a.replace("{pid}", str(gen.pid)).replace("{cgroup}", str(cgroup.id if cgroup else 0)) for a in argv]
+    consumer = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: os.sched_setaffinity(0, CONSUMER_CPUS))
     try:
         line = consumer.stdout.readline()
         if line.strip() != "ready":
@@ -159,7 +207,7 @@ def run_consumer_process(argv):
             consumer.kill()
         if gen.poll() is None:
             gen.kill()
-    return {"ns_per_call": elapsed / CALLS, "events": stats["events"], "lost": stats["lost"],
+    return {"ns_per_call": elapsed / calls, "events": stats["events"], "lost": stats["lost"],
             "cpu_ns": stats["cpu_ns"], "cpu_ns_per_event": stats["cpu_ns"] / max(1, stats["events"])}
 
 
@@ -167,11 +215,17 @@ def run_bcc():
     return run_consumer_process([SYSTEM_PYTHON, BCC_PEER, "--pid", "{pid}", "--drain-ms", str(REF_DRAIN_MS)])
 
 
-def run_runtimeguard():
+def run_runtimeguard(mode="openat"):
+    with BenchCgroup() if mode == "exec" else contextlib.nullcontext() as cgroup:
+        return _run_runtimeguard(mode, cgroup)
+
+
+def _run_runtimeguard(mode, cgroup):
     from runtimeguard import Tracer
 
-    gen = spawn_generator(CALLS)
-    tracer = Tracer(events=["file_open"], pids=[gen.pid])
+    calls, event = loop_calls(mode), LOOP_EVENTS[mode]
+    gen = spawn_generator(calls, mode=mode, cgroup=cgroup)
+    tracer = (Tracer(events=[event], cgroups=[cgroup.id]) if cgroup else Tracer(events=[event], pids=[gen.pid]))
     try:
         tracer.start()
         delivered = 0
@@ -184,19 +238,19 @@ def run_runtimeguard():
             delivered += len(tracer.poll(0.05))
             if exited_at is None and gen.poll() is not None:
                 exited_at = time.monotonic()
-            if exited_at is not None and (delivered >= CALLS or time.monotonic() - exited_at > 1.0):
+            if exited_at is not None and (delivered >= calls or time.monotonic() - exited_at > 1.0):
                 break
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         elapsed = generator_result(gen)
         stats = tracer.stats()
         lost = stats.lost_total
-        delivered = min(delivered, stats.delivered.get("file_open", 0))
+        delivered = min(delivered, stats.delivered.get(event, 0))
     finally:
         tracer.close()
         if gen.poll() is None:
             gen.kill()
     cpu_ns = ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) * 1e9
-    return {"ns_per_call": elapsed / CALLS, "events": delivered, "lost": lost, "cpu_ns": cpu_ns,
+    return {"ns_per_call": elapsed / calls, "events": delivered, "lost": lost, "cpu_ns": cpu_ns,
             "cpu_ns_per_event": cpu_ns / max(1, delivered)}
 
 
@@ -264,6 +318,36 @@ def run_latency(bound_ms):
     return out
 
 
+def machine_speed():
+    """DESIGN.md's yardstick for this machine's Python speed: msgspec decoding
+    an array-like Struct of ints and a Literal name (about 220 ns per event on
+    the machines DESIGN.md measured), ns per event, best of 20 batches."""
+    from typing import Literal
+
+    import msgspec
+
+    class Yardstick(msgspec.Struct, array_like=True, gc=False):
+        name: Literal["file_open", "process_exec"]
+        timestamp: int
+        seq: int
+        cpu: int
+        pid: int
+        tid: int
+        entity_id: int
+        cgroup_id: int
+
+    n = 4096
+    data = msgspec.msgpack.encode([Yardstick("file_open", 1_700_000_000_000_000_000, 123_456, 1, 4242, 4243,
+                                             2**62 + 5, 12_345)] * n)
+    decoder = msgspec.msgpack.Decoder(list[Yardstick])
+    best = float("inf")
+    for _ in range(20):
+        t0 = time.perf_counter_ns()
+        decoder.decode(data)
+        best = min(best, (time.perf_counter_ns() - t0) / n)
+    return best
+
+
 def rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -329,6 +413,26 @@ def main():
     incomplete = {k: [r["events"] for r in raw[k] if r["events"] != CALLS]
                   for k in ("reference", "bcc", "runtimeguard")}
 
+    loops = {}
+    for mode in LOOP_CALLS:
+        runs = {"untraced": [], "reference": [], "runtimeguard": []}
+        for i in range(REPEATS):
+            runs["untraced"].append(run_untraced(mode))
+            runs["reference"].append(run_reference(mode))
+            runs["runtimeguard"].append(run_runtimeguard(mode))
+        loops[mode] = runs
+        base_m = median(runs["untraced"], "ns_per_call")
+        short = [r["events"] for k in ("reference", "runtimeguard") for r in runs[k] if r["events"] != LOOP_CALLS[mode]]
+        if short:
+            print(f"warning: {mode} loop: some runs delivered {short} events, expected {LOOP_CALLS[mode]}")
+        print(f"{mode} loop ({LOOP_CALLS[mode]:,} per run): untraced {base_m:,.0f} ns, added: reference "
+              f"{median(runs['reference'], 'ns_per_call') - base_m:,.0f} ns, runtimeguard "
+              f"{median(runs['runtimeguard'], 'ns_per_call') - base_m:,.0f} ns", flush=True)
+
+    yardstick = machine_speed()
+    print(f"machine speed: the DESIGN.md msgspec yardstick decodes in {yardstick:.0f} ns per event (220 there)",
+          flush=True)
+
     from runtimeguard.tracer import DEFAULT_MAX_LATENCY_MS
     loss = run_loss()
     latency = run_latency(DEFAULT_MAX_LATENCY_MS)
@@ -338,6 +442,9 @@ def main():
     over = [st for st in loss["steps"] if st["rate"] >= 2 * loss["best_zero_loss"]]
 
     rows = [
+        {"metric": "machine speed: DESIGN.md's msgspec yardstick, ns/event (about 220 there)",
+         "runtimeguard": None, "reference": None, "value": yardstick, "value_label": "", "ratio": None,
+         "target": None, "verdict": None},
         {"metric": "openat+close untraced, ns/call", "runtimeguard": None, "reference": None,
          "value": base, "ratio": None, "target": None, "verdict": None},
         {"metric": "openat+close traced, ns/call", "runtimeguard": rg_call, "reference": ref_call,
@@ -372,16 +479,22 @@ def main():
          "ratio": None if rss["growth"] is None else abs(rss["growth"]) / RSS_TARGET_GROWTH, "ratio_label": "x target",
          "target": f"within {RSS_TARGET_GROWTH * 100:.0f} %",
          "verdict": "PASS" if rss["growth"] is not None and abs(rss["growth"]) <= RSS_TARGET_GROWTH else "FALL SHORT"},
-    ] + [{"metric": m, "runtimeguard": None, "reference": None, "ratio": None, "target": None, "verdict": v}
-         for m, v in NOT_MEASURED]
+    ]
+    # The other loops, right after the openat row.
+    for at, (mode, runs) in enumerate(loops.items(), start=4):
+        base_m = median(runs["untraced"], "ns_per_call")
+        ref_m = median(runs["reference"], "ns_per_call") - base_m
+        rg_m = median(runs["runtimeguard"], "ns_per_call") - base_m
+        what = "connect (TCP, loopback, with accept and close)" if mode == "connect" else "exec (spawn and wait)"
+        rows.insert(at, {"metric": f"traced workload: added ns per {what}, untraced {base_m:,.0f} ns",
+                        "runtimeguard": rg_m, "reference": ref_m, "ratio": rg_m / ref_m if ref_m > 0 else None,
+                        "target": None, "verdict": None})
 
     header = ("metric", "runtimeguard", "reference", "ratio", "target", "verdict")
     table = []
     for r in rows:
         if "value" in r:
-            cells = (r["metric"], fmt(r["value"]) + " (untraced)", "", "", "-", "-")
-        elif r["verdict"] == "not measured yet":
-            cells = (r["metric"], "", "", "", "", r["verdict"])
+            cells = (r["metric"], fmt(r["value"]) + r.get("value_label", " (untraced)"), "", "", "-", "-")
         else:
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}{r.get('ratio_label', 'x ref')}"
             if "ratio_to_target" in r:
@@ -410,10 +523,12 @@ def main():
 
     results = {
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "config": {"calls": CALLS, "repeats": REPEATS, "ref_drain_ms": REF_DRAIN_MS,
+        "machine_speed_ns": yardstick,
+        "config": {"calls": CALLS, "loop_calls": LOOP_CALLS, "repeats": REPEATS, "ref_drain_ms": REF_DRAIN_MS,
                    "generator_cpus": sorted(GEN_CPUS), "consumer_cpus": sorted(CONSUMER_CPUS)},
         "rows": rows,
         "raw": raw,
+        "loops": loops,
         "loss": loss,
         "latency": latency,
         "rss": rss,

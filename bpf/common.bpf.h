@@ -147,7 +147,7 @@ static __always_inline void *rg_claim(void *rec, __u32 kind, bool with_task, con
 	}
 	__u64 id = bpf_get_current_pid_tgid();
 	hdr->cgroup_id = bpf_get_current_cgroup_id();
-	hdr->start_boottime = with_task ? rg_task_start((struct task_struct *)bpf_get_current_task()) : 0;
+	hdr->start_boottime = with_task ? bpf_get_current_task_btf()->group_leader->start_boottime : 0;
 	hdr->pid = id >> 32;
 	hdr->tid = (__u32)id;
 	return rec;
@@ -168,14 +168,14 @@ static __always_inline void rg_submit(void *rec)
 /* The struct file behind a descriptor of the current task, or NULL. */
 static __always_inline struct file *rg_fd_file(long fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	unsigned int max_fds = BPF_CORE_READ(task, files, fdt, max_fds);
+	/* A BTF task pointer: its fields are plain (fault-checked) loads, not a
+	 * helper call each. */
+	struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
 	struct file *file = NULL;
 
-	if (fd < 0 || fd >= max_fds)
+	if (fd < 0 || fd >= fdt->max_fds)
 		return NULL;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
 	return file;
 }
 
@@ -226,16 +226,40 @@ struct rg_inflight {
 	__u64 arg1;
 	__u64 arg2;
 	__u32 syscall;
-	__u32 pad;
+	__u32 active; /* saved by sys_enter, not yet taken by sys_exit */
 	__u8 sockaddr[28]; /* sizeof(struct sockaddr_in6) */
 };
 
-#define RG_INFLIGHT_MAP(name)                         \
-	struct {                                      \
-		__uint(type, BPF_MAP_TYPE_HASH);      \
-		__uint(max_entries, 16384);           \
-		__type(key, __u64);                   \
-		__type(value, struct rg_inflight);    \
+/* Syscall arguments saved at sys_enter for sys_exit, in the thread's own
+ * storage: created on its first traced call, then written in place. A hash
+ * keyed by thread costs an update and a delete per call, and can fill up. */
+#define RG_INFLIGHT_MAP(name)                              \
+	struct {                                           \
+		__uint(type, BPF_MAP_TYPE_TASK_STORAGE);   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);      \
+		__type(key, int);                          \
+		__type(value, struct rg_inflight);         \
 	} name SEC(".maps")
+
+static __always_inline void rg_inflight_save(void *map, const struct rg_inflight *args)
+{
+	struct rg_inflight *slot = bpf_task_storage_get(map, bpf_get_current_task_btf(), 0,
+							BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (slot) {
+		*slot = *args;
+		slot->active = 1;
+	}
+}
+
+/* What this thread's sys_enter saved, or NULL; each save is taken once. */
+static __always_inline struct rg_inflight *rg_inflight_take(void *map)
+{
+	struct rg_inflight *slot = bpf_task_storage_get(map, bpf_get_current_task_btf(), 0, 0);
+
+	if (!slot || !slot->active)
+		return NULL;
+	slot->active = 0;
+	return slot;
+}
 
 #endif

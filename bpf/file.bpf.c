@@ -8,9 +8,8 @@ static __always_inline int rg_open_enter(const char *path, __u64 flags, __u64 mo
 {
 	if (rg_filtered_out())
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
 	struct rg_inflight args = { .arg0 = (__u64)path, .arg1 = flags, .arg2 = mode, .syscall = syscall };
-	bpf_map_update_elem(&rg_open_args, &id, &args, BPF_ANY);
+	rg_inflight_save(&rg_open_args, &args);
 	return 0;
 }
 
@@ -28,8 +27,7 @@ static __always_inline void rg_emit_proc_mem(struct rg_inflight *args, long ret,
 
 static __always_inline int rg_open_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct rg_inflight *args = bpf_map_lookup_elem(&rg_open_args, &id);
+	struct rg_inflight *args = rg_inflight_take(&rg_open_args);
 	if (!args)
 		return 0;
 
@@ -42,11 +40,11 @@ static __always_inline int rg_open_exit(long ret)
 			rg_emit_proc_mem(args, ret, target, method);
 	}
 	if (!rg_kind_enabled(RG_KIND_FILE_OPEN))
-		goto out;
+		return 0;
 
 	struct rg_file_record *e = rg_reserve(struct rg_file_record, RG_KIND_FILE_OPEN);
 	if (!e)
-		goto out;
+		return 0;
 	e->retval = ret;
 	e->flags = args->arg1;
 	e->mode = args->arg2;
@@ -58,8 +56,6 @@ static __always_inline int rg_open_exit(long ret)
 		e->path[0] = 0;
 	e->path_truncated = n == sizeof(e->path);
 	rg_submit(e);
-out:
-	bpf_map_delete_elem(&rg_open_args, &id);
 	return 0;
 }
 

@@ -21,20 +21,18 @@ static __always_inline int rg_net_enter(__u64 fd, const void *uaddr, __u64 addrl
 	__u16 family = *(__u16 *)args.sockaddr;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&rg_net_args, &id, &args, BPF_ANY);
+	rg_inflight_save(&rg_net_args, &args);
 	return 0;
 }
 
 static __always_inline int rg_net_exit(long ret, __u32 kind)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct rg_inflight *args = bpf_map_lookup_elem(&rg_net_args, &id);
+	struct rg_inflight *args = rg_inflight_take(&rg_net_args);
 	if (!args)
 		return 0;
 	struct rg_net_record *e = rg_reserve(struct rg_net_record, kind);
 	if (!e)
-		goto out;
+		return 0;
 	e->retval = ret;
 	e->fd = args->arg0;
 	e->syscall = args->syscall;
@@ -56,8 +54,6 @@ static __always_inline int rg_net_exit(long ret, __u32 kind)
 		e->sock_type = BPF_CORE_READ(sk, sk_type);
 	}
 	rg_submit(e);
-out:
-	bpf_map_delete_elem(&rg_net_args, &id);
 	return 0;
 }
 

@@ -51,9 +51,8 @@ static __always_inline int rg_exec_enter(const char *filename, const char *const
 {
 	if (rg_filtered_out())
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
 	struct rg_inflight args = { .arg0 = (__u64)filename, .arg1 = (__u64)argv };
-	bpf_map_update_elem(&rg_exec_args, &id, &args, BPF_ANY);
+	rg_inflight_save(&rg_exec_args, &args);
 	return 0;
 }
 
@@ -61,19 +60,12 @@ static __always_inline int rg_exec_enter(const char *filename, const char *const
 
 static __always_inline int rg_exec_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct rg_inflight *args = bpf_map_lookup_elem(&rg_exec_args, &id);
-	if (!args)
+	struct rg_inflight *args = rg_inflight_take(&rg_exec_args);
+	if (!args || ret >= 0)
 		return 0;
-	if (ret >= 0) {
-		bpf_map_delete_elem(&rg_exec_args, &id);
-		return 0;
-	}
 	struct rg_exec_record *e = rg_reserve(struct rg_exec_record, RG_KIND_PROCESS_EXEC);
-	if (!e) {
-		bpf_map_delete_elem(&rg_exec_args, &id);
+	if (!e)
 		return 0;
-	}
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	rg_fill_identity(e, task);
 	e->retval = ret;
@@ -99,7 +91,6 @@ static __always_inline int rg_exec_exit(long ret)
 		off += len;
 	}
 	e->args_len = off;
-	bpf_map_delete_elem(&rg_exec_args, &id);
 	rg_submit(e);
 	return 0;
 }

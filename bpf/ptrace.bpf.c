@@ -7,9 +7,8 @@ static __always_inline int rg_save(__u64 arg0, __u64 arg1, __u32 syscall)
 {
 	if (rg_filtered_out())
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
 	struct rg_inflight args = { .arg0 = arg0, .arg1 = arg1, .syscall = syscall };
-	bpf_map_update_elem(&rg_ptrace_args, &id, &args, BPF_ANY);
+	rg_inflight_save(&rg_ptrace_args, &args);
 	return 0;
 }
 
@@ -22,8 +21,7 @@ int rg_ptrace_enter(struct trace_event_raw_sys_enter *ctx)
 SEC("tp/syscalls/sys_exit_ptrace")
 int rg_ptrace_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct rg_inflight *args = bpf_map_lookup_elem(&rg_ptrace_args, &id);
+	struct rg_inflight *args = rg_inflight_take(&rg_ptrace_args);
 	if (!args)
 		return 0;
 	struct rg_ptrace_record *e = rg_reserve(struct rg_ptrace_record, RG_KIND_PTRACE);
@@ -33,7 +31,6 @@ int rg_ptrace_exit(struct trace_event_raw_sys_exit *ctx)
 		e->retval = ctx->ret;
 		rg_submit(e);
 	}
-	bpf_map_delete_elem(&rg_ptrace_args, &id);
 	return 0;
 }
 
@@ -51,8 +48,7 @@ int rg_vm_writev_enter(struct trace_event_raw_sys_enter *ctx)
 
 static __always_inline int rg_vm_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct rg_inflight *args = bpf_map_lookup_elem(&rg_ptrace_args, &id);
+	struct rg_inflight *args = rg_inflight_take(&rg_ptrace_args);
 	if (!args)
 		return 0;
 	struct rg_memory_record *e = rg_reserve(struct rg_memory_record, RG_KIND_PROCESS_MEMORY);
@@ -62,7 +58,6 @@ static __always_inline int rg_vm_exit(long ret)
 		e->retval = ret;
 		rg_submit(e);
 	}
-	bpf_map_delete_elem(&rg_ptrace_args, &id);
 	return 0;
 }
 

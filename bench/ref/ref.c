@@ -1,8 +1,10 @@
-/* Consumer for the C reference: loads ref.bpf.c filtered to one pid, drains
- * the ring buffer in batches every few milliseconds, and prints one JSON line
- * when told to stop (SIGTERM/SIGINT, or after --seconds).
+/* Consumer for the C reference: loads the programs of one event from
+ * ref.bpf.c, filtered to one pid or one cgroup, drains the ring buffer in
+ * batches every few milliseconds, and prints one JSON line when told to stop
+ * (SIGTERM/SIGINT, or after --seconds).
  *
- *   ref --pid PID [--drain-ms 5] [--ring-bytes 8388608] [--seconds N]
+ *   ref (--pid PID | --cgroup ID) [--event openat|connect|exec] [--drain-ms 5]
+ *       [--ring-bytes 8388608] [--seconds N]
  *
  * Prints "ready" on stdout once attached; CPU time is counted from then.
  */
@@ -43,25 +45,35 @@ static double now_s(void)
 int main(int argc, char **argv)
 {
 	int pid = 0, drain_ms = 5;
+	unsigned long long cgroup = 0;
+	const char *event = "openat";
 	unsigned ring_bytes = 8u << 20;
 	double seconds = 0;
 	static const struct option opts[] = {
 		{"pid", required_argument, 0, 'p'}, {"drain-ms", required_argument, 0, 'd'},
-		{"ring-bytes", required_argument, 0, 'r'}, {"seconds", required_argument, 0, 's'}, {0},
+		{"ring-bytes", required_argument, 0, 'r'}, {"seconds", required_argument, 0, 's'},
+		{"cgroup", required_argument, 0, 'c'}, {"event", required_argument, 0, 'e'}, {0},
 	};
-	for (int c; (c = getopt_long(argc, argv, "p:d:r:s:", opts, NULL)) != -1;) {
+	for (int c; (c = getopt_long(argc, argv, "p:d:r:s:c:e:", opts, NULL)) != -1;) {
 		switch (c) {
 		case 'p': pid = atoi(optarg); break;
 		case 'd': drain_ms = atoi(optarg); break;
 		case 'r': ring_bytes = strtoul(optarg, NULL, 0); break;
 		case 's': seconds = atof(optarg); break;
+		case 'c': cgroup = strtoull(optarg, NULL, 0); break;
+		case 'e': event = optarg; break;
 		default:
-			fprintf(stderr, "usage: %s --pid PID [--drain-ms MS] [--ring-bytes N] [--seconds S]\n", argv[0]);
+			fprintf(stderr, "usage: %s (--pid PID | --cgroup ID) [--event openat|connect|exec] [--drain-ms MS] "
+				"[--ring-bytes N] [--seconds S]\n", argv[0]);
 			return 2;
 		}
 	}
-	if (pid <= 0) {
-		fprintf(stderr, "ref: --pid is required\n");
+	if (pid <= 0 && !cgroup) {
+		fprintf(stderr, "ref: --pid or --cgroup is required\n");
+		return 2;
+	}
+	if (strcmp(event, "openat") && strcmp(event, "connect") && strcmp(event, "exec")) {
+		fprintf(stderr, "ref: unknown --event %s (openat, connect, exec)\n", event);
 		return 2;
 	}
 
@@ -71,6 +83,11 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	skel->rodata->target_pid = pid;
+	skel->rodata->target_cgroup = cgroup;
+	/* The programs of the measured event only. */
+	struct bpf_program *prog;
+	bpf_object__for_each_program(prog, skel->obj)
+		bpf_program__set_autoload(prog, strstr(bpf_program__name(prog), event) != NULL);
 	bpf_map__set_max_entries(skel->maps.ref_events, ring_bytes);
 	int err = ref_bpf__load(skel);
 	if (!err)
