@@ -160,6 +160,30 @@ def generator_result(gen):
     return int(out[0])
 
 
+@contextlib.contextmanager
+def bpf_stats():
+    """The kernel's per-program run time accounting (kernel.bpf_stats_enabled),
+    on for the block: it costs two clock reads per program run, so the
+    wall-clock comparisons run without it."""
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(path) as f:
+        before = f.read().strip()
+    with open(path, "w") as f:
+        f.write("1")
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(before)
+
+
+def bpf_program_ns(prefix):
+    """Run time, in ns, of the loaded BPF programs named prefix*, since they
+    were loaded (0 unless bpf_stats() was on)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return sum(p.get("run_time_ns", 0) for p in json.loads(out) if p.get("name", "").startswith(prefix))
+
+
 def loop_calls(mode):
     return CALLS if mode == "openat" else LOOP_CALLS[mode]
 
@@ -198,6 +222,7 @@ def _run_consumer_process(argv, mode, cgroup):
             raise RuntimeError(f"{argv[0]} did not start: {line!r}")
         go(gen)
         elapsed = generator_result(gen)
+        prog_ns = bpf_program_ns("ref_") if argv[0] == REF else 0
         time.sleep(0.05)  # past a few drain periods
         consumer.send_signal(signal.SIGTERM)
         out, _ = consumer.communicate(timeout=30)
@@ -208,7 +233,8 @@ def _run_consumer_process(argv, mode, cgroup):
         if gen.poll() is None:
             gen.kill()
     return {"ns_per_call": elapsed / calls, "events": stats["events"], "lost": stats["lost"],
-            "cpu_ns": stats["cpu_ns"], "cpu_ns_per_event": stats["cpu_ns"] / max(1, stats["events"])}
+            "cpu_ns": stats["cpu_ns"], "cpu_ns_per_event": stats["cpu_ns"] / max(1, stats["events"]),
+            "bpf_ns_per_call": prog_ns / calls}
 
 
 def run_bcc():
@@ -242,6 +268,7 @@ def _run_runtimeguard(mode, cgroup):
                 break
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         elapsed = generator_result(gen)
+        prog_ns = bpf_program_ns("rg_")
         stats = tracer.stats()
         lost = stats.lost_total
         delivered = min(delivered, stats.delivered.get(event, 0))
@@ -251,7 +278,7 @@ def _run_runtimeguard(mode, cgroup):
             gen.kill()
     cpu_ns = ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) * 1e9
     return {"ns_per_call": elapsed / calls, "events": delivered, "lost": lost, "cpu_ns": cpu_ns,
-            "cpu_ns_per_event": cpu_ns / max(1, delivered)}
+            "cpu_ns_per_event": cpu_ns / max(1, delivered), "bpf_ns_per_call": prog_ns / calls}
 
 
 def traced_run(rate, calls, on_events=None, on_tick=None):
@@ -429,6 +456,17 @@ def main():
               f"{median(runs['reference'], 'ns_per_call') - base_m:,.0f} ns, runtimeguard "
               f"{median(runs['runtimeguard'], 'ns_per_call') - base_m:,.0f} ns", flush=True)
 
+    # The BPF programs' own run time per operation, from the kernel's
+    # accounting: one run each with it on. It isolates the programs' cost where
+    # the operation's own cost varies more than the tracing adds (connect, exec).
+    prog_time = {}
+    with bpf_stats():
+        for mode in ("openat",) + tuple(LOOP_CALLS):
+            prog_time[mode] = {"reference": run_reference(mode)["bpf_ns_per_call"],
+                               "runtimeguard": run_runtimeguard(mode)["bpf_ns_per_call"]}
+            print(f"{mode}: BPF program time per operation: reference {prog_time[mode]['reference']:,.0f} ns, "
+                  f"runtimeguard {prog_time[mode]['runtimeguard']:,.0f} ns", flush=True)
+
     yardstick = machine_speed()
     print(f"machine speed: the DESIGN.md msgspec yardstick decodes in {yardstick:.0f} ns per event (220 there)",
           flush=True)
@@ -482,15 +520,22 @@ def main():
          "target": f"within {RSS_TARGET_GROWTH * 100:.0f} %",
          "verdict": "PASS" if rss["growth"] is not None and abs(rss["growth"]) <= RSS_TARGET_GROWTH else "FALL SHORT"},
     ]
-    # The other loops, right after the openat row.
-    for at, (mode, runs) in enumerate(loops.items(), start=4):
+    # The other loops, and the programs' run time, right after the openat row.
+    at = 4
+    for mode, times in prog_time.items():
+        rows.insert(at, {"metric": f"BPF program time per {mode} (kernel.bpf_stats_enabled, one run each)",
+                         "runtimeguard": times["runtimeguard"], "reference": times["reference"],
+                         "ratio": times["runtimeguard"] / times["reference"] if times["reference"] else None,
+                         "target": None, "verdict": None})
+        at += 1
+    for at, (mode, runs) in enumerate(loops.items(), start=at):
         base_m = median(runs["untraced"], "ns_per_call")
         ref_m = median(runs["reference"], "ns_per_call") - base_m
         rg_m = median(runs["runtimeguard"], "ns_per_call") - base_m
         spread = max(r["ns_per_call"] for r in runs["untraced"]) - min(r["ns_per_call"] for r in runs["untraced"])
         what = "connect (TCP, loopback, with accept and close)" if mode == "connect" else "exec (spawn and wait)"
         rows.insert(at, {"metric": f"traced workload: added ns per {what}, untraced {base_m:,.0f} ns "
-                                   f"(spread {spread:,.0f} ns)",
+                                   f"(spread {spread:,.0f} ns)", "name": f"{mode} loop",
                          "runtimeguard": rg_m, "reference": ref_m,
                          "ratio": rg_m / ref_m if ref_m > spread else None, "target": None, "verdict": None,
                          "note": None if ref_m > spread and rg_m > spread else
@@ -522,7 +567,7 @@ def main():
           f"runtimeguard in its default configuration.")
     for r in rows:
         if r.get("note"):
-            print(f"{r['metric'].split(',')[0]}: {r['note']}")
+            print(f"{r.get('name', r['metric'].split(':')[0])}: {r['note']}")
     for k, bad in incomplete.items():
         if bad:
             print(f"warning: {k} delivered {bad} events in some runs, expected {CALLS} "
@@ -536,6 +581,7 @@ def main():
         "rows": rows,
         "raw": raw,
         "loops": loops,
+        "bpf_program_ns": prog_time,
         "loss": loss,
         "latency": latency,
         "rss": rss,

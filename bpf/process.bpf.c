@@ -4,8 +4,6 @@
  * resolves every other event's process identity. */
 #include "common.bpf.h"
 
-RG_INFLIGHT_MAP(rg_exec_args);
-
 static __always_inline void rg_fill_identity(struct rg_exec_record *e, struct task_struct *task)
 {
 	__u64 ugid = bpf_get_current_uid_gid();
@@ -45,34 +43,29 @@ int BPF_PROG(rg_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 	return 0;
 }
 
-/* A failed execve never reaches sched_process_exec: remember its arguments at
- * entry and report it at exit with the error. */
-static __always_inline int rg_exec_enter(const char *filename, const char *const *argv)
-{
-	if (rg_filtered_out())
-		return 0;
-	struct rg_inflight args = { .arg0 = (__u64)filename, .arg1 = (__u64)argv };
-	rg_inflight_save(&rg_exec_args, &args);
-	return 0;
-}
-
+/* A failed execve never reaches sched_process_exec: it is reported at exit,
+ * with the error. Its arguments are read then from the caller's saved user
+ * registers, which a failed exec leaves as they were: nothing is saved at
+ * entry, where every exec (nearly all succeed, each in a task new to us)
+ * would pay for it. */
 #define RG_ARG_CHUNK 128
 
-static __always_inline int rg_exec_exit(long ret)
+static __always_inline int rg_exec_failed(long ret, bool at)
 {
-	struct rg_inflight *args = rg_inflight_take(&rg_exec_args);
-	if (!args || ret >= 0)
+	if (ret >= 0 || rg_filtered_out())
 		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	const char *filename = (const char *)(at ? PT_REGS_PARM2_SYSCALL(regs) : PT_REGS_PARM1_SYSCALL(regs));
+	const char *const *argv = (const char *const *)(at ? PT_REGS_PARM3_SYSCALL(regs) : PT_REGS_PARM2_SYSCALL(regs));
 	struct rg_exec_record *e = rg_reserve(struct rg_exec_record, RG_KIND_PROCESS_EXEC);
 	if (!e)
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	rg_fill_identity(e, task);
 	e->retval = ret;
-	long n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), (const char *)args->arg0);
+	long n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
 	e->filename_truncated = n == sizeof(e->filename);
 
-	const char *const *argv = (const char *const *)args->arg1;
 	__u32 off = 0;
 	e->args_truncated = 0;
 	for (int i = 0; i < 32; i++) {
@@ -95,28 +88,16 @@ static __always_inline int rg_exec_exit(long ret)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_enter_execve")
-int rg_execve_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_exec_enter((const char *)ctx->args[0], (const char *const *)ctx->args[1]);
-}
-
-SEC("tp/syscalls/sys_enter_execveat")
-int rg_execveat_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_exec_enter((const char *)ctx->args[1], (const char *const *)ctx->args[2]);
-}
-
 SEC("tp/syscalls/sys_exit_execve")
 int rg_execve_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return rg_exec_exit(ctx->ret);
+	return rg_exec_failed(ctx->ret, false);
 }
 
 SEC("tp/syscalls/sys_exit_execveat")
 int rg_execveat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return rg_exec_exit(ctx->ret);
+	return rg_exec_failed(ctx->ret, true);
 }
 
 SEC("tp_btf/sched_process_fork")

@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 
@@ -42,6 +43,19 @@ def test_failed_exec_reports_the_error():
         ev = wait_for(t, lambda e: e.name == "process_exec" and e.data.executable == missing)
     assert ev.data.return_code == -2  # ENOENT
     assert ev.data.argv == [missing, "arg1"]
+
+
+def test_failed_execveat_reports_its_arguments():
+    # os.execve on a descriptor is fexecve: execveat(fd, "", argv, envp,
+    # AT_EMPTY_PATH), whose arguments sit one register further along.
+    token = secrets.token_hex(4)
+    code = ("import os\ntry:\n    os.execve(os.open('/etc/hostname', os.O_RDONLY), ['fexecve', "
+            f"'{token}'], {{}})\nexcept OSError as e:\n    print(e.errno)")
+    with Tracer(events=["process_exec"]) as t:
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        ev = wait_for(t, lambda e: e.name == "process_exec" and e.data.argv == ["fexecve", token])
+    assert ev.data.return_code == -int(child.stdout)  # /etc/hostname is no program
+    assert ev.data.executable == ""
 
 
 def test_fork_and_exit_code_and_signal():

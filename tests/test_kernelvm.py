@@ -13,28 +13,32 @@ from kernelvm import VmResult, run_in_vm
 CAPABILITIES = ("import runtimeguard; c = runtimeguard.capabilities(); print(c.available('bpf_lsm'), c.enforcement); "
                 "print('bpf_lsm feature:', c.feature('bpf_lsm'))")
 # Every sensor loads on the older kernel and reports. The shell forks (the
-# tracer never sees its own process's forks); the Python it starts opens a
-# file, connects (refused) and exits.
+# tracer never sees its own process's forks) and fails an exec; the Python it
+# starts opens a file, connects (refused) and exits.
 SENSORS = """
 import shlex, subprocess, sys, time
 from runtimeguard import Tracer
 from runtimeguard.tracer import ALL_EVENTS
 code = "import socket; open('/etc/hostname').read(); socket.socket().connect_ex(('127.0.0.1', 1))"
 with Tracer(events=ALL_EVENTS) as t:
-    shell = subprocess.Popen(["/bin/sh", "-c", f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}; true"])
+    shell = subprocess.Popen(["/bin/sh", "-c", f"/nonexistent-rg 2>/dev/null; "
+                                               f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}; true"])
     shell.wait()
     checks = {
-        "process_fork": lambda ev: ev.pid == shell.pid,
-        "process_exec": lambda ev: ev.data.executable == sys.executable,
-        "file_open": lambda ev: ev.data.path == "/etc/hostname",
-        "net_connect": lambda ev: ev.data.port == 1,
-        "process_exit": lambda ev: ev.pid == shell.pid,
+        "process_fork": lambda ev: ev.name == "process_fork" and ev.pid == shell.pid,
+        "process_exec": lambda ev: ev.name == "process_exec" and ev.data.executable == sys.executable,
+        "failed_exec": lambda ev: (ev.name == "process_exec" and ev.data.executable == "/nonexistent-rg"
+                                   and ev.data.return_code == -2),
+        "file_open": lambda ev: ev.name == "file_open" and ev.data.path == "/etc/hostname",
+        "net_connect": lambda ev: ev.name == "net_connect" and ev.data.port == 1,
+        "process_exit": lambda ev: ev.name == "process_exit" and ev.pid == shell.pid,
     }
     seen, deadline = set(), time.monotonic() + 10
     while time.monotonic() < deadline and len(seen) < len(checks):
-        seen.update(ev.name for ev in t.poll(0.2) if ev.name in checks and checks[ev.name](ev))
-for name in checks:
-    print("sensor:", name, name in seen)
+        for ev in t.poll(0.2):
+            seen.update(label for label, check in checks.items() if check(ev))
+for label in checks:
+    print("sensor:", label, label in seen)
 """
 
 
@@ -73,6 +77,7 @@ def test_runtimeguard_finds_bpf_lsm(guest):
     assert available[0].startswith("True "), guest.output
 
 
-@pytest.mark.parametrize("name", ["process_fork", "process_exec", "file_open", "net_connect", "process_exit"])
+@pytest.mark.parametrize("name", ["process_fork", "process_exec", "failed_exec", "file_open", "net_connect",
+                                  "process_exit"])
 def test_sensor_loads_and_reports_on_the_guest_kernel(guest, name):
     assert _line(guest, f"sensor: {name} ") == "True", guest.output
