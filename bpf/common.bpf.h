@@ -221,45 +221,31 @@ static __always_inline __u32 rg_proc_memory_target(struct file *file, __u32 *met
 }
 
 /* Arguments of a syscall in flight, saved at entry and consumed at exit. */
-struct rg_inflight {
+/* A syscall's arguments, read at sys_exit from the caller's saved user
+ * registers: the syscall leaves them as they were. No program runs at
+ * sys_enter and nothing is kept between the two (a per-thread slot costs a
+ * map write per call, or an allocation per new thread). */
+struct rg_syscall_args {
 	__u64 arg0;
 	__u64 arg1;
 	__u64 arg2;
 	__u32 syscall;
-	__u32 active; /* saved by sys_enter, not yet taken by sys_exit */
+	__u32 pad;
 	__u8 sockaddr[28]; /* sizeof(struct sockaddr_in6) */
 };
 
-/* Syscall arguments saved at sys_enter for sys_exit, in the thread's own
- * storage: created on its first traced call, then written in place. A hash
- * keyed by thread costs an update and a delete per call, and can fill up. */
-#define RG_INFLIGHT_MAP(name)                              \
-	struct {                                           \
-		__uint(type, BPF_MAP_TYPE_TASK_STORAGE);   \
-		__uint(map_flags, BPF_F_NO_PREALLOC);      \
-		__type(key, int);                          \
-		__type(value, struct rg_inflight);         \
-	} name SEC(".maps")
-
-static __always_inline void rg_inflight_save(void *map, const struct rg_inflight *args)
+static __always_inline struct pt_regs *rg_syscall_regs(void)
 {
-	struct rg_inflight *slot = bpf_task_storage_get(map, bpf_get_current_task_btf(), 0,
-							BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (slot) {
-		*slot = *args;
-		slot->active = 1;
-	}
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-/* What this thread's sys_enter saved, or NULL; each save is taken once. */
-static __always_inline struct rg_inflight *rg_inflight_take(void *map)
-{
-	struct rg_inflight *slot = bpf_task_storage_get(map, bpf_get_current_task_btf(), 0, 0);
-
-	if (!slot || !slot->active)
-		return NULL;
-	slot->active = 0;
-	return slot;
-}
+/* libbpf names the first five. */
+#if defined(bpf_target_x86)
+#define RG_SYSCALL_PARM6(regs) ((regs)->r9)
+#elif defined(bpf_target_arm64)
+#define RG_SYSCALL_PARM6(regs) ((regs)->regs[5])
+#else
+#error "RG_SYSCALL_PARM6: unknown target architecture"
+#endif
 
 #endif

@@ -2,18 +2,43 @@
  * (process-memory access). */
 #include "common.bpf.h"
 
-RG_INFLIGHT_MAP(rg_open_args);
-
-static __always_inline int rg_open_enter(const char *path, __u64 flags, __u64 mode, __u32 syscall)
+/* The open's path, flags and mode; false when the caller is out of scope. */
+static __always_inline bool rg_open_args(struct rg_syscall_args *args, __u32 syscall)
 {
 	if (rg_filtered_out())
-		return 0;
-	struct rg_inflight args = { .arg0 = (__u64)path, .arg1 = flags, .arg2 = mode, .syscall = syscall };
-	rg_inflight_save(&rg_open_args, &args);
-	return 0;
+		return false;
+	struct pt_regs *regs = rg_syscall_regs();
+	args->syscall = syscall;
+	switch (syscall) {
+	case RG_OPEN_OPEN:
+		args->arg0 = PT_REGS_PARM1_SYSCALL(regs);
+		args->arg1 = PT_REGS_PARM2_SYSCALL(regs);
+		args->arg2 = PT_REGS_PARM3_SYSCALL(regs);
+		break;
+	case RG_OPEN_CREAT:
+		/* creat(path, mode) is open(path, O_CREAT|O_WRONLY|O_TRUNC, mode). */
+		args->arg0 = PT_REGS_PARM1_SYSCALL(regs);
+		args->arg1 = 01 | 0100 | 01000;
+		args->arg2 = PT_REGS_PARM2_SYSCALL(regs);
+		break;
+	case RG_OPEN_OPENAT2: {
+		struct open_how how = {};
+		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_SYSCALL(regs));
+		args->arg0 = PT_REGS_PARM2_SYSCALL(regs);
+		args->arg1 = how.flags;
+		args->arg2 = how.mode;
+		break;
+	}
+	default:
+		args->arg0 = PT_REGS_PARM2_SYSCALL(regs);
+		args->arg1 = PT_REGS_PARM3_SYSCALL(regs);
+		args->arg2 = PT_REGS_PARM4_SYSCALL(regs);
+		break;
+	}
+	return true;
 }
 
-static __always_inline void rg_emit_proc_mem(struct rg_inflight *args, long ret, __u32 target, __u32 method)
+static __always_inline void rg_emit_proc_mem(struct rg_syscall_args *args, long ret, __u32 target, __u32 method)
 {
 	struct rg_memory_record *e = rg_reserve(struct rg_memory_record, RG_KIND_PROCESS_MEMORY);
 	if (!e)
@@ -25,10 +50,10 @@ static __always_inline void rg_emit_proc_mem(struct rg_inflight *args, long ret,
 	rg_submit(e);
 }
 
-static __always_inline int rg_open_exit(long ret)
+static __always_inline int rg_open_exit(long ret, __u32 syscall)
 {
-	struct rg_inflight *args = rg_inflight_take(&rg_open_args);
-	if (!args)
+	struct rg_syscall_args saved, *args = &saved;
+	if (!rg_open_args(args, syscall))
 		return 0;
 
 	struct file *file = ret >= 0 ? rg_fd_file(ret) : NULL;
@@ -59,41 +84,14 @@ static __always_inline int rg_open_exit(long ret)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_enter_open")
-int rg_open_enter_open(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_open_enter((const char *)ctx->args[0], ctx->args[1], ctx->args[2], RG_OPEN_OPEN);
-}
-
-SEC("tp/syscalls/sys_enter_creat")
-int rg_open_enter_creat(struct trace_event_raw_sys_enter *ctx)
-{
-	/* creat(path, mode) is open(path, O_CREAT|O_WRONLY|O_TRUNC, mode). */
-	return rg_open_enter((const char *)ctx->args[0], 01 | 0100 | 01000, ctx->args[1], RG_OPEN_CREAT);
-}
-
-SEC("tp/syscalls/sys_enter_openat")
-int rg_open_enter_openat(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_open_enter((const char *)ctx->args[1], ctx->args[2], ctx->args[3], RG_OPEN_OPENAT);
-}
-
-SEC("tp/syscalls/sys_enter_openat2")
-int rg_open_enter_openat2(struct trace_event_raw_sys_enter *ctx)
-{
-	struct open_how how = {};
-	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
-	return rg_open_enter((const char *)ctx->args[1], how.flags, how.mode, RG_OPEN_OPENAT2);
-}
-
 SEC("tp/syscalls/sys_exit_open")
-int rg_open_exit_open(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }
+int rg_open_exit_open(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret, RG_OPEN_OPEN); }
 
 SEC("tp/syscalls/sys_exit_creat")
-int rg_open_exit_creat(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }
+int rg_open_exit_creat(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret, RG_OPEN_CREAT); }
 
 SEC("tp/syscalls/sys_exit_openat")
-int rg_open_exit_openat(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }
+int rg_open_exit_openat(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret, RG_OPEN_OPENAT); }
 
 SEC("tp/syscalls/sys_exit_openat2")
-int rg_open_exit_openat2(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret); }
+int rg_open_exit_openat2(struct trace_event_raw_sys_exit *ctx) { return rg_open_exit(ctx->ret, RG_OPEN_OPENAT2); }

@@ -5,30 +5,46 @@
 #define AF_INET 2
 #define AF_INET6 10
 
-RG_INFLIGHT_MAP(rg_net_args);
-
-/* Saves the destination at syscall entry; the result comes at exit. */
-static __always_inline int rg_net_enter(__u64 fd, const void *uaddr, __u64 addrlen, __u32 syscall)
+/* The socket and destination of a connect, sendto or sendmsg; false when the
+ * caller is out of scope or named no IPv4/IPv6 destination. */
+static __always_inline bool rg_net_args(struct rg_syscall_args *args, __u32 syscall)
 {
-	if (!uaddr || rg_filtered_out())
-		return 0;
-	struct rg_inflight args = { .arg0 = fd, .syscall = syscall };
-	__u32 len = addrlen > sizeof(args.sockaddr) ? sizeof(args.sockaddr) : addrlen;
+	if (rg_filtered_out())
+		return false;
+	struct pt_regs *regs = rg_syscall_regs();
+	const void *uaddr;
+	__u64 addrlen;
+
+	if (syscall == RG_SEND_SENDTO) {
+		uaddr = (const void *)PT_REGS_PARM5_SYSCALL(regs);
+		addrlen = RG_SYSCALL_PARM6(regs);
+	} else if (syscall == RG_SEND_SENDMSG) {
+		struct user_msghdr msg = {};
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)PT_REGS_PARM2_SYSCALL(regs)) < 0)
+			return false;
+		uaddr = msg.msg_name;
+		addrlen = msg.msg_namelen;
+	} else {
+		uaddr = (const void *)PT_REGS_PARM2_SYSCALL(regs);
+		addrlen = PT_REGS_PARM3_SYSCALL(regs);
+	}
+	if (!uaddr)
+		return false;
+	args->arg0 = PT_REGS_PARM1_SYSCALL(regs);
+	args->syscall = syscall;
+	__u32 len = addrlen > sizeof(args->sockaddr) ? sizeof(args->sockaddr) : addrlen;
 	/* Keep the bound visible to the verifier after optimisation. */
 	asm volatile("%[len] &= 0x1f" : [len] "+r"(len));
-	if (len > sizeof(args.sockaddr) || bpf_probe_read_user(args.sockaddr, len, uaddr) < 0)
-		return 0;
-	__u16 family = *(__u16 *)args.sockaddr;
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-	rg_inflight_save(&rg_net_args, &args);
-	return 0;
+	if (len > sizeof(args->sockaddr) || bpf_probe_read_user(args->sockaddr, len, uaddr) < 0)
+		return false;
+	__u16 family = *(__u16 *)args->sockaddr;
+	return family == AF_INET || family == AF_INET6;
 }
 
-static __always_inline int rg_net_exit(long ret, __u32 kind)
+static __always_inline int rg_net_exit(long ret, __u32 kind, __u32 syscall)
 {
-	struct rg_inflight *args = rg_inflight_take(&rg_net_args);
-	if (!args)
+	struct rg_syscall_args saved = {}, *args = &saved;
+	if (!rg_net_args(args, syscall))
 		return 0;
 	struct rg_net_record *e = rg_reserve(struct rg_net_record, kind);
 	if (!e)
@@ -57,41 +73,20 @@ static __always_inline int rg_net_exit(long ret, __u32 kind)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_enter_connect")
-int rg_connect_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_net_enter(ctx->args[0], (const void *)ctx->args[1], ctx->args[2], 0);
-}
-
 SEC("tp/syscalls/sys_exit_connect")
 int rg_connect_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return rg_net_exit(ctx->ret, RG_KIND_NET_CONNECT);
-}
-
-SEC("tp/syscalls/sys_enter_sendto")
-int rg_sendto_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_net_enter(ctx->args[0], (const void *)ctx->args[4], ctx->args[5], RG_SEND_SENDTO);
-}
-
-SEC("tp/syscalls/sys_enter_sendmsg")
-int rg_sendmsg_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	struct user_msghdr msg = {};
-	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]) < 0)
-		return 0;
-	return rg_net_enter(ctx->args[0], msg.msg_name, msg.msg_namelen, RG_SEND_SENDMSG);
+	return rg_net_exit(ctx->ret, RG_KIND_NET_CONNECT, 0);
 }
 
 SEC("tp/syscalls/sys_exit_sendto")
 int rg_sendto_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return rg_net_exit(ctx->ret, RG_KIND_NET_SENDMSG);
+	return rg_net_exit(ctx->ret, RG_KIND_NET_SENDMSG, RG_SEND_SENDTO);
 }
 
 SEC("tp/syscalls/sys_exit_sendmsg")
 int rg_sendmsg_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return rg_net_exit(ctx->ret, RG_KIND_NET_SENDMSG);
+	return rg_net_exit(ctx->ret, RG_KIND_NET_SENDMSG, RG_SEND_SENDMSG);
 }

@@ -1,28 +1,23 @@
 /* ptrace requests and process_vm_readv/writev. */
 #include "common.bpf.h"
 
-RG_INFLIGHT_MAP(rg_ptrace_args);
-
-static __always_inline int rg_save(__u64 arg0, __u64 arg1, __u32 syscall)
+/* The first two arguments (request and pid; pid for process_vm_*), or false
+ * when the caller is out of scope. */
+static __always_inline bool rg_first_args(struct rg_syscall_args *args)
 {
 	if (rg_filtered_out())
-		return 0;
-	struct rg_inflight args = { .arg0 = arg0, .arg1 = arg1, .syscall = syscall };
-	rg_inflight_save(&rg_ptrace_args, &args);
-	return 0;
-}
-
-SEC("tp/syscalls/sys_enter_ptrace")
-int rg_ptrace_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_save(ctx->args[0], ctx->args[1], 0);
+		return false;
+	struct pt_regs *regs = rg_syscall_regs();
+	args->arg0 = PT_REGS_PARM1_SYSCALL(regs);
+	args->arg1 = PT_REGS_PARM2_SYSCALL(regs);
+	return true;
 }
 
 SEC("tp/syscalls/sys_exit_ptrace")
 int rg_ptrace_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	struct rg_inflight *args = rg_inflight_take(&rg_ptrace_args);
-	if (!args)
+	struct rg_syscall_args saved, *args = &saved;
+	if (!rg_first_args(args))
 		return 0;
 	struct rg_ptrace_record *e = rg_reserve(struct rg_ptrace_record, RG_KIND_PTRACE);
 	if (e) {
@@ -34,27 +29,15 @@ int rg_ptrace_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_enter_process_vm_readv")
-int rg_vm_readv_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int rg_vm_exit(long ret, __u32 method)
 {
-	return rg_save(ctx->args[0], 0, RG_MEM_VM_READV);
-}
-
-SEC("tp/syscalls/sys_enter_process_vm_writev")
-int rg_vm_writev_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return rg_save(ctx->args[0], 0, RG_MEM_VM_WRITEV);
-}
-
-static __always_inline int rg_vm_exit(long ret)
-{
-	struct rg_inflight *args = rg_inflight_take(&rg_ptrace_args);
-	if (!args)
+	struct rg_syscall_args saved, *args = &saved;
+	if (!rg_first_args(args))
 		return 0;
 	struct rg_memory_record *e = rg_reserve(struct rg_memory_record, RG_KIND_PROCESS_MEMORY);
 	if (e) {
 		e->target_pid = args->arg0;
-		e->method = args->syscall;
+		e->method = method;
 		e->retval = ret;
 		rg_submit(e);
 	}
@@ -62,7 +45,7 @@ static __always_inline int rg_vm_exit(long ret)
 }
 
 SEC("tp/syscalls/sys_exit_process_vm_readv")
-int rg_vm_readv_exit(struct trace_event_raw_sys_exit *ctx) { return rg_vm_exit(ctx->ret); }
+int rg_vm_readv_exit(struct trace_event_raw_sys_exit *ctx) { return rg_vm_exit(ctx->ret, RG_MEM_VM_READV); }
 
 SEC("tp/syscalls/sys_exit_process_vm_writev")
-int rg_vm_writev_exit(struct trace_event_raw_sys_exit *ctx) { return rg_vm_exit(ctx->ret); }
+int rg_vm_writev_exit(struct trace_event_raw_sys_exit *ctx) { return rg_vm_exit(ctx->ret, RG_MEM_VM_WRITEV); }

@@ -258,7 +258,7 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
     gaps = []
     if ia32:
         gaps.append("32-bit (ia32 compat) processes' file opens, connects, sends, ptrace and memory reads "
-                    "are not observed: syscalls:sys_enter_* tracepoints do not fire for compat syscalls "
+                    "are not observed: syscalls:sys_* tracepoints do not fire for compat syscalls "
                     "(network enforcement by cgroup hooks still applies)")
     if _io_uring_enabled(config):
         gaps.append("file opens and connects submitted through io_uring are not reported as file_open/"

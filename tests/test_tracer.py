@@ -255,7 +255,7 @@ ATTACH_FAILURE_PROBE = textwrap.dedent("""
     environment.prepare()
     # Hide one tracepoint of the third sensor: its attach fails after the
     # process and file sensors' programs are already attached.
-    hidden = environment.tracefs_root() + "/events/syscalls/sys_enter_connect"
+    hidden = environment.tracefs_root() + "/events/syscalls/sys_exit_connect"
     environment._mount("none", hidden, "tmpfs")
     try:
         runtimeguard.Tracer(events=runtimeguard.ALL_EVENTS).start()
@@ -272,7 +272,7 @@ def test_attach_failure_midway_rolls_back_everything():
                           ATTACH_FAILURE_PROBE], capture_output=True, text=True, cwd=ROOT, timeout=60)
     lines = out.stdout.splitlines()
     assert len(lines) == 2, out.stderr
-    assert lines[0].startswith("attaching BPF program rg_connect_enter (tp/syscalls/sys_enter_connect)")
+    assert lines[0].startswith("attaching BPF program rg_connect_exit (tp/syscalls/sys_exit_connect)")
     assert lines[1] == "left: []"
 
 

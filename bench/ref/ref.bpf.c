@@ -1,11 +1,9 @@
 /* Minimal C libbpf reference for runtimeguard's hot paths (issue 4).
  *
  * The same tracepoints runtimeguard's sensors use for each measured event:
- * openat (syscalls/sys_enter_openat, sys_exit_openat), connect
- * (syscalls/sys_enter_connect, sys_exit_connect) and exec
- * (tp_btf/sched_process_exec). The enter programs filter only; one fixed
- * 64-byte record per call is submitted at exit (or at exec) with
- * BPF_RB_NO_WAKEUP, so the consumer is never woken per event and drains in
+ * openat (syscalls/sys_exit_openat), connect (syscalls/sys_exit_connect) and
+ * exec (tp_btf/sched_process_exec). One fixed 64-byte record per call is
+ * submitted with BPF_RB_NO_WAKEUP, so the consumer is never woken per event and drains in
  * timed batches. The consumer loads the programs of one event only.
  * Filtered to one tgid, or to one cgroup (an exec storm's children have pids
  * of their own).
@@ -67,23 +65,8 @@ static __always_inline int emit(long ret)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_enter_openat")
-int ref_enter_openat(struct trace_event_raw_sys_enter *ctx)
-{
-	/* The filter only: the record is emitted at exit. */
-	selected();
-	return 0;
-}
-
 SEC("tp/syscalls/sys_exit_openat")
 int ref_exit_openat(struct trace_event_raw_sys_exit *ctx) { return emit(ctx->ret); }
-
-SEC("tp/syscalls/sys_enter_connect")
-int ref_enter_connect(struct trace_event_raw_sys_enter *ctx)
-{
-	selected();
-	return 0;
-}
 
 SEC("tp/syscalls/sys_exit_connect")
 int ref_exit_connect(struct trace_event_raw_sys_exit *ctx) { return emit(ctx->ret); }
