@@ -537,7 +537,8 @@ def main():
         rows.insert(at, {"metric": f"traced workload: added ns per {what}, untraced {base_m:,.0f} ns "
                                    f"(spread {spread:,.0f} ns)", "name": f"{mode} loop",
                          "runtimeguard": rg_m, "reference": ref_m,
-                         "ratio": rg_m / ref_m if ref_m > spread else None, "target": None, "verdict": None,
+                         "ratio": rg_m / ref_m if ref_m > spread and rg_m > spread else None,
+                         "target": None, "verdict": None,
                          "note": None if ref_m > spread and rg_m > spread else
                          f"the added cost is within the untraced runs' spread ({spread:,.0f} ns): "
                          "too small to measure against the operation's own cost here"})
