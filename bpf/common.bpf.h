@@ -220,7 +220,6 @@ static __always_inline __u32 rg_proc_memory_target(struct file *file, __u32 *met
 	return rg_parse_pid(BPF_CORE_READ(dentry, d_parent, d_name.name));
 }
 
-/* Arguments of a syscall in flight, saved at entry and consumed at exit. */
 /* A syscall's arguments, read at sys_exit from the caller's saved user
  * registers: the syscall leaves them as they were. No program runs at
  * sys_enter and nothing is kept between the two (a per-thread slot costs a

@@ -14,7 +14,6 @@ import re
 import time
 from typing import Callable, Optional
 
-
 from .schema import (
     Container,
     Event,
@@ -141,7 +140,8 @@ class ProcessTable:
                 if process is not None:
                     ev.entity_id = process.entity_id
             entity, cgroup = ev.entity_id, ev.cgroup_id
-            if entity != last_entity or cgroup != last_cgroup:
+            # Entity 0 (a process not found) names no one process: never reused.
+            if not entity or entity != last_entity or cgroup != last_cgroup:
                 by_cgroup = workloads.get(entity)
                 wl = by_cgroup.get(cgroup) if by_cgroup else None
                 if wl is None:
@@ -208,7 +208,8 @@ class ProcessTable:
         cgroup = self._cgroups.path(ev.cgroup_id)
         wl = Workload(process=process, cgroup=cgroup,
                       container=container_from_cgroup(cgroup) if cgroup else None)
-        self._workloads.setdefault(ev.entity_id, {})[ev.cgroup_id] = wl
+        if ev.entity_id:
+            self._workloads.setdefault(ev.entity_id, {})[ev.cgroup_id] = wl
         return wl
 
     def _from_proc(self, pid: int, entity_id: int, depth: int = 0) -> Optional[Process]:

@@ -178,11 +178,10 @@ class Tracer:
         if self._closed:
             raise TracerStateError("this Tracer is closed; create a new one")
         environment.prepare()
-        wanted = sum(1 << EVENT_IDS[name] for name in self.events)
         opts = ffi.new("struct rg_options *")
         opts.event_mask = sum(1 << EVENT_IDS[name] for name in set(self.events) | set(_TABLE_EVENTS)
                               if name != "lost")
-        opts.wanted_mask = wanted
+        opts.wanted_mask = sum(1 << EVENT_IDS[name] for name in self.events)
         opts.ring_bytes = self.ring_buffer_size
         opts.wakeup_bytes = self.ring_buffer_size // 4
         opts.max_latency_ms = self.max_latency_ms
