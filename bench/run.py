@@ -184,13 +184,18 @@ def bpf_program_ns(prefix):
     return sum(p.get("run_time_ns", 0) for p in json.loads(out) if p.get("name", "").startswith(prefix))
 
 
+def loop_scope(mode):
+    """The exec storm's own cgroup; the other loops are filtered by pid."""
+    return BenchCgroup() if mode == "exec" else contextlib.nullcontext()
+
+
 def loop_calls(mode):
     return CALLS if mode == "openat" else LOOP_CALLS[mode]
 
 
 def run_untraced(mode="openat"):
     calls = loop_calls(mode)
-    with BenchCgroup() if mode == "exec" else contextlib.nullcontext() as cgroup:
+    with loop_scope(mode) as cgroup:
         gen = spawn_generator(calls, mode=mode, cgroup=cgroup)
         go(gen)
         return {"ns_per_call": generator_result(gen) / calls}
@@ -206,7 +211,7 @@ def run_reference(mode="openat"):
 def run_consumer_process(argv, mode="openat"):
     """The generator under a consumer process that prints "ready" and, on
     SIGTERM, one JSON line of events, lost and cpu_ns."""
-    with BenchCgroup() if mode == "exec" else contextlib.nullcontext() as cgroup:
+    with loop_scope(mode) as cgroup:
         return _run_consumer_process(argv, mode, cgroup)
 
 
@@ -242,7 +247,7 @@ def run_bcc():
 
 
 def run_runtimeguard(mode="openat"):
-    with BenchCgroup() if mode == "exec" else contextlib.nullcontext() as cgroup:
+    with loop_scope(mode) as cgroup:
         return _run_runtimeguard(mode, cgroup)
 
 
