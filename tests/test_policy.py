@@ -517,15 +517,34 @@ def fake_resolve(host, *args, **kwargs):
     return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
 
 
+def rendered(path) -> str:
+    """A document path as errors name it: network.allow[1].ports[0]."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
+
+
 def load_fully(data) -> None:
-    """from_dict, then compile: only PolicyError may come out."""
+    """from_dict, then compile: only PolicyError may come out. A refusal
+    names a place in the document (or the whole of it); what is accepted is
+    sound: its normal form loads again to the same policy."""
     try:
         p = Policy.from_dict(data)
         with mock.patch("socket.getaddrinfo", fake_resolve):
             p.network_rules()
         p.protected_paths()
-    except PolicyError:
-        pass
+    except PolicyError as e:
+        assert e.reason, e
+        if e.field:
+            places = {rendered(path + (key,)) for path, key in slots(data)} if isinstance(data, dict) else set()
+            parents = {rendered(path) for path in containers(data)}
+            # A missing required field is named below the mapping it is missing from.
+            parent = e.field.rpartition(".")[0] if e.field.rpartition(".")[2].isidentifier() else None
+            assert e.field in places or parent in parents, (e.field, data)
+        return
+    again = Policy.from_dict(msgspec.to_builtins(p))
+    assert again == p
 
 
 scalars = st.one_of(
@@ -621,6 +640,52 @@ def test_mutated_valid_policy_raises_only_policy_error(data):
         else:
             target[key] = data.draw(policy_like)
     load_fully(doc)
+
+
+# One slot of VALID_DICT set to a value that is wrong there, written out by
+# hand: the policy is refused and the error names exactly that slot.
+WRONG_HERE = {
+    ("version",): [0, 2, "1", True, None],
+    ("name",): [5, ["x"], {}],
+    ("mode",): ["block", "Enforce", 1, None, True],
+    ("scope", "type"): ["container", 1],
+    ("network", "default"): ["maybe", 0, True],
+    ("network", "allow", 0, "cidr"): ["10.0.0.300/8", "::1/129", "", 5, "localhost"],
+    ("network", "allow", 0, "ports", 0): [0, 65536, -1, "9-3", "x", "1-70000", 1.5, True],
+    ("network", "allow", 0, "protocol"): ["icmp", 6, "TCP"],
+    ("network", "deny", 1, "ports"): [[], "22", 22],
+    ("files", "protect", 0): ["", 5, MISSING],
+    ("files", "action"): ["block", True],
+    ("mirage", "decoys", 0, "path"): [5, f"{MISSING}/decoy"],
+    ("mirage", "decoys", 0, "template"): ["gcp", 1],
+    ("mirage", "kill"): ["yes", 1, None],
+    ("ptrace", "deny"): ["no", 0],
+    ("ptrace", "protect_pids", 0): [0, -1, "1", 1.5, os.getpid()],
+    ("taint", "from", 0): ["network", 1],
+    ("taint", "block_egress"): ["no", 1],
+}
+WRONG_HERE_CASES = [(path, value) for path, values in WRONG_HERE.items() for value in values]
+
+
+@pytest.mark.parametrize("path,value", WRONG_HERE_CASES, ids=[f"{rendered(p)}={v!r}" for p, v in WRONG_HERE_CASES])
+def test_a_wrong_value_is_refused_naming_its_place(path, value):
+    doc = json.loads(json.dumps(VALID_DICT))
+    at(doc, path[:-1])[path[-1]] = value
+    with pytest.raises(PolicyError) as info, mock.patch("socket.getaddrinfo", fake_resolve):
+        p = Policy.from_dict(doc)
+        p.network_rules()
+        p.protected_paths()
+    assert info.value.field == rendered(path), info.value
+
+
+@pytest.mark.parametrize("where", [(), ("network",), ("network", "allow", 0), ("files",), ("mirage", "decoys", 0),
+                                   ("ptrace",), ("taint",), ("scope",)])
+def test_an_unknown_key_is_refused_naming_it(where):
+    doc = json.loads(json.dumps(VALID_DICT))
+    at(doc, where)["defualt"] = "deny"
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict(doc)
+    assert info.value.field == rendered(where + ("defualt",)) and "unknown field" in info.value.reason
 
 
 def test_valid_dict_loads():
