@@ -165,6 +165,30 @@ static __always_inline void rg_submit(void *rec)
 	bpf_ringbuf_submit(rec, flags);
 }
 
+/* Whether a string read with bpf_probe_read_{user,kernel}_str() into size
+ * bytes was cut. Those return size (the NUL counted) both for a string that
+ * fits exactly (size - 1 bytes, then its NUL) and for a longer one (cut, a
+ * NUL put at size - 1): the source's own byte at size - 1 tells which. Only
+ * a read that filled the buffer pays for the one-byte read; a source byte
+ * that cannot be read counts as cut (its end was never seen). */
+static __always_inline bool rg_user_str_cut(long got, __u32 size, const char *src)
+{
+	char c = 0;
+
+	if (got != size)
+		return false;
+	return bpf_probe_read_user(&c, 1, src + size - 1) < 0 || c != 0;
+}
+
+static __always_inline bool rg_kernel_str_cut(long got, __u32 size, const char *src)
+{
+	char c = 0;
+
+	if (got != size)
+		return false;
+	return bpf_probe_read_kernel(&c, 1, src + size - 1) < 0 || c != 0;
+}
+
 /* The struct file behind a descriptor of the current task, or NULL. */
 static __always_inline struct file *rg_fd_file(long fd)
 {

@@ -76,10 +76,11 @@ static __always_inline int rg_open_exit(long ret, __u32 syscall)
 	e->syscall = args->syscall;
 	e->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
 	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
-	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (const char *)args->arg0);
+	const char *path = (const char *)args->arg0;
+	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), path);
 	if (n < 0)
 		e->path[0] = 0;
-	e->path_truncated = n == sizeof(e->path);
+	e->path_truncated = rg_user_str_cut(n, sizeof(e->path), path);
 	rg_submit(e);
 	return 0;
 }

@@ -27,8 +27,9 @@ int BPF_PROG(rg_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 		return 0;
 	rg_fill_identity(e, task);
 	e->retval = 0;
-	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
-	e->filename_truncated = n == sizeof(e->filename);
+	const char *filename = BPF_CORE_READ(bprm, filename);
+	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename);
+	e->filename_truncated = rg_kernel_str_cut(n, sizeof(e->filename), filename);
 
 	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
 	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
@@ -49,6 +50,7 @@ int BPF_PROG(rg_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
  * entry, where every exec (nearly all succeed, each in a task new to us)
  * would pay for it. */
 #define RG_ARG_CHUNK 128
+#define RG_MAX_ARGS 32
 
 static __always_inline int rg_exec_failed(long ret, bool at)
 {
@@ -64,22 +66,23 @@ static __always_inline int rg_exec_failed(long ret, bool at)
 	rg_fill_identity(e, task);
 	e->retval = ret;
 	long n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
-	e->filename_truncated = n == sizeof(e->filename);
+	e->filename_truncated = rg_user_str_cut(n, sizeof(e->filename), filename);
 
 	__u32 off = 0;
 	e->args_truncated = 0;
-	for (int i = 0; i < 32; i++) {
+	/* One pass more than RG_MAX_ARGS: an argument there is one left out. */
+	for (int i = 0; i <= RG_MAX_ARGS; i++) {
 		const char *arg = NULL;
 		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) < 0 || !arg)
 			break;
-		if (off > RG_ARGS_LEN - RG_ARG_CHUNK) {
+		if (i == RG_MAX_ARGS || off > RG_ARGS_LEN - RG_ARG_CHUNK) {
 			e->args_truncated = 1;
 			break;
 		}
 		long len = bpf_probe_read_user_str(&e->args[off], RG_ARG_CHUNK, arg);
 		if (len <= 0)
 			break;
-		if (len == RG_ARG_CHUNK)
+		if (rg_user_str_cut(len, RG_ARG_CHUNK, arg))
 			e->args_truncated = 1;
 		off += len;
 	}

@@ -38,6 +38,7 @@ from runtimeguard.schema import (
     Process,
     ProcessExecData,
     ProcessRef,
+    ProtectedFileChangedData,
     TargetContext,
     Workload,
 )
@@ -149,6 +150,28 @@ def test_every_line_decodes_back_to_an_equal_event(tmp_path):
     assert {e.name for e in events} == {"net_connect", "connect_denied", "open_inode", "process_exec"}
     # Exactly one line per event, each ending in a newline.
     assert path.read_bytes().count(b"\n") == len(events)
+
+
+def test_protected_file_changed_lines_say_whether_the_change_was_prevented(tmp_path):
+    # fanotify (the guard in Python) leaves detected_not_prevented at its
+    # default, true, and the line leaves it out; a change refused by the LSM
+    # hooks carries false, written out. Read back, each must say what it said.
+    def changed(action, **prevented):
+        return Event(timestamp=1_700_000_000_000_000_000, id=16, name="protected_file_changed", pid=77, tid=77,
+                     action=action, data=ProtectedFileChangedData(
+                         rule_index=0, blocked=action == "blocked", would_deny=False, comm="rm",
+                         operation="delete", device=2049, inode=1234, **prevented))
+
+    path = tmp_path / "audit.ndjson"
+    with AuditLogger(path) as log:
+        log.write(changed("killed"))
+        log.write_many([changed("blocked", detected_not_prevented=False)])
+    head = ('{"timestamp":1700000000000000000,"id":16,"name":"protected_file_changed","data":'
+            '{"type":"protected_file_changed","rule_index":0,"blocked":%s,"would_deny":false,"comm":"rm",'
+            '"operation":"delete","device":2049,"inode":1234%s},"pid":77,"tid":77,"action":"%s"}\n')
+    assert path.read_text() == (head % ("false", "", "killed")
+                                + head % ("true", ',"detected_not_prevented":false', "blocked"))
+    assert [e.data.detected_not_prevented for e in read_audit_log(path)] == [True, False]
 
 
 def test_write_many_sends_whole_lines_in_batches(tmp_path):

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import codecs
 import errno
+import functools
 import ipaddress
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 
 import msgspec
 import pytest
@@ -111,8 +115,45 @@ def kernel_text(b: bytes) -> str:
     return b.decode("utf-8", "rg_test_fffd_per_byte")
 
 
+# ---------------------------------------------------------------- entity ids, independently
+#
+# The entity id, as csrc/tracer.c documents it: a 64-bit hash of the boot
+# (each byte of /proc/sys/kernel/random/boot_id as read, its newline too,
+# folded into 0x243f6a8885a308d3 with mix64), the pid (shifted up 40 bits)
+# and the start time in clock ticks (as /proc/<pid>/stat reports it), halved
+# to fit a signed 64-bit integer. mix64 is SplitMix64's output function.
+
+MASK64 = 2**64 - 1
+
+
+def mix64(x: int) -> int:
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+@functools.lru_cache
+def boot_hash(boot_id: bytes) -> int:
+    h = 0x243F6A8885A308D3
+    for byte in boot_id:
+        h = mix64(h ^ byte)
+    return h
+
+
+def reference_entity_id(pid: int, start_boottime_ns: int, boot_id: bytes, ns_per_tick: int) -> int:
+    ticks = start_boottime_ns // ns_per_tick
+    return mix64(boot_hash(boot_id) ^ mix64(((pid << 40) & MASK64) ^ ticks)) >> 1
+
+
+with open("/proc/sys/kernel/random/boot_id", "rb") as _f:
+    BOOT_ID = _f.read()
+
+
 def entity(pid: int, start: int) -> int:
-    return lib.rg_entity_id(pid, start) if start else 0
+    """The entity id this boot gives (pid, start); 0 when the start is unknown."""
+    return reference_entity_id(pid, start, BOOT_ID, NS_PER_TICK) if start else 0
 
 
 PROTOCOLS = {0: None, 6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 255: "raw", 262: "mptcp"}
@@ -147,7 +188,7 @@ def model(rec_bytes: bytes) -> schema.Event:
     elif kind == lib.RG_KIND_PROCESS_FORK:
         data = schema.ProcessForkData(
             child_pid=r.child_pid,
-            child_entity_id=lib.rg_entity_id(r.child_pid, r.child_start_boottime),
+            child_entity_id=reference_entity_id(r.child_pid, r.child_start_boottime, BOOT_ID, NS_PER_TICK),
             child_start_time=r.child_start_boottime,
         )
     elif kind == lib.RG_KIND_PROCESS_EXIT:
@@ -452,11 +493,9 @@ def test_ipv6_address_and_port_round_trip(address, port):
     assert ev.data.address == tc.address
     assert ev.data.port == port
     # Compressed (RFC 5952): lower case, no leading zeros, the longest zero run as "::".
+    # An embedded IPv4 address is written dotted, as libc's inet_ntop does.
     embedded = ipv4_embedded(address)
-    if embedded is None:
-        assert tc.address == address.compressed
-    else:
-        assert tc.address in (address.compressed, embedded)
+    assert tc.address == (address.compressed if embedded is None else embedded)
     assert ipaddress.ip_address(ipaddress.ip_address(tc.address).compressed) == address
 
 
@@ -465,10 +504,8 @@ def test_ipv6_address_and_port_round_trip(address, port):
 def test_ipv4_mapped_ipv6_round_trips(address, port):
     mapped = ipaddress.IPv6Address(f"::ffff:{address}")
     ev = encode_one(net_record(mapped, port))
-    got = ipaddress.ip_address(ev.target_context.address)
-    assert got == mapped
-    assert got.ipv4_mapped == address
-    assert ev.target_context.formatted == f"[{ev.target_context.address}]:{port}"
+    assert ev.target_context.address == ev.data.address == f"::ffff:{address}"
+    assert ev.target_context.formatted == f"[::ffff:{address}]:{port}"
 
 
 # ---------------------------------------------------------------- every record kind
@@ -497,7 +534,7 @@ def test_trailing_bytes_after_a_record_are_ignored(rec, extra):
 def test_header_entity_id_and_timestamp(rec, start):
     rec.hdr.start_boottime = start
     ev = encode_one(raw(rec))
-    assert ev.entity_id == lib.rg_entity_id(rec.hdr.pid, start)
+    assert ev.entity_id == entity(rec.hdr.pid, start)
     assert ev.timestamp == rec.hdr.timestamp_ns  # realtime offset is 0 in rg_encode_records
     rec.hdr.start_boottime = 0
     assert encode_one(raw(rec)).entity_id == 0
@@ -706,23 +743,34 @@ def test_length_past_the_end_is_cut_to_what_is_left(rec, claim):
     assert events == [model(rec_bytes)]
 
 
+def encode_into_marked_buffer(data: bytes, cap: int):
+    """(return code, out_len, the first 32 output bytes), the output pre-filled with 0xaa."""
+    ffi.memmove(_OUT, b"\xaa" * 32, 32)
+    _OUT_LEN[0] = 12345
+    rc = lib.rg_encode_records(data, len(data), _OUT, cap, _OUT_LEN, _MALFORMED)
+    return rc, _OUT_LEN[0], bytes(ffi.buffer(_OUT, 32))
+
+
 def test_output_too_small_is_enobufs():
+    # Room for the batch's array header (5 bytes) and one largest record is needed before each record.
     rec = ffi.new("struct rg_ptrace_record *")
     rec.hdr.kind = lib.RG_KIND_PTRACE
     data = frame([raw(rec)])
-    rc, _, _ = encode_raw(data, cap=MAX_ENCODED_RECORD)
-    assert rc == -errno.ENOBUFS
-    rc, _, events = encode_raw(data, cap=5 + MAX_ENCODED_RECORD)
-    assert rc == 1 and len(events) == 1
+    assert encode_into_marked_buffer(data, MAX_ENCODED_RECORD + 4) == (-errno.ENOBUFS, 0, b"\xaa" * 32)
+    rc, out_len, head = encode_into_marked_buffer(data, MAX_ENCODED_RECORD + 5)
+    assert (rc, head[:5]) == (1, b"\xdd\x00\x00\x00\x01")  # array32 of one event
+    assert len(schema.batch_decoder.decode(ffi.buffer(_OUT, out_len))) == 1
 
 
 def test_tiny_output_buffer_is_refused():
+    # Below the 5 bytes of the array header nothing is written, whatever the input.
     rec = ffi.new("struct rg_ptrace_record *")
     rec.hdr.kind = lib.RG_KIND_PTRACE
-    data = frame([raw(rec)])
-    # The real buffer is large, so an overrun shows up as out_len > cap, not as a crash.
-    rc = lib.rg_encode_records(data, len(data), _OUT, 4, _OUT_LEN, _MALFORMED)
-    assert rc == -errno.ENOBUFS or _OUT_LEN[0] <= 4
+    for data in (frame([raw(rec)]), b""):
+        for cap in range(5):
+            assert encode_into_marked_buffer(data, cap) == (-errno.ENOBUFS, 0, b"\xaa" * 32), (cap, len(data))
+    # Five bytes hold an empty batch.
+    assert encode_into_marked_buffer(b"", 5) == (0, 5, b"\xdd\x00\x00\x00\x00" + b"\xaa" * 27)
 
 
 # ---------------------------------------------------------------- text
@@ -805,35 +853,83 @@ def test_entity_ids_of_neighbours_differ():
     assert len(ids) == 199 * 50
 
 
+def test_mix64_is_splitmix64():
+    # SplitMix64's published sequences: seeded with 1234567, and the first output seeded with 0.
+    state, out = 1234567, []
+    for _ in range(5):
+        state = (state + 0x9E3779B97F4A7C15) & MASK64
+        out.append(mix64(state))
+    assert out == [6457827717110365317, 3203168211198807973, 9817491932198370423, 4593380528125082431,
+                   16408922859458223821]
+    assert mix64(0x9E3779B97F4A7C15) == 0xE220A8397B1DCDAF
+
+
+FIXED_BOOT_ID = b"5f0c9a1e-3b7d-4c2a-9e61-0d8f2b4a7c13\n"
+# (pid, start_boottime_ns) -> entity id under FIXED_BOOT_ID, with 100 clock ticks a second.
+ENTITY_ID_VECTORS = {
+    (1, 0): 9191718951334027245,
+    (1, 10_000_000): 7606479865818154933,
+    (1, 19_999_999): 7606479865818154933,  # the same clock tick
+    (4242, 123_456_789_000): 5858065819309566414,
+    (2**22, 2**63 - 1): 2371047803660781785,
+    (2**32 - 1, 5): 2497991891894064997,  # pid bits past 24 fall off the 64-bit key
+}
+
+
+def test_entity_id_reference_known_answers():
+    for (pid, start), expected in ENTITY_ID_VECTORS.items():
+        assert reference_entity_id(pid, start, FIXED_BOOT_ID, 10_000_000) == expected, (pid, start)
+
+
+def test_entity_id_known_answers_under_a_fixed_boot_id(tmp_path):
+    # The native function, in a mount namespace where boot_id reads FIXED_BOOT_ID.
+    assert os.sysconf("SC_CLK_TCK") == 100  # USER_HZ, which the vectors assume
+    fake = tmp_path / "boot_id"
+    fake.write_bytes(FIXED_BOOT_ID)
+    code = ("from runtimeguard._native import lib\n"
+            f"for pid, start in {sorted(ENTITY_ID_VECTORS)!r}:\n"
+            "    print(pid, start, lib.rg_entity_id(pid, start))")
+    script = f'mount --bind "$1" /proc/sys/kernel/random/boot_id && exec "$2" -c "$3"'
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(fake),
+                          sys.executable, code], capture_output=True, text=True, cwd=root, timeout=30)
+    assert out.returncode == 0, out.stderr
+    got = {(int(p), int(s)): int(x) for p, s, x in (line.split() for line in out.stdout.splitlines())}
+    assert got == ENTITY_ID_VECTORS
+
+
+@settings(max_examples=300)
+@given(pid=st.one_of(PID, U32), start=BOOT_NS)
+def test_entity_id_matches_the_reference(pid, start):
+    assert lib.rg_entity_id(pid, start) == reference_entity_id(pid, start, BOOT_ID, NS_PER_TICK)
+
+
 # ---------------------------------------------------------------- the JSON Schema
 
-_validator = None
-
-
+@pytest.fixture(scope="module")
 def validator():
-    global _validator
-    if _validator is None:
-        jsonschema = pytest.importorskip("jsonschema")
-        _validator = jsonschema.Draft202012Validator(schema.json_schema())
-    return _validator
+    """A validator of the JSON Schema as `runtimeguard schema` prints it."""
+    jsonschema = pytest.importorskip("jsonschema")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    printed = subprocess.run([sys.executable, "-m", "runtimeguard", "schema"], capture_output=True, text=True,
+                             cwd=root, check=True, timeout=30).stdout
+    return jsonschema.Draft202012Validator(json.loads(printed))
 
 
 @settings(max_examples=100)
-@given(rec=any_record)
-def test_encoded_events_validate_against_the_json_schema(rec):
-    import json
-
-    ev = encode_one(raw(rec))
-    validator().validate(json.loads(schema.json_encoder.encode(ev)))
+@given(rec=any_record.map(raw))
+def test_encoded_events_validate_against_the_json_schema(validator, rec):
+    validator.validate(encode_untyped(rec))  # the encoder's own keys, before any schema default
+    validator.validate(json.loads(schema.json_encoder.encode(encode_one(rec))))
 
 
 # ---------------------------------------------------------------- key order
 
-def block_record(kind, rule_index=0, family=0, flags=0, path=b"/etc/shadow"):
+def block_record(kind, rule_index=0, family=0, flags=0, path=b"/etc/shadow", action=lib.RG_ACTION_BLOCKED):
     rec = ffi.new("struct rg_block_record *")
     rec.hdr.kind = kind
     rec.hdr.pid = rec.hdr.tid = 4242
-    rec.action = lib.RG_ACTION_BLOCKED
+    rec.action = action
     rec.rule_index = rule_index
     rec.target_pid = 77
     rec.family = family
@@ -880,3 +976,42 @@ def test_keys_come_in_the_structs_field_order(rec):
     if "target_context" in event:
         assert_keys_in_field_order(event["target_context"], schema.TargetContext)
     assert schema.batch_decoder.decode(ffi.buffer(_OUT, _OUT_LEN[0]))[0].name == event["name"]
+
+
+def encode_untyped(rec: bytes) -> dict:
+    """The one event encoded from rec, as plain msgpack: no schema defaults fill in missing keys."""
+    assert lib.rg_encode_records(frame([rec]), len(rec) + 4, _OUT, CAP, _OUT_LEN, _MALFORMED) == 1
+    (event,) = msgspec.msgpack.decode(ffi.buffer(_OUT, _OUT_LEN[0]))
+    return event
+
+
+@pytest.mark.parametrize("action,name,blocked,would_deny", [
+    (lib.RG_ACTION_BLOCKED, "blocked", True, False),
+    (lib.RG_ACTION_WOULD_BLOCK, "would_block", False, True),
+    (lib.RG_ACTION_KILLED, "killed", True, False),
+    (lib.RG_ACTION_REPORTED, "observed", False, False),
+])
+def test_protected_file_changed_from_the_kernel_is_prevented_not_detected(action, name, blocked, would_deny):
+    # The LSM hooks judge a change before it happens: never "detected, not
+    # prevented" (that is the fanotify backend's, made in Python), and the key
+    # is always written, so no schema default can stand in for it.
+    rec = block_record(lib.RG_KIND_PROTECTED_FILE_CHANGED, flags=lib.RG_CHANGE_DELETE, action=action)
+    event = encode_untyped(rec)
+    assert event["action"] == name
+    assert event["data"] == {"type": "protected_file_changed", "rule_index": 0, "blocked": blocked,
+                             "would_deny": would_deny, "comm": "cat", "operation": "delete", "device": 2049,
+                             "inode": 1234, "detected_not_prevented": False}
+    assert encode_one(rec).data.detected_not_prevented is False
+
+
+@pytest.mark.parametrize("rec", [r for r in BLOCK_RECORDS
+                                 if struct.unpack_from("<I", r, KIND_OFFSET)[0]
+                                 != lib.RG_KIND_PROTECTED_FILE_CHANGED])
+def test_other_decisions_carry_no_detected_not_prevented(rec):
+    assert "detected_not_prevented" not in encode_untyped(rec)["data"]
+
+
+@pytest.mark.parametrize("rec", BLOCK_RECORDS)
+def test_encoded_decisions_validate_against_the_json_schema(validator, rec):
+    validator.validate(encode_untyped(rec))
+

@@ -8,6 +8,9 @@ this file."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import typing
 
 import msgspec
@@ -137,8 +140,12 @@ def test_strategies_reach_every_part():
 
 @pytest.fixture(scope="module")
 def validator():
+    """A validator of the JSON Schema as `runtimeguard schema` prints it."""
     jsonschema = pytest.importorskip("jsonschema")
-    doc = schema.json_schema()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "runtimeguard", "schema"], capture_output=True, text=True,
+                         cwd=root, check=True, timeout=30).stdout
+    doc = json.loads(out)
     jsonschema.Draft202012Validator.check_schema(doc)
     return jsonschema.Draft202012Validator(doc)
 
@@ -158,11 +165,104 @@ def test_schema_rejects_unknown_names_and_data(validator, ev, bad_name):
     assert not validator.is_valid(missing)
 
 
-def test_schema_document():
+def test_schema_document(validator):
     doc = schema.json_schema()
+    assert validator.schema == doc  # what `runtimeguard schema` prints
     assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema.SCHEMA_VERSION in doc["title"]
     json.dumps(doc)  # plain JSON
+
+
+# ---------------------------------------------------------------- literal events
+
+# Events and the NDJSON line each must be, written out by hand: keys in the
+# Structs' field order, fields at their default left out.
+LITERAL_EVENTS = {
+    "exec": (
+        schema.Event(timestamp=1_700_000_000_123_456_789, id=1, name="process_exec", pid=4321, tid=4321,
+                     entity_id=99, data=schema.ProcessExecData(
+                         executable="/bin/echo", argv=["/bin/echo", "hi"], comm="echo", uid=0, euid=0, gid=0,
+                         ppid=4000, parent_entity_id=98, start_time=1_700_000_000_000_000_000, return_code=0)),
+        '{"timestamp":1700000000123456789,"id":1,"name":"process_exec","data":{"type":"process_exec",'
+        '"executable":"/bin/echo","argv":["/bin/echo","hi"],"comm":"echo","uid":0,"euid":0,"gid":0,"ppid":4000,'
+        '"parent_entity_id":98,"start_time":1700000000000000000,"return_code":0},"pid":4321,"tid":4321,'
+        '"entity_id":99}',
+    ),
+    "cut exec": (
+        schema.Event(timestamp=5, id=1, name="process_exec", data=schema.ProcessExecData(
+            executable="/x", argv=["a"], comm="x", uid=1, euid=1, gid=1, ppid=1, parent_entity_id=0, start_time=0,
+            return_code=-2, executable_truncated=True, argv_truncated=True)),
+        '{"timestamp":5,"id":1,"name":"process_exec","data":{"type":"process_exec","executable":"/x",'
+        '"argv":["a"],"comm":"x","uid":1,"euid":1,"gid":1,"ppid":1,"parent_entity_id":0,"start_time":0,'
+        '"return_code":-2,"executable_truncated":true,"argv_truncated":true}}',
+    ),
+    "killed by a signal": (
+        schema.Event(timestamp=7, id=3, name="process_exit", seq=12, cpu=1, pid=50, tid=50,
+                     data=schema.ProcessExitData(exit_code=None, signal=9, duration_ns=1000)),
+        '{"timestamp":7,"id":3,"name":"process_exit","data":{"type":"process_exit","exit_code":null,"signal":9,'
+        '"duration_ns":1000},"seq":12,"cpu":1,"pid":50,"tid":50}',
+    ),
+    "open, path cut": (
+        schema.Event(timestamp=9, id=4, name="file_open", pid=60, tid=61, cgroup_id=8, data=schema.FileOpenData(
+            path="/etc/hosts", flags=0, mode=0, result=3, device=2049, inode=1234, syscall="openat",
+            path_truncated=True),
+            target_context=schema.TargetContext(type="inode", formatted="/etc/hosts (inode 1234 on 8:1)",
+                                                device=2049, inode=1234, path="/etc/hosts")),
+        '{"timestamp":9,"id":4,"name":"file_open","data":{"type":"file_open","path":"/etc/hosts","flags":0,'
+        '"mode":0,"result":3,"device":2049,"inode":1234,"syscall":"openat","path_truncated":true},"pid":60,'
+        '"tid":61,"cgroup_id":8,"target_context":{"type":"inode","formatted":"/etc/hosts (inode 1234 on 8:1)",'
+        '"device":2049,"inode":1234,"path":"/etc/hosts"}}',
+    ),
+    # As the fanotify backend makes it (runtimeguard/guard.py): detected_not_prevented left at its default, true.
+    "changed, seen by fanotify": (
+        schema.Event(timestamp=11, id=16, name="protected_file_changed", pid=70, tid=70, action="killed",
+                     data=schema.ProtectedFileChangedData(rule_index=0, blocked=False, would_deny=False,
+                                                          comm="rm", operation="delete", device=2049, inode=5),
+                     policy=schema.PolicyRef(rule="secrets", mode="enforce")),
+        '{"timestamp":11,"id":16,"name":"protected_file_changed","data":{"type":"protected_file_changed",'
+        '"rule_index":0,"blocked":false,"would_deny":false,"comm":"rm","operation":"delete","device":2049,'
+        '"inode":5},"pid":70,"tid":70,"action":"killed","policy":{"rule":"secrets","mode":"enforce"}}',
+    ),
+    # As the LSM hooks' record is encoded: refused before it happened.
+    "changed, refused by LSM": (
+        schema.Event(timestamp=13, id=16, name="protected_file_changed", pid=71, tid=71, action="blocked",
+                     data=schema.ProtectedFileChangedData(rule_index=1, blocked=True, would_deny=False,
+                                                          comm="mv", operation="move", device=2049, inode=5,
+                                                          detected_not_prevented=False)),
+        '{"timestamp":13,"id":16,"name":"protected_file_changed","data":{"type":"protected_file_changed",'
+        '"rule_index":1,"blocked":true,"would_deny":false,"comm":"mv","operation":"move","device":2049,'
+        '"inode":5,"detected_not_prevented":false},"pid":71,"tid":71,"action":"blocked"}',
+    ),
+}
+
+
+@pytest.mark.parametrize("label", sorted(LITERAL_EVENTS))
+def test_literal_events_encode_to_their_written_line(validator, label):
+    ev, line = LITERAL_EVENTS[label]
+    assert schema.json_encoder.encode(ev).decode() == line
+    assert schema.json_decoder.decode(line) == ev
+    assert schema.msgpack_decoder.decode(schema.msgpack_encoder.encode(ev)) == ev
+    validator.validate(json.loads(line))
+
+
+def test_detected_not_prevented_defaults_to_true():
+    # What the fanotify backend relies on: it never sets the field.
+    data = schema.ProtectedFileChangedData(rule_index=0, blocked=False, would_deny=True, comm="sh",
+                                           operation="modify", device=1, inode=2)
+    assert data.detected_not_prevented is True
+    line = ('{"timestamp":1,"id":16,"name":"protected_file_changed","data":{"type":"protected_file_changed",'
+            '"rule_index":0,"blocked":false,"would_deny":true,"comm":"sh","operation":"modify","device":1,'
+            '"inode":2}}')
+    assert schema.json_decoder.decode(line).data.detected_not_prevented is True
+    assert schema.json_decoder.decode(line.replace('"inode":2}', '"inode":2,"detected_not_prevented":false}')
+                                      ).data.detected_not_prevented is False
+
+
+def test_schema_documents_detected_not_prevented_default_true(validator):
+    doc = validator.schema
+    data = doc["$defs"]["ProtectedFileChangedData"]
+    assert data["properties"]["detected_not_prevented"] == {"type": "boolean", "default": True}
+    assert "detected_not_prevented" not in data["required"]
 
 
 # ---------------------------------------------------------------- the registry
