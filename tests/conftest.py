@@ -64,14 +64,19 @@ def leaves_nothing_behind():
 
 @pytest.fixture(scope="session")
 def vm_assets():
-    """The test VM's kernel and initramfs (tests/kernelvm.py), built once; the
-    tests that need it skip, with the reason, only where it cannot be had."""
-    from kernelvm import VmUnavailable, ensure_vm_assets
+    """The test VM's kernel and initramfs (tests/kernelvm.py), built once. The
+    tests that need it skip, with the reason, only where this kind of machine
+    cannot have it and not in CI; a build that fails where it could work
+    fails them (kernelvm.outcome())."""
+    from kernelvm import VmError, ensure_vm_assets, outcome
 
     try:
         return ensure_vm_assets()
-    except VmUnavailable as e:
-        pytest.skip(f"test VM unavailable: {e}")
+    except VmError as e:
+        verdict, message = outcome(e)
+    if verdict == "skip":
+        pytest.skip(message)
+    pytest.fail(message, pytrace=False)
 
 
 def rg_program_ids() -> set[int]:
@@ -103,6 +108,7 @@ def held_program_ids(pid: int | str = "self") -> set[int]:
 def pytest_sessionfinish(session, exitstatus):
     # Nothing of ours may outlive the suite: every runtimeguard program still
     # loaded must be held by some other live process (another tool's tracer).
+    # A check that cannot run fails the session too: silence would pass a leak.
     try:
         deadline = time.monotonic() + 3
         while True:
@@ -115,7 +121,16 @@ def pytest_sessionfinish(session, exitstatus):
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-    except (OSError, subprocess.CalledProcessError):
+    except subprocess.CalledProcessError as e:
+        why = f"bpftool -j prog show exited with status {e.returncode}: {(e.stderr or '').strip()}"
+    except (OSError, ValueError) as e:  # no bpftool, or output that is not JSON
+        why = f"{type(e).__name__}: {e}"
+    else:
+        why = None
+    if why is not None:
+        session.exitstatus = 1
+        print(f"\ncannot tell whether the tests left runtimeguard programs loaded ({why}); "
+              "`make deps` installs bpftool", file=sys.stderr)
         return
     if left:
         session.exitstatus = 1

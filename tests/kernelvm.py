@@ -13,9 +13,18 @@ of its own.
     result.returncode, result.output
 
 ensure_vm_assets() installs qemu-system-x86 and busybox-static through apt-get
-when missing and caches the kernel and initramfs in build/vm/; it and
-run_in_vm() raise VmUnavailable, with the reason, when the guest cannot be had.
-RG_VM_ACCEL=kvm or =tcg overrides the choice of accelerator.
+when missing and caches the kernel and initramfs in build/vm/. RG_VM_ACCEL=kvm
+or =tcg overrides the choice of accelerator.
+
+Two kinds of "no guest", with the reason in the message:
+- VmUnavailable: the guest cannot be had on this kind of machine (not x86-64,
+  no apt, qemu-system-x86 or busybox-static missing and either not root to
+  install them or without an apt candidate). Tests that need the guest skip,
+  except in CI (outcome()).
+- VmBroken: it could be had, but a step failed (installing the packages,
+  apt-get update, resolving or fetching the kernel package, unpacking it,
+  building the initramfs, starting qemu). Always a failure: skipping would
+  leave the suite green with no LSM coverage.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import fcntl
 import hashlib
 import lzma
 import os
+import platform
 import re
 import shutil
 import struct
@@ -103,8 +113,31 @@ poweroff -f
 """
 
 
-class VmUnavailable(Exception):
-    """The test VM cannot run here; the message says why."""
+class VmError(Exception):
+    """The test VM could not be had; the message says what failed and why."""
+
+
+class VmUnavailable(VmError):
+    """This kind of machine cannot have the test VM (see the module's docstring)."""
+
+
+class VmBroken(VmError):
+    """The test VM can be had here, but building or booting it failed."""
+
+
+def in_ci(environ=os.environ) -> bool:
+    """CI=true (or any value but empty, 0, false, no), as CI services set it."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def outcome(error: VmError, environ=os.environ) -> tuple[str, str]:
+    """("skip" or "fail", message) for a test that needs the guest and got
+    error: only an unavailable VM outside CI is skipped."""
+    if isinstance(error, VmUnavailable):
+        if in_ci(environ):
+            return "fail", f"test VM unavailable, and CI={environ['CI']} allows no skip: {error}"
+        return "skip", f"test VM unavailable: {error}"
+    return "fail", f"test VM broken (this machine can have it, so this is a failure, not a skip): {error}"
 
 
 @dataclass(frozen=True)
@@ -141,6 +174,9 @@ def accelerator() -> str:
 
 def ensure_vm_assets() -> VmAssets:
     """The guest's kernel and initramfs, built once and cached in build/vm/."""
+    if platform.machine() != "x86_64":
+        # The guest runs the host's own Python and build from the shared "/".
+        raise VmUnavailable(f"the x86-64 guest runs the host's binaries; this host is {platform.machine()}")
     VM_DIR.mkdir(parents=True, exist_ok=True)
     # Concurrent test processes share one cache.
     with open(VM_DIR / ".lock", "w") as lock:
@@ -194,7 +230,7 @@ def run_in_vm(script: str, timeout: float = 300, memory_mb: int = 2048,
         os.unlink(console_path)
     text = out.decode(errors="replace")
     if not timed_out and not text and proc.returncode != 0:
-        raise VmUnavailable(f"qemu failed (status {proc.returncode}): {err.decode(errors='replace').strip()}")
+        raise VmBroken(f"qemu failed (status {proc.returncode}): {err.decode(errors='replace').strip()}")
     body, marker, status = text.rpartition(EXIT_MARKER)
     if marker and re.fullmatch(r"\d+\n?", status):
         return VmResult(int(status), body, console, timed_out)
@@ -202,11 +238,14 @@ def run_in_vm(script: str, timeout: float = 300, memory_mb: int = 2048,
 
 
 def _run(argv: list[str], what: str, cwd: Optional[Path] = None) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd,
+                              env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    except OSError as e:
+        raise VmBroken(f"{what} failed: cannot run {argv[0]}: {e.strerror}") from None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise VmUnavailable(f"{what} failed: {' / '.join(tail)}")
+        raise VmBroken(f"{what} failed (status {proc.returncode}): {' / '.join(tail)}")
     return proc.stdout
 
 
@@ -214,24 +253,53 @@ def _apt(argv: list[str], what: str, cwd: Optional[Path] = None) -> str:
     """apt-get/apt-cache, retried once after `apt-get update` (stale or missing package lists)."""
     try:
         return _run(argv, what, cwd)
-    except VmUnavailable:
+    except VmBroken as e:
+        first = e
+    try:
         _run(["apt-get", "update", "-qq"], "apt-get update")
+    except VmBroken as e:
+        raise VmBroken(f"{first}; then {e}") from None
+    try:
         return _run(argv, what, cwd)
+    except VmBroken as e:
+        raise VmBroken(f"{e} (again after apt-get update)") from None
 
 
 def _install_host_packages() -> None:
+    """qemu and busybox, installed when missing: VmUnavailable where this
+    machine cannot have them, VmBroken where it can but installing fails."""
+    if not _has_apt():
+        raise VmUnavailable("no apt-get and dpkg-query here: qemu-system-x86, busybox-static and Debian's "
+                            "kernel package come through apt")
     missing = [p for p in HOST_PACKAGES if not _installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:
         raise VmUnavailable(f"{' '.join(missing)} not installed, and installing needs root")
+    if not all(_candidate(p) for p in missing):
+        # Maybe stale or absent package lists; a failing update is a VmBroken.
+        _run(["apt-get", "update", "-qq"], "apt-get update")
+    uninstallable = [p for p in missing if not _candidate(p)]
+    if uninstallable:
+        raise VmUnavailable(f"apt has no installation candidate for {' '.join(uninstallable)} "
+                            "(not in this machine's apt sources)")
     _apt(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
          f"apt-get install {' '.join(missing)}")
+
+
+def _has_apt() -> bool:
+    return bool(shutil.which("dpkg-query") and shutil.which("apt-get"))
 
 
 def _installed(package: str) -> bool:
     proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
     return proc.returncode == 0 and proc.stdout.endswith("ok installed")
+
+
+def _candidate(package: str) -> bool:
+    """Whether apt has a version of package to install."""
+    policy = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True).stdout
+    return "Candidate:" in policy and "Candidate: (none)" not in policy
 
 
 def _ensure_kernel() -> str:
@@ -244,10 +312,14 @@ def _ensure_kernel() -> str:
     package = _kernel_package()
     with tempfile.TemporaryDirectory(dir=VM_DIR, prefix="download-") as tmp:
         _apt(["apt-get", "download", "-qq", package], f"apt-get download {package}", cwd=Path(tmp))
-        deb = next(Path(tmp).glob("*.deb"))
+        deb = next(Path(tmp).glob("*.deb"), None)
+        if deb is None:
+            raise VmBroken(f"apt-get download {package} left no .deb")
         tree = Path(tmp) / "tree"
         _run(["dpkg-deb", "-x", str(deb), str(tree)], f"dpkg-deb -x {deb.name}")
-        vmlinuz = next((tree / "boot").glob("vmlinuz-*"))
+        vmlinuz = next((tree / "boot").glob("vmlinuz-*"), None)
+        if vmlinuz is None:
+            raise VmBroken(f"{deb.name} has no boot/vmlinuz-*")
         release = vmlinuz.name.removeprefix("vmlinuz-")
         dest = VM_DIR / release
         shutil.rmtree(dest, ignore_errors=True)
@@ -281,11 +353,10 @@ def _kernel_package() -> str:
     depends = _apt(["apt-cache", "depends", "linux-image-amd64"], "apt-cache depends linux-image-amd64")
     found = re.search(r"Depends: (linux-image-\S+)", depends)
     if not found:
-        raise VmUnavailable(f"linux-image-amd64 depends on no kernel image: {depends.strip()!r}")
+        raise VmBroken(f"linux-image-amd64 depends on no kernel image: {depends.strip()!r}")
     signed = found.group(1)
     unsigned = f"{signed}-unsigned"
-    policy = subprocess.run(["apt-cache", "policy", unsigned], capture_output=True, text=True).stdout
-    return unsigned if "Candidate:" in policy and "Candidate: (none)" not in policy else signed
+    return unsigned if _candidate(unsigned) else signed
 
 
 def _load_order(kernel_dir: Path, wanted: tuple[str, ...]) -> list[Path]:
@@ -296,7 +367,7 @@ def _load_order(kernel_dir: Path, wanted: tuple[str, ...]) -> list[Path]:
     def visit(name: str) -> None:
         name = name.replace("-", "_")
         if name not in paths:
-            raise VmUnavailable(f"the guest kernel has no module {name}")
+            raise VmBroken(f"the guest kernel has no module {name}")
         if paths[name] in order:
             return
         for dep in _modinfo(paths[name]).get("depends", "").split(","):

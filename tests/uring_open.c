@@ -3,7 +3,7 @@
  * A second argument "fd0" closes descriptor 0 first, so the open returns 0;
  * "overflow" fills the completion queue with NOPs first, so the open's
  * completion overflows it. Exit: 0 read ok, 2 io_uring unavailable, 3 the
- * open failed. */
+ * open (or the read) failed, with the error on stderr. */
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <stdio.h>
@@ -60,11 +60,15 @@ int main(int argc, char **argv)
 	}
 	struct io_uring_cqe *cqe = (struct io_uring_cqe *)(cq + p.cq_off.cqes) + (*head & (p.cq_entries - 1));
 	int fd = cqe->res;
-	if (fd < 0)
+	if (fd < 0) {
+		fprintf(stderr, "io_uring open: %s\n", strerror(-fd));
 		return 3;
+	}
 	char buf[64];
-	if (read(fd, buf, sizeof(buf)) < 0)
+	if (read(fd, buf, sizeof(buf)) < 0) {
+		perror("read");
 		return 3;
+	}
 	printf("read through io_uring\n");
 	return 0;
 }
