@@ -56,6 +56,12 @@ def make_policy(root, mode="enforce", **extra) -> Policy:
     return Policy.from_text(text, "yaml")
 
 
+def command_cgroups(guard_pid: int) -> set[str]:
+    """The cgroups a guard in process guard_pid made for its commands (other
+    guards on the machine make their own, named by their pid)."""
+    return {n for n in os.listdir(environment.cgroup2_mount()) if n.startswith(f"runtimeguard-{guard_pid}-")}
+
+
 def py(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
@@ -77,7 +83,8 @@ CONNECT = """
     import socket, sys
     try:
         socket.create_connection(({host!r}, {port}), timeout=2).close()
-    except PermissionError:
+    except PermissionError as e:
+        assert e.errno == 1, e  # EPERM (not EACCES)
         sys.exit(3)
 """
 
@@ -115,7 +122,8 @@ def test_ipv6_rule_with_port(secrets_dir):
         s.connect(("::1", 10))  # allowed port
         try:
             socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).connect(("::1", 9))
-        except PermissionError:
+        except PermissionError as e:
+            assert e.errno == 1, e  # EPERM (not EACCES)
             sys.exit(3)
     """
     result = guard(make_policy(secrets_dir), py(code))
@@ -177,7 +185,8 @@ TRY_CONNECTS = """
         try:
             s.connect((address, port))
             print("through", file=out)
-        except PermissionError:
+        except PermissionError as e:
+            assert e.errno == 1, e  # EPERM (not EACCES)
             print("refused", file=out)
         except OSError as e:
             print("through", errno.errorcode[e.errno], file=out)  # the guard let it pass; nobody answered
@@ -229,7 +238,8 @@ def test_raw_and_packet_sockets_are_refused(secrets_dir, family, kind, proto, fo
         import socket, sys
         try:
             socket.socket(socket.{family}, socket.{kind}, {proto})
-        except PermissionError:
+        except PermissionError as e:
+            assert e.errno == 1, e  # EPERM (not EACCES)
             sys.exit(3)
     """
     result = guard(make_policy(secrets_dir), py(code))
@@ -246,7 +256,8 @@ def test_udp_sendto_denied_destination_is_exfil_blocked(secrets_dir):
         import socket, sys
         try:
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ({DENIED_V4!r}, 5353))
-        except PermissionError:
+        except PermissionError as e:
+            assert e.errno == 1, e  # EPERM (not EACCES)
             sys.exit(3)
     """
     result = guard(make_policy(secrets_dir), py(code))
@@ -346,7 +357,8 @@ def test_decoy_read_taints_and_blocks_later_egress(secrets_dir, listener):
         open({str(decoy)!r}).read()
         try:
             socket.create_connection(("127.0.0.1", {listener}), timeout=2)
-        except PermissionError:
+        except PermissionError as e:
+            assert e.errno == 1, e  # EPERM (not EACCES)
             sys.exit(3)
     """
     result = guard(make_policy(secrets_dir), py(code))
@@ -439,7 +451,8 @@ def test_auto_backend_is_the_strongest_that_starts_and_does_what_it_claims(secre
         import sys
         try:
             open({str(secrets_dir / "token")!r}).read()
-        except PermissionError:
+        except PermissionError as e:
+            assert e.errno == 1, e  # EPERM (not EACCES)
             sys.exit(3)
     """))
     (ev,) = [e for e in result.events if e.name == "open_inode"]
@@ -466,10 +479,9 @@ def test_command_run_as_another_user_cannot_undo_the_guard(secrets_dir):
 def test_protected_file_where_changes_cannot_be_watched_is_a_clear_error():
     # procfs has no file handles for fanotify; only BPF LSM could guard changes there.
     policy = Policy.from_text("version: 1\nmode: enforce\nfiles:\n  protect: [/proc/version]\n")
-    before = set(os.listdir(environment.cgroup2_mount()))
     with pytest.raises(RuntimeGuardError, match=r"files.protect: changes by path cannot be watched .*/proc/version"):
         guard(policy, ["true"], backend="tracepoint")
-    assert set(os.listdir(environment.cgroup2_mount())) == before
+    assert command_cgroups(os.getpid()) == set()
 
 
 def test_unknown_user_is_refused_before_anything_runs(secrets_dir):
@@ -487,7 +499,8 @@ def test_double_forked_setsid_grandchild_stays_in_scope(secrets_dir, listener):
                 try:
                     socket.create_connection(({DENIED_V4!r}, {listener}), timeout=2)
                     open("{secrets_dir}/result", "w").write("connected")
-                except PermissionError:
+                except PermissionError as e:
+                    assert e.errno == 1, e  # EPERM (not EACCES)
                     open("{secrets_dir}/result", "w").write("denied")
                 os._exit(0)
             os._exit(0)
@@ -499,9 +512,8 @@ def test_double_forked_setsid_grandchild_stays_in_scope(secrets_dir, listener):
 
 
 def test_exit_status_comes_back_and_cgroup_is_removed(secrets_dir):
-    before = set(os.listdir(environment.cgroup2_mount()))
     assert guard(make_policy(secrets_dir), ["sh", "-c", "exit 7"]).exit_status == 7
-    assert set(os.listdir(environment.cgroup2_mount())) == before
+    assert command_cgroups(os.getpid()) == set()
 
 
 def test_missing_command_is_a_clear_error(secrets_dir):
@@ -637,18 +649,18 @@ def test_ctrl_c_cleans_up_cgroup_and_decoys(tmp_path):
     decoy = tmp_path / "decoy-env"
     policy = tmp_path / "p.yaml"
     policy.write_text(f"version: 1\nmode: enforce\nmirage:\n  decoys: [{{path: '{decoy}', template: env}}]\n")
-    before = set(os.listdir(environment.cgroup2_mount()))
     proc = subprocess.Popen([sys.executable, "-m", "runtimeguard", "run", "--policy", str(policy), "--",
                              "sleep", "30"], stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(EXAMPLE))
     deadline = time.monotonic() + 10
-    while not decoy.exists() and time.monotonic() < deadline:
+    while not (decoy.exists() and command_cgroups(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert decoy.exists(), "the decoy is created while the guard runs"
+    assert len(command_cgroups(proc.pid)) == 1, "and the command's cgroup"
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 128 + signal.SIGINT
     assert not decoy.exists()
-    assert set(os.listdir(environment.cgroup2_mount())) == before
+    assert command_cgroups(proc.pid) == set()
     assert "Traceback" not in proc.stderr.read()
 
 
@@ -710,7 +722,8 @@ def test_taint_passes_to_children_forked_later(secrets_dir, listener):
         if pid == 0:
             try:
                 socket.create_connection(("127.0.0.1", {listener}), timeout=2)
-            except PermissionError:
+            except PermissionError as e:
+                assert e.errno == 1, e  # EPERM (not EACCES)
                 os._exit(3)
             os._exit(0)
         sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
@@ -727,7 +740,8 @@ def test_tcp_fast_open_to_a_denied_destination_is_refused(secrets_dir, listener)
         s = socket.socket()
         try:
             s.sendto(b"x", socket.MSG_FASTOPEN, ({DENIED_V4!r}, {listener}))
-        except PermissionError:
+        except PermissionError as e:
+            assert e.errno == 1, e  # EPERM (not EACCES)
             sys.exit(3)
     """
     result = guard(make_policy(secrets_dir), py(code))
@@ -772,7 +786,8 @@ def test_cli_mode_switch_by_signal(tmp_path, listener):
             try:
                 socket.create_connection(({DENIED_V4!r}, {listener}), timeout=2).close()
                 print("connected", flush=True)
-            except PermissionError:
+            except PermissionError as e:
+                assert e.errno == 1, e  # EPERM (not EACCES)
                 print("refused", flush=True)
                 break
             time.sleep(0.05)
