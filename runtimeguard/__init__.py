@@ -15,12 +15,12 @@ from .schema import (
 from .tracer import ALL_EVENTS, DEFAULT_EVENTS, Tracer, TracerStats
 from .audit import AuditLogError, AuditLogger, NotificationTracker, read_audit_log
 from .policy import Policy, PolicyError, check_policy
-from .guard import Guard, GuardResult, guard
+from .guard import Guard, GuardResult, GuardStats, guard
 
 __all__ = [
     "ALL_EVENTS", "BPFError", "Capabilities", "Container", "DEFAULT_EVENTS", "EVENT_IDS", "EnvironmentSetupError",
     "Event", "Feature", "PrivilegeError", "Process", "ProcessRef", "RuntimeGuardError", "SCHEMA_VERSION",
     "TargetContext", "Tracer", "TracerStateError", "TracerStats", "Workload", "capabilities",
     "AuditLogError", "AuditLogger", "NotificationTracker", "read_audit_log", "Policy", "PolicyError",
-    "check_policy", "Guard", "GuardResult", "guard",
+    "check_policy", "Guard", "GuardResult", "GuardStats", "guard",
 ]

@@ -10,7 +10,10 @@ only after ``os.write`` has handed the whole line to the kernel, so an event
 that ``write()`` accepted is in the file (in the page cache: it survives the
 process being killed, SIGKILL included, though not a power cut unless
 ``flush(fsync=True)`` ran). There is nothing for a SIGTERM to lose, and
-``close()`` only releases descriptors. A SIGTERM handler may still call
+``close()`` only releases descriptors, but for one thing: with coalescing
+(below), the counts of folded repeats wait in memory for at most one
+interval; ``close()`` writes them, a SIGKILL loses them (never a first
+occurrence: that is written at once). A SIGTERM handler may call
 ``close()``, even one that interrupts this thread's own ``write()``: the
 close then happens as soon as that write has finished.
 ``install_sigterm_flush()`` installs such a handler.
@@ -38,6 +41,41 @@ file is full, so its next size check sends it through the lock to the new
 ``PATH``. A file may therefore end a few concurrent lines past
 ``max_bytes``. Lines are lost only when more than ``backups`` rotations
 happen while some writer still holds the oldest file.
+
+Coalescing (``coalesce_s``, off by default; the guard turns it on): a workload
+must not be able to flush the log by repeating one denied operation.
+Identical decisions (same event name, rule, process, target, action and
+data) are folded: the first is written at once; repeats within
+``coalesce_s`` of the last line written for them are counted, and one line
+per interval at most carries the latest of them with ``repeated: N``, the
+number of other identical decisions folded into it. A line stands for
+``1 + repeated`` decisions, so the decisions made are the lines plus the sum
+of ``repeated``. Pending counts are written when their interval ends (on the
+next write, or ``tick()``), by ``flush()``, and at ``close()``: none is lost
+by closing. ``lost`` records of one source are merged the same way (counts
+added). Other events are never folded.
+
+First records (``keep_first``, off by default; the guard turns it on): the
+logger remembers where it wrote the first record of each (rule, target) of
+the run (events without a rule: per event name; ``lost`` records: per
+source and event kind counted). When rotation is about to drop a file
+holding such records, it copies them to ``PATH.kept`` first, which is
+never rotated. So every first record stays somewhere in the log's files,
+once: in the file it was written to while that file exists, in
+``PATH.kept`` after. ``audit_log_files()`` lists ``PATH.kept`` first (it
+holds the oldest records). ``keep_first`` caps the targets kept per rule, so
+a workload that makes ever new targets (a port scan) cannot grow
+``PATH.kept`` without bound or starve another rule; firsts beyond the cap
+are counted in ``keep_skipped``. Only records this logger wrote and whose
+file it rotated away itself are kept; ``PATH.kept`` grows by at most
+``keep_first`` records per rule per run and is never trimmed.
+
+Write failures (``on_error="count"``): lines that cannot be written wait in
+the retry queue; those that do not fit in it (or are still there at
+``close()``) are lost, counted in ``dropped`` and, per event name, in
+``dropped_by_kind``. As soon as writing works again, after the queued lines,
+the logger writes a ``lost`` record (``source: "audit_log"``, ``error``: the
+errno name) counting them per kind.
 """
 
 from __future__ import annotations
@@ -55,16 +93,22 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 import msgspec
 
 from .errors import RuntimeGuardError
-from .schema import Event, json_decoder, json_encoder
+from .schema import BLOCK_EVENTS, EVENT_IDS, Event, LostData, json_decoder, json_encoder
 
 __all__ = [
-    "AuditLogError", "AuditLogger", "AuditLogReader", "Notice", "NotificationTracker",
-    "audit_log_files", "install_sigterm_flush", "read_audit_log",
+    "AuditLogError", "AuditLogger", "AuditLogReader", "Coalescer", "Notice", "NotificationTracker",
+    "audit_log_files", "coalesce_key", "install_sigterm_flush", "read_audit_log",
 ]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 RETRY_QUEUE_MAX = 10_000
 """Events kept for retry while the log cannot be written (on_error="count")."""
+DEFAULT_COALESCE_S = 1.0
+"""The guard's coalescing interval: at most one line per second per repeated decision."""
+DEFAULT_KEEP_FIRST = 1000
+"""The guard's cap on first records kept from rotation, per rule."""
+KEPT_SUFFIX = ".kept"
+"""``PATH.kept``: first records whose file was rotated away; never rotated."""
 
 # Several lines go out in one write up to this size: large enough to make
 # write_many cheap, small enough that a batch never dwarfs max_bytes.
@@ -93,38 +137,203 @@ def _error(path: str, doing: str, exc: OSError) -> AuditLogError:
                          path, exc.errno or 0)
 
 
+# ---- coalescing ----
+
+def coalesce_key(event: Event) -> Optional[tuple]:
+    """What makes two events the same decision for coalescing; None: never folded.
+
+    Decisions: the event name, action, process (pid and entity id), rule,
+    mode, target and the decision's data (rule index, comm, method, ...).
+    ``lost`` notices: one key per source (their counts are added up).
+    """
+    name = event.name
+    if name == "lost":
+        return ("lost", event.data.source)
+    if name not in BLOCK_EVENTS:
+        return None
+    policy, target = event.policy, event.target_context
+    return (name, event.action, event.pid, event.entity_id, policy.rule if policy is not None else None,
+            policy.mode if policy is not None else None, target.formatted if target is not None else None,
+            event.data)
+
+
+def _merge_lost(a: Event, b: Event) -> Event:
+    """b's event carrying the loss of both notices."""
+    by_kind = dict(a.data.by_kind)
+    for kind, n in b.data.by_kind.items():
+        by_kind[kind] = by_kind.get(kind, 0) + n
+    data = msgspec.structs.replace(b.data, count=a.data.count + b.data.count, by_kind=by_kind,
+                                   error=b.data.error or a.data.error)
+    return msgspec.structs.replace(b, data=data)
+
+
+class Coalescer:
+    """Folds identical decisions; the pure logic behind ``AuditLogger(coalesce_s=...)``.
+
+    ``add(event)`` returns the lines to write now, in order: the event itself
+    when it is the first of its key (``coalesce_key``) or is never folded,
+    and the summaries of other keys whose interval has ended. A repeat within
+    ``interval_s`` of the last line written for its key is counted instead;
+    once the interval has ended, one line carries the latest repeat with
+    ``repeated`` = the other repeats folded into it. So per key: the first
+    decision is written at once, lines are at least ``interval_s`` apart,
+    and lines + sum(repeated) == decisions once ``flush()`` has run.
+
+    Memory: a key is forgotten one interval after its last line if nothing
+    was folded since; at most ``max_entries`` keys are held, the oldest
+    evicted past that (its pending count written then, never dropped).
+    Time comes from ``clock``, which must not go backwards. Not thread-safe.
+    """
+
+    def __init__(self, interval_s: float = DEFAULT_COALESCE_S, clock: Callable[[], float] = time.monotonic,
+                 max_entries: int = 100_000):
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be positive, not {interval_s}")
+        if max_entries <= 0:
+            raise ValueError(f"max_entries must be positive, not {max_entries}")
+        self.interval_s = interval_s
+        self.clock = clock
+        self.max_entries = max_entries
+        self.coalesced = 0
+        """Decisions given out only as part of a line's ``repeated`` count."""
+        self.pending = 0
+        """Events folded and not given out yet."""
+        # key -> [time of the key's last line, events folded since, the latest of them]; oldest line first.
+        self._entries: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, event: Event) -> list[Event]:
+        now = self.clock()
+        out: list[Event] = []
+        self._expire(now, out)
+        key = coalesce_key(event)
+        if key is None:
+            out.append(event)
+            return out
+        entry = self._entries.get(key)
+        if entry is None:
+            self._entries[key] = [now, 0, None]
+            out.append(event)
+            if len(self._entries) > self.max_entries:
+                _, oldest = self._entries.popitem(last=False)
+                if oldest[1]:
+                    out.append(self._summary(oldest))
+            return out
+        entry[1] += 1
+        entry[2] = event if entry[2] is None or event.name != "lost" else _merge_lost(entry[2], event)
+        self.pending += 1
+        return out
+
+    def due(self) -> list[Event]:
+        """The summaries whose interval has ended."""
+        out: list[Event] = []
+        self._expire(self.clock(), out)
+        return out
+
+    def flush(self) -> list[Event]:
+        """Every pending summary now; then forgets every key."""
+        out = [self._summary(entry) for entry in self._entries.values() if entry[1]]
+        self._entries.clear()
+        return out
+
+    def _summary(self, entry: list) -> Event:
+        folded, event = entry[1], entry[2]
+        self.pending -= folded
+        entry[1], entry[2] = 0, None
+        if event.name == "lost" or folded == 1:
+            return event
+        self.coalesced += folded - 1
+        return msgspec.structs.replace(event, repeated=folded - 1)
+
+    def _expire(self, now: float, out: list[Event]) -> None:
+        entries = self._entries
+        interval = self.interval_s
+        while entries:
+            key, entry = next(iter(entries.items()))
+            if now - entry[0] < interval:
+                break
+            if entry[1]:
+                out.append(self._summary(entry))
+                entry[0] = now
+                entries.move_to_end(key)
+            else:
+                del entries[key]
+
+
+class _NameOnly(msgspec.Struct):
+    name: str = "?"
+
+
+_name_decoder = msgspec.json.Decoder(_NameOnly)
+
+
+def _line_name(line: bytes) -> str:
+    try:
+        return _name_decoder.decode(line).name
+    except msgspec.DecodeError:
+        return "?"
+
+
 class AuditLogger:
     """Appends events to an NDJSON audit log; see the module docstring.
 
     ``on_error="raise"``: a failed write raises ``AuditLogError`` and the event
     is not in the log. ``on_error="count"``: the failure is counted in
     ``errors`` and the event waits in a retry queue (at most
-    ``RETRY_QUEUE_MAX`` events; later ones are counted in ``dropped``),
-    written, in order and ahead of newer events, by the next ``write``,
-    ``write_many`` or ``flush`` that can. Lines already in the file are never
-    touched.
+    ``RETRY_QUEUE_MAX`` events; later ones are counted in ``dropped`` and
+    ``dropped_by_kind``), written, in order and ahead of newer events, by the
+    next ``write``, ``write_many``, ``tick`` or ``flush`` that can, followed
+    by a ``lost`` record for the dropped ones. Lines already in the file are
+    never touched.
+
+    ``coalesce_s``: fold identical decisions, one line per interval at most
+    (0: off). ``keep_first``: keep the first record of each (rule, target),
+    up to this many targets per rule, from rotation in ``PATH.kept`` (0:
+    off). ``clock``: the monotonic clock coalescing uses.
 
     Thread-safe. Processes may each open their own logger on the same path.
     """
 
     def __init__(self, path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = 5,
-                 on_error: Literal["raise", "count"] = "raise"):
+                 on_error: Literal["raise", "count"] = "raise", coalesce_s: float = 0.0, keep_first: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, not {max_bytes}")
         if backups < 0:
             raise ValueError(f"backups must be 0 or more, not {backups}")
         if on_error not in ("raise", "count"):
             raise ValueError(f'on_error must be "raise" or "count", not {on_error!r}')
+        if coalesce_s < 0:
+            raise ValueError(f"coalesce_s must be 0 (off) or positive, not {coalesce_s}")
+        if keep_first < 0:
+            raise ValueError(f"keep_first must be 0 (off) or positive, not {keep_first}")
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
         self.backups = backups
         self.on_error = on_error
+        self.coalesce_s = coalesce_s
+        self.keep_first = keep_first
+        self.clock = clock
         self.lines_written = 0
         self.bytes_written = 0
         self.errors = 0
         """Failed attempts to write, rotate or fsync."""
         self.dropped = 0
         """Events lost: the retry queue was full, or still held events at close()."""
+        self.dropped_by_kind: dict[str, int] = {}
+        """``dropped`` per event name."""
+        self.lost_records = 0
+        """``lost`` records written for dropped events."""
+        self.kept_lines = 0
+        """First records copied to ``PATH.kept`` before their file was rotated away."""
+        self.keep_skipped = 0
+        """Lines of (rule, target) pairs not kept because their rule's cap was reached
+        (each such pair's first line, and its later lines)."""
+        self.keep_lost = 0
+        """First records that could not be kept (their file rotated away by another process,
+        unreadable, or ``PATH.kept`` unwritable until close)."""
         # Reentrant so that close() from a signal handler that interrupted this
         # thread's own write() does not deadlock; _busy makes it wait for that write.
         self._lock = threading.RLock()
@@ -133,7 +342,19 @@ class AuditLogger:
         self._closed = False
         self._line = bytearray()
         """Reused encode buffer: no allocation per event."""
-        self._retry: collections.deque[bytes] = collections.deque()
+        self._retry: collections.deque[tuple[bytes, bool]] = collections.deque()
+        """(line, is a first record to keep)."""
+        self._retry_at = 0.0
+        self._unreported: dict[str, int] = {}
+        """Dropped events no lost record has reported yet."""
+        self._last_error = ""
+        self._coalescer = Coalescer(coalesce_s, clock) if coalesce_s > 0 else None
+        # First records: the (rule, target) pairs seen, pairs per rule, and where
+        # the kept lines are: (st_dev, st_ino) -> [(offset, length) or the line itself].
+        self._first_seen: set[tuple] = set()
+        self._first_per_rule: collections.Counter = collections.Counter()
+        self._pinned: dict[tuple[int, int], list] = {}
+        self._kept_backlog: list[bytes] = []
         self._lock_fd = -1
         try:
             self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
@@ -148,74 +369,85 @@ class AuditLogger:
         return len(self._retry)
 
     @property
+    def repeats_pending(self) -> int:
+        """Decisions folded by coalescing whose count is not written yet."""
+        return self._coalescer.pending if self._coalescer is not None else 0
+
+    @property
+    def coalesced(self) -> int:
+        """Decisions written only as part of a line's ``repeated`` count."""
+        return self._coalescer.coalesced if self._coalescer is not None else 0
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
     def write(self, event: Event) -> bool:
         """Append one event as one line, in one ``os.write``.
 
-        True: the line is in the file. False (only with ``on_error="count"``):
+        True: the line is in the file (with coalescing: or the event is
+        counted for a later line). False (only with ``on_error="count"``):
         it could not be written and waits in the retry queue.
         """
         with self._lock:
             self._busy = True
             try:
                 self._check_open()
-                line = self._line
-                json_encoder.encode_into(event, line)
-                line.append(10)  # b"\n"
-                return self._emit(line, 1)
+                if self._coalescer is None:
+                    return self._write_lines((event,)) == 1
+                lines = self._coalescer.add(event)
+                return self._write_lines(lines) == len(lines)
             finally:
                 self._finish()
 
     def write_many(self, events: Iterable[Event]) -> int:
-        """Append events, several whole lines per ``os.write``; the number now in the file.
+        """Append events, several whole lines per ``os.write``; the number of lines now in the file.
 
         Each batch is atomic like a single line. If the iterable or an
-        encode fails, the events before it are written first.
+        encode fails, the events before it are written first. With
+        coalescing, folded events make no line of their own.
         """
         with self._lock:
             self._busy = True
             try:
                 self._check_open()
-                buf = self._line
-                del buf[:]
-                limit = min(_BATCH_BYTES, self.max_bytes)
-                lines = written = 0
-                try:
-                    for event in events:
-                        start = len(buf)
-                        try:
-                            json_encoder.encode_into(event, buf, start)
-                        except BaseException:
-                            del buf[start:]
-                            raise
-                        buf.append(10)
-                        if lines and len(buf) > limit:
-                            # The batch is full without this line: send it, keep the line.
-                            head = buf[:start]
-                            del buf[:start]
-                            batch, lines = lines, 0
-                            written += batch if self._emit(head, batch) else 0
-                        lines += 1
-                finally:
-                    if lines:
-                        batch, lines = lines, 0
-                        written += batch if self._emit(buf, batch) else 0
-                return written
+                if self._coalescer is not None:
+                    events = self._coalesced(events)
+                return self._write_lines(events)
+            finally:
+                self._finish()
+
+    def tick(self) -> int:
+        """Write the coalesced counts whose interval has ended; retry queued
+        events (at most once per second while the log cannot be written).
+        Call it now and then (the guard does, on every poll). Lines written."""
+        with self._lock:
+            self._busy = True
+            try:
+                self._check_open()
+                lines = self._coalescer.due() if self._coalescer is not None else []
+                if lines:
+                    return self._write_lines(lines)
+                if (self._retry or self._unreported) and self.clock() >= self._retry_at:
+                    self._retry_at = self.clock() + 1.0
+                    self._catch_up()
+                return 0
             finally:
                 self._finish()
 
     def flush(self, fsync: bool = False) -> bool:
-        """Retry queued events; with ``fsync``, also force the file to stable storage.
-
-        There is no buffer to flush otherwise. True when nothing is left pending.
-        """
+        """Write every pending coalesced count and retry queued events; with
+        ``fsync``, also force the file to stable storage. True when nothing
+        is left pending."""
         with self._lock:
             self._busy = True
             try:
                 self._check_open()
-                ok = self._drain()
+                if self._coalescer is not None:
+                    lines = self._coalescer.flush()
+                    if lines:
+                        self._write_lines(lines)
+                ok = self._catch_up()
                 if fsync and self._fd >= 0:
                     try:
                         os.fsync(self._fd)
@@ -229,7 +461,8 @@ class AuditLogger:
                 self._finish()
 
     def close(self) -> None:
-        """Retry queued events once more, then release the descriptors. Idempotent.
+        """Write pending coalesced counts, retry queued events once more,
+        then release the descriptors. Idempotent.
 
         Safe in a signal handler: if the handler interrupted a write of this
         logger, the close happens when that write is done.
@@ -258,7 +491,7 @@ class AuditLogger:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return (f"<AuditLogger {self.path!r} {state} lines={self.lines_written} errors={self.errors} "
-                f"pending={self.pending}>")
+                f"pending={self.pending} dropped={self.dropped}>")
 
     # ---- internals (called with the lock held) ----
 
@@ -275,14 +508,32 @@ class AuditLogger:
         if self._closed:
             return
         self._close_pending = False
-        if self._retry:
-            self._drain()
+        # Closing never raises for a write that fails: what cannot be written
+        # is counted in dropped, with a warning.
+        on_error, self.on_error = self.on_error, "count"
+        try:
+            if self._coalescer is not None:
+                lines = self._coalescer.flush()
+                if lines:
+                    self._write_lines(lines)
+            if self._retry or self._unreported:
+                self._catch_up()
+            if self._kept_backlog:
+                self._write_kept()
+        finally:
+            self.on_error = on_error
         self._closed = True
         if self._retry:
             lost = len(self._retry)
-            self.dropped += lost
+            for line, _ in self._retry:
+                self._count_dropped(line)
             self._retry.clear()
             warnings.warn(f"audit log {self.path}: {lost} events could not be written and are lost",
+                          RuntimeWarning, stacklevel=3)
+        if self._kept_backlog:
+            self.keep_lost += sum(chunk.count(b"\n") for chunk in self._kept_backlog)
+            self._kept_backlog.clear()
+            warnings.warn(f"audit log {self.path}: first records could not be kept in {self.path}{KEPT_SUFFIX}",
                           RuntimeWarning, stacklevel=3)
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
@@ -292,56 +543,262 @@ class AuditLogger:
                     pass
         self._fd = self._lock_fd = -1
 
-    def _emit(self, data: bytes | bytearray, lines: int) -> bool:
+    def _coalesced(self, events: Iterable[Event]) -> Iterator[Event]:
+        add = self._coalescer.add
+        for event in events:
+            yield from add(event)
+
+    def _write_lines(self, events: Iterable[Event]) -> int:
+        """Encode and write events, batched; the number of lines now in the file."""
+        buf = self._line
+        del buf[:]
+        limit = min(_BATCH_BYTES, self.max_bytes)
+        keep = self.keep_first
+        lines = written = 0
+        pins: list[tuple[int, int]] = []  # (start, length) in buf of the first records to keep
+        try:
+            for event in events:
+                start = len(buf)
+                try:
+                    json_encoder.encode_into(event, buf, start)
+                except BaseException:
+                    del buf[start:]
+                    raise
+                buf.append(10)
+                if lines and len(buf) > limit:
+                    # The batch is full without this line: send it, keep the line.
+                    head = buf[:start]
+                    del buf[:start]
+                    head_pins, pins = pins, []
+                    batch, lines = lines, 0
+                    written += batch if self._emit(head, batch, head_pins) else 0
+                    start = 0
+                if keep and self._is_first(event):
+                    pins.append((start, len(buf) - start))
+                lines += 1
+        finally:
+            if lines:
+                batch, lines = lines, 0
+                written += batch if self._emit(buf, batch, pins) else 0
+        return written
+
+    def _emit(self, data: bytes | bytearray, lines: int, pins: list[tuple[int, int]]) -> bool:
         """Write whole lines; on failure raise or queue them per on_error."""
-        if self._retry and not self._drain():
+        if (self._retry or self._unreported) and not self._catch_up():
             # Still failing: queue behind the older events to keep the order.
-            self._enqueue(data)
+            self._enqueue(data, pins)
             return False
         try:
-            self._append(data)
+            short = self._append(data)
         except OSError as exc:
-            self.errors += 1
+            self._failed(exc)
             if self.on_error == "raise":
                 raise _error(self.path, "write", exc) from exc
-            self._enqueue(data)
+            self._enqueue(data, pins)
             return False
         self.lines_written += lines
         self.bytes_written += len(data)
+        if pins:
+            self._track(data, pins, short)
         return True
 
-    def _enqueue(self, data: bytes | bytearray) -> None:
+    def _failed(self, exc: OSError) -> None:
+        self.errors += 1
+        self._last_error = _errno.errorcode.get(exc.errno or 0, "") or str(exc)
+
+    def _enqueue(self, data: bytes | bytearray, pins: list[tuple[int, int]]) -> None:
+        starts = {start for start, _ in pins}
+        pos = 0
         # JSON lines hold no raw newline, so splitting gives back the events.
         for line in bytes(data).splitlines(keepends=True):
             if len(self._retry) < RETRY_QUEUE_MAX:
-                self._retry.append(line)
+                self._retry.append((line, pos in starts))
             else:
                 # Keep the oldest: the start of an outage matters most, and
-                # `dropped` says how much is missing after it.
-                self.dropped += 1
+                # `dropped` (and the lost record) says how much is missing after it.
+                self._count_dropped(line)
+            pos += len(line)
+
+    def _count_dropped(self, line: bytes) -> None:
+        name = _line_name(line)
+        self.dropped += 1
+        self.dropped_by_kind[name] = self.dropped_by_kind.get(name, 0) + 1
+        self._unreported[name] = self._unreported.get(name, 0) + 1
+
+    def _catch_up(self) -> bool:
+        """Write the queued lines, then the lost record for dropped ones. True when both are done."""
+        return self._drain() and self._report_lost()
 
     def _drain(self) -> bool:
         retry = self._retry
         while retry:
             size = count = 0
-            for line in retry:
+            pins: list[tuple[int, int]] = []
+            for line, pinned in retry:
                 if count and size + len(line) > min(_BATCH_BYTES, self.max_bytes):
                     break
+                if pinned:
+                    pins.append((size, len(line)))
                 size += len(line)
                 count += 1
-            batch = b"".join(retry.popleft() for _ in range(count))
+            batch = [retry.popleft() for _ in range(count)]
+            data = b"".join(line for line, _ in batch)
             try:
-                self._append(batch)
-            except OSError:
-                self.errors += 1
-                retry.extendleft(reversed(batch.splitlines(keepends=True)))
+                short = self._append(data)
+            except OSError as exc:
+                self._failed(exc)
+                retry.extendleft(reversed(batch))
                 return False
             self.lines_written += count
             self.bytes_written += size
+            if pins:
+                self._track(data, pins, short)
         return True
 
-    def _append(self, data: bytes | bytearray) -> None:
-        """Rotate if needed, then write all of data at the end of the file."""
+    def _report_lost(self) -> bool:
+        """Write the lost record for dropped events not reported yet."""
+        if not self._unreported:
+            return True
+        by_kind = dict(self._unreported)
+        event = Event(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
+                      tid=threading.get_native_id(),
+                      data=LostData(count=sum(by_kind.values()), by_kind=by_kind, source="audit_log",
+                                    error=self._last_error or None))
+        data = json_encoder.encode(event) + b"\n"
+        pins = [(0, len(data))] if self.keep_first and self._is_first(event) else []
+        try:
+            short = self._append(data)
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        self._unreported.clear()
+        self.lost_records += 1
+        self.lines_written += 1
+        self.bytes_written += len(data)
+        if pins:
+            self._track(data, pins, short)
+        return True
+
+    # ---- first records ----
+
+    def _is_first(self, event: Event) -> bool:
+        """Whether event is the run's first record of its (rule, target), and
+        within the rule's cap; marks it seen."""
+        seen = self._first_seen
+        if event.name == "lost":
+            source = event.data.source
+            new = [kind for kind in event.data.by_kind if ("lost", source, kind) not in seen]
+            seen.update(("lost", source, kind) for kind in new)
+            return bool(new)
+        policy, target = event.policy, event.target_context
+        rule = policy.rule if policy is not None else event.name
+        key = (rule, target.formatted if target is not None else "")
+        if key in seen:
+            return False
+        if self._first_per_rule[rule] >= self.keep_first:
+            self.keep_skipped += 1
+            return False
+        seen.add(key)
+        self._first_per_rule[rule] += 1
+        return True
+
+    def _track(self, data: bytes | bytearray, pins: list[tuple[int, int]], short: bool) -> None:
+        """Remember where the first records of data, just written, are."""
+        try:
+            st = os.fstat(self._fd)
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: right after our bytes
+        except OSError:
+            # Nowhere to look them up later: keep a copy now (it may end up twice in the files).
+            self._kept_backlog.extend(bytes(data[start:start + n]) for start, n in pins)
+            return
+        where = self._pinned.setdefault((st.st_dev, st.st_ino), [])
+        if short:
+            # A write finished in parts may have others' lines in between: hold the lines themselves.
+            where.extend(bytes(data[start:start + n]) for start, n in pins)
+        else:
+            base = end - len(data)
+            where.extend((base + start, n) for start, n in pins)
+
+    def _take_pinned(self, victim: str) -> bytes:
+        """The kept lines of a file about to be dropped; forgets them."""
+        if not self._pinned:
+            return b""
+        try:
+            fd = os.open(victim, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return b""
+        chunks = []
+        try:
+            st = os.fstat(fd)
+            entries = self._pinned.pop((st.st_dev, st.st_ino), [])
+            for entry in entries:
+                if isinstance(entry, bytes):
+                    chunks.append(entry)
+                    continue
+                offset, n = entry
+                try:
+                    chunk = os.pread(fd, n, offset)
+                except OSError:
+                    chunk = b""
+                if len(chunk) == n and chunk.endswith(b"\n"):
+                    chunks.append(chunk)
+                else:
+                    self.keep_lost += 1
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def _forget_vanished(self) -> None:
+        """Kept lines whose file another writer rotated away: lost, counted."""
+        live = set()
+        for name in [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]:
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            live.add((st.st_dev, st.st_ino))
+        try:
+            st = os.fstat(self._fd)
+            live.add((st.st_dev, st.st_ino))  # a file this writer still appends to, even if renamed away
+        except OSError:
+            pass
+        for key in [k for k in self._pinned if k not in live]:
+            self.keep_lost += len(self._pinned.pop(key))
+
+    def _write_kept(self) -> None:
+        """Append the kept lines waiting to PATH.kept; they wait for the next try on failure."""
+        blob = b"".join(self._kept_backlog)
+        if not blob:
+            self._kept_backlog.clear()
+            return
+        try:
+            fd = os.open(self.path + KEPT_SUFFIX, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        start = done = 0
+        try:
+            start = os.fstat(fd).st_size
+            with memoryview(blob) as view:
+                while done < len(view):
+                    n = os.write(fd, view[done:])
+                    if n == 0:
+                        raise OSError(_errno.EIO, os.strerror(_errno.EIO))
+                    done += n
+        except OSError as exc:
+            self._failed(exc)
+            self._remove_fragment(fd, start, start + done)
+            return
+        finally:
+            os.close(fd)
+        self.kept_lines += blob.count(b"\n")
+        self._kept_backlog.clear()
+
+    # ---- the file ----
+
+    def _append(self, data: bytes | bytearray) -> bool:
+        """Rotate if needed, then write all of data at the end of the file.
+        True when the write went out in more than one part."""
         if self._fd < 0:
             # A reopen after rotation failed earlier: try again.
             self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
@@ -351,7 +808,7 @@ class AuditLogger:
         fd = self._fd
         done = os.write(fd, data)
         if done == len(data):
-            return
+            return False
         # A short write: finish it at once, so as little as possible can land
         # between the two parts.
         end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND left the offset after our bytes
@@ -367,6 +824,7 @@ class AuditLogger:
             except OSError:
                 self._remove_fragment(fd, start, end)
                 raise
+        return True
 
     def _remove_fragment(self, fd: int, start: int, end: int) -> None:
         # Only when nothing was appended after the fragment: truncating then
@@ -400,16 +858,27 @@ class AuditLogger:
 
     def _shift_backups(self) -> None:
         path = self.path
+        # The file about to be dropped: its first records go to PATH.kept.
+        victim = f"{path}.{self.backups}" if self.backups else path
+        if self._pinned:
+            # Held before the drop: if the drop then fails, a copy too many, never one too few.
+            kept = self._take_pinned(victim)
+            if kept:
+                self._kept_backlog.append(kept)
         if self.backups == 0:
             os.unlink(path)
-            return
-        # os.replace onto PATH.<backups> drops the oldest.
-        for i in range(self.backups - 1, 0, -1):
-            try:
-                os.replace(f"{path}.{i}", f"{path}.{i + 1}")
-            except FileNotFoundError:
-                pass
-        os.replace(path, f"{path}.1")
+        else:
+            # os.replace onto PATH.<backups> drops the oldest.
+            for i in range(self.backups - 1, 0, -1):
+                try:
+                    os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+                except FileNotFoundError:
+                    pass
+            os.replace(path, f"{path}.1")
+        if self._kept_backlog:
+            self._write_kept()
+        if self._pinned:
+            self._forget_vanished()
 
     def _reopen(self) -> None:
         fd = os.open(self.path, _OPEN_FLAGS, 0o600)
@@ -422,9 +891,10 @@ def install_sigterm_flush(logger: AuditLogger) -> Any:
 
     The previous handler, if a function, is called next; if SIGTERM was
     ignored, nothing more happens; otherwise ``SystemExit(128 + SIGTERM)`` is
-    raised so ``finally`` blocks run. Closing loses nothing (there is no
-    buffer; see the module docstring): it retries queued events and releases
-    the descriptors. Call from the main thread. Returns the previous handler.
+    raised so ``finally`` blocks run. Closing loses nothing (see the module
+    docstring): it writes pending repeat counts, retries queued events and
+    releases the descriptors. Call from the main thread. Returns the previous
+    handler.
     """
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -502,7 +972,8 @@ def read_audit_log(path: str | os.PathLike) -> Iterator[Event]:
 
 
 def audit_log_files(path: str | os.PathLike) -> list[str]:
-    """An audit log and its rotated backups that exist, oldest first."""
+    """An audit log and its rotated backups that exist, oldest first; first
+    ``PATH.kept``, if any (first records kept from rotated-away files)."""
     path = os.fspath(path)
     directory, base = os.path.split(path)
     numbered = []
@@ -511,6 +982,8 @@ def audit_log_files(path: str | os.PathLike) -> list[str]:
         if name.startswith(base + ".") and suffix.isdigit():
             numbered.append((int(suffix), os.path.join(directory, name)))
     files = [p for _, p in sorted(numbered, reverse=True)]
+    if os.path.exists(path + KEPT_SUFFIX):
+        files.insert(0, path + KEPT_SUFFIX)
     if os.path.exists(path):
         files.append(path)
     return files

@@ -37,7 +37,7 @@ from msgspec.structs import force_setattr
 
 from . import environment
 from ._native import ffi, lib
-from .audit import AuditLogger, NotificationTracker
+from .audit import DEFAULT_COALESCE_S, DEFAULT_KEEP_FIRST, DEFAULT_MAX_BYTES, AuditLogger, NotificationTracker
 from .capabilities import lsm_enforcement
 from .errors import RuntimeGuardError
 from .policy import Policy, guess_template
@@ -46,6 +46,7 @@ from .schema import (
     BLOCK_EVENTS,
     EVENT_IDS,
     Event,
+    LostData,
     ModeChangedData,
     PolicyRef,
     ProtectedFileChangedData,
@@ -62,6 +63,25 @@ _RULE_RAW_SOCKET = -4
 _PROTOCOLS = {"tcp": 6, "udp": 17, "any": 0}
 BACKENDS = ("auto", "lsm", "tracepoint")
 _TAINT_SOURCES = {"files": lib.RG_PROTECT_FILE, "mirage": lib.RG_PROTECT_MIRAGE}
+
+
+class GuardStats(TracerStats, frozen=True):
+    """The tracer's counters (``lost``: decisions and other records the ring
+    buffer could not take, per kind, each reported in the audit log by a
+    ``lost`` record), and the audit log's."""
+
+    audit_lost: dict[str, int] = {}
+    """Events the audit log could not write (disk full, read-only, I/O errors
+    for longer than its retry queue holds them), per event name. Each is
+    reported by a ``lost`` record (source "audit_log") as soon as the log can
+    be written again."""
+    audit_lost_total: int = 0
+    audit_errors: int = 0
+    """Failed attempts to write the audit log."""
+    audit_pending: int = 0
+    """Events waiting in the audit log's retry queue."""
+    audit_coalesced: int = 0
+    """Decisions in the audit log only as part of a line's ``repeated`` count."""
 
 
 class GuardResult(msgspec.Struct):
@@ -100,7 +120,13 @@ class Guard:
 
     def __init__(self, policy: Policy, *, cgroup: Optional[str] = None, audit_log: Optional[str] = None,
                  on_event: Optional[Callable[[Event], None]] = None,
-                 ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE, backend: str = "auto"):
+                 ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE, backend: str = "auto",
+                 audit_coalesce_s: float = DEFAULT_COALESCE_S, audit_max_bytes: int = DEFAULT_MAX_BYTES,
+                 audit_backups: int = 5, audit_keep_first: int = DEFAULT_KEEP_FIRST):
+        """audit_coalesce_s, audit_max_bytes, audit_backups, audit_keep_first:
+        the audit log's ``coalesce_s``, ``max_bytes``, ``backups`` and
+        ``keep_first`` (see AuditLogger). The log counts write failures
+        (``on_error="count"``): the guard keeps guarding when its log fails."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} must be one of {', '.join(BACKENDS)}")
         self.policy = policy
@@ -111,6 +137,12 @@ class Guard:
         self.mode = policy.mode
         self._cgroup = cgroup
         self._audit_path = audit_log
+        self._audit_options = dict(coalesce_s=audit_coalesce_s, max_bytes=audit_max_bytes, backups=audit_backups,
+                                   keep_first=audit_keep_first)
+        self._ring_lost_logged: dict[str, int] = {}
+        """Ring buffer losses, per kind, already written to the audit log."""
+        self._polled = 0
+        self._final_stats: Optional[GuardStats] = None
         self._on_event = on_event
         self._ring_buffer_size = ring_buffer_size
         self._rules: list[str] = []
@@ -258,7 +290,7 @@ class Guard:
             self._create_decoys()
             self._cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             if self._audit_path:
-                self._audit = AuditLogger(self._audit_path)
+                self._audit = AuditLogger(self._audit_path, on_error="count", **self._audit_options)
             self._tracer = Tracer(
                 events=["process_exec", "process_fork", "process_exit"],
                 cgroups=[scope_id] if scope_id else (),
@@ -282,20 +314,35 @@ class Guard:
             raise
         return self
 
+    _CLOSE_DRAIN_S = 1.0
+
     def close(self) -> None:
-        if self._mutations is not None:
-            self._mutations.close()
-            self._mutations = None
-        if self._tracer is not None:
-            self._tracer.close()
-            self._tracer = None
-        if self._cgroup_fd >= 0:
-            os.close(self._cgroup_fd)
-            self._cgroup_fd = -1
-        if self._audit is not None:
-            self._audit.close()
-            self._audit = None
-        self._remove_decoys()
+        """Logs the decisions still in the ring buffer (for up to a second) and
+        the losses no notice reported yet, then detaches and releases all."""
+        tracer, audit = self._tracer, self._audit
+        try:
+            if tracer is not None and tracer.running:
+                self._drain(self._CLOSE_DRAIN_S)
+                self._log_unreported_loss()
+        finally:
+            if self._mutations is not None:
+                self._mutations.close()
+                self._mutations = None
+            if tracer is not None:
+                tracer.close()
+                self._tracer = None
+            if self._cgroup_fd >= 0:
+                os.close(self._cgroup_fd)
+                self._cgroup_fd = -1
+            if audit is not None:
+                audit.close()
+                self._audit = None
+            self._remove_decoys()
+            if tracer is not None and not tracer.running:
+                try:
+                    self._final_stats = self._make_stats(tracer.stats(), audit)
+                except RuntimeGuardError:
+                    pass
 
     def __enter__(self) -> "Guard":
         return self.start()
@@ -308,6 +355,8 @@ class Guard:
         if mode not in ("audit", "enforce"):
             raise ValueError(f"mode {mode!r} must be 'audit' or 'enforce'")
         self.poll(0)  # decisions made under the old mode are logged before the switch
+        if self._audit is not None:
+            self._audit.flush()  # and their repeat counts
         previous, self.mode = self.mode, mode
         self._cfg.mode = lib.RG_MODE_ENFORCE if mode == "enforce" else lib.RG_MODE_AUDIT
         self._tracer.update_map("rg_guard_cfg", ffi.new("unsigned int *", 0), self._cfg)
@@ -318,8 +367,22 @@ class Guard:
         if self._audit is not None:
             self._audit.write(note)
 
-    def stats(self) -> TracerStats:
-        return self._tracer.stats()
+    def stats(self) -> GuardStats:
+        """Counters so far; after close(), the final ones."""
+        if self._tracer is None:
+            if self._final_stats is not None:
+                return self._final_stats
+            raise RuntimeGuardError("this guard has not been started")
+        return self._make_stats(self._tracer.stats(), self._audit)
+
+    @staticmethod
+    def _make_stats(ts: TracerStats, audit: Optional[AuditLogger]) -> GuardStats:
+        fields = msgspec.structs.asdict(ts)
+        if audit is None:
+            return GuardStats(**fields)
+        return GuardStats(**fields, audit_lost=dict(audit.dropped_by_kind), audit_lost_total=audit.dropped,
+                          audit_errors=audit.errors, audit_pending=audit.pending,
+                          audit_coalesced=audit.coalesced)
 
     def request_mode(self, mode: str) -> None:
         """Asks run() to switch mode at its next poll: safe from a signal handler."""
@@ -330,9 +393,22 @@ class Guard:
     # ---- decisions ----
 
     def poll(self, timeout: Optional[float] = None) -> list[Event]:
-        """The guard decisions since the last poll, logged and named."""
+        """The guard decisions since the last poll, logged and named.
+
+        The ring buffer's ``lost`` notices (records it could not take, per
+        kind: decisions among them) are not returned, but written to the
+        audit log, so a decision the kernel made but could not report is
+        still accounted for there."""
         decisions = []
-        for ev in self._tracer.poll(timeout):
+        to_log = []
+        received = self._tracer.poll(timeout)
+        for ev in received:
+            if ev.name == "lost":
+                logged = self._ring_lost_logged
+                for kind, n in ev.data.by_kind.items():
+                    logged[kind] = logged.get(kind, 0) + n
+                to_log.append(ev)
+                continue
             if ev.name not in BLOCK_EVENTS:
                 continue
             mode = "audit" if ev.action == "would_block" else self.mode
@@ -341,11 +417,18 @@ class Guard:
             if ev.name in ("open_inode", "mirage_trap", "protected_file_changed"):
                 self._name_file(ev)
             decisions.append(ev)
+            to_log.append(ev)
+        self._polled = len(received)
         if self._mutations is not None:
-            decisions += self._judge_mutations()
+            changed = self._judge_mutations()
+            self._polled += len(changed)
+            decisions += changed
+            to_log += changed
+        if self._audit is not None:
+            if to_log:
+                self._audit.write_many(to_log)
+            self._audit.tick()
         if decisions:
-            if self._audit is not None:
-                self._audit.write_many(decisions)
             self.events += decisions
             if self._on_event is not None:
                 for ev in decisions:
@@ -472,11 +555,33 @@ class Guard:
             self.close()
             os.rmdir(cgroup)
 
-    def _drain(self) -> None:
+    def _drain(self, budget_s: Optional[float] = None) -> None:
+        """Polls until the ring buffer has nothing more (or budget_s has passed).
+        Ends on a poll that returned nothing at all, not on one that returned
+        no decision: a batch of process events only is no sign the ring is empty."""
         if self._tracer is None:
             return
-        while self.poll(self._tracer.max_latency_ms / 1000 * 2):
-            pass
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        wait = self._tracer.max_latency_ms / 1000 * 2
+        while True:
+            self.poll(wait)
+            if not self._polled or (deadline is not None and time.monotonic() >= deadline):
+                return
+
+    def _log_unreported_loss(self) -> None:
+        """A lost record for what the kernel counts lost and no notice in the stream said yet."""
+        if self._audit is None or self._tracer is None:
+            return
+        logged = self._ring_lost_logged
+        unseen = {kind: n - logged.get(kind, 0) for kind, n in self._tracer.stats().lost.items()
+                  if n > logged.get(kind, 0)}
+        if not unseen:
+            return
+        for kind, n in unseen.items():
+            logged[kind] = logged.get(kind, 0) + n
+        self._audit.write(Event(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
+                                tid=threading.get_native_id(),
+                                data=LostData(count=sum(unseen.values()), by_kind=unseen)))
 
 
 def _identity(user: str) -> tuple[int, int]:
@@ -532,10 +637,12 @@ def format_decision(ev: Event) -> str:
 
 def guard(policy: Policy, argv: Sequence[str], *, mode: Optional[str] = None, audit_log: Optional[str] = None,
           on_event: Optional[Callable[[Event], None]] = None, backend: str = "auto",
-          user: Optional[str] = None) -> GuardResult:
+          user: Optional[str] = None, **options) -> GuardResult:
     """Runs argv under policy; returns its exit status and the guard's decisions.
     backend: "auto" (the strongest this kernel runs), "lsm" or "tracepoint".
-    user: run argv as this user, unprivileged (see Guard.run)."""
+    user: run argv as this user, unprivileged (see Guard.run).
+    options: more Guard options (ring_buffer_size, audit_max_bytes, audit_backups,
+    audit_coalesce_s, audit_keep_first)."""
     if mode is not None:
         policy = policy.with_mode(mode)
-    return Guard(policy, audit_log=audit_log, on_event=on_event, backend=backend).run(argv, user=user)
+    return Guard(policy, audit_log=audit_log, on_event=on_event, backend=backend, **options).run(argv, user=user)

@@ -13,14 +13,17 @@ rebuilt per event. The acting thread is ``Event.tid``.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import msgspec
 
 # The minor number counts additive changes: nothing is removed or renamed.
 # 1.1: the proc_environ_open and pidfd_getfd methods; protected_file_changed
 # also made by the kernel (refused, detected_not_prevented false).
-SCHEMA_VERSION = "1.1"
+# 1.2: Event.repeated (identical decisions the audit log folded into a line);
+# LostData.source and LostData.error (records the audit log could not write,
+# reported as "lost" with source "audit_log").
+SCHEMA_VERSION = "1.2"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
 # renumbered. The kernel record kinds in bpf/events.h use the same numbers.
@@ -243,10 +246,17 @@ class ProcessMemoryData(_Data, tag="process_memory"):
 
 
 class LostData(_Data, tag="lost"):
-    """Records the ring buffer could not take since the previous notice."""
+    """Records lost since the previous notice of the same source: those the
+    ring buffer could not take (``source`` "ring_buffer", the default), or, in
+    an audit log, events the log could not write (``source`` "audit_log":
+    the disk was full, read-only or failing for longer than the retry queue
+    could hold them). ``by_kind`` counts them per event name."""
 
     count: int
     by_kind: dict[str, int]
+    source: Literal["ring_buffer", "audit_log"] = "ring_buffer"
+    error: Optional[str] = None
+    """source "audit_log": the last write error, an errno name such as "ENOSPC"."""
 
 
 class _Decision(_Data):
@@ -360,6 +370,11 @@ class Event(msgspec.Struct, omit_defaults=True, gc=False):
     policy: Optional[PolicyRef] = None
     threat: Optional[Threat] = None
     triggered_by: Optional[TriggeredBy] = None
+    repeated: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Audit log lines only: identical decisions (same event, rule, process,
+    target, action and data) folded into this line since the previous line
+    for them, besides the one it shows (the latest). A line stands for
+    ``1 + repeated`` decisions; absent (0) on most lines."""
 
 
 PTRACE_REQUESTS = {
