@@ -408,15 +408,17 @@ int BPF_PROG(rg_lsm_socket_create, int family, int type, int protocol, int kern,
 /* ---- ptrace and process memory ---- */
 
 /* target: the thread group id of the process accessed (as the caller named
- * it, for the tracepoints; the kernel's own, for the LSM hook). A process's
- * access to itself is never judged. Returns the action taken, 0 for none. */
+ * it, for the tracepoints; the kernel's own, for the LSM hook). Only guarded
+ * processes are judged: protect_pids keeps them away from a pid, it does not
+ * stop the rest of the host from debugging it. A process's access to itself
+ * is never judged. Returns the action taken, 0 for none. */
 static __always_inline __u32 rg_judge_ptrace(struct rg_guard_config *cfg, __u32 target, __u32 method, bool lsm)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	bool guarded = rg_guarded(cfg);
 	__u32 *protected_rule = target ? bpf_map_lookup_elem(&rg_protected_pids, &target) : NULL;
 
-	if (!(guarded && cfg->ptrace_deny) && !protected_rule)
+	if (!guarded || (!cfg->ptrace_deny && !protected_rule))
 		return 0;
 	if (tgid == cfg->guard_tgid || target == tgid)
 		return 0;
@@ -431,12 +433,18 @@ static __always_inline __u32 rg_judge_ptrace(struct rg_guard_config *cfg, __u32 
 	return action;
 }
 
+#define PTRACE_TRACEME 0
+
 SEC("tp/syscalls/sys_enter_ptrace")
 int rg_guard_ptrace(struct trace_event_raw_sys_enter *ctx)
 {
 	struct rg_guard_config *cfg = rg_config();
+	/* PTRACE_TRACEME names no pid: it makes the caller's parent its tracer. */
+	__u32 target = ctx->args[0] == PTRACE_TRACEME ?
+		BPF_CORE_READ(bpf_get_current_task_btf(), real_parent, tgid) : ctx->args[1];
+
 	if (cfg)
-		rg_judge_ptrace(cfg, ctx->args[1], 0, false);
+		rg_judge_ptrace(cfg, target, 0, false);
 	return 0;
 }
 
@@ -460,19 +468,31 @@ int rg_guard_vm_writev(struct trace_event_raw_sys_enter *ctx)
 
 #define PIDFS_MAGIC 0x50494446
 
+/* The struct pid behind a pidfd, or NULL for any other descriptor (then
+ * pidfd_getfd fails with EBADF and reaches no process). A pidfs inode (6.9+)
+ * holds it in i_private; before that, a pidfd is the anonymous inode file
+ * named "[pidfd]" holding it in private_data. */
+static __always_inline struct pid *rg_pidfd_pid(struct file *file)
+{
+	char name[8] = {};
+
+	if (!file)
+		return NULL;
+	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) == PIDFS_MAGIC)
+		return BPF_CORE_READ(file, f_inode, i_private);
+	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(file, f_path.dentry, d_name.name));
+	if (__builtin_memcmp(name, "[pidfd]", sizeof(name)))
+		return NULL;
+	return BPF_CORE_READ(file, private_data);
+}
+
 /* pidfd_getfd copies a descriptor out of another process: the pidfd's
- * struct pid names the target (in the kernel's numbering). A pidfs inode
- * (6.9+) holds it in i_private, the older anonymous inode in private_data. */
+ * struct pid names the target (in the kernel's numbering). */
 SEC("tp/syscalls/sys_enter_pidfd_getfd")
 int rg_guard_pidfd_getfd(struct trace_event_raw_sys_enter *ctx)
 {
 	struct rg_guard_config *cfg = rg_config();
-	struct file *file = rg_fd_file(ctx->args[0]);
-	struct pid *pid = NULL;
-
-	if (file)
-		pid = BPF_CORE_READ(file, f_inode, i_sb, s_magic) == PIDFS_MAGIC ? BPF_CORE_READ(file, f_inode, i_private)
-									      : BPF_CORE_READ(file, private_data);
+	struct pid *pid = rg_pidfd_pid(rg_fd_file(ctx->args[0]));
 
 	if (cfg && pid)
 		rg_judge_ptrace(cfg, BPF_CORE_READ(pid, numbers[0].nr), RG_MEM_PIDFD_GETFD, false);

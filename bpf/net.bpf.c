@@ -63,8 +63,11 @@ static __always_inline int rg_net_exit(long ret, __u32 kind, __u32 syscall)
 		__builtin_memcpy(e->addr, &sin6->sin6_addr, 16);
 	}
 	struct file *file = rg_fd_file(args->arg0);
-	struct socket *sock = file ? BPF_CORE_READ(file, private_data) : NULL;
+	/* Only a socket's file has a struct socket as its private data (S_IFSOCK inode). */
+	struct socket *sock = file && (BPF_CORE_READ(file, f_inode, i_mode) & 0170000) == 0140000 ?
+		BPF_CORE_READ(file, private_data) : NULL;
 	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
+	e->protocol = e->sock_type = 0; /* unknown unless the descriptor is a socket */
 	if (sk) {
 		e->protocol = BPF_CORE_READ(sk, sk_protocol);
 		e->sock_type = BPF_CORE_READ(sk, sk_type);

@@ -38,6 +38,7 @@ static __always_inline int rg_vm_exit(long ret, __u32 method)
 	if (e) {
 		e->target_pid = args->arg0;
 		e->method = method;
+		e->flags = 0; /* open flags: only for /proc/<pid>/mem */
 		e->retval = ret;
 		rg_submit(e);
 	}

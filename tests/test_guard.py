@@ -811,7 +811,9 @@ def test_policy_scope_host_and_cgroup(tmp_path, listener, scope):
     os.mkdir(outer)
     try:
         scope_text = "{type: host}" if scope == "host" else f"{{type: cgroup, cgroup: {os.path.basename(outer)}}}"
-        policy = Policy.from_text(f"version: 1\nmode: enforce\nscope: {scope_text}\n"
+        # Only what the test's own processes do can match: a host-wide guard
+        # must not judge the rest of the machine (ptrace.deny would).
+        policy = Policy.from_text(f"version: 1\nmode: enforce\nscope: {scope_text}\nptrace: {{deny: false}}\n"
                                   f"network:\n  deny: [{{cidr: {DENIED_V4}/32}}]\n")
         connect = py(CONNECT.format(host=DENIED_V4, port=listener))
 
