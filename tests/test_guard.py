@@ -649,8 +649,11 @@ def test_ctrl_c_cleans_up_cgroup_and_decoys(tmp_path):
     decoy = tmp_path / "decoy-env"
     policy = tmp_path / "p.yaml"
     policy.write_text(f"version: 1\nmode: enforce\nmirage:\n  decoys: [{{path: '{decoy}', template: env}}]\n")
+    # A shell's background job starts with SIGINT ignored, and exec keeps that:
+    # give the guard the default disposition a terminal's Ctrl-C meets.
     proc = subprocess.Popen([sys.executable, "-m", "runtimeguard", "run", "--policy", str(policy), "--",
-                             "sleep", "30"], stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(EXAMPLE))
+                             "sleep", "30"], stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(EXAMPLE),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 10
     while not (decoy.exists() and command_cgroups(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
