@@ -62,6 +62,24 @@ def leaves_nothing_behind():
     assert children() == [], f"test left child processes: {children()}"
 
 
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (16 pages) that fills up after a few hundred log lines;
+    unmounted at the end."""
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    from helpers import mount, unmount
+
+    done = mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mountpoint))
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
+    assert not os.path.ismount(mountpoint)
+
+
 @pytest.fixture(scope="session")
 def vm_assets():
     """The test VM's kernel and initramfs (tests/kernelvm.py), built once. The

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import time
@@ -51,3 +53,25 @@ def python_child(code: str, **kwargs) -> subprocess.Popen:
 def run_python(code: str, timeout: float = 10) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           timeout=timeout).stdout
+
+
+def fill_until_full(path) -> None:
+    """Writes zeros to path until its filesystem has no space left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+def mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True)
+
+
+def unmount(mountpoint) -> None:
+    """Unmounts, lazily if the mount is still busy."""
+    if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)

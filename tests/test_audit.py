@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import fill_until_full, mount, unmount
 from runtimeguard import audit
 from runtimeguard.audit import (
     AuditLogError,
@@ -480,29 +481,6 @@ def test_reader_skips_a_torn_last_line_only(tmp_path):
 
 # ---- real filesystem faults ----
 
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True)
-
-
-def _unmount(mountpoint) -> None:
-    if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 64 KiB tmpfs (16 pages): fills up after a few hundred lines."""
-    mountpoint = tmp_path / "tmpfs"
-    mountpoint.mkdir()
-    done = _mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mountpoint))
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        _unmount(mountpoint)
-
-
 def test_disk_full_raises_naming_the_reason(tiny_tmpfs):
     path = tiny_tmpfs / "audit.ndjson"
     written = []
@@ -556,14 +534,7 @@ def test_retry_queue_is_bounded(tiny_tmpfs, monkeypatch):
     monkeypatch.setattr(audit, "RETRY_QUEUE_MAX", 5)
     path = tiny_tmpfs / "audit.ndjson"
     filler = tiny_tmpfs / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+    fill_until_full(filler)
     log = AuditLogger(path, on_error="count")
     for seq in range(12):
         assert log.write(make_event(1, seq, pad=5000)) is False
@@ -588,7 +559,7 @@ def ext4_remount_ro(tmp_path):
         pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
     mountpoint = tmp_path / "ext4"
     mountpoint.mkdir()
-    done = _mount("-o", "loop,errors=remount-ro", str(image), str(mountpoint))
+    done = mount("-o", "loop,errors=remount-ro", str(image), str(mountpoint))
     if done.returncode:
         pytest.skip(f"cannot mount an ext4 image here: {done.stderr.strip()}")
     try:
@@ -604,7 +575,7 @@ def ext4_remount_ro(tmp_path):
 
         yield mountpoint, make_read_only
     finally:
-        _unmount(mountpoint)
+        unmount(mountpoint)
 
 
 @pytest.mark.parametrize("on_error", ["raise", "count"])
@@ -928,14 +899,7 @@ def test_dropped_events_are_reported_by_a_lost_record(tiny_tmpfs, monkeypatch):
     filler = tiny_tmpfs / "filler"
     with AuditLogger(path, on_error="count", keep_first=10) as log:
         assert log.write(make_event(1, 0)) is True
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        fill_until_full(filler)
         # Lines longer than a page: none fits in what is left of the log's last page.
         for seq in range(1, 13):
             big = decision(target="x" * 5000, seq=seq) if seq % 2 else make_event(1, seq, pad=5000)

@@ -5,7 +5,6 @@ record), and a log that cannot be written loses nothing silently."""
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import subprocess
@@ -15,6 +14,7 @@ import time
 
 import pytest
 
+from helpers import fill_until_full
 from runtimeguard import audit, environment
 from runtimeguard.audit import AuditLogReader, audit_log_files
 from runtimeguard.guard import Guard
@@ -260,30 +260,6 @@ def test_decisions_behind_a_batch_of_process_events_are_logged_at_close(token_di
 
 # ---------------------------------------------------------------- a log that cannot be written
 
-def _mount_tiny_tmpfs(mountpoint) -> None:
-    mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-
-
-def _unmount(mountpoint) -> None:
-    if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mountpoint = tmp_path / "tmpfs"
-    _mount_tiny_tmpfs(mountpoint)
-    try:
-        yield mountpoint
-    finally:
-        _unmount(mountpoint)
-    assert not os.path.ismount(mountpoint)
-
-
 SEND_TO_PORTS = textwrap.dedent("""
     import socket, sys
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -293,17 +269,6 @@ SEND_TO_PORTS = textwrap.dedent("""
         except PermissionError:
             pass
 """).format(denied=DENIED_V4)
-
-
-def _fill(path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 def test_log_full_mid_run_loses_are_counted_and_reported_later(token_dir, scope_cgroup, tiny_tmpfs, monkeypatch):
@@ -327,7 +292,7 @@ def test_log_full_mid_run_loses_are_counted_and_reported_later(token_dir, scope_
     with Guard(make_policy(token_dir, "enforce"), cgroup=cgroup, audit_log=str(log)) as g:
         sends(1, 2)
         assert len(log.read_bytes().splitlines()) == 1
-        _fill(filler)
+        fill_until_full(filler)
         # Each a new target: nothing to coalesce. Lines are bigger than a page,
         # so none fits in the slack of the log's last page.
         sends(100, 120)

@@ -341,12 +341,14 @@ NOT_A_SOCKET = SCRIBBLE + textwrap.dedent("""
 """)
 
 
-def test_connect_on_a_descriptor_that_is_no_socket_has_no_protocol():
-    child = subprocess.Popen([sys.executable, "-c", NOT_A_SOCKET], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+def scribbled_run(code: str, kind: str, *args: str) -> tuple[list, str]:
+    """Runs a SCRIBBLE workload under a tracer with a 4 KiB ring: its events
+    of kind (the scribbling opens feed the ring but are not kept) and what it
+    printed."""
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
     try:
-        with Tracer(events=["net_connect", "file_open"], pids=[child.pid], ring_buffer_size=4096,
-                    max_latency_ms=2) as t:
+        with Tracer(events=[kind, "file_open"], pids=[child.pid], ring_buffer_size=4096, max_latency_ms=2) as t:
             child.stdin.write("go\n")
             child.stdin.flush()
             events = []
@@ -355,8 +357,12 @@ def test_connect_on_a_descriptor_that_is_no_socket_has_no_protocol():
             events += drain(t)
     finally:
         child.wait(timeout=10)
-    null, event = map(int, child.stdout.read().split())
-    not_socket = [e for e in events if e.name == "net_connect"]
+    return [e for e in events if e.name == kind], child.stdout.read()
+
+
+def test_connect_on_a_descriptor_that_is_no_socket_has_no_protocol():
+    not_socket, printed = scribbled_run(NOT_A_SOCKET, "net_connect")
+    null, event = map(int, printed.split())
     assert len(not_socket) >= 40, f"only {len(not_socket)} of 120 reported"
     assert {(e.data.protocol, e.data.result, e.data.fd, e.data.address, e.data.port) for e in not_socket} == {
         (None, -88, null, "127.0.0.1", 9), (None, -88, event, "127.0.0.1", 9)}  # ENOTSOCK
@@ -451,23 +457,13 @@ VM_READS = SCRIBBLE + textwrap.dedent("""
 
 def test_process_vm_readv_has_no_flags():
     target = subprocess.Popen(["/bin/sleep", "30"])
-    child = subprocess.Popen([sys.executable, "-c", VM_READS, str(target.pid)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
     try:
-        with Tracer(events=["process_memory", "file_open"], pids=[child.pid], ring_buffer_size=4096,
-                    max_latency_ms=2) as t:
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            events = []
-            while child.poll() is None:
-                events += t.poll(0.02)
-            events += drain(t)
+        events, _ = scribbled_run(VM_READS, "process_memory", str(target.pid))
     finally:
-        child.wait(timeout=10)
         target.kill()
         target.wait()
-    reads = [e for e in events if e.name == "process_memory" and e.data.method == "process_vm_readv"]
-    opens = [e for e in events if e.name == "process_memory" and e.data.method == "proc_environ_open"]
+    reads = [e for e in events if e.data.method == "process_vm_readv"]
+    opens = [e for e in events if e.data.method == "proc_environ_open"]
     assert len(reads) >= 20 and len(opens) >= 20
     assert {e.data.flags for e in opens} == {0o4000 | os.O_CLOEXEC}  # Python's os.open adds O_CLOEXEC
     assert {(e.data.flags, e.data.target_pid) for e in reads} == {(0, target.pid)}
