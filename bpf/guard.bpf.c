@@ -43,29 +43,7 @@ struct {
 	__type(value, __u32);
 } rg_protected_pids SEC(".maps");
 
-/* Thread group ids of tainted processes. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u8);
-} rg_tainted SEC(".maps");
-
-/* Who connected a socket, kept with the socket, so that its packets can be
- * judged by the process's taint where no process is at hand (egress). */
-struct rg_sock_owner {
-	__u32 tgid;
-	__u32 reported; /* one report per socket, not one per packet */
-	__u64 cgroup_id;
-	char comm[RG_COMM_LEN];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct rg_sock_owner);
-} rg_sock_owners SEC(".maps");
+#include "sockowner.h" /* rg_tainted, rg_tainted_gone, rg_sock_owners */
 
 static __always_inline struct rg_guard_config *rg_config(void)
 {
@@ -235,6 +213,7 @@ static __always_inline int rg_egress(struct bpf_sock_addr *ctx, bool v6, __u32 k
 		if (owner && owner->tgid != tgid) {
 			owner->tgid = tgid;
 			owner->reported = 0;
+			owner->tainted = 0;
 			owner->cgroup_id = bpf_get_current_cgroup_id();
 			bpf_get_current_comm(owner->comm, sizeof(owner->comm));
 		}
@@ -298,7 +277,34 @@ int BPF_PROG(rg_lsm_socket_sendmsg, struct socket *sock, struct msghdr *msg, int
 /* Packets of a socket whose connecting process has since been tainted: the
  * address hooks judged the connect before the taint, and see no later send.
  * Dropped at egress: the send succeeds, nothing leaves. The tracepoint
- * backend's answer; the LSM backend refuses the send itself (above). */
+ * backend's answer; the LSM backend refuses the send itself (above). The data
+ * stays queued in the socket: before the guard detaches, the socket
+ * destroyer (sockdestroy.bpf.c) discards it, so TCP never retransmits it once
+ * this filter is gone. */
+#define RG_TCP_RST 0x04
+
+/* A TCP reset with no payload: what destroying a tainted socket sends before
+ * the guard detaches (see sockdestroy.bpf.c). It carries no data; let
+ * through, it tells the peer the connection is gone, and is no decision. */
+static __always_inline bool rg_bare_reset(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	__u8 ip[10], tcp[14]; /* IPv4: protocol at 9; IPv6: next header at 6 */
+	__u32 off;
+
+	if (sk->protocol != IPPROTO_TCP || bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
+		return false;
+	/* By the packet's IP version: an AF_INET6 socket may send IPv4 (::ffff:a.b.c.d). */
+	if ((ip[0] >> 4) == 4 && ip[9] == IPPROTO_TCP)
+		off = (ip[0] & 0xf) * 4;
+	else if ((ip[0] >> 4) == 6 && ip[6] == IPPROTO_TCP)
+		off = 40; /* Linux TCP adds no extension headers */
+	else
+		return false;
+	if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)))
+		return false;
+	return (tcp[13] & RG_TCP_RST) && skb->len == off + (tcp[12] >> 4) * 4;
+}
+
 SEC("cgroup_skb/egress")
 int rg_guard_tainted_egress(struct __sk_buff *skb)
 {
@@ -308,7 +314,12 @@ int rg_guard_tainted_egress(struct __sk_buff *skb)
 	if (!cfg || !cfg->taint_blocks_egress || !sk || !(sk = bpf_sk_fullsock(sk)))
 		return 1;
 	struct rg_sock_owner *owner = bpf_sk_storage_get(&rg_sock_owners, sk, 0, 0);
-	if (!owner || !bpf_map_lookup_elem(&rg_tainted, &owner->tgid))
+	if (!owner || !rg_owner_tainted(owner))
+		return 1;
+	/* Its retransmissions are dropped too once the process has exited (its
+	 * socket closed, orphaned, with the data still queued). */
+	owner->tainted = 1;
+	if (rg_bare_reset(skb, sk))
 		return 1;
 	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_BLOCKED);
 	if (!owner->reported) {
@@ -800,7 +811,11 @@ int BPF_PROG(rg_guard_fork, struct task_struct *parent, struct task_struct *chil
 	__u32 ptgid = BPF_CORE_READ(parent, tgid);
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 
-	if (ptgid != ctgid && bpf_map_lookup_elem(&rg_tainted, &ptgid)) {
+	if (ptgid == ctgid)
+		return 0;
+	/* A new process: whatever had its pid before is no longer its owner. */
+	bpf_map_delete_elem(&rg_tainted_gone, &ctgid);
+	if (bpf_map_lookup_elem(&rg_tainted, &ptgid)) {
 		__u8 one = 1;
 		bpf_map_update_elem(&rg_tainted, &ctgid, &one, BPF_ANY);
 	}
@@ -812,7 +827,13 @@ int BPF_PROG(rg_guard_exit, struct task_struct *task)
 {
 	if (BPF_CORE_READ(task, signal, live.counter) == 0) {
 		__u32 tgid = BPF_CORE_READ(task, tgid);
-		bpf_map_delete_elem(&rg_tainted, &tgid);
+		/* Its sockets may outlive it (orphaned, data queued): their owner
+		 * stays known as tainted until the pid is reused. */
+		if (bpf_map_lookup_elem(&rg_tainted, &tgid)) {
+			__u8 one = 1;
+			bpf_map_update_elem(&rg_tainted_gone, &tgid, &one, BPF_ANY);
+			bpf_map_delete_elem(&rg_tainted, &tgid);
+		}
 	}
 	return 0;
 }

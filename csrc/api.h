@@ -55,6 +55,12 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen);
 int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out);
 int rg_tracer_epoll_fd(struct rg_tracer *t);
 void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out);
+/* The guard (tracepoint backend): destroys every TCP socket whose connecting
+ * process is tainted, living or exited (tcp_abort: its queued data is
+ * discarded, never sent). Returns how many, or -errno with err saying why:
+ * the destroyer's load error where it did not load (no bpf_sock_destroy
+ * kfunc), -EOPNOTSUPP where it was not loaded (the LSM backend needs none). */
+int rg_tracer_destroy_tainted_sockets(struct rg_tracer *t, char *err, size_t errlen);
 /* Detaches and frees everything. */
 void rg_tracer_close(struct rg_tracer *t);
 
@@ -70,5 +76,8 @@ int rg_encode_records(const unsigned char *records, size_t len, unsigned char *o
 
 /* Loads (and where meaningful attaches) the named probe program alone. */
 int rg_probe(const char *program, char *err, size_t errlen);
+/* Loads the guard's socket destroyer on its own and runs it once (it destroys
+ * nothing: its maps are empty). */
+int rg_probe_sock_destroy(char *err, size_t errlen);
 
 #endif

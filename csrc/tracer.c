@@ -30,6 +30,7 @@
 #include "ptrace.skel.h"
 #include "guard.skel.h"
 #include "probe.skel.h"
+#include "sockdestroy.skel.h"
 
 /* ---- libbpf's messages, kept for error reports ---- */
 
@@ -189,6 +190,10 @@ struct rg_tracer {
 	unsigned long long bytes, polls;
 	int ncpus;
 	struct rg_counters *percpu;
+	/* The guard's socket destroyer (tracepoint backend), or why it is not loaded. */
+	struct rg_sockdestroy *destroyer;
+	int destroyer_error;
+	char destroyer_why[512];
 };
 
 /* Sets the rodata every sensor shares, then loads with the shared maps. */
@@ -274,6 +279,8 @@ static void tracer_free(struct rg_tracer *t)
 		munmap(t->consumer_page, t->page_size);
 	if (t->producer_page)
 		munmap(t->producer_page, t->page_size);
+	if (t->destroyer)
+		rg_sockdestroy__destroy(t->destroyer);
 	for (int i = SENSOR_COUNT - 1; i >= 0; i--)
 		if (t->sensors[i].skel)
 			t->sensors[i].destroy(t->sensors[i].skel);
@@ -372,6 +379,92 @@ static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 	return 0;
 }
 
+/* The guard's socket destroyer shares the guard's taint and socket owner
+ * maps. Optional: where it does not load (no bpf_sock_destroy kfunc before
+ * Linux 6.5), the guard runs without it and says why. */
+static const char *const destroyer_maps[] = { "rg_tainted", "rg_tainted_gone", "rg_sock_owners" };
+
+static int open_destroyer(struct bpf_object *guard, struct rg_sockdestroy **out, char *err, size_t errlen)
+{
+	struct rg_sockdestroy *skel;
+	int ret;
+
+	log_reset();
+	*out = NULL;
+	if (!(skel = rg_sockdestroy__open()))
+		return fail(err, errlen, -errno, "opening the socket destroyer");
+	for (size_t m = 0; guard && m < sizeof(destroyer_maps) / sizeof(destroyer_maps[0]); m++) {
+		struct bpf_map *theirs = bpf_object__find_map_by_name(guard, destroyer_maps[m]);
+		struct bpf_map *ours = bpf_object__find_map_by_name(skel->obj, destroyer_maps[m]);
+		if (!theirs || !ours || (ret = bpf_map__reuse_fd(ours, bpf_map__fd(theirs)))) {
+			rg_sockdestroy__destroy(skel);
+			return fail(err, errlen, theirs && ours ? ret : -ENOENT, "socket destroyer: sharing map %s",
+				    destroyer_maps[m]);
+		}
+	}
+	if ((ret = rg_sockdestroy__load(skel))) {
+		rg_sockdestroy__destroy(skel);
+		return fail(err, errlen, ret, "loading the socket destroyer (iter/tcp, kfunc bpf_sock_destroy)");
+	}
+	*out = skel;
+	return 0;
+}
+
+/* Runs the destroyer once: creates an iterator over the TCP sockets of the
+ * caller's network namespace and reads it to its end. Returns the number of
+ * sockets destroyed or -errno. */
+static int run_destroyer(struct rg_sockdestroy *skel, char *err, size_t errlen)
+{
+	struct bpf_link *link = bpf_program__attach_iter(skel->progs.rg_destroy_tainted, NULL);
+	char buf[4096];
+	int fd, count = 0, ret = 0;
+	ssize_t n;
+
+	if (!link)
+		return fail(err, errlen, -errno, "attaching the socket destroyer's iterator");
+	if ((fd = bpf_iter_create(bpf_link__fd(link))) < 0) {
+		ret = fail(err, errlen, -errno, "creating the socket destroyer's iterator");
+		bpf_link__destroy(link);
+		return ret;
+	}
+	while ((n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			ret = fail(err, errlen, -errno, "reading the socket destroyer's iterator");
+			break;
+		}
+		for (ssize_t i = 0; i < n; i++)
+			count += buf[i] == '\n';
+	}
+	close(fd);
+	bpf_link__destroy(link);
+	return ret ? ret : count;
+}
+
+int rg_tracer_destroy_tainted_sockets(struct rg_tracer *t, char *err, size_t errlen)
+{
+	log_reset();
+	if (!t->destroyer) {
+		snprintf(err, errlen, "%s", t->destroyer_why[0] ? t->destroyer_why : "no socket destroyer loaded");
+		return t->destroyer_error ? t->destroyer_error : -EOPNOTSUPP;
+	}
+	return run_destroyer(t->destroyer, err, errlen);
+}
+
+int rg_probe_sock_destroy(char *err, size_t errlen)
+{
+	struct rg_sockdestroy *skel;
+	int ret = open_destroyer(NULL, &skel, err, errlen);
+
+	if (ret)
+		return ret;
+	/* Its own empty maps: every socket's owner is unknown, none is destroyed. */
+	ret = run_destroyer(skel, err, errlen);
+	rg_sockdestroy__destroy(skel);
+	return ret < 0 ? ret : 0;
+}
+
 static int map_ring_positions(struct rg_tracer *t, char *err, size_t errlen)
 {
 	int fd = t->shared_fds[0];
@@ -419,6 +512,12 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 			continue;
 		if ((ret = load_sensor(t, i, err, errlen)))
 			goto error;
+	}
+	if (t->sensors[SENSOR_GUARD].obj && !opts->guard_lsm) {
+		/* The LSM backend refuses a tainted process's sends before they queue. */
+		t->destroyer_error = open_destroyer(t->sensors[SENSOR_GUARD].obj, &t->destroyer, t->destroyer_why,
+						    sizeof(t->destroyer_why));
+		log_reset();
 	}
 	t->ring = ring_buffer__new(t->shared_fds[0], handle_record, t, NULL);
 	if (!t->ring) {

@@ -57,8 +57,8 @@ ffibuilder.set_source(
     # Relative to the project root: setuptools refuses absolute source paths.
     sources=SOURCES,
     # Rebuild when a skeleton or a shared header changes, not only a .c file.
-    depends=[f"build/bpf/{s}.skel.h" for s in ("process", "file", "net", "ptrace", "guard", "probe")]
-    + ["bpf/events.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h"],
+    depends=[f"build/bpf/{s}.skel.h" for s in ("process", "file", "net", "ptrace", "guard", "probe", "sockdestroy")]
+    + ["bpf/events.h", "bpf/sockowner.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h"],
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
     extra_compile_args=["-O2", "-g0", "-std=gnu11", "-Wall", "-Wno-unused-function"],

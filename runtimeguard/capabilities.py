@@ -51,6 +51,11 @@ CHANGES_DETECTED = "fanotify (detected after the fact, the process killed then)"
 DETECT_ONLY = "detect only"
 UNAVAILABLE = "unavailable (syscall tracepoints do not work)"
 NETWORK_HOOKS = "cgroup sock_addr hooks (EPERM before connect/send)"
+TAINTED_SOCKETS_LSM = "BPF LSM socket_sendmsg (EPERM before the send: nothing is queued)"
+TAINTED_SOCKETS_DESTROYED = ("cgroup_skb egress drop while the guard runs, bpf_sock_destroy before it detaches "
+                             "(queued data discarded, never sent)")
+TAINTED_SOCKETS_DROPPED = ("cgroup_skb egress drop while the guard runs only (data still queued when it detaches "
+                           "may be sent then)")
 
 
 class Feature(msgspec.Struct, frozen=True):
@@ -82,6 +87,7 @@ def capabilities() -> Capabilities:
     config = kernel_config()
     features = [_probe(name, program, purpose, config) for name, program, purpose in _PROBES]
     features = [_check_lsm_active(f, config) if f.name.startswith("bpf_lsm") else f for f in features]
+    features.append(_probe_sock_destroy(config))
     features += _facts()
     ia32 = ia32_emulation(config)
     if ia32:
@@ -105,6 +111,20 @@ def _probe(name: str, program: str, purpose: str, config: dict[str, str]) -> Fea
     return Feature(name, False, explain(ffi.string(err).decode(errors="replace"), -ret, name, config))
 
 
+def _probe_sock_destroy(config: dict[str, str]) -> Feature:
+    """The guard's socket destroyer (bpf/sockdestroy.bpf.c): an iter/tcp
+    program calling the kfunc bpf_sock_destroy, loaded and run once."""
+    from ._native import ffi, lib
+
+    err = ffi.new("char[]", _ERR_LEN)
+    ret = lib.rg_probe_sock_destroy(err, _ERR_LEN)
+    if ret == 0:
+        return Feature("bpf_sock_destroy", True, "iter/tcp + kfunc bpf_sock_destroy: the guard destroys a tainted "
+                       "process's TCP sockets, their queued data discarded, before it detaches")
+    return Feature("bpf_sock_destroy", False, explain(ffi.string(err).decode(errors="replace"), -ret,
+                                                      "bpf_sock_destroy", config))
+
+
 def explain(message: str, err: int, feature: str = "", config: Optional[dict[str, str]] = None) -> str:
     """One short line: the failing step, the errno text, and the likely reason."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
@@ -125,6 +145,8 @@ def _hint(err: int, verb: str, feature: str, config: dict[str, str]) -> str:
         return "CONFIG_KPROBES is off"
     if feature == "bpf_lsm" and config and config.get("CONFIG_BPF_LSM") is None:
         return "CONFIG_BPF_LSM is off"
+    if feature == "bpf_sock_destroy" and verb == "loading":
+        return "the kfunc bpf_sock_destroy needs Linux 6.5+"
     if err == errno.EPERM and verb == "loading":
         return "lockdown?"
     if err == errno.ENOENT and verb == "attaching":
@@ -233,6 +255,14 @@ def _enforcement(works: set[str]) -> dict[str, str]:
     lsm = _LSM_FEATURES <= works
     for area, strength in _LSM_STRENGTH.items():
         enforcement[area] = strength if lsm else CHANGES_DETECTED if area == "file_changes" else fallback
+    # A tainted process's sends on a socket it connected before the taint.
+    if lsm:
+        enforcement["tainted_sends"] = TAINTED_SOCKETS_LSM
+    elif "cgroup_skb" in works:
+        enforcement["tainted_sends"] = (TAINTED_SOCKETS_DESTROYED if "bpf_sock_destroy" in works
+                                          else TAINTED_SOCKETS_DROPPED)
+    else:
+        enforcement["tainted_sends"] = DETECT_ONLY
     return enforcement
 
 
@@ -269,6 +299,10 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
         gaps.append("file, ptrace and memory enforcement kills the caller after the syscall: the syscall "
                     "completes (an opened file is opened) but the process never returns to user space; "
                     "changes to protected files are detected after the fact, not prevented")
+    if not _LSM_FEATURES <= works and "bpf_sock_destroy" not in works:
+        gaps.append("a tainted process's data on a TCP socket it connected before the taint is dropped while "
+                    "the guard runs, but what is still queued when the guard detaches may be sent then: "
+                    "neither BPF LSM nor the kfunc bpf_sock_destroy (Linux 6.5+) is available")
     if "tracepoint" not in works:
         gaps.append("syscall tracepoints do not work: no file, network or ptrace events")
     if "ring_buffer" not in works:

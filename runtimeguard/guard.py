@@ -9,6 +9,9 @@ returned to the caller.
 What each mechanism guarantees (see README, "Security"):
 - egress (connect_denied, exfil_blocked): cgroup connect4/6 and sendmsg4/6
   hooks refuse the operation; the caller gets EPERM and nothing is sent.
+  A tainted process's sends on a socket it connected before the taint: EPERM
+  (LSM backend), or dropped at egress and the socket destroyed, its queued
+  data discarded, before the guard detaches (tracepoint backend, enforce mode).
 - files, decoys, ptrace, process memory, packet sockets, changes to protected
   files: where BPF LSM runs (the "lsm" backend), LSM hooks refuse the
   operation before it happens and the caller gets EPERM. Elsewhere (the
@@ -39,7 +42,7 @@ from . import environment
 from ._native import ffi, lib
 from .audit import DEFAULT_COALESCE_S, DEFAULT_KEEP_FIRST, DEFAULT_MAX_BYTES, AuditLogger, NotificationTracker
 from .capabilities import lsm_enforcement
-from .errors import RuntimeGuardError
+from .errors import BPFError, RuntimeGuardError
 from .policy import Policy, guess_template
 from .mutations import MutationWatch
 from .schema import (
@@ -155,6 +158,14 @@ class Guard:
         self._cgroup_fd = -1
         self.events: list[Event] = []
         self._requested_mode: Optional[str] = None
+        self.tainted_sockets_destroyed = 0
+        """After close() (tracepoint backend, enforce mode): TCP sockets of
+        tainted processes destroyed before detaching, their queued data
+        discarded (see README, "Sockets connected before the taint")."""
+        self.socket_destroy_error: Optional[str] = None
+        """Why those sockets could not be destroyed (no bpf_sock_destroy
+        kfunc before Linux 6.5): data they still held may then be sent after
+        the guard detached."""
 
     # ---- compiling the policy into map entries ----
 
@@ -322,6 +333,7 @@ class Guard:
         tracer, audit = self._tracer, self._audit
         try:
             if tracer is not None and tracer.running:
+                self._destroy_tainted_sockets()
                 self._drain(self._CLOSE_DRAIN_S)
                 self._log_unreported_loss()
         finally:
@@ -343,6 +355,21 @@ class Guard:
                     self._final_stats = self._make_stats(tracer.stats(), audit)
                 except RuntimeGuardError:
                     pass
+
+    def _destroy_tainted_sockets(self) -> None:
+        """Tracepoint backend, enforce mode: the egress filter drops a tainted
+        process's packets on sockets it connected before the taint, but the
+        data stays queued and TCP would retransmit it once the filter is
+        detached. Those sockets are destroyed first (the kfunc
+        bpf_sock_destroy: tcp_abort, the queue discarded, a bare reset sent),
+        the orphaned ones of exited processes too. The LSM backend refuses
+        such sends before anything is queued."""
+        if self.backend != "tracepoint" or self.mode != "enforce" or not self.policy.taint.block_egress:
+            return
+        try:
+            self.tainted_sockets_destroyed += self._tracer.destroy_tainted_sockets()
+        except BPFError as e:
+            self.socket_destroy_error = str(e)
 
     def __enter__(self) -> "Guard":
         return self.start()

@@ -286,6 +286,20 @@ class Tracer:
         with self._native_lock():
             self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
 
+    def destroy_tainted_sockets(self) -> int:
+        """The guard (tracepoint backend): destroys every TCP socket whose
+        connecting process is tainted, living or exited, discarding the data
+        queued in it; returns how many. BPFError, saying why, when this tracer
+        has no socket destroyer: it did not load (no bpf_sock_destroy kfunc
+        before Linux 6.5), or the guard runs the LSM backend, which needs none."""
+        if self._handle is None:
+            raise TracerStateError("this Tracer is not loaded")
+        err = ffi.new("char[]", _ERR_LEN)
+        with self._native_lock():
+            ret = lib.rg_tracer_destroy_tainted_sockets(self._handle, err, _ERR_LEN)
+        self._check(ret, err)
+        return ret
+
     def _native_lock(self):
         # Before start() finishes (before_attach), no other thread can see the handle.
         native = getattr(self, "_native", None)

@@ -213,6 +213,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "\t/* mutated: protocol left as the ring buffer had it */",
         ("tests/test_record_fields.py",),
         "a connect on a descriptor that is no socket reports whatever bytes the ring held as its protocol"),
+    Mutation(
+        "tainted-sockets-not-destroyed", "bpf/sockdestroy.bpf.c",
+        "\tif (bpf_sock_destroy(skc) == 0)",
+        "\tif (0 && bpf_sock_destroy(skc) == 0) /* mutated */",
+        ("tests/test_guard_sockets.py",),
+        "the guard detaches with a tainted socket's dropped data still queued: TCP delivers it afterwards"),
+    Mutation(
+        "exited-owner-untainted", "bpf/guard.bpf.c",
+        "\t\t\tbpf_map_update_elem(&rg_tainted_gone, &tgid, &one, BPF_ANY);",
+        "\t\t\t(void)one; /* mutated: forgotten at exit */",
+        ("tests/test_guard_sockets.py",),
+        "a tainted process's taint is forgotten when it exits: its socket's data queued then is sent"),
 )
 
 

@@ -6,8 +6,9 @@ import msgspec
 import pytest
 
 import runtimeguard
-from runtimeguard.capabilities import (CHANGES_DETECTED, DETECT_ONLY, KILL_AFTER, NETWORK_HOOKS, Capabilities,
-                                       capabilities, explain, lsm_enforcement)
+from runtimeguard.capabilities import (CHANGES_DETECTED, DETECT_ONLY, KILL_AFTER, NETWORK_HOOKS,
+                                       TAINTED_SOCKETS_DESTROYED, TAINTED_SOCKETS_DROPPED, TAINTED_SOCKETS_LSM,
+                                       Capabilities, capabilities, explain, lsm_enforcement)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="probing loads BPF programs: needs root")
 
@@ -50,6 +51,23 @@ def test_enforcement_follows_the_features(caps):
             assert e[area] == (KILL_AFTER if caps.available("bpf_send_signal") else DETECT_ONLY)
     if not lsm:
         assert e["file_changes"] == CHANGES_DETECTED
+
+
+def test_tainted_sends_follow_the_features(caps):
+    """A tainted process's sends on a socket connected before the taint: EPERM
+    with BPF LSM, else dropped at egress, and with the kfunc the sockets are
+    destroyed before the guard detaches; without both, a gap says so."""
+    lsm = caps.available("bpf_lsm") and caps.available("bpf_lsm_path")
+    destroy = caps.feature("bpf_sock_destroy")
+    how = caps.enforcement["tainted_sends"]
+    if lsm:
+        assert how == TAINTED_SOCKETS_LSM
+    elif caps.available("cgroup_skb"):
+        assert how == (TAINTED_SOCKETS_DESTROYED if destroy.available else TAINTED_SOCKETS_DROPPED)
+    gaps = [g for g in caps.gaps if "bpf_sock_destroy" in g]
+    assert bool(gaps) == (not lsm and not destroy.available)
+    if not destroy.available:
+        assert "failed" in destroy.detail and "\n" not in destroy.detail
 
 
 def test_ia32_gap_matches_the_feature(caps):

@@ -357,6 +357,22 @@ def test_tainted_process_cannot_send_on_a_socket_connected_before(secrets_dir, c
     assert ev.target_context.formatted == f"127.0.0.1:{port}"
 
 
+def test_tracepoint_backend_runs_without_the_sock_destroy_kfunc(secrets_dir):
+    """6.1 has no bpf_sock_destroy: the socket destroyer does not load, and
+    says why; the guard loads and runs without it (the LSM backend, used here,
+    needs none: it refuses those sends before anything is queued)."""
+    caps = capabilities()
+    f = caps.feature("bpf_sock_destroy")
+    assert not f.available and "6.5" in f.detail, f
+    assert caps.enforcement["tainted_sends"].startswith("BPF LSM")
+    assert not [gap for gap in caps.gaps if "bpf_sock_destroy" in gap]
+    g = Guard(make_policy(secrets_dir), backend="tracepoint")
+    result = g.run(["/bin/true"])
+    assert result.exit_status == 0 and g.backend == "tracepoint"
+    assert g.tainted_sockets_destroyed == 0
+    assert "bpf_sock_destroy" in (g.socket_destroy_error or ""), g.socket_destroy_error
+
+
 def test_refused_open_of_a_protected_file_does_not_taint(secrets_dir, capfd, allowed_listener):
     port = allowed_listener.getsockname()[1]
     code = f"""
