@@ -281,14 +281,14 @@ int BPF_PROG(rg_lsm_socket_sendmsg, struct socket *sock, struct msghdr *msg, int
  * stays queued in the socket: before the guard detaches, the socket
  * destroyer (sockdestroy.bpf.c) discards it, so TCP never retransmits it once
  * this filter is gone. */
-#define RG_TCP_RST 0x04
-
-/* A TCP reset with no payload: what destroying a tainted socket sends before
- * the guard detaches (see sockdestroy.bpf.c). It carries no data; let
- * through, it tells the peer the connection is gone, and is no decision. */
-static __always_inline bool rg_bare_reset(struct __sk_buff *skb, struct bpf_sock *sk)
+/* A TCP segment that carries no data: an acknowledgement, a FIN, or the
+ * reset that destroying a tainted socket sends before the guard detaches
+ * (see sockdestroy.bpf.c). Nothing of the process's leaves in it: let
+ * through, and no decision (a tainted process may still acknowledge what it
+ * receives and close its connections). */
+static __always_inline bool rg_no_payload(struct __sk_buff *skb, struct bpf_sock *sk)
 {
-	__u8 ip[10], tcp[14]; /* IPv4: protocol at 9; IPv6: next header at 6 */
+	__u8 ip[10], tcp[13]; /* IPv4: protocol at 9; IPv6: next header at 6; TCP: data offset at 12 */
 	__u32 off;
 
 	if (sk->protocol != IPPROTO_TCP || bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
@@ -302,7 +302,7 @@ static __always_inline bool rg_bare_reset(struct __sk_buff *skb, struct bpf_sock
 		return false;
 	if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)))
 		return false;
-	return (tcp[13] & RG_TCP_RST) && skb->len == off + (tcp[12] >> 4) * 4;
+	return skb->len == off + (tcp[12] >> 4) * 4;
 }
 
 SEC("cgroup_skb/egress")
@@ -319,7 +319,7 @@ int rg_guard_tainted_egress(struct __sk_buff *skb)
 	/* Its retransmissions are dropped too once the process has exited (its
 	 * socket closed, orphaned, with the data still queued). */
 	owner->tainted = 1;
-	if (rg_bare_reset(skb, sk))
+	if (rg_no_payload(skb, sk))
 		return 1;
 	__u32 action = rg_enforced_action(cfg, true, RG_ACTION_BLOCKED);
 	if (!owner->reported) {

@@ -225,6 +225,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "\t\t\t(void)one; /* mutated: forgotten at exit */",
         ("tests/test_guard_sockets.py",),
         "a tainted process's taint is forgotten when it exits: its socket's data queued then is sent"),
+    Mutation(
+        "segments-without-data-dropped", "bpf/guard.bpf.c",
+        "\treturn skb->len == off + (tcp[12] >> 4) * 4;",
+        "\treturn false; /* mutated: acknowledgements and FINs dropped with the data */",
+        ("tests/test_guard_sockets.py",),
+        "a tainted process's acknowledgements are dropped: it can no longer receive on a socket connected before"),
 )
 
 

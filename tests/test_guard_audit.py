@@ -215,7 +215,12 @@ def test_undrained_tiny_ring_the_open_is_logged_or_counted_lost(token_dir, scope
         assert done.returncode == 0, done.stderr
         stats = g.stats()
         assert stats.lost.get("exfil_blocked", 0) > 0, "the ring did not overflow"
-        # Now the guard reads what there is: the ring's notices say what it lost.
+        # Now the guard reads what there is: the ring's notices say what it
+        # lost, in the log while the guard runs, not only at close.
+        while g.poll(0.1):
+            pass
+        live = [e for e in read_log(log) if e.name == "lost"]
+        assert sum(e.data.by_kind.get("open_inode", 0) for e in live) == 1, live
     events = read_log(log)
     assert protected_open_reported(events)
     final = g.stats()

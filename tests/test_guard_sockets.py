@@ -180,3 +180,45 @@ def test_socket_of_a_process_gone_while_the_guard_runs(secrets_dir, scope_cgroup
     assert decisions[1].action == "blocked"
     assert during == after_close == received == b"before"
     assert g.tainted_sockets_destroyed == 1
+
+
+def test_tainted_process_still_acknowledges_and_closes_without_a_decision(secrets_dir):
+    """Segments with no data leave: a tainted process on a socket connected
+    before the taint can still receive (its acknowledgements pass, so the
+    peer's large send completes) and close it (the FIN passes), and neither
+    is an exfil decision: nothing of its own left."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    size = 8 << 20  # far beyond both sockets' buffers: the send completes only if every ACK arrives
+    sent = []
+
+    def serve():
+        conn, _ = server.accept()
+        conn.settimeout(20)
+        try:
+            conn.sendall(b"x" * size)
+            sent.append(size)
+            sent.append(conn.recv(1))  # b"": the workload's FIN arrived
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        result = guard(make_policy(secrets_dir), py(f"""
+            import socket
+            s = socket.create_connection(("127.0.0.1", {server.getsockname()[1]}))
+            s.settimeout(10)  # a stalled transfer fails the test instead of hanging it
+            open({str(secrets_dir / "aws-credentials")!r}).read()
+            got = 0
+            while got < {size}:
+                got += len(s.recv(1 << 20))
+            s.close()
+        """), backend="tracepoint")
+    finally:
+        thread.join(30)
+        server.close()
+    assert result.exit_status == 0
+    assert sent == [size, b""]
+    assert [e.name for e in result.events] == ["mirage_trap"]
