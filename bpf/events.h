@@ -48,6 +48,7 @@
 #define RG_MEM_PROC_MEM_OPEN 3
 #define RG_MEM_PIDFD_GETFD 4       /* a descriptor taken from another process */
 #define RG_MEM_PROC_ENVIRON_OPEN 5 /* /proc/<pid>/environ: the target's environment */
+#define RG_MEM_CLONE_FILES 6       /* a process sharing the caller's descriptor table */
 
 /* Which open syscall a file_open came from. */
 #define RG_OPEN_OPEN 1

@@ -560,6 +560,70 @@ int BPF_PROG(rg_lsm_ptrace_traceme, struct task_struct *parent, int ret)
 	return rg_lsm_verdict(rg_judge_ptrace(cfg, BPF_CORE_READ(parent, tgid), 0, true));
 }
 
+#define CLONE_FILES 0x00000400
+#define CLONE_THREAD 0x00010000
+#define PF_KTHREAD 0x00200000
+
+/* A new process sharing the caller's descriptor table (CLONE_FILES without
+ * CLONE_THREAD) would keep every descriptor the caller opens, and use it
+ * after the tracepoint backend killed the caller for the open: refused at
+ * creation, under ptrace.deny (sharing a process's descriptor table is
+ * reaching into it). Threads (CLONE_THREAD) and plain forks are never judged.
+ * The flags are tested first: these programs run for every clone on the host.
+ * A kill at clone entry leaves no child: copy_process gives up once a fatal
+ * signal is pending (the would-be child never runs: tests/test_guard.py).
+ * target: the caller itself (there is no child). */
+static __always_inline __u32 rg_judge_clone_files(__u64 flags, bool lsm)
+{
+	if ((flags & (CLONE_FILES | CLONE_THREAD)) != CLONE_FILES)
+		return 0;
+	struct rg_guard_config *cfg = rg_config();
+	if (!cfg || !cfg->ptrace_deny || !rg_guarded(cfg))
+		return 0;
+	__u32 action = rg_refuse(cfg, true, lsm);
+	struct rg_block_record *e = rg_block_reserve(RG_KIND_PTRACE_DENIED, action, RG_RULE_PTRACE_DENY);
+	if (e) {
+		e->target_pid = bpf_get_current_pid_tgid() >> 32;
+		e->flags = RG_MEM_CLONE_FILES;
+		rg_submit(e);
+	}
+	return action;
+}
+
+SEC("tp/syscalls/sys_enter_clone")
+int rg_guard_clone(struct trace_event_raw_sys_enter *ctx)
+{
+	rg_judge_clone_files(ctx->args[0], false);
+	return 0;
+}
+
+/* clone3: the flags are the first u64 of struct clone_args, in user memory.
+ * This program cannot fault a page in, the kernel can: arguments it cannot
+ * read (a mapping not touched yet) are judged as sharing, else they would
+ * pass unjudged. */
+SEC("tp/syscalls/sys_enter_clone3")
+int rg_guard_clone3(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 flags = 0;
+
+	if (bpf_probe_read_user(&flags, sizeof(flags), (void *)ctx->args[0]))
+		flags = CLONE_FILES;
+	rg_judge_clone_files(flags, false);
+	return 0;
+}
+
+/* current is the parent; kernel threads (kthreadd starts each with
+ * CLONE_FILES) are never judged. */
+SEC("lsm/task_alloc")
+int BPF_PROG(rg_lsm_task_alloc, struct task_struct *task, unsigned long clone_flags, int ret)
+{
+	if (ret || (clone_flags & (CLONE_FILES | CLONE_THREAD)) != CLONE_FILES)
+		return ret;
+	if (BPF_CORE_READ(bpf_get_current_task_btf(), flags) & PF_KTHREAD)
+		return 0;
+	return rg_lsm_verdict(rg_judge_clone_files(clone_flags, true));
+}
+
 /* ---- files: protected inodes, decoys, /proc/<pid>/mem and environ ---- */
 
 /* The protection covering a dentry: its own inode, or a protected directory

@@ -479,6 +479,7 @@ static void mp_memory_method(struct mp_writer *w, unsigned int method)
 	case RG_MEM_PROC_MEM_OPEN: mp_lit(w, "proc_mem_open"); break;
 	case RG_MEM_PIDFD_GETFD: mp_lit(w, "pidfd_getfd"); break;
 	case RG_MEM_PROC_ENVIRON_OPEN: mp_lit(w, "proc_environ_open"); break;
+	case RG_MEM_CLONE_FILES: mp_lit(w, "clone_files"); break;
 	default: mp_lit(w, "ptrace"); break;
 	}
 }

@@ -329,7 +329,7 @@ static const char *const tracepoint_judges[] = {
 	"rg_guard_open",   "rg_guard_creat",     "rg_guard_openat",    "rg_guard_openat2",
 	"rg_guard_by_handle", "rg_guard_socket", "rg_guard_ptrace",    "rg_guard_vm_readv",
 	"rg_guard_vm_writev", "rg_guard_pidfd_getfd", "rg_guard_uring", "rg_guard_uring_overflow",
-	"rg_guard_tainted_egress",
+	"rg_guard_tainted_egress", "rg_guard_clone", "rg_guard_clone3",
 };
 
 static void choose_guard_backend(struct bpf_object *obj, int lsm)

@@ -22,7 +22,8 @@ import msgspec
 # also made by the kernel (refused, detected_not_prevented false).
 # 1.2: Event.repeated (identical decisions the audit log folded into a line);
 # LostData.source and LostData.error (records the audit log could not write,
-# reported as "lost" with source "audit_log").
+# reported as "lost" with source "audit_log"); the clone_files method of
+# ptrace_denied (a process sharing the caller's descriptor table, refused).
 SCHEMA_VERSION = "1.2"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
@@ -302,7 +303,7 @@ class MirageTrapData(_Decision, tag="mirage_trap"):
 
 class PtraceDeniedData(_Decision, tag="ptrace_denied"):
     method: Literal["ptrace", "process_vm_readv", "process_vm_writev", "proc_mem_open", "proc_environ_open",
-                    "pidfd_getfd"]
+                    "pidfd_getfd", "clone_files"]
 
 
 class ProtectedFileChangedData(_Decision, tag="protected_file_changed"):

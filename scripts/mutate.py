@@ -231,6 +231,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "\treturn false; /* mutated: acknowledgements and FINs dropped with the data */",
         ("tests/test_guard_sockets.py",),
         "a tainted process's acknowledgements are dropped: it can no longer receive on a socket connected before"),
+    Mutation(
+        "clone-thread-exemption-removed", "bpf/guard.bpf.c",
+        "\tif ((flags & (CLONE_FILES | CLONE_THREAD)) != CLONE_FILES)",
+        "\tif (!(flags & CLONE_FILES)) /* mutated: threads judged too */",
+        ("tests/test_guard.py::test_threads_and_plain_forks_are_never_judged_as_sharing",),
+        "starting a thread (CLONE_THREAD | CLONE_FILES) is refused as a process sharing the descriptor table"),
+    Mutation(
+        "clone3-flags-unread", "bpf/guard.bpf.c",
+        "\trg_judge_clone_files(flags, false);\n\treturn 0;\n}\n\n/* current is the parent",
+        "\t(void)flags; /* mutated: clone3 never judged */\n\treturn 0;\n}\n\n/* current is the parent",
+        ("tests/test_guard.py::test_a_process_sharing_the_descriptor_table_is_never_created",),
+        "clone3 with CLONE_FILES creates a process sharing the caller's descriptor table unjudged"),
 )
 
 

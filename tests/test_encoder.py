@@ -985,6 +985,18 @@ def encode_untyped(rec: bytes) -> dict:
     return event
 
 
+@pytest.mark.parametrize("method,name", [
+    (0, "ptrace"), (lib.RG_MEM_VM_READV, "process_vm_readv"), (lib.RG_MEM_VM_WRITEV, "process_vm_writev"),
+    (lib.RG_MEM_PROC_MEM_OPEN, "proc_mem_open"), (lib.RG_MEM_PIDFD_GETFD, "pidfd_getfd"),
+    (lib.RG_MEM_PROC_ENVIRON_OPEN, "proc_environ_open"), (lib.RG_MEM_CLONE_FILES, "clone_files"),
+])
+def test_every_ptrace_denied_method_has_its_name_in_the_schema(method, name):
+    rec = block_record(lib.RG_KIND_PTRACE_DENIED, rule_index=lib.RG_RULE_PTRACE_DENY, flags=method)
+    assert encode_untyped(rec)["data"]["method"] == name
+    rc = lib.rg_encode_records(frame([rec]), len(rec) + 4, _OUT, CAP, _OUT_LEN, _MALFORMED)
+    assert rc == 1 and schema.batch_decoder.decode(ffi.buffer(_OUT, _OUT_LEN[0]))[0].data.method == name
+
+
 @pytest.mark.parametrize("action,name,blocked,would_deny", [
     (lib.RG_ACTION_BLOCKED, "blocked", True, False),
     (lib.RG_ACTION_WOULD_BLOCK, "would_block", False, True),

@@ -399,6 +399,87 @@ def test_ptrace_and_memory_access_are_killed(secrets_dir, action, method):
     assert ev.target_context.type == "pid" and ev.target_context.pid > 0
 
 
+# A process sharing the caller's descriptor table (clone(CLONE_FILES) without
+# CLONE_THREAD) would outlive a kill for an open and use the descriptor. The
+# would-be child writes a marker: it must not exist when the clone is refused.
+CLONE_FILES_SIBLING = """
+    import ctypes, os, struct, sys, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    CLONE_FILES, SIGCHLD = 0x400, 17
+    args = struct.pack("=8Q", CLONE_FILES, 0, 0, 0, SIGCHLD, 0, 0, 0)
+    if sys.argv[2] == "clone3":
+        pid = libc.syscall(435, ctypes.create_string_buffer(args, 64), ctypes.c_size_t(64))
+    elif sys.argv[2] == "clone3-untouched":
+        # The arguments in a mapping never touched: the kernel faults its page
+        # in, a BPF program cannot read it.
+        with open(sys.argv[1] + ".args", "wb") as f:
+            f.write(args.ljust(4096, b"\\0"))
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        fd = os.open(sys.argv[1] + ".args", os.O_RDONLY)
+        addr = libc.mmap(None, 4096, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        pid = libc.syscall(435, ctypes.c_void_p(addr), ctypes.c_size_t(64))
+    else:
+        pid = libc.syscall(56, ctypes.c_ulong(CLONE_FILES | SIGCHLD), None, None, None, None)
+    if pid == 0:
+        open(sys.argv[1], "w").close()
+        os._exit(0)
+    print("clone returned", pid, ctypes.get_errno(), flush=True)
+    if pid > 0:
+        os.waitpid(pid, 0)
+"""
+
+
+def clone_files_sibling(marker, call="clone") -> list[str]:
+    return py(CLONE_FILES_SIBLING) + [str(marker), call]
+
+
+@pytest.mark.parametrize("call", ["clone", "clone3", "clone3-untouched"])
+def test_a_process_sharing_the_descriptor_table_is_never_created(secrets_dir, tmp_path, call):
+    marker = tmp_path / "child-ran"
+    result = guard(make_policy(secrets_dir), clone_files_sibling(marker, call))
+    assert result.exit_status == 128 + 9
+    time.sleep(0.5)
+    assert not marker.exists(), "the would-be child never ran"
+    (ev,) = result.events
+    assert (ev.name, ev.action, ev.data.method) == ("ptrace_denied", "killed", "clone_files")
+    assert ev.policy.rule == "ptrace.deny"
+    assert ev.target_context.type == "pid" and ev.target_context.pid == ev.workload.process.pid
+
+
+def test_a_process_sharing_the_descriptor_table_in_audit_mode(secrets_dir, tmp_path):
+    marker = tmp_path / "child-ran"
+    result = guard(make_policy(secrets_dir, mode="audit"), clone_files_sibling(marker))
+    assert result.exit_status == 0 and marker.exists()
+    (ev,) = result.events
+    assert (ev.name, ev.action, ev.data.method) == ("ptrace_denied", "would_block", "clone_files")
+
+
+def test_sharing_the_descriptor_table_is_governed_by_ptrace_deny(tmp_path):
+    marker = tmp_path / "child-ran"
+    policy = Policy.from_dict({"version": 1, "mode": "enforce", "ptrace": {"deny": False}})
+    result = guard(policy, clone_files_sibling(marker))
+    assert result.exit_status == 0 and marker.exists() and result.events == []
+
+
+def test_threads_and_plain_forks_are_never_judged_as_sharing(secrets_dir):
+    """A thread is CLONE_THREAD | CLONE_FILES; a fork shares nothing."""
+    code = """
+        import os, threading
+        t = threading.Thread(target=lambda: None)
+        t.start()
+        t.join()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
+        print("done", flush=True)
+    """
+    result = guard(make_policy(secrets_dir), py(code))
+    assert result.exit_status == 0 and result.events == []
+
+
 def test_protected_pid_and_the_guard_itself_carry_their_own_rules(secrets_dir):
     """With ptrace.deny off, only the pids the policy names (and the guard)
     are out of reach; a guarded process may still read its own child."""

@@ -33,6 +33,8 @@ from runtimeguard.policy import Policy
 from tests.test_guard import PTRACER, listener, make_policy, py, scope_cgroup, secrets_dir  # noqa: F401 (fixtures)
 # The same behaviour under either backend: the file_open hook taints as the tracepoint did.
 from tests.test_guard import test_decoy_read_taints_and_blocks_later_egress  # noqa: F401
+from tests.test_guard import test_threads_and_plain_forks_are_never_judged_as_sharing  # noqa: F401
+from tests.test_guard import clone_files_sibling
 
 EPERM = "Operation not permitted"  # strerror(EPERM): how C tools report it (EACCES is "Permission denied")
 # make_policy's rules, as the guard names them.
@@ -246,6 +248,32 @@ def test_audit_mode_lets_ptrace_through_and_reports_it(secrets_dir, capfd):
     assert ev.action == "would_block" and ev.data.would_deny and not ev.data.blocked
     assert ev.policy.rule == "ptrace.deny" and ev.policy.mode == "audit"
     assert ev.data.method == "ptrace" and ev.target_context.pid == target
+
+
+@pytest.mark.parametrize("call", ["clone", "clone3", "clone3-untouched"])
+def test_a_process_sharing_the_descriptor_table_is_refused(secrets_dir, capfd, tmp_path, call):
+    """clone(CLONE_FILES) without CLONE_THREAD: EPERM from task_alloc, the
+    caller lives, the would-be child never runs."""
+    marker = tmp_path / "child-ran"
+    result = guard(make_policy(secrets_dir), clone_files_sibling(marker, call))
+    out, err = capfd.readouterr()
+    assert result.exit_status == 0, f"the caller lived: {err}"
+    assert out == "clone returned -1 1\n", "the clone itself got EPERM"
+    time.sleep(0.3)
+    assert not marker.exists(), "no child ran"
+    ev = only(result, "ptrace_denied")
+    refused(ev, "ptrace.deny")
+    assert ev.data.method == "clone_files"
+    assert ev.target_context.type == "pid" and ev.target_context.pid == ev.workload.process.pid
+
+
+def test_sharing_the_descriptor_table_in_audit_mode_goes_through(secrets_dir, capfd, tmp_path):
+    marker = tmp_path / "child-ran"
+    result = guard(make_policy(secrets_dir, mode="audit"), clone_files_sibling(marker))
+    out, err = capfd.readouterr()
+    assert result.exit_status == 0 and marker.exists(), err
+    ev = only(result, "ptrace_denied")
+    assert ev.action == "would_block" and ev.data.method == "clone_files"
 
 
 def test_refused_attach_leaves_the_target_running(secrets_dir, capfd):
