@@ -351,9 +351,9 @@ def run_latency(bound_ms):
 
 
 def machine_speed():
-    """DESIGN.md's yardstick for this machine's Python speed: msgspec decoding
-    an array-like Struct of ints and a Literal name (about 220 ns per event on
-    the machines DESIGN.md measured), ns per event, best of 20 batches."""
+    """The yardstick for this machine's Python speed: msgspec decoding an
+    array-like Struct of ints and a Literal name (about 220 ns per event on the
+    reference machine of BENCHMARKS.md), ns per event, best of 20 batches."""
     from typing import Literal
 
     import msgspec
@@ -473,7 +473,8 @@ def main():
                   f"runtimeguard {prog_time[mode]['runtimeguard']:,.0f} ns", flush=True)
 
     yardstick = machine_speed()
-    print(f"machine speed: the DESIGN.md msgspec yardstick decodes in {yardstick:.0f} ns per event (220 there)",
+    print(f"machine speed: the msgspec yardstick decodes in {yardstick:.0f} ns per event "
+          "(220 on the reference machine)",
           flush=True)
 
     from runtimeguard.tracer import DEFAULT_MAX_LATENCY_MS
@@ -485,7 +486,7 @@ def main():
     over = [st for st in loss["steps"] if st["rate"] >= 2 * loss["best_zero_loss"]]
 
     rows = [
-        {"metric": "machine speed: DESIGN.md's msgspec yardstick, ns/event (about 220 there)",
+        {"metric": "machine speed: the msgspec yardstick, ns/event (about 220 on the reference machine)",
          "runtimeguard": None, "reference": None, "value": yardstick, "value_label": "", "ratio": None,
          "target": None, "verdict": None},
         {"metric": "openat+close untraced, ns/call", "runtimeguard": None, "reference": None,

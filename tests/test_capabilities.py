@@ -33,7 +33,7 @@ def test_the_basics_work(caps):
 
 def test_refusals_say_why(caps):
     fentry = caps.feature("fentry")
-    # DESIGN.md: fentry loads fail with EPERM on this project's kernel; elsewhere it may load.
+    # fentry loads fail with EPERM on this project's kernel; elsewhere it may load.
     if not fentry.available:
         assert "failed" in fentry.detail and "\n" not in fentry.detail and len(fentry.detail) < 200
     for f in caps.features:

@@ -97,7 +97,7 @@ def test_doctor_json():
     assert features["tracepoint"]["available"] is True
     assert features["ring_buffer"]["available"] is True
     fentry = features["fentry"]
-    if not fentry["available"]:  # DESIGN.md: EPERM on this project's kernel
+    if not fentry["available"]:  # fentry loads fail with EPERM on this project's kernel (lockdown)
         assert fentry["detail"]
     assert report["enforcement"]["files"].startswith("BPF LSM") == features["bpf_lsm"]["available"]
     assert report["kernel"] == os.uname().release
