@@ -87,7 +87,8 @@ def capabilities() -> Capabilities:
     config = kernel_config()
     features = [_probe(name, program, purpose, config) for name, program, purpose in _PROBES]
     features = [_check_lsm_active(f, config) if f.name.startswith("bpf_lsm") else f for f in features]
-    features.append(_probe_sock_destroy(config))
+    features.append(_probe("bpf_sock_destroy", None, "iter/tcp + kfunc bpf_sock_destroy: the guard destroys a "
+                           "tainted process's TCP sockets, their queued data discarded, before it detaches", config))
     features += _facts()
     ia32 = ia32_emulation(config)
     if ia32:
@@ -101,28 +102,19 @@ def capabilities() -> Capabilities:
                         kernel=os.uname().release)
 
 
-def _probe(name: str, program: str, purpose: str, config: dict[str, str]) -> Feature:
+def _probe(name: str, program: Optional[str], purpose: str, config: dict[str, str]) -> Feature:
+    """Loads the named probe program; program None: the guard's socket
+    destroyer (bpf/sockdestroy.bpf.c), loaded and run once."""
     from ._native import ffi, lib
 
     err = ffi.new("char[]", _ERR_LEN)
-    ret = lib.rg_probe(program.encode(), err, _ERR_LEN)
+    if program is None:
+        ret = lib.rg_probe_sock_destroy(err, _ERR_LEN)
+    else:
+        ret = lib.rg_probe(program.encode(), err, _ERR_LEN)
     if ret == 0:
         return Feature(name, True, purpose)
     return Feature(name, False, explain(ffi.string(err).decode(errors="replace"), -ret, name, config))
-
-
-def _probe_sock_destroy(config: dict[str, str]) -> Feature:
-    """The guard's socket destroyer (bpf/sockdestroy.bpf.c): an iter/tcp
-    program calling the kfunc bpf_sock_destroy, loaded and run once."""
-    from ._native import ffi, lib
-
-    err = ffi.new("char[]", _ERR_LEN)
-    ret = lib.rg_probe_sock_destroy(err, _ERR_LEN)
-    if ret == 0:
-        return Feature("bpf_sock_destroy", True, "iter/tcp + kfunc bpf_sock_destroy: the guard destroys a tainted "
-                       "process's TCP sockets, their queued data discarded, before it detaches")
-    return Feature("bpf_sock_destroy", False, explain(ffi.string(err).decode(errors="replace"), -ret,
-                                                      "bpf_sock_destroy", config))
 
 
 def explain(message: str, err: int, feature: str = "", config: Optional[dict[str, str]] = None) -> str:

@@ -202,12 +202,11 @@ OPENS = textwrap.dedent("""
 """)
 
 
-def test_file_open_fields_for_each_open_syscall(tmp_path):
-    (tmp_path / "a").write_text("a\n")
-    child = subprocess.Popen([sys.executable, "-c", OPENS, str(tmp_path)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+def traced_go(child: subprocess.Popen, kinds: list[str]) -> tuple[dict, list]:
+    """Traces a child waiting for "go" on its stdin: what it printed (one
+    JSON line) and the events of those kinds it made; the child is reaped."""
     try:
-        with Tracer(events=["file_open"], pids=[child.pid]) as t:
+        with Tracer(events=kinds, pids=[child.pid]) as t:
             child.stdin.write("go\n")
             child.stdin.flush()
             out = json.loads(child.stdout.readline())
@@ -215,6 +214,14 @@ def test_file_open_fields_for_each_open_syscall(tmp_path):
     finally:
         child.stdin.close()
         child.wait(timeout=10)
+    return out, events
+
+
+def test_file_open_fields_for_each_open_syscall(tmp_path):
+    (tmp_path / "a").write_text("a\n")
+    child = subprocess.Popen([sys.executable, "-c", OPENS, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    out, events = traced_go(child, ["file_open"])
     st = {name: os.stat(tmp_path / name) for name in "abcd"}
     pid = child.pid
 
@@ -284,14 +291,8 @@ def test_connect_and_send_fields_tcp_udp_v4_v6():
     child = subprocess.Popen([sys.executable, "-c", CONNECTS, *map(str, ports)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
-        with Tracer(events=["net_connect", "net_sendmsg"], pids=[child.pid]) as t:
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            out = json.loads(child.stdout.readline())
-            events = drain(t)
+        out, events = traced_go(child, ["net_connect", "net_sendmsg"])
     finally:
-        child.stdin.close()
-        child.wait(timeout=10)
         for s in servers:
             s.close()
     assert out["refused4_errno"] == 111 and (out["sent6"], out["sent4"]) == (5, 3)
@@ -410,16 +411,8 @@ PTRACE_AND_MEMORY = textwrap.dedent("""
 
 def test_ptrace_and_process_memory_fields():
     child = python_child(PTRACE_AND_MEMORY)
-    try:
-        target = int(child.stdout.readline())
-        with Tracer(events=["ptrace", "process_memory"], pids=[child.pid]) as t:
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            out = json.loads(child.stdout.readline())
-            events = drain(t)
-    finally:
-        child.stdin.close()
-        child.wait(timeout=10)
+    target = int(child.stdout.readline())
+    out, events = traced_go(child, ["ptrace", "process_memory"])
     assert (out["word"], out["read"]) == ("rg-known", "rg-known")
     assert out["mem"] >= 3 and out["environ"] >= 3
     events.sort(key=lambda e: e.timestamp)
