@@ -182,7 +182,7 @@ struct rg_guard_config {
 	unsigned int scope_cgroup_level;
 	unsigned int guard_tgid;        /* never guarded: the guard itself */
 	unsigned int raw_socket_deny;   /* raw and packet sockets bypass the address hooks */
-	unsigned int pad;
+	unsigned int files_by_fanotify; /* protected files and decoys are judged by fanotify, not here */
 };
 
 /* One egress rule, matched in order by the cgroup socket hooks. */

@@ -682,6 +682,9 @@ static __always_inline __u32 rg_judge_open(struct file *file, bool lsm)
 
 	if (target)
 		return rg_judge_ptrace(cfg, target, method, lsm);
+	/* Judged before the open, by the fanotify permission events' answer. */
+	if (cfg->files_by_fanotify)
+		return 0;
 
 	struct rg_protected_value *v = rg_protection(dentry);
 	if (!v)

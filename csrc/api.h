@@ -18,6 +18,8 @@ struct rg_options {
 	unsigned int batch_limit;        /* most events one poll returns */
 	int guard_cgroup_fd;             /* >= 0: load the guard, its socket hooks on this cgroup */
 	unsigned int guard_lsm;          /* 1: the guard judges by BPF LSM hooks, 0: at tracepoints */
+	unsigned int guard_fanotify;     /* 1: files and decoys by fanotify permission events (not LSM) */
+	char cgroup_root[256];           /* the cgroup2 mount: the fanotify judge's opener scope */
 };
 
 struct rg_stats {
@@ -28,6 +30,9 @@ struct rg_stats {
 	unsigned long long polls;
 	unsigned long long ring_size;
 	unsigned long long ring_used;  /* unread bytes right now */
+	unsigned long long file_judge_asked;  /* fanotify permission events answered */
+	unsigned long long file_judge_denied; /* of them, refused (EPERM) */
+	unsigned long long file_judge_marks;  /* inodes marked */
 };
 
 /* One poll's events: a msgpack array of event maps, valid until the next poll. */
@@ -49,6 +54,11 @@ int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char
  * before attach or while running (switching mode). */
 int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
 			 char *err, size_t errlen);
+/* The fanotify judge (guard_fanotify): marks path, a file or a directory
+ * and every entry beneath it, as protected by rule rule_index of kind
+ * RG_PROTECT_*. */
+int rg_tracer_protect_path(struct rg_tracer *t, const char *path, unsigned int kind, unsigned int rule_index,
+			   char *err, size_t errlen);
 /* Attaches every program; on any failure detaches those already attached. */
 int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen);
 /* Waits up to timeout_ms (-1: no limit) for events; returns their count or -errno. */
@@ -79,5 +89,7 @@ int rg_probe(const char *program, char *err, size_t errlen);
 /* Loads the guard's socket destroyer on its own and runs it once (it destroys
  * nothing: its maps are empty). */
 int rg_probe_sock_destroy(char *err, size_t errlen);
+/* Opens (and closes) a fanotify group for permission events. */
+int rg_probe_fanotify_permission(char *err, size_t errlen);
 
 #endif

@@ -24,6 +24,7 @@
 
 #include "api.h"
 #include "encode.h"
+#include "filejudge.h"
 #include "process.skel.h"
 #include "file.skel.h"
 #include "net.skel.h"
@@ -165,6 +166,7 @@ struct sensor {
 };
 
 #define MAX_LINKS 64
+#define RG_JUDGED_BATCH 32
 
 struct rg_tracer {
 	struct rg_options opts;
@@ -194,6 +196,11 @@ struct rg_tracer {
 	struct rg_sockdestroy *destroyer;
 	int destroyer_error;
 	char destroyer_why[512];
+	/* The guard's fanotify file judge (guard_fanotify), and its decisions
+	 * taken from its queue, merged into the ring's records by time. */
+	struct rg_file_judge *judge;
+	struct rg_block_record judged[RG_JUDGED_BATCH];
+	unsigned int judged_pos, judged_count;
 };
 
 /* Sets the rodata every sensor shares, then loads with the shared maps. */
@@ -279,6 +286,8 @@ static void tracer_free(struct rg_tracer *t)
 		munmap(t->consumer_page, t->page_size);
 	if (t->producer_page)
 		munmap(t->producer_page, t->page_size);
+	/* Before the maps it reads go. */
+	rg_file_judge_close(t->judge);
 	if (t->destroyer)
 		rg_sockdestroy__destroy(t->destroyer);
 	for (int i = SENSOR_COUNT - 1; i >= 0; i--)
@@ -483,6 +492,20 @@ static int map_ring_positions(struct rg_tracer *t, char *err, size_t errlen)
 	return 0;
 }
 
+/* The fanotify judge reads the guard's configuration and writes its taint. */
+static int open_judge(struct rg_tracer *t, char *err, size_t errlen)
+{
+	struct bpf_object *guard = t->sensors[SENSOR_GUARD].obj;
+	struct bpf_map *cfg = bpf_object__find_map_by_name(guard, "rg_guard_cfg");
+	struct bpf_map *tainted = bpf_object__find_map_by_name(guard, "rg_tainted");
+	char cgroup_root[sizeof(t->opts.cgroup_root) + 1] = "";
+
+	if (!cfg || !tainted)
+		return fail(err, errlen, -ENOENT, "the guard sensor has no rg_guard_cfg or rg_tainted map");
+	memcpy(cgroup_root, t->opts.cgroup_root, sizeof(t->opts.cgroup_root));
+	return rg_file_judge_open(bpf_map__fd(cfg), bpf_map__fd(tainted), cgroup_root, &t->judge, err, errlen);
+}
+
 int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *err, size_t errlen)
 {
 	struct rg_tracer *t;
@@ -519,6 +542,8 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 						    sizeof(t->destroyer_why));
 		log_reset();
 	}
+	if (t->sensors[SENSOR_GUARD].obj && opts->guard_fanotify && (ret = open_judge(t, err, errlen)))
+		goto error;
 	t->ring = ring_buffer__new(t->shared_fds[0], handle_record, t, NULL);
 	if (!t->ring) {
 		ret = fail(err, errlen, -errno, "opening ring buffer rg_events");
@@ -532,6 +557,13 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 	if (epoll_ctl(t->epoll_fd, EPOLL_CTL_MOD, t->shared_fds[0], &ring_event)) {
 		ret = fail(err, errlen, -errno, "making the ring buffer's wake-up edge-triggered");
 		goto error;
+	}
+	if (t->judge) {
+		struct epoll_event judge_event = { .events = EPOLLIN, .data.fd = 1 };
+		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, rg_file_judge_wake_fd(t->judge), &judge_event)) {
+			ret = fail(err, errlen, -errno, "watching the file judge's queue");
+			goto error;
+		}
 	}
 	if ((ret = map_ring_positions(t, err, errlen)))
 		goto error;
@@ -593,6 +625,14 @@ int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, 
 	return fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
 }
 
+int rg_tracer_protect_path(struct rg_tracer *t, const char *path, unsigned int kind, unsigned int rule_index,
+			   char *err, size_t errlen)
+{
+	if (!t->judge)
+		return fail(err, errlen, -EOPNOTSUPP, "protecting %s: the fanotify file judge is not running", path);
+	return rg_file_judge_mark(t->judge, path, kind, rule_index, err, errlen);
+}
+
 int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 {
 	int code = 0;
@@ -638,11 +678,37 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 
 #define RG_STOP_BATCH (-ENOBUFS)
 
+static int take_record(struct rg_tracer *t, const void *data, size_t len);
+
+/* The file judge's decisions taken from its queue, not yet encoded. */
+static int batch_has_room_for_two(struct rg_tracer *t)
+{
+	return t->batch_count + 2 < t->opts.batch_limit && t->out.cap - t->out.len >= 3 * RG_MAX_ENCODED_RECORD;
+}
+
+/* Encodes the judge's decisions made up to ts first: the stream stays in
+ * time order (a decoy's open before the sends it taints), as far as the
+ * batch has room for them and the record that follows. */
+static void take_judged_until(struct rg_tracer *t, unsigned long long ts)
+{
+	while (t->judged_pos < t->judged_count && t->judged[t->judged_pos].hdr.timestamp_ns <= ts &&
+	       batch_has_room_for_two(t))
+		take_record(t, &t->judged[t->judged_pos++], sizeof(t->judged[0]));
+}
+
 static int handle_record(void *ctx, void *data, size_t len)
 {
 	struct rg_tracer *t = ctx;
 
 	t->bytes += len;
+	if (t->judged_pos < t->judged_count && len >= sizeof(struct rg_header))
+		take_judged_until(t, ((const struct rg_header *)data)->timestamp_ns);
+	return take_record(t, data, len);
+}
+
+/* Encodes one record into the batch; RG_STOP_BATCH once the batch is full. */
+static int take_record(struct rg_tracer *t, const void *data, size_t len)
+{
 	if (rg_encode_record(&t->enc, &t->out, data, len)) {
 		t->batch_count++;
 		if (!(t->opts.wanted_mask >> ((const struct rg_header *)data)->kind & 1))
@@ -652,6 +718,33 @@ static int handle_record(void *ctx, void *data, size_t len)
 	if (t->batch_count >= t->opts.batch_limit || t->out.cap - t->out.len < RG_MAX_ENCODED_RECORD)
 		return RG_STOP_BATCH;
 	return 0;
+}
+
+/* Decisions the file judge's queue could not hold count as lost too. */
+static void add_judge_lost(struct rg_tracer *t, unsigned long long *total)
+{
+	unsigned long long lost[RG_KIND_SLOTS];
+
+	if (!t->judge)
+		return;
+	rg_file_judge_lost(t->judge, lost);
+	for (int k = 0; k < RG_KIND_SLOTS; k++)
+		total[k] += lost[k];
+}
+
+static void refill_judged(struct rg_tracer *t)
+{
+	if (t->judge && t->judged_pos == t->judged_count) {
+		t->judged_pos = 0;
+		t->judged_count = rg_file_judge_take(t->judge, t->judged, RG_JUDGED_BATCH);
+	}
+}
+
+/* The judge's decisions left after the ring's records, while the batch has room. */
+static void take_judged(struct rg_tracer *t)
+{
+	for (refill_judged(t); !t->backlog && t->judged_pos < t->judged_count; refill_judged(t))
+		t->backlog = take_record(t, &t->judged[t->judged_pos++], sizeof(t->judged[0])) == RG_STOP_BATCH;
 }
 
 static void check_lost(struct rg_tracer *t)
@@ -664,6 +757,7 @@ static void check_lost(struct rg_tracer *t)
 	for (int c = 0; c < t->ncpus; c++)
 		for (int k = 0; k < RG_KIND_SLOTS; k++)
 			total[k] += t->percpu[c].lost[k];
+	add_judge_lost(t, total);
 	for (int k = 0; k < RG_KIND_SLOTS; k++) {
 		delta[k] = total[k] - t->lost_seen[k];
 		sum += delta[k];
@@ -685,12 +779,15 @@ static long long now_ms(void)
 
 static int drain(struct rg_tracer *t, long long now)
 {
+	refill_judged(t);
 	int ret = ring_buffer__consume(t->ring);
 
 	t->last_drain_ms = now;
 	t->backlog = ret == RG_STOP_BATCH;
 	if (ret < 0 && ret != RG_STOP_BATCH)
 		return ret;
+	if (t->judge)
+		take_judged(t);
 	if (t->out.cap - t->out.len >= RG_MAX_ENCODED_RECORD)
 		check_lost(t);
 	return 0;
@@ -763,9 +860,12 @@ void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out)
 		for (int c = 0; c < t->ncpus; c++)
 			for (int k = 0; k < RG_KIND_SLOTS; k++)
 				out->lost[k] += t->percpu[c].lost[k];
+		add_judge_lost(t, out->lost);
 	} else {
 		memcpy(out->lost, t->lost_seen, sizeof(out->lost));
 	}
+	if (t->judge)
+		rg_file_judge_counts(t->judge, &out->file_judge_asked, &out->file_judge_denied, &out->file_judge_marks);
 	out->malformed = t->enc.malformed;
 	out->bytes = t->bytes;
 	out->polls = t->polls;
@@ -814,6 +914,11 @@ int rg_encode_records(const unsigned char *records, size_t len, unsigned char *o
 }
 
 /* ---- feature probes ---- */
+
+int rg_probe_fanotify_permission(char *err, size_t errlen)
+{
+	return rg_file_judge_probe(err, errlen);
+}
 
 int rg_probe(const char *program, char *err, size_t errlen)
 {

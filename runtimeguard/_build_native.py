@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 DEPS = os.path.join(BUILD, "deps")
 SKELETONS = os.path.join(BUILD, "bpf")
-SOURCES = ["csrc/tracer.c", "csrc/encode.c"]
+SOURCES = ["csrc/tracer.c", "csrc/encode.c", "csrc/filejudge.c"]
 
 
 def _run(argv):
@@ -58,7 +58,7 @@ ffibuilder.set_source(
     sources=SOURCES,
     # Rebuild when a skeleton or a shared header changes, not only a .c file.
     depends=[f"build/bpf/{s}.skel.h" for s in ("process", "file", "net", "ptrace", "guard", "probe", "sockdestroy")]
-    + ["bpf/events.h", "bpf/sockowner.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h"],
+    + ["bpf/events.h", "bpf/sockowner.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h", "csrc/filejudge.h"],
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
     extra_compile_args=["-O2", "-g0", "-std=gnu11", "-Wall", "-Wno-unused-function"],

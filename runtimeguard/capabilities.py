@@ -47,6 +47,8 @@ _LSM_STRENGTH = {
     "file_changes": "BPF LSM (EPERM before unlink, rename, truncate, chmod, create)",
 }
 KILL_AFTER = "tracepoint + bpf_send_signal(SIGKILL) (kill after the syscall)"
+FANOTIFY_FILES = ("fanotify permission events (EPERM before the open, whatever makes it: any open syscall, "
+                  "32-bit, io_uring, exec, overlayfs; reads through descriptors opened before the guard refused)")
 CHANGES_DETECTED = "fanotify (detected after the fact, the process killed then)"
 DETECT_ONLY = "detect only"
 UNAVAILABLE = "unavailable (syscall tracepoints do not work)"
@@ -87,6 +89,7 @@ def capabilities() -> Capabilities:
     config = kernel_config()
     features = [_probe(name, program, purpose, config) for name, program, purpose in _PROBES]
     features = [_check_lsm_active(f, config) if f.name.startswith("bpf_lsm") else f for f in features]
+    features.append(_fanotify_feature())
     features.append(_probe("bpf_sock_destroy", None, "iter/tcp + kfunc bpf_sock_destroy: the guard destroys a "
                            "tainted process's TCP sockets, their queued data discarded, before it detaches", config))
     features += _facts()
@@ -236,6 +239,39 @@ def _boot_param(name: str) -> Optional[str]:
     return found[-1] if found else None
 
 
+def _fanotify_feature() -> Feature:
+    works, why = fanotify_permission()
+    return Feature("fanotify_permission", works, why)
+
+
+@functools.lru_cache(maxsize=None)
+def fanotify_permission() -> tuple[bool, str]:
+    """Whether fanotify permission events (FAN_OPEN_PERM) work here, and if not, why."""
+    from ._native import ffi, lib
+
+    err = ffi.new("char[]", _ERR_LEN)
+    ret = lib.rg_probe_fanotify_permission(err, _ERR_LEN)
+    if ret == 0:
+        return True, "fanotify permission events: the guard refuses opens of protected files with EPERM"
+    return False, ffi.string(err).decode(errors="replace")
+
+
+def guard_mechanisms(backend: str) -> dict[str, str]:
+    """What holds each area under a guard backend ("lsm", "fanotify",
+    "tracepoint"), and what it guarantees."""
+    caps = capabilities()
+    enforcement = dict(caps.enforcement)
+    if backend == "lsm":
+        return enforcement
+    works = {f.name for f in caps.features if f.available}
+    fallback = KILL_AFTER if {"tracepoint", "bpf_send_signal"} <= works else DETECT_ONLY
+    for area in _LSM_STRENGTH:
+        enforcement[area] = CHANGES_DETECTED if area == "file_changes" else fallback
+    if backend == "fanotify":
+        enforcement["files"] = FANOTIFY_FILES
+    return enforcement
+
+
 def _enforcement(works: set[str]) -> dict[str, str]:
     if "tracepoint" not in works:
         fallback = UNAVAILABLE
@@ -247,6 +283,8 @@ def _enforcement(works: set[str]) -> dict[str, str]:
     lsm = _LSM_FEATURES <= works
     for area, strength in _LSM_STRENGTH.items():
         enforcement[area] = strength if lsm else CHANGES_DETECTED if area == "file_changes" else fallback
+    if not lsm and "fanotify_permission" in works:
+        enforcement["files"] = FANOTIFY_FILES
     # A tainted process's sends on a socket it connected before the taint.
     if lsm:
         enforcement["tainted_sends"] = TAINTED_SOCKETS_LSM
@@ -282,15 +320,21 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
         gaps.append("32-bit (ia32 compat) processes' file opens, connects, sends, ptrace and memory reads "
                     "are not observed: syscalls:sys_* tracepoints do not fire for compat syscalls "
                     "(network enforcement by cgroup hooks still applies)")
+    lsm = _LSM_FEATURES <= works
+    files_before = lsm or "fanotify_permission" in works
     if _io_uring_enabled(config):
+        judged = ("the guard judges every io_uring open of a protected file before it happens"
+                  if files_before else "the guard judges io_uring opens at completion, except opens into the "
+                  "fixed-file table")
         gaps.append("file opens and connects submitted through io_uring are not reported as file_open/"
-                    "net_connect events (the guard judges io_uring opens at completion, except opens into "
-                    "the fixed-file table, and its cgroup hooks see io_uring connects); "
+                    f"net_connect events ({judged}, and its cgroup hooks see io_uring connects); "
                     "sysctl kernel.io_uring_disabled=2 closes this")
-    if not _LSM_FEATURES <= works and "bpf_send_signal" in works:
-        gaps.append("file, ptrace and memory enforcement kills the caller after the syscall: the syscall "
-                    "completes (an opened file is opened) but the process never returns to user space; "
-                    "changes to protected files are detected after the fact, not prevented")
+    if not lsm and "bpf_send_signal" in works:
+        what = "ptrace and memory" if files_before else "file, ptrace and memory"
+        gaps.append(f"{what} enforcement kills the caller after the syscall: the syscall completes (an opened "
+                    "file is opened) but the process never returns to user space; changes to protected files "
+                    "by path (unlink, rename, truncate(2), chmod, chown) are detected after the fact, not "
+                    "prevented")
     if not _LSM_FEATURES <= works and "bpf_sock_destroy" not in works:
         gaps.append("a tainted process's data on a TCP socket it connected before the taint is dropped while "
                     "the guard runs, but what is still queued when the guard detaches may be sent then: "

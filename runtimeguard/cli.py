@@ -273,8 +273,7 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .audit import NotificationTracker
-    from .capabilities import lsm_enforcement
-    from .guard import Guard, format_decision
+    from .guard import Guard, choose_backend, describe_backend, format_decision
     from .policy import Policy
 
     if not args.argv:
@@ -289,11 +288,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.mode is not None:
         policy = policy.with_mode(args.mode)
-    g = Guard(policy, audit_log=args.audit_log, on_event=show)
-    # The same probe the guard's start() consults (cached), so this line is what it will use.
-    lsm, why = lsm_enforcement()
-    how = ("BPF LSM hooks: files, ptrace and process memory refused with EPERM before the operation" if lsm else
-           f"syscall tracepoints: files, ptrace and process memory killed after the syscall ({why})")
+    g = Guard(policy, audit_log=args.audit_log, on_event=show, backend=args.backend)
+    # The same (cached) probes the guard's start() consults, so this line names what it will use.
+    how = describe_backend(choose_backend(args.backend))
     print(f"runtimeguard: {policy.mode} mode; egress by cgroup hooks (EPERM); {how}", file=sys.stderr, flush=True)
     # Switching mode on the running guard: SIGUSR1 enforces, SIGUSR2 audits.
     signal.signal(signal.SIGUSR1, lambda *_: g.request_mode("enforce"))
@@ -336,6 +333,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", required=True, metavar="FILE", help="YAML, TOML or JSON policy")
     run.add_argument("--mode", choices=("audit", "enforce"), help="override the policy's mode")
     run.add_argument("--audit-log", metavar="PATH", help="NDJSON log of every decision")
+    run.add_argument("--backend", choices=("auto", "lsm", "fanotify", "tracepoint"), default="auto",
+                     help="what holds files, ptrace and process memory: auto (default: the strongest this kernel "
+                     "runs), lsm (EPERM before each), fanotify (EPERM before opening a protected file or decoy; "
+                     "tracepoints kill on the rest), tracepoint (kill after the syscall)")
     run.add_argument("--user", metavar="USER", help="run the command as this user (name or uid), with no "
                      "supplementary groups and no_new_privs, so it cannot undo the guard")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")

@@ -41,7 +41,7 @@ from msgspec.structs import force_setattr
 from . import environment
 from ._native import ffi, lib
 from .audit import DEFAULT_COALESCE_S, DEFAULT_KEEP_FIRST, DEFAULT_MAX_BYTES, AuditLogger, NotificationTracker
-from .capabilities import lsm_enforcement
+from .capabilities import fanotify_permission, guard_mechanisms, lsm_enforcement
 from .errors import BPFError, RuntimeGuardError
 from .policy import Policy, guess_template
 from .mutations import MutationWatch
@@ -64,7 +64,7 @@ _RULE_PTRACE_DENY = -3
 _RULE_RAW_SOCKET = -4
 
 _PROTOCOLS = {"tcp": 6, "udp": 17, "any": 0}
-BACKENDS = ("auto", "lsm", "tracepoint")
+BACKENDS = ("auto", "lsm", "fanotify", "tracepoint")
 _TAINT_SOURCES = {"files": lib.RG_PROTECT_FILE, "mirage": lib.RG_PROTECT_MIRAGE}
 
 
@@ -135,8 +135,14 @@ class Guard:
         self.policy = policy
         self._backend = backend
         self.backend: Optional[str] = None
-        """After start(): "lsm" (BPF LSM hooks refuse with EPERM) or "tracepoint"
-        (syscall tracepoints kill; changes by path detected through fanotify)."""
+        """After start(): "lsm" (BPF LSM hooks refuse with EPERM), "fanotify"
+        (fanotify permission events refuse opens of protected files and decoys
+        with EPERM; syscall tracepoints kill on ptrace and process memory) or
+        "tracepoint" (syscall tracepoints kill on all of them). See mechanisms."""
+        self.mechanisms: dict[str, str] = {}
+        """After start(): per area (network, files, ptrace, process_memory,
+        file_changes, tainted_sends), the mechanism that holds it and what it
+        guarantees."""
         self.mode = policy.mode
         self._cgroup = cgroup
         self._audit_path = audit_log
@@ -198,6 +204,7 @@ class Guard:
         cfg.scope_cgroup_id = scope_id
         cfg.scope_cgroup_level = scope_level
         cfg.guard_tgid = os.getpid()
+        cfg.files_by_fanotify = self.backend == "fanotify"
         return cfg
 
     def _fill_maps(self, tracer: Tracer, scope_id: int, scope_level: int) -> None:
@@ -227,6 +234,9 @@ class Guard:
             st = os.stat(path)
             index = self._rule(rule_id)
             self._rule_paths[index] = (path, st.st_dev, st.st_ino)
+            if self.backend == "fanotify":
+                tracer.protect_path(path, kind, index)
+                return
             key = ffi.new("struct rg_inode_key *", {"dev": _kernel_dev(st.st_dev), "ino": st.st_ino})
             value = ffi.new("struct rg_protected_value *",
                             {"kind": kind, "rule_index": index, "is_dir": os.path.isdir(path)})
@@ -270,17 +280,6 @@ class Guard:
 
     # ---- lifecycle ----
 
-    def _choose_backend(self) -> str:
-        """The strongest mechanism this kernel runs, unless the caller chose."""
-        if self._backend == "tracepoint":
-            return "tracepoint"
-        works, why = lsm_enforcement()
-        if works:
-            return "lsm"
-        if self._backend == "lsm":
-            raise RuntimeGuardError(f"the BPF LSM backend is not available here: {why}")
-        return "tracepoint"
-
     def start(self) -> "Guard":
         environment.prepare()
         if self._cgroup is None:
@@ -296,7 +295,8 @@ class Guard:
             self._scope_path = "/" + os.path.relpath(path, root)
         else:
             path, scope_id, scope_level = environment.cgroup2_mount(), 0, 0
-        self.backend = self._choose_backend()
+        self.backend = choose_backend(self._backend)
+        self.mechanisms = guard_mechanisms(self.backend)
         try:
             self._create_decoys()
             self._cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -308,6 +308,7 @@ class Guard:
                 ring_buffer_size=self._ring_buffer_size,
                 guard_cgroup_fd=self._cgroup_fd,
                 guard_lsm=self.backend == "lsm",
+                guard_fanotify=self.backend == "fanotify",
                 before_attach=lambda t: self._fill_maps(t, scope_id, scope_level),
             ).start()
             # The LSM backend refuses changes by path in the kernel; without
@@ -364,7 +365,7 @@ class Guard:
         bpf_sock_destroy: tcp_abort, the queue discarded, a bare reset sent),
         the orphaned ones of exited processes too. The LSM backend refuses
         such sends before anything is queued."""
-        if self.backend != "tracepoint" or self.mode != "enforce" or not self.policy.taint.block_egress:
+        if self.backend == "lsm" or self.mode != "enforce" or not self.policy.taint.block_egress:
             return
         try:
             self.tainted_sockets_destroyed += self._tracer.destroy_tainted_sockets()
@@ -611,6 +612,41 @@ class Guard:
                                 data=LostData(count=sum(unseen.values()), by_kind=unseen)))
 
 
+def choose_backend(requested: str = "auto") -> str:
+    """The backend a guard asked for ``requested`` runs: the strongest this
+    kernel runs for "auto" (BPF LSM, else fanotify permission events for
+    files with tracepoints for the rest, else tracepoints alone), or the one
+    named, RuntimeGuardError saying why when it cannot run here."""
+    if requested not in BACKENDS:
+        raise ValueError(f"backend {requested!r} must be one of {', '.join(BACKENDS)}")
+    if requested == "tracepoint":
+        return "tracepoint"
+    if requested in ("auto", "lsm"):
+        works, why = lsm_enforcement()
+        if works:
+            return "lsm"
+        if requested == "lsm":
+            raise RuntimeGuardError(f"the BPF LSM backend is not available here: {why}")
+    works, why = fanotify_permission()
+    if works:
+        return "fanotify"
+    if requested == "fanotify":
+        raise RuntimeGuardError(f"the fanotify backend is not available here: {why}")
+    return "tracepoint"
+
+
+def describe_backend(backend: str) -> str:
+    """What holds files, ptrace and process memory under a backend, in words
+    (the first line of ``runtimeguard run``)."""
+    if backend == "lsm":
+        return "BPF LSM hooks: files, ptrace and process memory refused with EPERM before the operation"
+    _, why = lsm_enforcement()
+    if backend == "fanotify":
+        return ("fanotify: files and decoys refused with EPERM before the open; syscall tracepoints: ptrace and "
+                f"process memory killed after the syscall (no BPF LSM: {why})")
+    return f"syscall tracepoints: files, ptrace and process memory killed after the syscall ({why})"
+
+
 def _identity(user: str) -> tuple[int, int]:
     """(uid, gid) of a user name or numeric uid; a clear error when unknown."""
     try:
@@ -666,7 +702,7 @@ def guard(policy: Policy, argv: Sequence[str], *, mode: Optional[str] = None, au
           on_event: Optional[Callable[[Event], None]] = None, backend: str = "auto",
           user: Optional[str] = None, **options) -> GuardResult:
     """Runs argv under policy; returns its exit status and the guard's decisions.
-    backend: "auto" (the strongest this kernel runs), "lsm" or "tracepoint".
+    backend: "auto" (the strongest this kernel runs), "lsm", "fanotify" or "tracepoint".
     user: run argv as this user, unprivileged (see Guard.run).
     options: more Guard options (ring_buffer_size, audit_max_bytes, audit_backups,
     audit_coalesce_s, audit_keep_first)."""

@@ -88,14 +88,16 @@ def _close_native(native: _Native) -> None:
 
 
 def _kernel_object_fds(fds: Iterable[str]) -> list[int]:
-    """Those of the descriptors that are BPF objects, perf events or epoll."""
+    """Those of the descriptors that are BPF objects, perf events, epoll, or
+    the guard's fanotify group and its event counters."""
     owned = []
     for fd in fds:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(("anon_inode:bpf", "anon_inode:[perf_event]", "anon_inode:[eventpoll]")):
+        if target.startswith(("anon_inode:bpf", "anon_inode:[perf_event]", "anon_inode:[eventpoll]",
+                              "anon_inode:[fanotify]", "anon_inode:[eventfd]")):
             owned.append(int(fd))
     return owned
 
@@ -136,6 +138,7 @@ class Tracer:
         batch_limit: int = 4096,
         guard_cgroup_fd: int = -1,
         guard_lsm: bool = False,
+        guard_fanotify: bool = False,
         before_attach: Optional[Callable[["Tracer"], None]] = None,
     ):
         names = tuple(DEFAULT_EVENTS if events is None else events)
@@ -159,6 +162,7 @@ class Tracer:
         # policy maps are filled by before_attach, after load, before attach.
         self._guard_cgroup_fd = guard_cgroup_fd
         self._guard_lsm = guard_lsm
+        self._guard_fanotify = guard_fanotify
         self._before_attach = before_attach
         self._handle = None
         self._closed = False
@@ -191,6 +195,12 @@ class Tracer:
         opts.batch_limit = self._batch_limit
         opts.guard_cgroup_fd = self._guard_cgroup_fd
         opts.guard_lsm = self._guard_lsm
+        if self._guard_fanotify:
+            opts.guard_fanotify = 1
+            root = environment.cgroup2_mount().encode()
+            if len(root) >= len(opts.cgroup_root):
+                raise environment.EnvironmentSetupError(f"the cgroup2 mount path {root!r} is too long")
+            opts.cgroup_root = root
         err = ffi.new("char[]", _ERR_LEN)
         out = ffi.new("struct rg_tracer **")
         fds_before = set(os.listdir("/proc/self/fd"))
@@ -285,6 +295,17 @@ class Tracer:
         err = ffi.new("char[]", _ERR_LEN)
         with self._native_lock():
             self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
+
+    def protect_path(self, path: str, kind: int, rule_index: int) -> None:
+        """The guard's fanotify file judge: marks path (a file, or a directory
+        and every directory and file beneath it on its filesystem) as
+        protected by the rule. BPFError when it cannot be marked."""
+        if self._handle is None:
+            raise TracerStateError("this Tracer is not loaded")
+        err = ffi.new("char[]", _ERR_LEN)
+        with self._native_lock():
+            self._check(lib.rg_tracer_protect_path(self._handle, os.fsencode(path), kind, rule_index, err,
+                                                   _ERR_LEN), err)
 
     def destroy_tainted_sockets(self) -> int:
         """The guard (tracepoint backend): destroys every TCP socket whose

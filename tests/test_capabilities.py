@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 import runtimeguard
-from runtimeguard.capabilities import (CHANGES_DETECTED, DETECT_ONLY, KILL_AFTER, NETWORK_HOOKS,
+from runtimeguard.capabilities import (CHANGES_DETECTED, DETECT_ONLY, FANOTIFY_FILES, KILL_AFTER, NETWORK_HOOKS,
                                        TAINTED_SOCKETS_DESTROYED, TAINTED_SOCKETS_DROPPED, TAINTED_SOCKETS_LSM,
                                        Capabilities, capabilities, explain, lsm_enforcement)
 
@@ -47,7 +47,9 @@ def test_enforcement_follows_the_features(caps):
     assert lsm_enforcement()[0] == lsm
     for area in ("files", "ptrace", "process_memory", "file_changes"):
         assert e[area].startswith("BPF LSM") == lsm
-        if not lsm and area != "file_changes":
+        if not lsm and area == "files" and caps.available("fanotify_permission"):
+            assert e[area] == FANOTIFY_FILES
+        elif not lsm and area != "file_changes":
             assert e[area] == (KILL_AFTER if caps.available("bpf_send_signal") else DETECT_ONLY)
     if not lsm:
         assert e["file_changes"] == CHANGES_DETECTED

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from runtimeguard import environment
+from runtimeguard.capabilities import fanotify_permission
 from runtimeguard.errors import RuntimeGuardError
 from runtimeguard.guard import Guard, guard
 from runtimeguard.policy import Policy
@@ -266,6 +267,12 @@ def test_udp_sendto_denied_destination_is_exfil_blocked(secrets_dir):
     assert ev.target_context.formatted == f"{DENIED_V4}:5353" and not ev.data.tainted
 
 
+# The backends this kernel runs for files: the fanotify judge answers EPERM
+# before the open; the tracepoint judge kills after it.
+FILE_BACKENDS = ["fanotify", "tracepoint"]
+REFUSED = {"fanotify": (1, "blocked"), "tracepoint": (128 + 9, "killed")}
+
+
 @pytest.mark.parametrize("how,command,rule", [
     ("direct", "cat token", "files.protect[0]"),
     ("inside_dir", "cat secrets/id_rsa", "files.protect[1]"),
@@ -275,16 +282,18 @@ def test_udp_sendto_denied_destination_is_exfil_blocked(secrets_dir):
     ("symlink", "ln -s token sym && cat sym", "files.protect[0]"),
     ("renamed", "mv token renamed && cat renamed", "files.protect[0]"),
 ])
-def test_protected_file_open_is_killed(secrets_dir, how, command, rule):
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
+def test_protected_file_open_is_refused(secrets_dir, how, command, rule, backend):
     deep = secrets_dir / "secrets" / "/".join("d" * 40)
     deep.mkdir(parents=True)
     (deep / "f").write_text("x\n")
-    result = guard(make_policy(secrets_dir), ["sh", "-c", f"cd {secrets_dir} && {command}"])
-    assert result.exit_status == 128 + 9
+    result = guard(make_policy(secrets_dir), ["sh", "-c", f"cd {secrets_dir} && {command}"], backend=backend)
     (ev,) = [e for e in result.events if e.name == "open_inode"]
+    # cat: "Operation not permitted" and status 1, or killed.
+    assert (result.exit_status, ev.action) == REFUSED[backend]
     opened = secrets_dir / command.split()[-1]
     st = os.stat(opened)
-    assert ev.action == "killed" and (ev.target_context.device, ev.target_context.inode) == (st.st_dev, st.st_ino)
+    assert (ev.target_context.device, ev.target_context.inode) == (st.st_dev, st.st_ino)
     assert ev.workload.process.name == "cat" and ev.policy.rule == rule
 
 
@@ -333,15 +342,19 @@ def uring_open(tmp_path_factory):
 
 
 # fd0: the open returns descriptor 0; overflow: its completion overflows the
-# queue and reaches the ring through io_uring_cqe_overflow.
-@pytest.mark.parametrize("mode", ["plain", "fd0", "overflow"])
-def test_open_through_io_uring_is_killed(secrets_dir, uring_open, mode):
-    if subprocess.run([uring_open, "/etc/hostname"], capture_output=True).returncode == 2:
+# queue and reaches the ring through io_uring_cqe_overflow; fixed: the open
+# goes into the ring's fixed-file table and never has a descriptor, which
+# only the fanotify judge (or BPF LSM) sees.
+@pytest.mark.parametrize("backend,mode", [(b, m) for b in FILE_BACKENDS for m in ("plain", "fd0", "overflow")]
+                         + [("fanotify", "fixed")])
+def test_open_through_io_uring_is_refused(secrets_dir, uring_open, backend, mode):
+    if subprocess.run([uring_open, "/etc/hostname", mode], capture_output=True).returncode == 2:
         pytest.skip("io_uring is disabled on this kernel")
-    result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token"), mode])
-    assert result.exit_status == 128 + 9
+    result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token"), mode], backend=backend)
+    # uring_open: 3 when the open failed (EPERM), after saying so.
+    assert result.exit_status == {"fanotify": 3, "tracepoint": 128 + 9}[backend]
     (ev,) = [e for e in result.events if e.name == "open_inode"]
-    assert ev.action == "killed" and ev.target_context.inode == os.stat(secrets_dir / "token").st_ino
+    assert ev.action == REFUSED[backend][1] and ev.target_context.inode == os.stat(secrets_dir / "token").st_ino
 
 
 def test_protected_file_in_audit_mode_is_read(secrets_dir):
@@ -518,8 +531,9 @@ def test_own_memory_and_environment_are_not_judged(secrets_dir):
 
 def test_auto_backend_is_the_strongest_that_starts_and_does_what_it_claims(secrets_dir):
     """backend="lsm" starts or is refused with the reason; "auto" picks it
-    exactly when it starts; and the backend chosen does to a protected open
-    what it claims: EPERM with the caller alive (lsm), or a kill (tracepoint)."""
+    exactly when it starts, else fanotify where its permission events work;
+    and the backend chosen does to a protected open what it claims: EPERM
+    with the caller alive (lsm, fanotify), or a kill (tracepoint)."""
     try:
         Guard(make_policy(secrets_dir), backend="lsm").run(["true"])
         lsm_starts = True
@@ -539,6 +553,10 @@ def test_auto_backend_is_the_strongest_that_starts_and_does_what_it_claims(secre
     (ev,) = [e for e in result.events if e.name == "open_inode"]
     if lsm_starts:
         assert (auto.backend, result.exit_status, ev.action) == ("lsm", 3, "blocked")
+    elif fanotify_permission()[0]:
+        assert (auto.backend, result.exit_status, ev.action) == ("fanotify", 3, "blocked")
+        assert auto.mechanisms["files"].startswith("fanotify permission events (EPERM before the open")
+        assert auto.mechanisms["ptrace"].startswith("tracepoint")
     else:
         assert (auto.backend, result.exit_status, ev.action) == ("tracepoint", 128 + 9, "killed")
 
@@ -628,7 +646,8 @@ def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, listener, scop
         for _ in range(20):
             run(["/bin/true"])
         assert run(py(CONNECT.format(host=DENIED_V4, port=listener))) == 3
-        assert run(["cat", str(secrets_dir / "token")]) == -9
+        # The fanotify judge answers on its own thread, whatever the ring holds.
+        assert run(["cat", str(secrets_dir / "token")]) == (1 if g.backend == "fanotify" else -9)
         assert g.stats().lost_total > 0
 
 
@@ -669,9 +688,12 @@ EXPECTED_OUTCOMES = {
     "enforce": {"connect_sinkhole": "refused (EPERM)", "udp_to_sinkhole": "refused (EPERM)",
                 "read_decoy_then_send": "refused (EPERM)"},
 }
+# The first line's mechanism: what happens to the file reads, and to ptrace
+# and memory access, and the actions enforce mode logs.
 BY_MECHANISM = {
-    "syscall tracepoints": ("killed by SIGKILL", {"blocked", "killed", "observed"}),
-    "BPF LSM hooks": ("refused (EPERM)", {"blocked", "observed"}),
+    "syscall tracepoints": ("killed by SIGKILL", "killed by SIGKILL", {"blocked", "killed", "observed"}),
+    "fanotify": ("refused (EPERM)", "killed by SIGKILL", {"blocked", "killed", "observed"}),
+    "BPF LSM hooks": ("refused (EPERM)", "refused (EPERM)", {"blocked", "observed"}),
 }
 
 
@@ -691,10 +713,10 @@ def test_example_policy_from_the_command_line(tmp_path, mode):
     assert first.startswith(prefix), first
     mechanism = first[len(prefix):].split(":", 1)[0]
     assert mechanism in BY_MECHANISM, first
-    stopped, enforce_actions = BY_MECHANISM[mechanism]
+    file_stopped, ptrace_stopped, enforce_actions = BY_MECHANISM[mechanism]
     expected = dict(EXPECTED_OUTCOMES[mode])
     if mode == "enforce":
-        expected.update(read_shadow=stopped, ptrace_attach=stopped, read_process_memory=stopped)
+        expected.update(read_shadow=file_stopped, ptrace_attach=ptrace_stopped, read_process_memory=ptrace_stopped)
     outcomes = dict(line.split(None, 1) for line in out.stdout.splitlines())
     assert {k: v.strip() for k, v in outcomes.items()} == expected
     decisions = [json_decoder.decode(line) for line in log.read_bytes().splitlines()]

@@ -49,10 +49,12 @@ def decisions(g: Guard) -> list:
         out += got
 
 
-def stopped(g: Guard) -> tuple[str, int]:
-    """What a refusal by the file/ptrace hooks does to a Python workload, per
-    backend: (action, exit status)."""
-    return ("killed", -9) if g.backend == "tracepoint" else ("blocked", 1)
+def stopped(g: Guard, area: str) -> tuple[str, int]:
+    """What a refusal in area ("files" or "ptrace") does to a Python workload,
+    per backend: (action, exit status). EPERM where it is refused before the
+    operation (BPF LSM; fanotify for files), else a kill after the syscall."""
+    before = g.backend == "lsm" or (g.backend == "fanotify" and area == "files")
+    return ("blocked", 1) if before else ("killed", -9)
 
 
 @pytest.fixture
@@ -131,7 +133,7 @@ def test_mirage_kill_stops_the_decoy_opener_while_files_are_only_reported(files,
         reader = run_in(cgroup, OPEN_THEN_SAY, str(files / "token"))
         bystander = run_in(cgroup, OPEN_THEN_SAY, "/etc/hostname")
         got = decisions(g)
-        action, status = stopped(g)
+        action, status = stopped(g, "files")
     assert opener.returncode == status and "read" not in opener.stdout
     assert [(p.returncode, p.stdout) for p in (reader, bystander)] == [(0, "read\n")] * 2
     token_st = os.stat(files / "token")
@@ -431,7 +433,7 @@ def test_ptrace_deny_false_leaves_unprotected_processes_readable(cgroup, two_sle
         memory_other = run_in(cgroup, READ_MEMORY, str(other))
         memory_protected = run_in(cgroup, READ_MEMORY, str(protected))
         got = decisions(g)
-        action, status = stopped(g)
+        action, status = stopped(g, "ptrace")
     assert [(p.returncode, p.stdout) for p in (environ_other, memory_other)] == [(0, "read\n")] * 2
     assert memory_protected.returncode == status and memory_protected.stdout == ""
     assert [(e.name, e.data.method, e.target_context.pid, e.policy.rule, e.action) for e in got] == [
@@ -482,7 +484,7 @@ def test_ptrace_decisions_name_the_process_reached(cgroup):
         traceme = run_in(cgroup, TRACEME)
         getfd = run_in(cgroup, GETFD_ON_AN_EVENTFD)
         got = decisions(g)
-        action, _ = stopped(g)
+        action, _ = stopped(g, "ptrace")
     parent, child = map(int, traceme.stdout.split())
     assert ((getfd.returncode, getfd.stdout),
             [(e.name, e.pid, e.data.method, e.target_context.pid, e.policy.rule, e.action) for e in got]) == (

@@ -2,7 +2,8 @@
  * syscalls, then reads it. Raw syscalls: no liburing needed.
  * A second argument "fd0" closes descriptor 0 first, so the open returns 0;
  * "overflow" fills the completion queue with NOPs first, so the open's
- * completion overflows it. Exit: 0 read ok, 2 io_uring unavailable, 3 the
+ * completion overflows it; "fixed" opens into a registered (fixed) file table
+ * slot, no descriptor at all, and reads through the slot. Exit: 0 read ok, 2 io_uring unavailable, 3 the
  * open (or the read) failed, with the error on stderr. */
 #include <fcntl.h>
 #include <linux/io_uring.h>
@@ -43,11 +44,17 @@ int main(int argc, char **argv)
 		if (syscall(__NR_io_uring_enter, ring, 1, 0, 0, NULL, 0) < 0)
 			return 2;
 	}
+	int fixed = argc > 2 && strcmp(argv[2], "fixed") == 0;
+	int no_file = -1;
+	if (fixed && syscall(__NR_io_uring_register, ring, IORING_REGISTER_FILES, &no_file, 1) < 0)
+		return 2;
 	memset(sqe, 0, sizeof(*sqe));
 	sqe->opcode = IORING_OP_OPENAT;
 	sqe->fd = AT_FDCWD;
 	sqe->addr = (unsigned long)argv[1];
 	sqe->open_flags = O_RDONLY;
+	if (fixed)
+		sqe->file_index = 1; /* slot 0 */
 	array[0] = 0;
 	__atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
 	if (syscall(__NR_io_uring_enter, ring, 1, overflow ? 0 : 1, overflow ? 0 : IORING_ENTER_GETEVENTS, NULL, 0) < 0)
@@ -65,6 +72,26 @@ int main(int argc, char **argv)
 		return 3;
 	}
 	char buf[64];
+	if (fixed) {
+		/* Read through slot 0: the file never had a descriptor. */
+		__atomic_store_n(head, *head + 1, __ATOMIC_RELEASE);
+		memset(sqe, 0, sizeof(*sqe));
+		sqe->opcode = IORING_OP_READ;
+		sqe->flags = IOSQE_FIXED_FILE;
+		sqe->fd = 0;
+		sqe->addr = (unsigned long)buf;
+		sqe->len = sizeof(buf);
+		__atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+		if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+			return 2;
+		cqe = (struct io_uring_cqe *)(cq + p.cq_off.cqes) + (*head & (p.cq_entries - 1));
+		if (cqe->res < 0) {
+			fprintf(stderr, "io_uring read: %s\n", strerror(-cqe->res));
+			return 3;
+		}
+		printf("read through io_uring\n");
+		return 0;
+	}
 	if (read(fd, buf, sizeof(buf)) < 0) {
 		perror("read");
 		return 3;
