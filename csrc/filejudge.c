@@ -43,6 +43,8 @@
 #define MARK_DIR_MASK (MARK_MASK | FAN_EVENT_ON_CHILD | FAN_ONDIR)
 #define QUEUE_CAP 4096
 #define SEEN_ACCESSES 256
+#define MAX_MOUNTS 64
+#define NEW_DIR_MASK (FAN_CREATE | FAN_MOVED_TO | FAN_ONDIR)
 /* Each mark pins its inode in memory: a tree larger than this is refused. */
 #define MAX_MARKS 262144
 /* Open addressing, grown at half full. */
@@ -56,10 +58,22 @@ struct protected_inode {
 
 struct rg_file_judge {
 	int fan_fd, stop_fd, wake_fd;
+	/* Directories made or moved beneath a protected one: a notification
+	 * group (FAN_CREATE, FAN_MOVED_TO of directories) and the thread that
+	 * marks them. Not the judge's thread: marking a tree opens its
+	 * directories, and only the judge can answer those opens. */
+	int notify_fd;
 	int cfg_fd, tainted_fd;
 	char cgroup_root[PATH_MAX];
-	pthread_t thread;
-	int started;
+	pthread_t thread, tracker;
+	int started, tracker_started;
+	/* A descriptor on each filesystem with protected directories, for
+	 * open_by_handle_at(). */
+	struct {
+		unsigned long long dev;
+		int fd;
+	} mounts[MAX_MOUNTS];
+	unsigned int n_mounts;
 
 	pthread_mutex_t lock; /* the table and the queue */
 	struct protected_inode *table;
@@ -139,6 +153,32 @@ static int table_put(struct rg_file_judge *j, const struct protected_inode *p)
 	return 0;
 }
 
+static int remember_mount(struct rg_file_judge *j, unsigned long long dev, const char *path, char *err,
+			  size_t errlen)
+{
+	int known = 0, fd;
+
+	pthread_mutex_lock(&j->lock);
+	for (unsigned int i = 0; i < j->n_mounts; i++)
+		known |= j->mounts[i].dev == dev;
+	pthread_mutex_unlock(&j->lock);
+	if (known)
+		return 0;
+	if (j->n_mounts == MAX_MOUNTS) {
+		snprintf(err, errlen, "protecting %s: protected directories on more than %d filesystems", path,
+			 MAX_MOUNTS);
+		return -E2BIG;
+	}
+	/* Not O_PATH: open_by_handle_at() refuses those. */
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+		return judge_fail(err, errlen, errno, "protecting %s", path);
+	pthread_mutex_lock(&j->lock);
+	j->mounts[j->n_mounts].dev = dev;
+	j->mounts[j->n_mounts++].fd = fd;
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
 static int mark_one(struct rg_file_judge *j, const char *path, const struct stat *st, unsigned int kind,
 		    unsigned int rule_index, char *err, size_t errlen)
 {
@@ -156,9 +196,14 @@ static int mark_one(struct rg_file_judge *j, const char *path, const struct stat
 	}
 	if (ret)
 		return judge_fail(err, errlen, -ret, "protecting %s", path);
+	/* Opened before it is marked: the opener never waits on the judge. */
+	if (p.is_dir && (ret = remember_mount(j, p.dev, path, err, errlen)))
+		return ret;
 	/* In the table before the mark: the first event finds its rule. */
 	if (fanotify_mark(j->fan_fd, FAN_MARK_ADD, p.is_dir ? MARK_DIR_MASK : MARK_MASK, AT_FDCWD, path))
 		return judge_fail(err, errlen, errno, "fanotify_mark(%s) for open and read permission", path);
+	if (p.is_dir && fanotify_mark(j->notify_fd, FAN_MARK_ADD, NEW_DIR_MASK, AT_FDCWD, path))
+		return judge_fail(err, errlen, errno, "fanotify_mark(%s) for new directories", path);
 	return 0;
 }
 
@@ -494,6 +539,78 @@ static void *judge_thread(void *arg)
 	return NULL;
 }
 
+/* ---- directories made beneath protected ones ---- */
+
+/* Marks the directory an event names (its parent's handle and its name),
+ * and everything already in it, under its parent's rule. */
+static void mark_new_directory(struct rg_file_judge *j, const struct fanotify_event_info_fid *info)
+{
+	struct file_handle *handle = (struct file_handle *)info->handle;
+	const char *name = (const char *)handle->f_handle + handle->handle_bytes;
+	char link[64], parent_path[PATH_MAX], path[PATH_MAX + 256], err[512];
+	struct stat st;
+	int parent = -1;
+	ssize_t n;
+
+	pthread_mutex_lock(&j->lock);
+	unsigned int n_mounts = j->n_mounts;
+	pthread_mutex_unlock(&j->lock);
+	/* Only ever appended to: the first n_mounts stay as they are. */
+	for (unsigned int i = 0; i < n_mounts && parent < 0; i++)
+		parent = open_by_handle_at(j->mounts[i].fd, handle, O_PATH | O_CLOEXEC);
+	if (parent < 0 || fstat(parent, &st))
+		goto out;
+	pthread_mutex_lock(&j->lock);
+	const struct protected_inode *p = table_find(j, kernel_dev(st.st_dev), st.st_ino);
+	struct protected_inode rule = p ? *p : (struct protected_inode){ 0 };
+	pthread_mutex_unlock(&j->lock);
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", parent);
+	n = readlink(link, parent_path, sizeof(parent_path) - 1);
+	if (!rule.dev || n <= 0)
+		goto out;
+	parent_path[n] = 0;
+	snprintf(path, sizeof(path), "%s/%s", parent_path, name);
+	rg_file_judge_mark(j, path, rule.kind, rule.rule_index, err, sizeof(err));
+out:
+	if (parent >= 0)
+		close(parent);
+}
+
+static void *tracker_thread(void *arg)
+{
+	struct rg_file_judge *j = arg;
+	char buf[16384] __attribute__((aligned(8)));
+	sigset_t all;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	for (;;) {
+		struct pollfd fds[2] = { { .fd = j->notify_fd, .events = POLLIN }, { .fd = j->stop_fd, .events = POLLIN } };
+		if (poll(fds, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (fds[1].revents)
+			break;
+		ssize_t n = read(j->notify_fd, buf, sizeof(buf));
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			break;
+		}
+		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n)) {
+			struct fanotify_event_info_fid *info = (void *)((char *)m + m->metadata_len);
+			if (m->vers != FANOTIFY_METADATA_VERSION || !(m->mask & FAN_ONDIR) ||
+			    m->event_len < m->metadata_len + sizeof(*info) ||
+			    info->hdr.info_type != FAN_EVENT_INFO_TYPE_DFID_NAME)
+				continue;
+			mark_new_directory(j, info);
+		}
+	}
+	return NULL;
+}
+
 /* ---- lifecycle ---- */
 
 static int init_group(void)
@@ -527,11 +644,17 @@ int rg_file_judge_open(int cfg_fd, int tainted_fd, const char *cgroup_root, stru
 	}
 	j->cfg_fd = cfg_fd;
 	j->tainted_fd = tainted_fd;
-	j->stop_fd = j->wake_fd = -1;
+	j->stop_fd = j->wake_fd = j->notify_fd = -1;
 	snprintf(j->cgroup_root, sizeof(j->cgroup_root), "%s", cgroup_root);
 	pthread_mutex_init(&j->lock, NULL);
 	if ((j->fan_fd = init_group()) < 0) {
 		ret = judge_fail(err, errlen, errno, "%s", "fanotify_init(FAN_CLASS_CONTENT): the file judge");
+		goto error;
+	}
+	j->notify_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_CLOEXEC | FAN_NONBLOCK |
+				     FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS, O_RDONLY | O_CLOEXEC);
+	if (j->notify_fd < 0) {
+		ret = judge_fail(err, errlen, errno, "%s", "fanotify_init(FAN_REPORT_DFID_NAME): the file judge");
 		goto error;
 	}
 	if ((j->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
@@ -544,6 +667,11 @@ int rg_file_judge_open(int cfg_fd, int tainted_fd, const char *cgroup_root, stru
 		goto error;
 	}
 	j->started = 1;
+	if ((ret = pthread_create(&j->tracker, NULL, tracker_thread, j))) {
+		ret = judge_fail(err, errlen, ret, "%s", "starting the file judge's directory tracker");
+		goto error;
+	}
+	j->tracker_started = 1;
 	*out = j;
 	return 0;
 error:
@@ -609,6 +737,8 @@ void rg_file_judge_close(struct rg_file_judge *j)
 		}
 		pthread_join(j->thread, NULL);
 	}
+	if (j->tracker_started)
+		pthread_join(j->tracker, NULL);
 	/* Closing the group allows whatever waits for an answer. */
 	if (j->fan_fd >= 0)
 		close(j->fan_fd);
@@ -616,6 +746,10 @@ void rg_file_judge_close(struct rg_file_judge *j)
 		close(j->stop_fd);
 	if (j->wake_fd >= 0)
 		close(j->wake_fd);
+	if (j->notify_fd >= 0)
+		close(j->notify_fd);
+	for (unsigned int i = 0; i < j->n_mounts; i++)
+		close(j->mounts[i].fd);
 	pthread_mutex_destroy(&j->lock);
 	free(j->table);
 	free(j->queue);

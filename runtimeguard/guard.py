@@ -85,6 +85,13 @@ class GuardStats(TracerStats, frozen=True):
     """Events waiting in the audit log's retry queue."""
     audit_coalesced: int = 0
     """Decisions in the audit log only as part of a line's ``repeated`` count."""
+    file_judge_asked: int = 0
+    """The fanotify backend: permission events answered (opens and reads of
+    marked files, by any process: those out of scope are allowed)."""
+    file_judge_denied: int = 0
+    """Of them, refused with EPERM."""
+    file_judge_marks: int = 0
+    """Files and directories marked."""
 
 
 class GuardResult(msgspec.Struct):
@@ -342,6 +349,7 @@ class Guard:
                 self._mutations.close()
                 self._mutations = None
             if tracer is not None:
+                judge = tracer.file_judge_stats() if tracer.running else (0, 0, 0)
                 tracer.close()
                 self._tracer = None
             if self._cgroup_fd >= 0:
@@ -353,7 +361,7 @@ class Guard:
             self._remove_decoys()
             if tracer is not None and not tracer.running:
                 try:
-                    self._final_stats = self._make_stats(tracer.stats(), audit)
+                    self._final_stats = self._make_stats(tracer.stats(), audit, judge)
                 except RuntimeGuardError:
                     pass
 
@@ -401,11 +409,12 @@ class Guard:
             if self._final_stats is not None:
                 return self._final_stats
             raise RuntimeGuardError("this guard has not been started")
-        return self._make_stats(self._tracer.stats(), self._audit)
+        return self._make_stats(self._tracer.stats(), self._audit, self._tracer.file_judge_stats())
 
     @staticmethod
-    def _make_stats(ts: TracerStats, audit: Optional[AuditLogger]) -> GuardStats:
+    def _make_stats(ts: TracerStats, audit: Optional[AuditLogger], judge: tuple[int, int, int]) -> GuardStats:
         fields = msgspec.structs.asdict(ts)
+        fields.update(zip(("file_judge_asked", "file_judge_denied", "file_judge_marks"), judge))
         if audit is None:
             return GuardStats(**fields)
         return GuardStats(**fields, audit_lost=dict(audit.dropped_by_kind), audit_lost_total=audit.dropped,

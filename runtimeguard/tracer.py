@@ -429,12 +429,23 @@ class Tracer:
         self._usable()
         return self._read_stats()
 
-    def _read_stats(self) -> TracerStats:
+    def _native_stats(self):
         s = ffi.new("struct rg_stats *")
         with self._native.lock:
             if self._native.ptr is None:
                 raise TracerStateError("this Tracer is closed")
             lib.rg_tracer_stats(self._native.ptr, s)
+        return s
+
+    def file_judge_stats(self) -> tuple[int, int, int]:
+        """The guard's fanotify file judge: (permission events answered, of
+        them refused, inodes marked); zeros where it does not run."""
+        self._usable()
+        s = self._native_stats()
+        return s.file_judge_asked, s.file_judge_denied, s.file_judge_marks
+
+    def _read_stats(self) -> TracerStats:
+        s = self._native_stats()
         names = {v: k for k, v in EVENT_IDS.items()}
         delivered = {names.get(k, f"kind-{k}"): s.delivered[k] for k in range(lib.RG_KIND_SLOTS) if s.delivered[k]}
         lost = {names.get(k, f"kind-{k}"): s.lost[k] for k in range(lib.RG_KIND_SLOTS) if s.lost[k]}
