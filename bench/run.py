@@ -131,7 +131,7 @@ class BenchCgroup:
         os.rmdir(self.path)
 
 
-def spawn_generator(calls, rate=0, mode="openat", cgroup=None):
+def spawn_generator(calls, rate=0, mode="openat", cgroup=None, env=None):
     def setup():
         os.sched_setaffinity(0, GEN_CPUS)
         if cgroup is not None:
@@ -139,7 +139,8 @@ def spawn_generator(calls, rate=0, mode="openat", cgroup=None):
                 f.write("0")
 
     gen = subprocess.Popen([GEN, mode, str(calls)] + ([str(rate)] if rate else []), stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True, preexec_fn=setup)
+                           stdout=subprocess.PIPE, text=True, preexec_fn=setup,
+                           env=None if env is None else dict(os.environ, **env))
     line = gen.stdout.readline()
     if line.strip() != "ready":
         gen.kill()
@@ -408,6 +409,113 @@ def run_rss():
             "achieved": achieved}
 
 
+# The guard's file judges (fanotify backend, against the tracepoint one):
+# what a guarded workload's opens of files nobody protects cost, on the
+# protected files' filesystem, and how long a protected open waits for its
+# answer.
+FILE_GUARD_CALLS = int(os.environ.get("BENCH_FILE_GUARD_CALLS", 300_000))
+DECISION_CALLS = int(os.environ.get("BENCH_DECISION_CALLS", 3_000))
+FILE_GUARD_TARGET = 0.10  # added cost per unrelated open, of an untraced openat+close
+PROTECTED_TREE = (10, 100)  # directories, files in each
+
+
+def file_guard_tree():
+    """A protected tree and token, and an unrelated file beside them (same filesystem)."""
+    import tempfile
+
+    os.makedirs(OUT, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="files-", dir=OUT)
+    dirs, files = PROTECTED_TREE
+    for d in range(dirs):
+        os.makedirs(os.path.join(root, "protected", f"d{d}"))
+        for f in range(files):
+            with open(os.path.join(root, "protected", f"d{d}", f"f{f}"), "w") as fh:
+                fh.write("secret\n")
+    for name in ("token", "unrelated"):
+        with open(os.path.join(root, name), "w") as fh:
+            fh.write("x\n")
+    return root
+
+
+def open_loop(path, calls, cgroup, latencies=False):
+    """The generator's openat loop on path, in cgroup: ns per call, and with
+    latencies, p50/p99 ns per open."""
+    env = {"WORKLOAD_PATH": path}
+    if latencies:
+        env["WORKLOAD_LATENCIES"] = "1"
+    gen = spawn_generator(calls, cgroup=cgroup, env=env)
+    go(gen)
+    out = gen.stdout.readline().split()
+    gen.wait()
+    result = {"ns_per_call": int(out[0]) / calls, "failed": int(out[1])}
+    if latencies:
+        result.update(p50_ns=int(out[2]), p99_ns=int(out[3]))
+    return result
+
+
+@contextlib.contextmanager
+def guarding(root, cgroup, backend, protect=True):
+    """A guard in enforce mode on cgroup, protecting root's tree and token
+    (or nothing), its decisions polled on a thread so none waits for room."""
+    import threading
+
+    from runtimeguard.guard import Guard
+    from runtimeguard.policy import Policy
+
+    protected = [os.path.join(root, "token"), os.path.join(root, "protected")] if protect else []
+    policy = Policy.from_dict({"version": 1, "mode": "enforce", "files": {"protect": protected}})
+    stop = threading.Event()
+    with Guard(policy, cgroup=cgroup.path, backend=backend) as g:
+        def poll():
+            while not stop.is_set():
+                g.poll(0.05)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            yield g
+        finally:
+            stop.set()
+            poller.join()
+
+
+def run_file_guard():
+    """Interleaved runs: untraced, fanotify guard, tracepoint guard."""
+    import shutil
+
+    root = file_guard_tree()
+    unrelated, token = os.path.join(root, "unrelated"), os.path.join(root, "token")
+    runs = {"untraced": [], "fanotify": [], "unmarked": [], "tracepoint": [], "untraced_token": [], "decision": []}
+    try:
+        with BenchCgroup() as cgroup:
+            open_loop(unrelated, FILE_GUARD_CALLS, cgroup)  # warm-up
+            for _ in range(REPEATS):
+                runs["untraced"].append(open_loop(unrelated, FILE_GUARD_CALLS, cgroup))
+                runs["untraced_token"].append(open_loop(token, DECISION_CALLS, cgroup, latencies=True))
+                # The same guard with nothing to protect: what the marks add.
+                with guarding(root, cgroup, "fanotify", protect=False):
+                    runs["unmarked"].append(open_loop(unrelated, FILE_GUARD_CALLS, cgroup))
+                for backend in ("fanotify", "tracepoint"):
+                    with guarding(root, cgroup, backend) as g:
+                        runs[backend].append(open_loop(unrelated, FILE_GUARD_CALLS, cgroup))
+                        if backend == "fanotify":
+                            decided = open_loop(token, DECISION_CALLS, cgroup, latencies=True)
+                            marks = g.stats().file_judge_marks
+                    if backend == "fanotify":
+                        decided["marks"] = marks
+                        runs["decision"].append(decided)
+                print("file guard: untraced {:.0f} ns, fanotify {:.0f} ns (nothing protected {:.0f} ns), tracepoint "
+                      "{:.0f} ns per unrelated open; protected open p50 {:.1f} us".format(
+                          *(runs[k][-1]["ns_per_call"] for k in ("untraced", "fanotify", "unmarked", "tracepoint")),
+                          runs["decision"][-1]["p50_ns"] / 1000), flush=True)
+    finally:
+        shutil.rmtree(root)
+    refused = [r["failed"] for r in runs["decision"]]
+    if any(f != DECISION_CALLS for f in refused):
+        raise RuntimeError(f"the fanotify guard refused {refused} of {DECISION_CALLS} protected opens")
+    return runs
+
+
 def median(runs, key):
     return statistics.median(r[key] for r in runs)
 
@@ -416,11 +524,65 @@ def fmt(v, unit=""):
     return "-" if v is None else f"{v:,.1f}{unit}"
 
 
+def file_guard_rows(runs):
+    base = median(runs["untraced"], "ns_per_call")
+    rows = [{"metric": f"guard files: unrelated openat+close on the protected files' filesystem, untraced, ns/call",
+             "runtimeguard": None, "reference": None, "value": base, "ratio": None, "target": None,
+             "verdict": None}]
+    protected = f"{PROTECTED_TREE[0] * PROTECTED_TREE[1] + PROTECTED_TREE[0] + 2:,} inodes marked"
+    marks = median(runs["fanotify"], "ns_per_call") - median(runs["unmarked"], "ns_per_call")
+    rows.append({"metric": f"guard files, fanotify marks ({protected}): added ns per unrelated openat+close of a "
+                           "guarded process, against the same guard protecting nothing",
+                 "runtimeguard": marks, "reference": base, "ratio": marks / base, "ratio_label": "x untraced",
+                 "target": f"<= {FILE_GUARD_TARGET:.2f}x untraced",
+                 "verdict": "PASS" if marks / base <= FILE_GUARD_TARGET else "FALL SHORT"})
+    for backend in ("fanotify", "tracepoint"):
+        added = median(runs[backend], "ns_per_call") - base
+        rows.append({"metric": f"guard files, whole guard ({backend} backend, {protected if backend == 'fanotify' else 'the same files protected'}): "
+                               "added ns per unrelated openat+close of a guarded process (syscall tracepoints included)",
+                     "runtimeguard": added, "reference": base, "ratio": added / base, "ratio_label": "x untraced",
+                     "target": None, "verdict": None})
+    for pct in ("p50", "p99"):
+        decided = median(runs["decision"], f"{pct}_ns")
+        untraced = median(runs["untraced_token"], f"{pct}_ns")
+        rows.append({"metric": f"guard files (fanotify backend): decision latency {pct}, us per protected open "
+                               "refused (EPERM), against the same open untraced",
+                     "runtimeguard": decided / 1000, "reference": untraced / 1000, "ratio": decided / untraced,
+                     "target": None, "verdict": None})
+    return rows
+
+
+def print_table(rows):
+    header = ("metric", "runtimeguard", "reference", "ratio", "target", "verdict")
+    table = []
+    for r in rows:
+        if "value" in r:
+            cells = (r["metric"], fmt(r["value"]) + r.get("value_label", " (untraced)"), "", "", "-", "-")
+        else:
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}{r.get('ratio_label', 'x ref')}"
+            if "ratio_to_target" in r:
+                ratio += f", {r['ratio_to_target']:.2f}x target"
+            cells = (r["metric"], fmt(r["runtimeguard"]), fmt(r["reference"]), ratio, r["target"] or "-",
+                     r["verdict"] or "-")
+        table.append(cells)
+    widths = [max(len(str(c[i])) for c in [header] + table) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    print()
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for cells in table:
+        print(line(cells))
+    print()
+
+
 def main():
     if os.geteuid() != 0:
         sys.exit("bench/run.py needs root (loading BPF programs)")
     build()
     os.sched_setaffinity(0, CONSUMER_CPUS)
+    if sys.argv[1:] == ["files"]:
+        print_table(file_guard_rows(run_file_guard()))
+        return
     started = time.monotonic()
     ensure_bcc()
     raw = {"untraced": [], "reference": [], "bcc": [], "runtimeguard": []}
@@ -477,6 +639,7 @@ def main():
           "(220 on the reference machine)",
           flush=True)
 
+    file_guard = run_file_guard()
     from runtimeguard.tracer import DEFAULT_MAX_LATENCY_MS
     loss = run_loss()
     latency = run_latency(DEFAULT_MAX_LATENCY_MS)
@@ -526,6 +689,7 @@ def main():
          "target": f"within {RSS_TARGET_GROWTH * 100:.0f} %",
          "verdict": "PASS" if rss["growth"] is not None and abs(rss["growth"]) <= RSS_TARGET_GROWTH else "FALL SHORT"},
     ]
+    rows += file_guard_rows(file_guard)
     # The other loops, and the programs' run time, right after the openat row.
     at = 4
     for mode, times in prog_time.items():
@@ -549,26 +713,7 @@ def main():
                          f"the added cost is within the untraced runs' spread ({spread:,.0f} ns): "
                          "too small to measure against the operation's own cost here"})
 
-    header = ("metric", "runtimeguard", "reference", "ratio", "target", "verdict")
-    table = []
-    for r in rows:
-        if "value" in r:
-            cells = (r["metric"], fmt(r["value"]) + r.get("value_label", " (untraced)"), "", "", "-", "-")
-        else:
-            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}{r.get('ratio_label', 'x ref')}"
-            if "ratio_to_target" in r:
-                ratio += f", {r['ratio_to_target']:.2f}x target"
-            cells = (r["metric"], fmt(r["runtimeguard"]), fmt(r["reference"]), ratio, r["target"] or "-",
-                     r["verdict"] or "-")
-        table.append(cells)
-    widths = [max(len(str(c[i])) for c in [header] + table) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    print()
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for cells in table:
-        print(line(cells))
-    print()
+    print_table(rows)
     print(f"{CALLS:,} calls per run, {REPEATS} runs each, medians; generator on CPU {sorted(GEN_CPUS)}, "
           f"consumers on CPU {sorted(CONSUMER_CPUS)}; reference drains every {REF_DRAIN_MS} ms, "
           f"runtimeguard in its default configuration.")
@@ -592,6 +737,7 @@ def main():
         "loss": loss,
         "latency": latency,
         "rss": rss,
+        "file_guard": file_guard,
         "seconds": time.monotonic() - started,
     }
     os.makedirs(OUT, exist_ok=True)

@@ -332,29 +332,62 @@ static void skip_missing_hooks(struct bpf_object *obj)
 	btf__free(vmlinux);
 }
 
-/* The guard's tracepoint judges, which its LSM hooks replace where BPF LSM
- * runs: one set or the other is loaded, so no operation is judged twice. */
-static const char *const tracepoint_judges[] = {
-	"rg_guard_open",   "rg_guard_creat",     "rg_guard_openat",    "rg_guard_openat2",
-	"rg_guard_by_handle", "rg_guard_socket", "rg_guard_ptrace",    "rg_guard_vm_readv",
-	"rg_guard_vm_writev", "rg_guard_pidfd_getfd", "rg_guard_uring", "rg_guard_uring_overflow",
-	"rg_guard_tainted_egress", "rg_guard_clone", "rg_guard_clone3",
-};
+#define RG_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-static void choose_guard_backend(struct bpf_object *obj, int lsm)
+/* Which backend each guard program belongs to, declared once through the
+ * skeleton's typed program pointers (a renamed program does not compile).
+ * Every program is in exactly one list, or the guard does not load: a new
+ * program cannot end up in both backends and judge one operation twice.
+ * The fanotify backend is the tracepoint one with files judged elsewhere
+ * (rg_guard_config.files_by_fanotify). */
+static int choose_guard_backend(struct rg_guard *g, int lsm, char *err, size_t errlen)
 {
+	struct bpf_program *both[] = {
+		g->progs.rg_guard_connect4, g->progs.rg_guard_connect6, g->progs.rg_guard_sendmsg4,
+		g->progs.rg_guard_sendmsg6, g->progs.rg_guard_sock_create, g->progs.rg_guard_fork,
+		g->progs.rg_guard_exit,
+	};
+	struct bpf_program *lsm_hooks[] = {
+		g->progs.rg_lsm_socket_sendmsg, g->progs.rg_lsm_socket_create, g->progs.rg_lsm_ptrace_access,
+		g->progs.rg_lsm_ptrace_traceme, g->progs.rg_lsm_task_alloc, g->progs.rg_lsm_file_open,
+		g->progs.rg_lsm_unlink, g->progs.rg_lsm_rmdir, g->progs.rg_lsm_rename, g->progs.rg_lsm_truncate,
+		g->progs.rg_lsm_chmod, g->progs.rg_lsm_chown, g->progs.rg_lsm_mknod, g->progs.rg_lsm_mkdir,
+		g->progs.rg_lsm_symlink, g->progs.rg_lsm_link,
+	};
+	struct bpf_program *tracepoint_judges[] = {
+		g->progs.rg_guard_open, g->progs.rg_guard_creat, g->progs.rg_guard_openat, g->progs.rg_guard_openat2,
+		g->progs.rg_guard_by_handle, g->progs.rg_guard_uring, g->progs.rg_guard_uring_overflow,
+		g->progs.rg_guard_socket, g->progs.rg_guard_ptrace, g->progs.rg_guard_vm_readv,
+		g->progs.rg_guard_vm_writev, g->progs.rg_guard_pidfd_getfd, g->progs.rg_guard_clone,
+		g->progs.rg_guard_clone3, g->progs.rg_guard_tainted_egress,
+	};
+	const struct {
+		struct bpf_program **progs;
+		size_t count;
+		int load;
+	} backends[] = {
+		{ both, RG_COUNT(both), 1 },
+		{ lsm_hooks, RG_COUNT(lsm_hooks), lsm },
+		{ tracepoint_judges, RG_COUNT(tracepoint_judges), !lsm },
+	};
 	struct bpf_program *prog;
 
-	bpf_object__for_each_program(prog, obj) {
-		int judge = 0;
+	bpf_object__for_each_program(prog, g->obj) {
+		int lists = 0;
 
-		for (size_t i = 0; i < sizeof(tracepoint_judges) / sizeof(tracepoint_judges[0]); i++)
-			judge |= !strcmp(bpf_program__name(prog), tracepoint_judges[i]);
-		if (bpf_program__type(prog) == BPF_PROG_TYPE_LSM)
-			bpf_program__set_autoload(prog, lsm);
-		else if (judge)
-			bpf_program__set_autoload(prog, !lsm);
+		for (size_t b = 0; b < RG_COUNT(backends); b++) {
+			for (size_t i = 0; i < backends[b].count; i++) {
+				if (backends[b].progs[i] != prog)
+					continue;
+				lists++;
+				bpf_program__set_autoload(prog, backends[b].load);
+			}
+		}
+		if (lists != 1)
+			return fail(err, errlen, -EINVAL, "guard program %s is in %d backend lists, not exactly one",
+				    bpf_program__name(prog), lists);
 	}
+	return 0;
 }
 
 static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
@@ -377,8 +410,8 @@ static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 			return fail(err, errlen, ret, "%s sensor: sharing map %s", sensor_names[i], shared_maps[m]);
 		}
 	}
-	if (i == SENSOR_GUARD)
-		choose_guard_backend(s->obj, t->opts.guard_lsm);
+	if (i == SENSOR_GUARD && (ret = choose_guard_backend(s->skel, t->opts.guard_lsm, err, errlen)))
+		return ret;
 	skip_missing_hooks(s->obj);
 	if ((ret = bpf_object__load(s->obj)))
 		return fail(err, errlen, ret, "loading the %s sensor's BPF programs", sensor_names[i]);

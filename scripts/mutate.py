@@ -243,6 +243,42 @@ MUTATIONS: tuple[Mutation, ...] = (
         "\t(void)flags; /* mutated: clone3 never judged */\n\treturn 0;\n}\n\n/* current is the parent",
         ("tests/test_guard.py::test_a_process_sharing_the_descriptor_table_is_never_created",),
         "clone3 with CLONE_FILES creates a process sharing the caller's descriptor table unjudged"),
+    Mutation(
+        "fanotify-judge-never-denies", "csrc/filejudge.c",
+        "\tif (action == RG_ACTION_BLOCKED)\n\t\tresp->response = FAN_DENY;",
+        "\t(void)0; /* mutated: reported blocked, allowed */",
+        ("tests/test_guard_files.py",),
+        "the fanotify judge reports `blocked` but lets the open through"),
+    Mutation(
+        "fanotify-judge-ignores-scope", "csrc/filejudge.c",
+        "\tif (opener_in_scope(j, pid, &cfg, &cgroup_id) != 1)\n\t\treturn 0;",
+        "\topener_in_scope(j, pid, &cfg, &cgroup_id); /* mutated: every opener judged */",
+        ("tests/test_guard_files.py",),
+        "the fanotify judge refuses processes outside the guard's scope"),
+    Mutation(
+        "fanotify-judge-taints-nothing", "csrc/filejudge.c",
+        "\t\tbpf_map_update_elem(j->tainted_fd, &pid, &one, BPF_ANY);",
+        "\t\t(void)one; /* mutated: no taint */",
+        GUARD_TESTS,
+        "a decoy opened under the fanotify backend does not taint its reader"),
+    Mutation(
+        "fanotify-reads-reported-each-time", "csrc/filejudge.c",
+        "\tif (m->mask & FAN_ACCESS_PERM) {",
+        "\tif (0) { /* mutated: every read reported */",
+        ("tests/test_guard_files.py",),
+        "each read of a protected file is reported, not each process's first access"),
+    Mutation(
+        "new-directories-not-marked", "csrc/filejudge.c",
+        "\t\t\tmark_new_directory(j, info);",
+        "\t\t\t(void)info; /* mutated */",
+        ("tests/test_guard_files.py",),
+        "a directory made beneath a protected one while the guard runs is not protected"),
+    Mutation(
+        "judged-decisions-after-the-ring", "csrc/tracer.c",
+        "\t\ttake_judged_until(t, ((const struct rg_header *)data)->timestamp_ns);",
+        "\t\t(void)0; /* mutated: the judge's decisions come after the ring's records */",
+        GUARD_TESTS,
+        "a decoy's open comes after the sends it tainted in the stream"),
 )
 
 

@@ -49,6 +49,10 @@ def decisions(g: Guard) -> list:
         out += got
 
 
+# The file judges this kernel runs without BPF LSM.
+FILE_BACKENDS = ("fanotify", "tracepoint")
+
+
 def stopped(g: Guard, area: str) -> tuple[str, int]:
     """What a refusal in area ("files" or "ptrace") does to a Python workload,
     per backend: (action, exit status). EPERM where it is refused before the
@@ -76,11 +80,12 @@ def tcp_listener():
 
 # ---------------------------------------------------------------- files.action: report
 
-def test_files_action_report_lets_opens_and_changes_through_and_reports_them(files, cgroup):
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
+def test_files_action_report_lets_opens_and_changes_through_and_reports_them(files, cgroup, backend):
     policy = Policy.from_dict({"version": 1, "name": "report", "mode": "enforce", "files": {
         "protect": [str(files / "token"), str(files / "secrets")], "action": "report"}})
     token_st, key_st = os.stat(files / "token"), os.stat(files / "secrets" / "id_rsa")
-    with Guard(policy, cgroup=cgroup) as g:
+    with Guard(policy, cgroup=cgroup, backend=backend) as g:
         read_token = run_in(cgroup, f"print(open({str(files / 'token')!r}).read(), end='')")
         read_key = run_in(cgroup, f"print(open({str(files / 'secrets' / 'id_rsa')!r}).read(), end='')")
         # Lives on after the change: there would be someone to kill.
@@ -119,7 +124,8 @@ OPEN_THEN_SAY = """
 """
 
 
-def test_mirage_kill_stops_the_decoy_opener_while_files_are_only_reported(files, cgroup):
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
+def test_mirage_kill_stops_the_decoy_opener_while_files_are_only_reported(files, cgroup, backend):
     """mirage.kill and files.action are separate switches: with kill on for
     decoys and report for protected files, the decoy's opener is stopped and
     the protected file's reader is not."""
@@ -127,7 +133,7 @@ def test_mirage_kill_stops_the_decoy_opener_while_files_are_only_reported(files,
     policy = Policy.from_dict({"version": 1, "mode": "enforce",
                                "files": {"protect": [str(files / "token")], "action": "report"},
                                "mirage": {"decoys": [{"path": str(decoy), "template": "env"}], "kill": True}})
-    with Guard(policy, cgroup=cgroup) as g:
+    with Guard(policy, cgroup=cgroup, backend=backend) as g:
         decoy_st = os.stat(decoy)
         opener = run_in(cgroup, OPEN_THEN_SAY, str(decoy))
         reader = run_in(cgroup, OPEN_THEN_SAY, str(files / "token"))
@@ -159,17 +165,18 @@ READ_THEN_CONNECT = """
 """
 
 
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
 @pytest.mark.parametrize("sources,decoy_taints,file_taints", [
     (["files"], False, True),
     (["mirage"], True, False),
 ])
-def test_taint_from_only_the_named_sources(files, cgroup, tcp_listener, sources, decoy_taints, file_taints):
+def test_taint_from_only_the_named_sources(files, cgroup, tcp_listener, sources, decoy_taints, file_taints, backend):
     decoy = files / "aws-credentials"
     policy = Policy.from_dict({"version": 1, "mode": "enforce",
                                "files": {"protect": [str(files / "token")], "action": "report"},
                                "mirage": {"decoys": [{"path": str(decoy)}]},
                                "taint": {"from": sources, "block_egress": True}})
-    with Guard(policy, cgroup=cgroup) as g:
+    with Guard(policy, cgroup=cgroup, backend=backend) as g:
         after_decoy = run_in(cgroup, READ_THEN_CONNECT, str(decoy), str(tcp_listener))
         after_file = run_in(cgroup, READ_THEN_CONNECT, str(files / "token"), str(tcp_listener))
         got = decisions(g)

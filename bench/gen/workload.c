@@ -2,7 +2,9 @@
  *
  *   workload MODE N [RATE]
  *
- * MODE openat:  openat(AT_FDCWD, "/dev/null", O_RDONLY) + close
+ * MODE openat:  openat(AT_FDCWD, PATH, O_RDONLY) + close, PATH from the
+ *               environment's WORKLOAD_PATH, else /dev/null (an open that
+ *               fails counts as failed: a guard's refusal is timed too)
  *      connect: a TCP connect to a listener on 127.0.0.1 (this process's
  *               own), the accept, and both sockets closed with an RST (no
  *               TIME_WAIT, so ports never run out)
@@ -11,7 +13,9 @@
  * Prints "ready", waits for a line on stdin (so a tracer can attach to this
  * pid first), runs N operations as fast as possible or, with RATE > 0, paced
  * to RATE per second (busy-waiting on clock_gettime), then prints the elapsed
- * nanoseconds of the loop and the number of failed operations.
+ * nanoseconds of the loop and the number of failed operations. With
+ * WORKLOAD_LATENCIES set, each operation is timed too, and the median and
+ * 99th percentile (ns) follow on the same line.
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -59,9 +63,11 @@ static void close_with_reset(int fd)
 	close(fd);
 }
 
+static const char *open_path = "/dev/null";
+
 static int one_openat(void)
 {
-	int fd = openat(AT_FDCWD, "/dev/null", O_RDONLY);
+	int fd = openat(AT_FDCWD, open_path, O_RDONLY);
 	if (fd < 0)
 		return -1;
 	close(fd);
@@ -94,6 +100,12 @@ static int one_exec(void)
 	return 0;
 }
 
+static int by_value(const void *a, const void *b)
+{
+	long long x = *(const long long *)a, y = *(const long long *)b;
+	return (x > y) - (x < y);
+}
+
 int main(int argc, char **argv)
 {
 	int (*one)(void) = NULL;
@@ -116,6 +128,9 @@ int main(int argc, char **argv)
 
 	if (one == one_connect && setup_listener())
 		return 1;
+	if (getenv("WORKLOAD_PATH"))
+		open_path = getenv("WORKLOAD_PATH");
+	long long *latencies = getenv("WORKLOAD_LATENCIES") ? calloc(n > 0 ? n : 1, sizeof(long long)) : NULL;
 	printf("ready\n");
 	fflush(stdout);
 	if (!fgets(line, sizeof(line), stdin))
@@ -130,10 +145,19 @@ int main(int argc, char **argv)
 			while (now_ns() < due)
 				;
 		}
+		long long start = latencies ? now_ns() : 0;
 		if (one())
 			failed++;
+		if (latencies)
+			latencies[i] = now_ns() - start;
 	}
 	long long elapsed = now_ns() - t0;
+	if (latencies && n > 0) {
+		qsort(latencies, n, sizeof(long long), by_value);
+		printf("%lld %lld %lld %lld\n", elapsed, failed, latencies[n / 2], latencies[n * 99 / 100]);
+		fflush(stdout);
+		return 0;
+	}
 	printf("%lld %lld\n", elapsed, failed);
 	fflush(stdout);
 	return failed ? 1 : 0;
