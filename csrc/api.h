@@ -33,6 +33,7 @@ struct rg_stats {
 	unsigned long long file_judge_asked;  /* fanotify permission events answered */
 	unsigned long long file_judge_denied; /* of them, refused (EPERM) */
 	unsigned long long file_judge_marks;  /* inodes marked */
+	unsigned long long file_judge_pre_content_marks; /* of them, refusing truncate(2) too */
 };
 
 /* One poll's events: a msgpack array of event maps, valid until the next poll. */

@@ -17,6 +17,7 @@
  * the guard never waits on itself. If the guard dies, the kernel allows
  * every pending and later open (fail-open). */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -41,6 +42,15 @@
 
 #define MARK_MASK (FAN_OPEN_PERM | FAN_ACCESS_PERM)
 #define MARK_DIR_MASK (MARK_MASK | FAN_EVENT_ON_CHILD | FAN_ONDIR)
+/* Pre-content events (Linux 6.14+, filesystems that allow them: ext4, xfs,
+ * btrfs): raised before a read, a write or a truncate, truncate(2) by path
+ * included, which nothing else here can refuse. Older headers lack them. */
+#ifndef FAN_PRE_ACCESS
+#define FAN_PRE_ACCESS 0x00100000
+#endif
+#ifndef FAN_CLASS_PRE_CONTENT
+#define FAN_CLASS_PRE_CONTENT 0x08
+#endif
 #define QUEUE_CAP 4096
 #define SEEN_ACCESSES 256
 #define MAX_MOUNTS 64
@@ -82,6 +92,7 @@ struct rg_file_judge {
 	unsigned int head, count;
 	unsigned long long lost[RG_KIND_SLOTS];
 	unsigned long long asked, denied;
+	size_t pre_content_marks; /* marks that refuse truncate(2) too */
 
 	/* The thread's own: the latest (process, inode) pairs reported. A read
 	 * is reported only when its process was not seen opening or reading
@@ -179,6 +190,18 @@ static int remember_mount(struct rg_file_judge *j, unsigned long long dev, const
 	return 0;
 }
 
+/* Adds pre-content events to a mark where the kernel and the filesystem
+ * have them; where not (EINVAL before 6.14, EOPNOTSUPP on tmpfs), the mark
+ * refuses opens and reads only. */
+static void mark_pre_content(struct rg_file_judge *j, int dirfd, const char *path, int is_dir)
+{
+	if (fanotify_mark(j->fan_fd, FAN_MARK_ADD, FAN_PRE_ACCESS | (is_dir ? FAN_EVENT_ON_CHILD : 0), dirfd, path))
+		return;
+	pthread_mutex_lock(&j->lock);
+	j->pre_content_marks++;
+	pthread_mutex_unlock(&j->lock);
+}
+
 static int mark_one(struct rg_file_judge *j, const char *path, const struct stat *st, unsigned int kind,
 		    unsigned int rule_index, char *err, size_t errlen)
 {
@@ -202,6 +225,7 @@ static int mark_one(struct rg_file_judge *j, const char *path, const struct stat
 	/* In the table before the mark: the first event finds its rule. */
 	if (fanotify_mark(j->fan_fd, FAN_MARK_ADD, p.is_dir ? MARK_DIR_MASK : MARK_MASK, AT_FDCWD, path))
 		return judge_fail(err, errlen, errno, "fanotify_mark(%s) for open and read permission", path);
+	mark_pre_content(j, AT_FDCWD, path, p.is_dir);
 	if (p.is_dir && fanotify_mark(j->notify_fd, FAN_MARK_ADD, NEW_DIR_MASK, AT_FDCWD, path))
 		return judge_fail(err, errlen, errno, "fanotify_mark(%s) for new directories", path);
 	return 0;
@@ -391,6 +415,29 @@ static void opened_name(int fd, char *name)
 	memcpy(name, base, len < RG_PATH_LEN ? len : RG_PATH_LEN - 1);
 }
 
+/* Whether pid has a descriptor of the inode st describes. stat() of
+ * /proc/<pid>/fd/N follows the link without opening the file. */
+static int holds_descriptor(unsigned int pid, const struct stat *st)
+{
+	struct dirent *entry;
+	char dir[64], path[64 + sizeof(entry->d_name)];
+	struct stat at;
+	int found = 0;
+
+	snprintf(dir, sizeof(dir), "/proc/%u/fd", pid);
+	DIR *fds = opendir(dir);
+	if (!fds)
+		return 0;
+	while (!found && (entry = readdir(fds))) {
+		if (entry->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, entry->d_name);
+		found = !stat(path, &at) && at.st_dev == st->st_dev && at.st_ino == st->st_ino;
+	}
+	closedir(fds);
+	return found;
+}
+
 /* ---- deciding ---- */
 
 /* Decides one event: fills resp, and rec when the decision is reported.
@@ -428,17 +475,27 @@ static int decide(struct rg_file_judge *j, const struct fanotify_event_metadata 
 		pthread_mutex_lock(&j->lock);
 		int ret = table_put(j, &sub);
 		pthread_mutex_unlock(&j->lock);
-		if (!ret)
-			fanotify_mark(j->fan_fd, FAN_MARK_ADD, MARK_DIR_MASK, m->fd, NULL);
+		if (!ret && !fanotify_mark(j->fan_fd, FAN_MARK_ADD, MARK_DIR_MASK, m->fd, NULL))
+			mark_pre_content(j, m->fd, NULL, 1);
 	}
 
 	int mirage = prot.kind == RG_PROTECT_MIRAGE;
 	unsigned int act = mirage ? cfg.mirage_kill : cfg.file_kill;
 	unsigned int action = cfg.mode != RG_MODE_ENFORCE ? RG_ACTION_WOULD_BLOCK
 			      : act ? RG_ACTION_BLOCKED : RG_ACTION_REPORTED;
+	/* A pre-content event from a process that holds no descriptor of the
+	 * file: truncate(2) by path, a change. Refused, it is reported here;
+	 * let through, the change watch reports it once it has happened. */
+	int change = (m->mask & FAN_PRE_ACCESS) && !holds_descriptor(pid, &st);
+	if (change) {
+		if (action == RG_ACTION_BLOCKED)
+			resp->response = FAN_DENY;
+		else
+			return 0;
+	}
 
 	/* Tainted before the answer: nothing it does after the open escapes. */
-	if ((cfg.taint_from & (1U << prot.kind)) && action != RG_ACTION_BLOCKED) {
+	if (!change && (cfg.taint_from & (1U << prot.kind)) && action != RG_ACTION_BLOCKED) {
 		unsigned char one = 1;
 		bpf_map_update_elem(j->tainted_fd, &pid, &one, BPF_ANY);
 	}
@@ -447,7 +504,7 @@ static int decide(struct rg_file_judge *j, const struct fanotify_event_metadata 
 
 	unsigned long long dev = kernel_dev(st.st_dev);
 	struct seen_access access = { .dev = dev, .ino = st.st_ino, .pid = pid, .action = action };
-	if (m->mask & FAN_ACCESS_PERM) {
+	if (!change && (m->mask & (FAN_ACCESS_PERM | FAN_PRE_ACCESS))) {
 		for (unsigned int i = 0; i < SEEN_ACCESSES; i++)
 			if (!memcmp(&j->seen[i], &access, sizeof(access)))
 				return 0;
@@ -460,7 +517,8 @@ static int decide(struct rg_file_judge *j, const struct fanotify_event_metadata 
 	rec->hdr.timestamp_ns = now.tv_sec * 1000000000ULL + now.tv_nsec;
 	rec->hdr.seq = 0; /* made in user space: not numbered by a CPU */
 	rec->hdr.cgroup_id = cgroup_id;
-	rec->hdr.kind = mirage ? RG_KIND_MIRAGE_TRAP : RG_KIND_OPEN_INODE;
+	rec->hdr.kind = change ? RG_KIND_PROTECTED_FILE_CHANGED : mirage ? RG_KIND_MIRAGE_TRAP : RG_KIND_OPEN_INODE;
+	rec->flags = change ? RG_CHANGE_MODIFY : 0;
 	int cpu = sched_getcpu();
 	rec->hdr.cpu = cpu < 0 ? 0 : cpu;
 	rec->hdr.pid = rec->hdr.tid = pid;
@@ -615,8 +673,12 @@ static void *tracker_thread(void *arg)
 
 static int init_group(void)
 {
-	return fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS,
-			     O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+	unsigned int flags = FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS;
+	/* The pre-content class is the one pre-content events need; it also
+	 * takes every permission event the content class takes. */
+	int fd = fanotify_init(FAN_CLASS_PRE_CONTENT | flags, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+
+	return fd >= 0 ? fd : fanotify_init(FAN_CLASS_CONTENT | flags, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
 }
 
 int rg_file_judge_probe(char *err, size_t errlen)
@@ -716,12 +778,13 @@ void rg_file_judge_lost(struct rg_file_judge *j, unsigned long long *lost)
 }
 
 void rg_file_judge_counts(struct rg_file_judge *j, unsigned long long *asked, unsigned long long *denied,
-			  unsigned long long *marks)
+			  unsigned long long *marks, unsigned long long *pre_content_marks)
 {
 	*asked = __atomic_load_n(&j->asked, __ATOMIC_RELAXED);
 	*denied = __atomic_load_n(&j->denied, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&j->lock);
 	*marks = j->marks;
+	*pre_content_marks = j->pre_content_marks;
 	pthread_mutex_unlock(&j->lock);
 }
 

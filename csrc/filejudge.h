@@ -24,8 +24,10 @@ int rg_file_judge_wake_fd(struct rg_file_judge *j);
 unsigned int rg_file_judge_take(struct rg_file_judge *j, struct rg_block_record *out, unsigned int max);
 /* Decisions the queue could not hold, per kind, since the start. */
 void rg_file_judge_lost(struct rg_file_judge *j, unsigned long long *lost);
+/* Events answered, refused, inodes marked, and of the marks those that
+ * refuse truncate(2) too (pre-content events). */
 void rg_file_judge_counts(struct rg_file_judge *j, unsigned long long *asked, unsigned long long *denied,
-			  unsigned long long *marks);
+			  unsigned long long *marks, unsigned long long *pre_content_marks);
 /* Stops the thread and closes the group: opens it had not answered yet are
  * allowed by the kernel. */
 void rg_file_judge_close(struct rg_file_judge *j);

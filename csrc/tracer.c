@@ -898,7 +898,8 @@ void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out)
 		memcpy(out->lost, t->lost_seen, sizeof(out->lost));
 	}
 	if (t->judge)
-		rg_file_judge_counts(t->judge, &out->file_judge_asked, &out->file_judge_denied, &out->file_judge_marks);
+		rg_file_judge_counts(t->judge, &out->file_judge_asked, &out->file_judge_denied, &out->file_judge_marks,
+				     &out->file_judge_pre_content_marks);
 	out->malformed = t->enc.malformed;
 	out->bytes = t->bytes;
 	out->polls = t->polls;

@@ -48,7 +48,7 @@ _LSM_STRENGTH = {
 }
 KILL_AFTER = "tracepoint + bpf_send_signal(SIGKILL) (kill after the syscall)"
 FANOTIFY_FILES = ("fanotify permission events (EPERM before the open, whatever makes it: any open syscall, "
-                  "32-bit, io_uring, exec, overlayfs; reads through descriptors opened before the guard refused)")
+                  "32-bit, io_uring, exec, overlayfs; a read through a descriptor handed into the scope refused)")
 CHANGES_DETECTED = "fanotify (detected after the fact, the process killed then)"
 DETECT_ONLY = "detect only"
 UNAVAILABLE = "unavailable (syscall tracepoints do not work)"

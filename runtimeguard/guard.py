@@ -14,12 +14,15 @@ What each mechanism guarantees (see README, "Security"):
   data discarded, before the guard detaches (tracepoint backend, enforce mode).
 - files, decoys, ptrace, process memory, packet sockets, changes to protected
   files: where BPF LSM runs (the "lsm" backend), LSM hooks refuse the
-  operation before it happens and the caller gets EPERM. Elsewhere (the
-  "tracepoint" backend) they are detected at the syscall tracepoints and in
-  enforce mode the caller is sent SIGKILL there: the syscall itself may
-  complete (an open has already opened the file), but the process never
-  returns to user space to use the result; changes by path are detected
-  through fanotify after the fact.
+  operation before it happens and the caller gets EPERM. Elsewhere the
+  "fanotify" backend refuses opens of protected files and decoys with EPERM
+  before the open (fanotify permission events, answered in C by
+  csrc/filejudge.c), and the rest is detected at the syscall tracepoints,
+  where in enforce mode the caller is sent SIGKILL: the syscall itself may
+  complete, but the process never returns to user space to use the result.
+  The "tracepoint" backend (where fanotify permission events are missing too)
+  does the same for files. Changes by path are detected through fanotify
+  after the fact.
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ class GuardStats(TracerStats, frozen=True):
     """Of them, refused with EPERM."""
     file_judge_marks: int = 0
     """Files and directories marked."""
+    file_judge_marks_refusing_truncate: int = 0
+    """Of them, those whose filesystem takes fanotify pre-content events
+    (Linux 6.14+; ext4, xfs, btrfs, not tmpfs): ``truncate(2)`` by path is
+    refused there too."""
 
 
 class GuardResult(msgspec.Struct):
@@ -295,13 +302,17 @@ class Guard:
                 raise RuntimeGuardError("this policy's scope is a command: use run(argv) or guard(), "
                                         "or give the Guard a cgroup")
             self._cgroup = scope.cgroup  # None for the whole host
+        root = environment.cgroup2_mount()
         if self._cgroup is not None:
-            root = environment.cgroup2_mount()
-            path = self._cgroup if os.path.isabs(self._cgroup) else os.path.join(root, self._cgroup)
+            path = os.path.realpath(self._cgroup if os.path.isabs(self._cgroup) else os.path.join(root, self._cgroup))
+            if os.path.commonpath([path, root]) != root or not os.path.isfile(os.path.join(path, "cgroup.procs")):
+                raise RuntimeGuardError(f"scope: {self._cgroup!r} is not a cgroup v2 directory (under {root}, "
+                                        "or a path relative to it)")
+        if self._cgroup is not None and path != root:
             scope_id, scope_level = os.stat(path).st_ino, os.path.relpath(path, root).count("/") + 1
             self._scope_path = "/" + os.path.relpath(path, root)
-        else:
-            path, scope_id, scope_level = environment.cgroup2_mount(), 0, 0
+        else:  # the whole host, the hierarchy's root included
+            path, scope_id, scope_level = root, 0, 0
         self.backend = choose_backend(self._backend)
         self.mechanisms = guard_mechanisms(self.backend)
         try:
@@ -349,7 +360,7 @@ class Guard:
                 self._mutations.close()
                 self._mutations = None
             if tracer is not None:
-                judge = tracer.file_judge_stats() if tracer.running else (0, 0, 0)
+                judge = tracer.file_judge_stats() if tracer.running else (0, 0, 0, 0)
                 tracer.close()
                 self._tracer = None
             if self._cgroup_fd >= 0:
@@ -412,9 +423,10 @@ class Guard:
         return self._make_stats(self._tracer.stats(), self._audit, self._tracer.file_judge_stats())
 
     @staticmethod
-    def _make_stats(ts: TracerStats, audit: Optional[AuditLogger], judge: tuple[int, int, int]) -> GuardStats:
+    def _make_stats(ts: TracerStats, audit: Optional[AuditLogger], judge: tuple[int, int, int, int]) -> GuardStats:
         fields = msgspec.structs.asdict(ts)
-        fields.update(zip(("file_judge_asked", "file_judge_denied", "file_judge_marks"), judge))
+        fields.update(zip(("file_judge_asked", "file_judge_denied", "file_judge_marks",
+                           "file_judge_marks_refusing_truncate"), judge))
         if audit is None:
             return GuardStats(**fields)
         return GuardStats(**fields, audit_lost=dict(audit.dropped_by_kind), audit_lost_total=audit.dropped,

@@ -311,7 +311,9 @@ class ProtectedFileChangedData(_Decision, tag="protected_file_changed"):
     unlink, rename, truncate, chmod/chown, a new entry. Where BPF LSM runs, the
     change is refused before it happens (``blocked``, EPERM to the caller;
     ``detected_not_prevented`` false). Elsewhere it is seen through fanotify
-    after the fact, and in enforce mode with ``files.action: kill`` the process
+    after the fact (fanotify's permission events cover opens, so a change
+    that needs one, a write or ``O_TRUNC``, is an ``open_inode`` refusal
+    instead), and in enforce mode with ``files.action: kill`` the process
     that did it is killed then."""
 
     operation: Literal["delete", "move", "create", "modify", "attributes"]

@@ -437,12 +437,13 @@ class Tracer:
             lib.rg_tracer_stats(self._native.ptr, s)
         return s
 
-    def file_judge_stats(self) -> tuple[int, int, int]:
+    def file_judge_stats(self) -> tuple[int, int, int, int]:
         """The guard's fanotify file judge: (permission events answered, of
-        them refused, inodes marked); zeros where it does not run."""
+        them refused, inodes marked, of them those that refuse truncate(2)
+        too); zeros where it does not run."""
         self._usable()
         s = self._native_stats()
-        return s.file_judge_asked, s.file_judge_denied, s.file_judge_marks
+        return s.file_judge_asked, s.file_judge_denied, s.file_judge_marks, s.file_judge_pre_content_marks
 
     def _read_stats(self) -> TracerStats:
         s = self._native_stats()

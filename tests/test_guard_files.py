@@ -287,3 +287,59 @@ def test_a_path_fanotify_cannot_judge_is_a_clear_error(tmp_path):
     with pytest.raises(BPFError, match=rf"protecting {fifo}: not a regular file or a directory"):
         guard(policy, ["true"], backend="fanotify")
     assert command_cgroups(os.getpid()) == set()
+
+
+TRUNCATE_BY_PATH = """
+    import os, sys, time
+    try:
+        os.truncate({path!r}, 0)
+    except PermissionError as e:
+        assert e.errno == 1, e
+        sys.exit(3)
+    time.sleep(10)  # a changer that lives on, for the detection to find
+"""
+
+
+def _pre_content_filesystem(path) -> bool:
+    """Whether fanotify pre-content events work on path's filesystem
+    (Linux 6.14+; ext4, xfs, btrfs, not tmpfs): a guard says so by its marks."""
+    policy = Policy.from_dict({"version": 1, "mode": "audit", "files": {"protect": [str(path)]},
+                               "scope": {"type": "host"}})
+    with Guard(policy, backend="fanotify") as g:
+        return g.stats().file_judge_marks_refusing_truncate > 0
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+def test_truncate_by_path_is_refused_where_the_filesystem_has_pre_content_events(secrets_dir, mode):
+    """Class 7: truncate(2) names the file by path and opens nothing. Where
+    the filesystem takes fanotify pre-content events it is refused before
+    it truncates (EPERM, reported as a prevented change); in audit mode it
+    happens, and the change watch reports it."""
+    token = secrets_dir / "token"
+    if not _pre_content_filesystem(token):
+        pytest.skip(f"{token}'s filesystem takes no fanotify pre-content events")
+    result = guard(make_policy(secrets_dir, mode=mode), py(TRUNCATE_BY_PATH.format(path=str(token))),
+                   backend="fanotify")
+    changes = [e for e in result.events if e.name == "protected_file_changed" and e.data.operation == "modify"]
+    assert changes and changes[0].target_context.inode == token.stat().st_ino
+    if mode == "enforce":
+        assert result.exit_status == 3 and token.read_text() == "s3cr3t\n"
+        assert [(e.action, e.data.blocked, e.data.detected_not_prevented) for e in changes] == [
+            ("blocked", True, False)]
+    else:
+        assert token.read_text() == ""
+        assert {(e.action, e.data.detected_not_prevented) for e in changes} == {("would_block", True)}
+
+
+def test_truncate_by_path_on_tmpfs_is_detected_not_prevented(tiny_tmpfs):
+    """tmpfs takes no pre-content events: truncate(2) happens, and is
+    reported after the fact, its process killed in enforce mode."""
+    token = tiny_tmpfs / "token"
+    token.write_text("s3cr3t\n")
+    policy = Policy.from_dict({"version": 1, "mode": "enforce", "files": {"protect": [str(token)]}})
+    g = Guard(policy, backend="fanotify")
+    result = g.run(py(TRUNCATE_BY_PATH.format(path=str(token))))
+    assert g.stats().file_judge_marks_refusing_truncate == 0
+    assert result.exit_status == 128 + 9 and token.read_text() == ""
+    (ev,) = [e for e in result.events if e.name == "protected_file_changed"]
+    assert (ev.data.operation, ev.action, ev.data.detected_not_prevented) == ("modify", "killed", True)

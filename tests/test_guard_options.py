@@ -24,6 +24,7 @@ import threading
 
 import pytest
 
+from runtimeguard.errors import RuntimeGuardError
 from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy
 from test_guard import ping_sockets_allowed  # noqa: F401 - a fixture
@@ -496,3 +497,12 @@ def test_ptrace_decisions_name_the_process_reached(cgroup):
     assert ((getfd.returncode, getfd.stdout),
             [(e.name, e.pid, e.data.method, e.target_context.pid, e.policy.rule, e.action) for e in got]) == (
         (0, "-1 9\n"), [("ptrace_denied", child, "ptrace", parent, "ptrace.deny", action)])
+
+
+@pytest.mark.parametrize("scope", ["/", "/etc", "no-such-cgroup-here"])
+def test_a_scope_that_is_no_cgroup_is_a_clear_error(scope):
+    """An absolute path outside the cgroup2 mount, or one that is no cgroup
+    there, is refused before anything is loaded."""
+    policy = Policy.from_dict({"version": 1, "mode": "enforce", "scope": {"type": "cgroup", "cgroup": scope}})
+    with pytest.raises(RuntimeGuardError, match=rf"scope: '{scope}' is not a cgroup v2 directory"):
+        Guard(policy).start()
