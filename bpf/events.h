@@ -34,6 +34,7 @@
 #define RG_KIND_PTRACE_DENIED 14
 /* 15 (mode_changed) is made by the guard in user space. */
 #define RG_KIND_PROTECTED_FILE_CHANGED 16
+#define RG_KIND_NAMESPACE_DENIED 17
 /* Size of the per-kind counter arrays; kinds stay below it. */
 #define RG_KIND_SLOTS 32
 
@@ -160,6 +161,19 @@ struct rg_memory_record {
 #define RG_CHANGE_MODIFY 4
 #define RG_CHANGE_ATTRIBUTES 5
 
+/* What made or joined a namespace, or mounted (rg_block_record.operation of
+ * RG_KIND_NAMESPACE_DENIED; its flags hold the CLONE_NEW* bits asked for). */
+#define RG_NS_UNSHARE 1
+#define RG_NS_CLONE 2
+#define RG_NS_CLONE3 3
+#define RG_NS_SETNS 4
+#define RG_NS_MOUNT 5
+#define RG_NS_MOVE_MOUNT 6
+#define RG_NS_FSMOUNT 7
+#define RG_NS_OPEN_TREE 8
+#define RG_NS_MOUNT_SETATTR 9
+#define RG_NS_PIVOT_ROOT 10
+
 /* Protected inode kinds (rg_protected_value.kind). */
 #define RG_PROTECT_FILE 1
 #define RG_PROTECT_MIRAGE 2
@@ -183,6 +197,8 @@ struct rg_guard_config {
 	unsigned int guard_tgid;        /* never guarded: the guard itself */
 	unsigned int raw_socket_deny;   /* raw and packet sockets bypass the address hooks */
 	unsigned int files_by_fanotify; /* protected files and decoys are judged by fanotify, not here */
+	unsigned int ns_deny_flags;     /* CLONE_NEW* kinds no guarded process may make or join */
+	unsigned int mount_deny;        /* no guarded process may mount */
 };
 
 /* One egress rule, matched in order by the cgroup socket hooks. */
@@ -218,8 +234,9 @@ struct rg_block_record {
 	unsigned short family;
 	unsigned short port;
 	unsigned short protocol;
-	unsigned short pad;
-	unsigned int flags;       /* ptrace: RG_MEM_* method; raw socket: SOCK_* type; change: RG_CHANGE_* */
+	unsigned short operation; /* namespace: RG_NS_* */
+	unsigned int flags;       /* ptrace: RG_MEM_* method; raw socket: SOCK_* type; change: RG_CHANGE_*;
+				   * namespace: CLONE_NEW* bits */
 	unsigned char addr[RG_ADDR_LEN];
 	unsigned long long dev;
 	unsigned long long ino;
@@ -231,6 +248,7 @@ struct rg_block_record {
 #define RG_RULE_TAINT 0xfffffffeU
 #define RG_RULE_PTRACE_DENY 0xfffffffdU
 #define RG_RULE_RAW_SOCKET 0xfffffffcU
+#define RG_RULE_NAMESPACES 0xfffffffbU
 
 /* Per-CPU counters, one array slot. seq numbers every record a program tried
  * to emit; lost counts those the ring buffer could not take, per kind. */

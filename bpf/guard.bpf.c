@@ -590,10 +590,134 @@ static __always_inline __u32 rg_judge_clone_files(__u64 flags, bool lsm)
 	return action;
 }
 
+/* ---- namespaces and mounts ---- */
+
+#define CLONE_NEWTIME 0x00000080
+#define CLONE_NEWNS 0x00020000
+#define CLONE_NEWCGROUP 0x02000000
+#define CLONE_NEWUTS 0x04000000
+#define CLONE_NEWIPC 0x08000000
+#define CLONE_NEWUSER 0x10000000
+#define CLONE_NEWPID 0x20000000
+#define CLONE_NEWNET 0x40000000
+#define RG_CLONE_NEW_ANY                                                                                        \
+	(CLONE_NEWTIME | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | \
+	 CLONE_NEWNET)
+#define OPEN_TREE_CLONE 1
+
+/* A guarded process making or joining namespaces (kinds: the CLONE_NEW*
+ * bits asked for) or mounting (kinds 0): an agent has no business doing
+ * either. Refused unless the policy allows the kinds, or mounts. A kill at
+ * clone entry leaves no child (see rg_judge_clone_files); unshare and setns
+ * complete, in a process that never returns to user space to use them. */
+static __always_inline __u32 rg_judge_namespace(__u32 operation, __u64 kinds, bool lsm)
+{
+	struct rg_guard_config *cfg = rg_config();
+
+	if (!cfg || !rg_guarded(cfg))
+		return 0;
+	if (kinds ? !(kinds & cfg->ns_deny_flags) : !cfg->mount_deny)
+		return 0;
+	__u32 action = rg_refuse(cfg, true, lsm);
+	struct rg_block_record *e = rg_block_reserve(RG_KIND_NAMESPACE_DENIED, action, RG_RULE_NAMESPACES);
+	if (e) {
+		e->operation = operation;
+		e->flags = kinds & RG_CLONE_NEW_ANY;
+		e->target_pid = bpf_get_current_pid_tgid() >> 32;
+		rg_submit(e);
+	}
+	return action;
+}
+
+SEC("tp/syscalls/sys_enter_unshare")
+int rg_guard_unshare(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[0] & RG_CLONE_NEW_ANY)
+		rg_judge_namespace(RG_NS_UNSHARE, ctx->args[0] & RG_CLONE_NEW_ANY, false);
+	return 0;
+}
+
+/* nstype 0 joins whatever the descriptor names: judged as every kind. */
+SEC("tp/syscalls/sys_enter_setns")
+int rg_guard_setns(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 kinds = ctx->args[1] & RG_CLONE_NEW_ANY;
+
+	rg_judge_namespace(RG_NS_SETNS, kinds ? kinds : RG_CLONE_NEW_ANY, false);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_mount")
+int rg_guard_mount(struct trace_event_raw_sys_enter *ctx)
+{
+	rg_judge_namespace(RG_NS_MOUNT, 0, false);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_move_mount")
+int rg_guard_move_mount(struct trace_event_raw_sys_enter *ctx)
+{
+	rg_judge_namespace(RG_NS_MOVE_MOUNT, 0, false);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_fsmount")
+int rg_guard_fsmount(struct trace_event_raw_sys_enter *ctx)
+{
+	rg_judge_namespace(RG_NS_FSMOUNT, 0, false);
+	return 0;
+}
+
+/* Only a clone makes a mount (detached, usable through its descriptor). */
+SEC("tp/syscalls/sys_enter_open_tree")
+int rg_guard_open_tree(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[2] & OPEN_TREE_CLONE)
+		rg_judge_namespace(RG_NS_OPEN_TREE, 0, false);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_mount_setattr")
+int rg_guard_mount_setattr(struct trace_event_raw_sys_enter *ctx)
+{
+	rg_judge_namespace(RG_NS_MOUNT_SETATTR, 0, false);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_pivot_root")
+int rg_guard_pivot_root(struct trace_event_raw_sys_enter *ctx)
+{
+	rg_judge_namespace(RG_NS_PIVOT_ROOT, 0, false);
+	return 0;
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(rg_lsm_sb_mount, const char *dev_name, const struct path *path, const char *type, unsigned long flags,
+	     void *data, int ret)
+{
+	return ret ? ret : rg_lsm_verdict(rg_judge_namespace(RG_NS_MOUNT, 0, true));
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(rg_lsm_move_mount, const struct path *from_path, const struct path *to_path, int ret)
+{
+	return ret ? ret : rg_lsm_verdict(rg_judge_namespace(RG_NS_MOVE_MOUNT, 0, true));
+}
+
+SEC("lsm/sb_pivotroot")
+int BPF_PROG(rg_lsm_pivotroot, const struct path *old_path, const struct path *new_path, int ret)
+{
+	return ret ? ret : rg_lsm_verdict(rg_judge_namespace(RG_NS_PIVOT_ROOT, 0, true));
+}
+
 SEC("tp/syscalls/sys_enter_clone")
 int rg_guard_clone(struct trace_event_raw_sys_enter *ctx)
 {
-	rg_judge_clone_files(ctx->args[0], false);
+	__u64 flags = ctx->args[0];
+
+	rg_judge_clone_files(flags, false);
+	if (flags & RG_CLONE_NEW_ANY)
+		rg_judge_namespace(RG_NS_CLONE, flags & RG_CLONE_NEW_ANY, false);
 	return 0;
 }
 
@@ -607,8 +731,10 @@ int rg_guard_clone3(struct trace_event_raw_sys_enter *ctx)
 	__u64 flags = 0;
 
 	if (bpf_probe_read_user(&flags, sizeof(flags), (void *)ctx->args[0]))
-		flags = CLONE_FILES;
+		flags = CLONE_FILES | RG_CLONE_NEW_ANY;
 	rg_judge_clone_files(flags, false);
+	if (flags & RG_CLONE_NEW_ANY)
+		rg_judge_namespace(RG_NS_CLONE3, flags & RG_CLONE_NEW_ANY, false);
 	return 0;
 }
 
@@ -617,11 +743,17 @@ int rg_guard_clone3(struct trace_event_raw_sys_enter *ctx)
 SEC("lsm/task_alloc")
 int BPF_PROG(rg_lsm_task_alloc, struct task_struct *task, unsigned long clone_flags, int ret)
 {
-	if (ret || (clone_flags & (CLONE_FILES | CLONE_THREAD)) != CLONE_FILES)
+	int sharing = (clone_flags & (CLONE_FILES | CLONE_THREAD)) == CLONE_FILES;
+
+	if (ret || !(sharing || (clone_flags & RG_CLONE_NEW_ANY)))
 		return ret;
 	if (BPF_CORE_READ(bpf_get_current_task_btf(), flags) & PF_KTHREAD)
 		return 0;
-	return rg_lsm_verdict(rg_judge_clone_files(clone_flags, true));
+	if (sharing && (ret = rg_lsm_verdict(rg_judge_clone_files(clone_flags, true))))
+		return ret;
+	if (clone_flags & RG_CLONE_NEW_ANY)
+		return rg_lsm_verdict(rg_judge_namespace(RG_NS_CLONE, clone_flags & RG_CLONE_NEW_ANY, true));
+	return 0;
 }
 
 /* ---- files: protected inodes, decoys, /proc/<pid>/mem and environ ---- */

@@ -29,6 +29,7 @@ static const char *const kind_names[RG_KIND_SLOTS] = {
 	[RG_KIND_MIRAGE_TRAP] = "mirage_trap",
 	[RG_KIND_PTRACE_DENIED] = "ptrace_denied",
 	[RG_KIND_PROTECTED_FILE_CHANGED] = "protected_file_changed",
+	[RG_KIND_NAMESPACE_DENIED] = "namespace_denied",
 };
 
 static const size_t kind_sizes[RG_KIND_SLOTS] = {
@@ -46,6 +47,7 @@ static const size_t kind_sizes[RG_KIND_SLOTS] = {
 	[RG_KIND_MIRAGE_TRAP] = sizeof(struct rg_block_record),
 	[RG_KIND_PTRACE_DENIED] = sizeof(struct rg_block_record),
 	[RG_KIND_PROTECTED_FILE_CHANGED] = sizeof(struct rg_block_record),
+	[RG_KIND_NAMESPACE_DENIED] = sizeof(struct rg_block_record),
 };
 
 static void mp_name(struct mp_writer *w, const char *s) { mp_str_raw(w, s, strlen(s)); }
@@ -602,6 +604,74 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 	}
 }
 
+/* The namespace kinds, in CLONE_NEW* bit order, as the schema names them. */
+static const struct {
+	unsigned int flag;
+	const char *name;
+} namespace_kinds[] = {
+	{ 0x00000080, "time" }, { 0x00020000, "mnt" },   { 0x02000000, "cgroup" }, { 0x04000000, "uts" },
+	{ 0x08000000, "ipc" },  { 0x10000000, "user" }, { 0x20000000, "pid" },    { 0x40000000, "net" },
+};
+
+static const char *const namespace_operations[] = {
+	[RG_NS_UNSHARE] = "unshare",	 [RG_NS_CLONE] = "clone",	  [RG_NS_CLONE3] = "clone3",
+	[RG_NS_SETNS] = "setns",	 [RG_NS_MOUNT] = "mount",	  [RG_NS_MOVE_MOUNT] = "move_mount",
+	[RG_NS_FSMOUNT] = "fsmount",	 [RG_NS_OPEN_TREE] = "open_tree", [RG_NS_MOUNT_SETATTR] = "mount_setattr",
+	[RG_NS_PIVOT_ROOT] = "pivot_root",
+};
+
+/* A namespace made or joined, or a mount: the operation, the kinds asked
+ * for, and a target that says both ("unshare (user, mnt)"). */
+static void encode_namespace(struct rg_encoder *enc, struct mp_writer *w, const struct rg_block_record *r)
+{
+	const char *operation = r->operation < sizeof(namespace_operations) / sizeof(namespace_operations[0]) &&
+						namespace_operations[r->operation]
+					? namespace_operations[r->operation]
+					: "unshare";
+	char formatted[128], *at = formatted;
+	unsigned int kinds = 0;
+
+	for (size_t i = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++)
+		kinds += (r->flags & namespace_kinds[i].flag) != 0;
+	put(&at, operation, strlen(operation));
+	for (size_t i = 0, n = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++) {
+		if (!(r->flags & namespace_kinds[i].flag))
+			continue;
+		put(&at, n++ ? ", " : " (", 2);
+		put(&at, namespace_kinds[i].name, strlen(namespace_kinds[i].name));
+	}
+	if (kinds)
+		put(&at, ")", 1);
+	encode_head(enc, w, &r->hdr, 2);
+	mp_map(w, 7);
+	mp_lit(w, "type");
+	mp_lit(w, "namespace_denied");
+	mp_lit(w, "rule_index");
+	mp_int(w, -5);
+	mp_lit(w, "blocked");
+	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
+	mp_lit(w, "would_deny");
+	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
+	mp_lit(w, "comm");
+	mp_cstr(w, r->comm, sizeof(r->comm));
+	mp_lit(w, "operation");
+	mp_name(w, operation);
+	mp_lit(w, "namespaces");
+	mp_array(w, kinds);
+	for (size_t i = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++)
+		if (r->flags & namespace_kinds[i].flag)
+			mp_name(w, namespace_kinds[i].name);
+	encode_ids(w, &r->hdr);
+	mp_lit(w, "action");
+	mp_action(w, r->action);
+	mp_lit(w, "target_context");
+	mp_map(w, 2);
+	mp_lit(w, "type");
+	mp_lit(w, "namespace");
+	mp_lit(w, "formatted");
+	mp_str_raw(w, formatted, at - formatted);
+}
+
 int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *data, size_t len)
 {
 	const struct rg_header *h = data;
@@ -619,6 +689,7 @@ int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *da
 	case RG_KIND_NET_SENDMSG: encode_net(enc, w, data); break;
 	case RG_KIND_PTRACE: encode_ptrace(enc, w, data); break;
 	case RG_KIND_PROCESS_MEMORY: encode_memory(enc, w, data); break;
+	case RG_KIND_NAMESPACE_DENIED: encode_namespace(enc, w, data); break;
 	default: encode_block(enc, w, data); break;
 	}
 	enc->delivered[h->kind]++;

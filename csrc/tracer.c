@@ -346,20 +346,25 @@ static int choose_guard_backend(struct rg_guard *g, int lsm, char *err, size_t e
 		g->progs.rg_guard_connect4, g->progs.rg_guard_connect6, g->progs.rg_guard_sendmsg4,
 		g->progs.rg_guard_sendmsg6, g->progs.rg_guard_sock_create, g->progs.rg_guard_fork,
 		g->progs.rg_guard_exit,
+		/* No LSM hook sees these: killed at syscall entry in every backend. */
+		g->progs.rg_guard_unshare, g->progs.rg_guard_setns, g->progs.rg_guard_fsmount,
+		g->progs.rg_guard_open_tree, g->progs.rg_guard_mount_setattr,
 	};
 	struct bpf_program *lsm_hooks[] = {
 		g->progs.rg_lsm_socket_sendmsg, g->progs.rg_lsm_socket_create, g->progs.rg_lsm_ptrace_access,
 		g->progs.rg_lsm_ptrace_traceme, g->progs.rg_lsm_task_alloc, g->progs.rg_lsm_file_open,
 		g->progs.rg_lsm_unlink, g->progs.rg_lsm_rmdir, g->progs.rg_lsm_rename, g->progs.rg_lsm_truncate,
 		g->progs.rg_lsm_chmod, g->progs.rg_lsm_chown, g->progs.rg_lsm_mknod, g->progs.rg_lsm_mkdir,
-		g->progs.rg_lsm_symlink, g->progs.rg_lsm_link,
+		g->progs.rg_lsm_symlink, g->progs.rg_lsm_link, g->progs.rg_lsm_sb_mount, g->progs.rg_lsm_move_mount,
+		g->progs.rg_lsm_pivotroot,
 	};
 	struct bpf_program *tracepoint_judges[] = {
 		g->progs.rg_guard_open, g->progs.rg_guard_creat, g->progs.rg_guard_openat, g->progs.rg_guard_openat2,
 		g->progs.rg_guard_by_handle, g->progs.rg_guard_uring, g->progs.rg_guard_uring_overflow,
 		g->progs.rg_guard_socket, g->progs.rg_guard_ptrace, g->progs.rg_guard_vm_readv,
 		g->progs.rg_guard_vm_writev, g->progs.rg_guard_pidfd_getfd, g->progs.rg_guard_clone,
-		g->progs.rg_guard_clone3, g->progs.rg_guard_tainted_egress,
+		g->progs.rg_guard_clone3, g->progs.rg_guard_tainted_egress, g->progs.rg_guard_mount,
+		g->progs.rg_guard_move_mount, g->progs.rg_guard_pivot_root,
 	};
 	const struct {
 		struct bpf_program **progs;

@@ -58,8 +58,16 @@ def read_process_memory():
         os.kill(target, signal.SIGKILL)
 
 
+def make_namespace():
+    # A user and a mount namespace: where an overlay or a bind mount would
+    # give a private view of the filesystem.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000 | 0x00020000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
 ATTEMPTS = [connect_sinkhole, udp_to_sinkhole, read_shadow, read_decoy_then_send, ptrace_attach,
-            read_process_memory]
+            read_process_memory, make_namespace]
 
 
 def main() -> int:

@@ -269,7 +269,18 @@ def guard_mechanisms(backend: str) -> dict[str, str]:
         enforcement[area] = CHANGES_DETECTED if area == "file_changes" else fallback
     if backend == "fanotify":
         enforcement["files"] = FANOTIFY_FILES
+    enforcement["namespaces"] = _namespaces(False, fallback)
     return enforcement
+
+
+def _namespaces(lsm: bool, fallback: str) -> str:
+    if fallback != KILL_AFTER:
+        return fallback
+    if lsm:
+        return ("BPF LSM (EPERM before clone with new namespaces, mount, move_mount, pivot_root); unshare, setns, "
+                "fsmount, open_tree clones, mount_setattr killed at syscall entry (no LSM hook sees them)")
+    return ("killed at syscall entry (a clone leaves no child; unshare and setns complete in a process that never "
+            "returns to user space; a mount in a namespace the guard shares completes before the kill)")
 
 
 def _enforcement(works: set[str]) -> dict[str, str]:
@@ -285,6 +296,7 @@ def _enforcement(works: set[str]) -> dict[str, str]:
         enforcement[area] = strength if lsm else CHANGES_DETECTED if area == "file_changes" else fallback
     if not lsm and "fanotify_permission" in works:
         enforcement["files"] = FANOTIFY_FILES
+    enforcement["namespaces"] = _namespaces(lsm, fallback)
     # A tainted process's sends on a socket it connected before the taint.
     if lsm:
         enforcement["tainted_sends"] = TAINTED_SOCKETS_LSM

@@ -65,6 +65,10 @@ _RULE_NET_DEFAULT = -1
 _RULE_TAINT = -2
 _RULE_PTRACE_DENY = -3
 _RULE_RAW_SOCKET = -4
+_RULE_NAMESPACES = -5
+# The CLONE_NEW* bit of each namespace kind (policy: namespaces.allow).
+_NAMESPACE_FLAGS = {"time": 0x80, "mnt": 0x20000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08000000,
+                    "user": 0x10000000, "pid": 0x20000000, "net": 0x40000000}
 
 _PROTOCOLS = {"tcp": 6, "udp": 17, "any": 0}
 BACKENDS = ("auto", "lsm", "fanotify", "tracepoint")
@@ -155,8 +159,8 @@ class Guard:
         "tracepoint" (syscall tracepoints kill on all of them). See mechanisms."""
         self.mechanisms: dict[str, str] = {}
         """After start(): per area (network, files, ptrace, process_memory,
-        file_changes, tainted_sends), the mechanism that holds it and what it
-        guarantees."""
+        file_changes, tainted_sends, namespaces), the mechanism that holds it
+        and what it guarantees."""
         self.mode = policy.mode
         self._cgroup = cgroup
         self._audit_path = audit_log
@@ -202,6 +206,8 @@ class Guard:
             return "ptrace.deny"
         if index == _RULE_RAW_SOCKET:
             return "network.raw_sockets"
+        if index == _RULE_NAMESPACES:
+            return "namespaces.deny"
         return self._rules[index] if 0 <= index < len(self._rules) else f"rule #{index}"
 
     def _config(self, scope_id: int, scope_level: int):
@@ -219,6 +225,9 @@ class Guard:
         cfg.scope_cgroup_level = scope_level
         cfg.guard_tgid = os.getpid()
         cfg.files_by_fanotify = self.backend == "fanotify"
+        ns = p.namespaces
+        cfg.ns_deny_flags = sum(bit for kind, bit in _NAMESPACE_FLAGS.items() if kind not in ns.allow) if ns.deny else 0
+        cfg.mount_deny = ns.deny and "mount" not in ns.allow
         return cfg
 
     def _fill_maps(self, tracer: Tracer, scope_id: int, scope_level: int) -> None:
@@ -657,15 +666,16 @@ def choose_backend(requested: str = "auto") -> str:
 
 
 def describe_backend(backend: str) -> str:
-    """What holds files, ptrace and process memory under a backend, in words
-    (the first line of ``runtimeguard run``)."""
+    """What holds files, ptrace, process memory, namespaces and mounts under
+    a backend, in words (the first line of ``runtimeguard run``)."""
     if backend == "lsm":
-        return "BPF LSM hooks: files, ptrace and process memory refused with EPERM before the operation"
+        return ("BPF LSM hooks: files, ptrace, process memory, clones and mounts refused with EPERM before the "
+                "operation; unshare and setns killed at syscall entry")
     _, why = lsm_enforcement()
     if backend == "fanotify":
-        return ("fanotify: files and decoys refused with EPERM before the open; syscall tracepoints: ptrace and "
-                f"process memory killed after the syscall (no BPF LSM: {why})")
-    return f"syscall tracepoints: files, ptrace and process memory killed after the syscall ({why})"
+        return ("fanotify: files and decoys refused with EPERM before the open; syscall tracepoints: ptrace, "
+                f"process memory, namespaces and mounts killed at the syscall (no BPF LSM: {why})")
+    return f"syscall tracepoints: files, ptrace, process memory, namespaces and mounts killed at the syscall ({why})"
 
 
 def _identity(user: str) -> tuple[int, int]:

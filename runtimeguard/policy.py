@@ -142,6 +142,18 @@ class Ptrace(_Section):
     """Processes outside the scope that no guarded process may ptrace or read."""
 
 
+class Namespaces(_Section):
+    deny: bool = True
+    """Guarded processes may not make or join namespaces (unshare, clone and
+    clone3 with CLONE_NEW*, setns) nor mount (mount, move_mount, fsmount,
+    open_tree clones, mount_setattr, pivot_root): an agent has no business
+    doing either, and each is a way around the other rules (an overlay over
+    a protected file, a private view of the filesystem)."""
+    allow: tuple[Literal["time", "mnt", "cgroup", "uts", "ipc", "user", "pid", "net", "mount"], ...] = ()
+    """Exceptions: namespace kinds a guarded process may still make or join,
+    and "mount" for the mount calls."""
+
+
 class Taint(_Section):
     # "from" is a Python keyword: the attribute is ``sources``.
     sources: tuple[Literal["files", "mirage"], ...] = msgspec.field(default=("files", "mirage"), name="from")
@@ -163,6 +175,7 @@ class Policy(_Section, weakref=True):
     mirage: Mirage = msgspec.field(default_factory=Mirage)
     ptrace: Ptrace = msgspec.field(default_factory=Ptrace)
     taint: Taint = msgspec.field(default_factory=Taint)
+    namespaces: Namespaces = msgspec.field(default_factory=Namespaces)
 
     # ---- building ----
 
@@ -625,6 +638,7 @@ class _Validator:
         mirage = replace(p.mirage, decoys=self.decoys(p.mirage.decoys, files.protect))
         self.ptrace(p.ptrace)
         self.taint(p.taint)
+        self.namespaces(p.namespaces)
         return replace(p, network=network, files=files, mirage=mirage)
 
     def scope(self, scope: Scope) -> None:
@@ -752,6 +766,13 @@ class _Validator:
         for i, s in enumerate(taint.sources):
             if s in taint.sources[:i]:
                 self.fail(f"taint.from[{i}]", f"duplicate {s!r}")
+
+    def namespaces(self, namespaces: Namespaces) -> None:
+        for i, kind in enumerate(namespaces.allow):
+            if kind in namespaces.allow[:i]:
+                self.fail(f"namespaces.allow[{i}]", f"duplicate {kind!r}")
+        if namespaces.allow and not namespaces.deny:
+            self.fail("namespaces.allow", "exceptions to a deny that is off (namespaces.deny: false)")
 
 
 def _rule_key(rule: NetRule) -> tuple:

@@ -24,7 +24,9 @@ import msgspec
 # LostData.source and LostData.error (records the audit log could not write,
 # reported as "lost" with source "audit_log"); the clone_files method of
 # ptrace_denied (a process sharing the caller's descriptor table, refused).
-SCHEMA_VERSION = "1.2"
+# 1.3: namespace_denied (a namespace made or joined, or a mount), and the
+# "namespace" target.
+SCHEMA_VERSION = "1.3"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
 # renumbered. The kernel record kinds in bpf/events.h use the same numbers.
@@ -45,6 +47,7 @@ EVENT_IDS: dict[str, int] = {
     "ptrace_denied": 14,
     "mode_changed": 15,
     "protected_file_changed": 16,
+    "namespace_denied": 17,
 }
 EVENT_NAMES: dict[int, str] = {v: k for k, v in EVENT_IDS.items()}
 
@@ -65,6 +68,7 @@ EventName = Literal[
     "ptrace_denied",
     "mode_changed",
     "protected_file_changed",
+    "namespace_denied",
 ]
 
 Action = Literal["observed", "blocked", "would_block", "killed"]
@@ -123,11 +127,12 @@ class TargetContext(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """What an event touched or was stopped from touching.
 
     ``formatted`` is always set: ``127.1.2.3:8080``, ``[::1]:443``,
-    ``/etc/shadow (inode 1234 on 8:1)``, ``pid 4321 (bash)``, and for a refused
-    raw socket ``raw socket (ipv4, protocol 1)``.
+    ``/etc/shadow (inode 1234 on 8:1)``, ``pid 4321 (bash)``, for a refused
+    raw socket ``raw socket (ipv4, protocol 1)``, and for a refused namespace
+    or mount ``unshare (mnt, user)`` or ``mount``.
     """
 
-    type: Literal["ipv4", "ipv6", "inode", "pid", "socket"]
+    type: Literal["ipv4", "ipv6", "inode", "pid", "socket", "namespace"]
     formatted: str
     address: Optional[str] = None
     port: Optional[int] = None
@@ -322,6 +327,19 @@ class ProtectedFileChangedData(_Decision, tag="protected_file_changed"):
     detected_not_prevented: bool = True
 
 
+NamespaceKind = Literal["time", "mnt", "cgroup", "uts", "ipc", "user", "pid", "net"]
+
+
+class NamespaceDeniedData(_Decision, tag="namespace_denied"):
+    """A guarded process made or joined namespaces, or mounted (policy
+    section ``namespaces``). ``namespaces``: the kinds asked for (empty for
+    a mount; every kind for a ``setns`` that does not say)."""
+
+    operation: Literal["unshare", "clone", "clone3", "setns", "mount", "move_mount", "fsmount", "open_tree",
+                       "mount_setattr", "pivot_root"]
+    namespaces: list[NamespaceKind] = []
+
+
 class ModeChangedData(_Data, tag="mode_changed"):
     """A running guard switched between audit and enforce."""
 
@@ -346,10 +364,11 @@ EventData = Union[
     PtraceDeniedData,
     ModeChangedData,
     ProtectedFileChangedData,
+    NamespaceDeniedData,
 ]
 
 BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied",
-                "protected_file_changed")
+                "protected_file_changed", "namespace_denied")
 
 
 class Event(msgspec.Struct, omit_defaults=True, gc=False):

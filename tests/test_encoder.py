@@ -925,8 +925,10 @@ def test_encoded_events_validate_against_the_json_schema(validator, rec):
 
 # ---------------------------------------------------------------- key order
 
-def block_record(kind, rule_index=0, family=0, flags=0, path=b"/etc/shadow", action=lib.RG_ACTION_BLOCKED):
+def block_record(kind, rule_index=0, family=0, flags=0, path=b"/etc/shadow", action=lib.RG_ACTION_BLOCKED,
+                 operation=0):
     rec = ffi.new("struct rg_block_record *")
+    rec.operation = operation
     rec.hdr.kind = kind
     rec.hdr.pid = rec.hdr.tid = 4242
     rec.action = action
@@ -950,6 +952,9 @@ BLOCK_RECORDS = [
     block_record(lib.RG_KIND_MIRAGE_TRAP, path=b""),
     block_record(lib.RG_KIND_PTRACE_DENIED, rule_index=lib.RG_RULE_PTRACE_DENY, flags=lib.RG_MEM_VM_READV),
     block_record(lib.RG_KIND_PROTECTED_FILE_CHANGED, flags=lib.RG_CHANGE_MOVE),
+    block_record(lib.RG_KIND_NAMESPACE_DENIED, rule_index=lib.RG_RULE_NAMESPACES, flags=0x10020000,
+                 operation=lib.RG_NS_UNSHARE),
+    block_record(lib.RG_KIND_NAMESPACE_DENIED, rule_index=lib.RG_RULE_NAMESPACES, operation=lib.RG_NS_MOUNT),
 ]
 DATA_TYPES = {t.__struct_config__.tag: t for t in schema.EventData.__args__}
 
@@ -1027,3 +1032,26 @@ def test_other_decisions_carry_no_detected_not_prevented(rec):
 def test_encoded_decisions_validate_against_the_json_schema(validator, rec):
     validator.validate(encode_untyped(rec))
 
+
+
+CLONE_NEW = {"time": 0x80, "mnt": 0x20000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08000000,
+             "user": 0x10000000, "pid": 0x20000000, "net": 0x40000000}
+NS_OPERATIONS = ["unshare", "clone", "clone3", "setns", "mount", "move_mount", "fsmount", "open_tree",
+                 "mount_setattr", "pivot_root"]
+
+
+@given(operation=st.sampled_from(NS_OPERATIONS), kinds=st.sets(st.sampled_from(sorted(CLONE_NEW))),
+       other_bits=st.integers(0, 2**32 - 1))
+def test_namespace_decisions_name_the_operation_and_every_kind(operation, kinds, other_bits):
+    """Each RG_NS_* operation and CLONE_NEW* bit has its name; bits that name
+    no kind are not reported; the target says both."""
+    flags = sum(CLONE_NEW[k] for k in kinds) | (other_bits & ~sum(CLONE_NEW.values()))
+    rec = block_record(lib.RG_KIND_NAMESPACE_DENIED, rule_index=lib.RG_RULE_NAMESPACES, flags=flags,
+                       operation=getattr(lib, f"RG_NS_{operation.upper()}"))
+    event = encode_untyped(rec)
+    names = [k for k in sorted(CLONE_NEW, key=CLONE_NEW.get) if k in kinds]
+    assert event["data"] == {"type": "namespace_denied", "rule_index": -5, "blocked": True, "would_deny": False,
+                             "comm": "cat", "operation": operation, "namespaces": names}
+    assert event["target_context"] == {"type": "namespace", "formatted": operation + (
+        f" ({', '.join(names)})" if names else "")}
+    assert encode_one(rec).data.namespaces == names

@@ -685,16 +685,19 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # ones depend on the mechanism run's first line names.
 EXPECTED_OUTCOMES = {
     "audit": {"connect_sinkhole": "failed (not by the guard)", "udp_to_sinkhole": "done", "read_shadow": "done",
-              "read_decoy_then_send": "done", "ptrace_attach": "done", "read_process_memory": "done"},
+              "read_decoy_then_send": "done", "ptrace_attach": "done", "read_process_memory": "done",
+              "make_namespace": "done"},
+    # unshare: killed at syscall entry by every backend (no LSM hook sees it).
     "enforce": {"connect_sinkhole": "refused (EPERM)", "udp_to_sinkhole": "refused (EPERM)",
-                "read_decoy_then_send": "refused (EPERM)"},
+                "read_decoy_then_send": "refused (EPERM)", "make_namespace": "killed by SIGKILL"},
 }
 # The first line's mechanism: what happens to the file reads, and to ptrace
 # and memory access, and the actions enforce mode logs.
 BY_MECHANISM = {
     "syscall tracepoints": ("killed by SIGKILL", "killed by SIGKILL", {"blocked", "killed", "observed"}),
     "fanotify": ("refused (EPERM)", "killed by SIGKILL", {"blocked", "killed", "observed"}),
-    "BPF LSM hooks": ("refused (EPERM)", "refused (EPERM)", {"blocked", "observed"}),
+    # unshare: killed by every backend.
+    "BPF LSM hooks": ("refused (EPERM)", "refused (EPERM)", {"blocked", "killed", "observed"}),
 }
 
 
@@ -724,7 +727,8 @@ def test_example_policy_from_the_command_line(tmp_path, mode):
     assert sorted((e.name, e.policy.rule) for e in decisions) == sorted([
         ("connect_denied", "network.deny[0]"), ("exfil_blocked", "network.deny[0]"),
         ("open_inode", "files.protect[0]"), ("mirage_trap", "mirage.decoys[0]"),
-        ("exfil_blocked", "taint.block_egress"), ("ptrace_denied", "ptrace.deny"), ("ptrace_denied", "ptrace.deny")])
+        ("exfil_blocked", "taint.block_egress"), ("ptrace_denied", "ptrace.deny"), ("ptrace_denied", "ptrace.deny"),
+        ("namespace_denied", "namespaces.deny")])
     assert all(e.target_context is not None and e.policy.mode == mode for e in decisions)
     assert {e.action for e in decisions} == (enforce_actions if mode == "enforce" else {"would_block"})
     assert "(rule files.protect[0])" in out.stderr

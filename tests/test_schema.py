@@ -47,6 +47,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy:
         return st.one_of(*(strategy_for(x) for x in t.types))
     if isinstance(t, mi.ListType):
         return st.lists(strategy_for(t.item_type), max_size=3)
+    if isinstance(t, mi.VarTupleType):
+        return st.lists(strategy_for(t.item_type), max_size=3).map(tuple)
     if isinstance(t, mi.DictType):
         return st.dictionaries(strategy_for(t.key_type), strategy_for(t.value_type), max_size=3)
     if isinstance(t, mi.StructType):
@@ -283,6 +285,7 @@ KIND_CONSTANTS = {
     "mirage_trap": "RG_KIND_MIRAGE_TRAP",
     "ptrace_denied": "RG_KIND_PTRACE_DENIED",
     "protected_file_changed": "RG_KIND_PROTECTED_FILE_CHANGED",  # by the LSM hooks, and by fanotify in Python
+    "namespace_denied": "RG_KIND_NAMESPACE_DENIED",
 }
 # Made in Python, never by the kernel.
 USER_SPACE_EVENTS = {"mode_changed"}

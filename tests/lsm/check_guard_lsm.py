@@ -66,7 +66,7 @@ def lsm_runs_here():
 
 def test_capabilities_report_the_lsm_backend():
     e = capabilities().enforcement
-    for area in ("files", "ptrace", "process_memory", "file_changes"):
+    for area in ("files", "ptrace", "process_memory", "file_changes", "namespaces"):
         assert e[area].startswith("BPF LSM"), (area, e[area])
 
 
@@ -433,3 +433,61 @@ def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, scope_cgroup):
         assert (cat.returncode, cat.stdout, cat.stderr) == (1, "", f"cat: {token}: {EPERM}\n"), \
             "cat lives to report EPERM, having read nothing"
         assert g.stats().lost_total > 0
+
+
+# A clone into a new UTS namespace (the raw syscall, with no stack: like
+# fork; not a user namespace, which the kernel refuses in the guest's chroot
+# before any hook runs), a mount, an unshare: what each call got.
+NAMESPACE_CALLS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+what, arg = sys.argv[1], sys.argv[2]
+if what == "clone":
+    pid = libc.syscall(56, 0x04000000 | 17, 0, 0, 0, 0)  # clone(CLONE_NEWUTS | SIGCHLD)
+    if pid == 0:
+        open(arg, "w").close()
+        os._exit(0)
+    print("clone returned", pid, ctypes.get_errno() if pid < 0 else 0, flush=True)
+    if pid > 0:
+        os.waitpid(pid, 0)
+elif what == "mount":
+    r = libc.mount(b"none", arg.encode(), b"tmpfs", 0, None)
+    print("mount returned", r, ctypes.get_errno() if r else 0, flush=True)
+else:
+    libc.unshare(0x10000000)
+    print("unshare returned", flush=True)
+"""
+
+
+def test_a_clone_into_a_new_namespace_gets_eperm(secrets_dir, capfd, tmp_path):
+    """task_alloc refuses it: the caller lives, no child runs."""
+    marker = tmp_path / "child-ran"
+    result = guard(make_policy(secrets_dir), py(NAMESPACE_CALLS) + ["clone", str(marker)])
+    out, err = capfd.readouterr()
+    assert result.exit_status == 0 and out == "clone returned -1 1\n", err
+    time.sleep(0.3)
+    assert not marker.exists(), "no child ran"
+    ev = only(result, "namespace_denied")
+    refused(ev, "namespaces.deny")
+    assert (ev.data.operation, ev.data.namespaces) == ("clone", ["uts"])
+
+
+def test_a_mount_gets_eperm(secrets_dir, capfd, tmp_path):
+    """sb_mount refuses it before anything is mounted."""
+    target = tmp_path / "mnt"
+    target.mkdir()
+    result = guard(make_policy(secrets_dir), py(NAMESPACE_CALLS) + ["mount", str(target)])
+    out, err = capfd.readouterr()
+    assert result.exit_status == 0 and out == "mount returned -1 1\n", err
+    assert not os.path.ismount(target)
+    ev = only(result, "namespace_denied")
+    refused(ev, "namespaces.deny")
+    assert ev.data.operation == "mount" and ev.target_context.formatted == "mount"
+
+
+def test_unshare_has_no_lsm_hook_and_is_killed(secrets_dir, capfd):
+    result = guard(make_policy(secrets_dir), py(NAMESPACE_CALLS) + ["unshare", "-"])
+    out, _ = capfd.readouterr()
+    assert result.exit_status == 128 + 9 and out == ""
+    ev = only(result, "namespace_denied")
+    assert (ev.action, ev.data.operation, ev.data.namespaces) == ("killed", "unshare", ["user"])
