@@ -565,35 +565,47 @@ static void answer(struct rg_file_judge *j, const struct fanotify_event_metadata
 		enqueue(j, &rec);
 }
 
-static void *judge_thread(void *arg)
+/* Reads fd's events, handing each to handle, until the stop descriptor is
+ * signalled; all signals blocked: they are the Python thread's. */
+static void read_events(struct rg_file_judge *j, int fd, char *buf, size_t size,
+			void (*handle)(struct rg_file_judge *, const struct fanotify_event_metadata *))
 {
-	struct rg_file_judge *j = arg;
-	char buf[65536] __attribute__((aligned(8)));
 	sigset_t all;
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	for (;;) {
-		struct pollfd fds[2] = { { .fd = j->fan_fd, .events = POLLIN }, { .fd = j->stop_fd, .events = POLLIN } };
+		struct pollfd fds[2] = { { .fd = fd, .events = POLLIN }, { .fd = j->stop_fd, .events = POLLIN } };
 		if (poll(fds, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			break;
+			return;
 		}
 		if (fds[1].revents)
-			break;
-		ssize_t n = read(j->fan_fd, buf, sizeof(buf));
+			return;
+		ssize_t n = read(fd, buf, size);
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
-			break;
+			return;
 		}
-		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n)) {
-			if (m->vers != FANOTIFY_METADATA_VERSION || m->fd < 0)
-				continue; /* FAN_Q_OVERFLOW: none with an unlimited queue */
-			answer(j, m);
-		}
+		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n))
+			if (m->vers == FANOTIFY_METADATA_VERSION)
+				handle(j, m);
 	}
+}
+
+static void answer_event(struct rg_file_judge *j, const struct fanotify_event_metadata *m)
+{
+	if (m->fd >= 0) /* FAN_Q_OVERFLOW has none: there is none with an unlimited queue */
+		answer(j, m);
+}
+
+static void *judge_thread(void *arg)
+{
+	char buf[65536] __attribute__((aligned(8)));
+
+	read_events(arg, ((struct rg_file_judge *)arg)->fan_fd, buf, sizeof(buf), answer_event);
 	return NULL;
 }
 
@@ -634,38 +646,20 @@ out:
 		close(parent);
 }
 
+static void new_directory_event(struct rg_file_judge *j, const struct fanotify_event_metadata *m)
+{
+	struct fanotify_event_info_fid *info = (void *)((char *)m + m->metadata_len);
+
+	if ((m->mask & FAN_ONDIR) && m->event_len >= m->metadata_len + sizeof(*info) &&
+	    info->hdr.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME)
+		mark_new_directory(j, info);
+}
+
 static void *tracker_thread(void *arg)
 {
-	struct rg_file_judge *j = arg;
 	char buf[16384] __attribute__((aligned(8)));
-	sigset_t all;
 
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	for (;;) {
-		struct pollfd fds[2] = { { .fd = j->notify_fd, .events = POLLIN }, { .fd = j->stop_fd, .events = POLLIN } };
-		if (poll(fds, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
-		}
-		if (fds[1].revents)
-			break;
-		ssize_t n = read(j->notify_fd, buf, sizeof(buf));
-		if (n < 0) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			break;
-		}
-		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n)) {
-			struct fanotify_event_info_fid *info = (void *)((char *)m + m->metadata_len);
-			if (m->vers != FANOTIFY_METADATA_VERSION || !(m->mask & FAN_ONDIR) ||
-			    m->event_len < m->metadata_len + sizeof(*info) ||
-			    info->hdr.info_type != FAN_EVENT_INFO_TYPE_DFID_NAME)
-				continue;
-			mark_new_directory(j, info);
-		}
-	}
+	read_events(arg, ((struct rg_file_judge *)arg)->notify_fd, buf, sizeof(buf), new_directory_event);
 	return NULL;
 }
 

@@ -43,7 +43,7 @@ from msgspec.structs import force_setattr
 
 from . import environment
 from ._native import ffi, lib
-from .audit import DEFAULT_COALESCE_S, DEFAULT_KEEP_FIRST, DEFAULT_MAX_BYTES, AuditLogger, NotificationTracker
+from .audit import DEFAULT_COALESCE_S, DEFAULT_KEEP_FIRST, DEFAULT_MAX_BYTES, AuditLogger
 from .capabilities import fanotify_permission, guard_mechanisms, lsm_enforcement
 from .errors import BPFError, RuntimeGuardError
 from .policy import Policy, guess_template

@@ -239,10 +239,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "starting a thread (CLONE_THREAD | CLONE_FILES) is refused as a process sharing the descriptor table"),
     Mutation(
         "clone3-flags-unread", "bpf/guard.bpf.c",
-        "\trg_judge_clone_files(flags, false);\n\treturn 0;\n}\n\n/* current is the parent",
-        "\t(void)flags; /* mutated: clone3 never judged */\n\treturn 0;\n}\n\n/* current is the parent",
+        "\trg_judge_clone_files(flags, false);\n\tif (flags & RG_CLONE_NEW_ANY)\n\t\trg_judge_namespace(RG_NS_CLONE3",
+        "\t(void)flags; /* mutated: clone3 never judged */\n\tif (flags & RG_CLONE_NEW_ANY)\n\t\trg_judge_namespace(RG_NS_CLONE3",
         ("tests/test_guard.py::test_a_process_sharing_the_descriptor_table_is_never_created",),
         "clone3 with CLONE_FILES creates a process sharing the caller's descriptor table unjudged"),
+    Mutation(
+        "unshare-never-judged", "bpf/guard.bpf.c",
+        "\t\trg_judge_namespace(RG_NS_UNSHARE, ctx->args[0] & RG_CLONE_NEW_ANY, false);",
+        "\t\t(void)0; /* mutated */",
+        ("tests/test_guard_namespaces.py",),
+        "unshare(CLONE_NEW*) by a guarded process goes unjudged"),
+    Mutation(
+        "namespace-allow-list-ignored", "runtimeguard/guard.py",
+        "for kind, bit in _NAMESPACE_FLAGS.items() if kind not in ns.allow)",
+        "for kind, bit in _NAMESPACE_FLAGS.items())  # mutated",
+        ("tests/test_guard_namespaces.py",),
+        "namespaces.allow is ignored: every kind is denied"),
     Mutation(
         "fanotify-judge-never-denies", "csrc/filejudge.c",
         "\tif (action == RG_ACTION_BLOCKED)\n\t\tresp->response = FAN_DENY;",
@@ -263,14 +275,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a decoy opened under the fanotify backend does not taint its reader"),
     Mutation(
         "fanotify-reads-reported-each-time", "csrc/filejudge.c",
-        "\tif (m->mask & FAN_ACCESS_PERM) {",
+        "\tif (!change && (m->mask & (FAN_ACCESS_PERM | FAN_PRE_ACCESS))) {",
         "\tif (0) { /* mutated: every read reported */",
         ("tests/test_guard_files.py",),
         "each read of a protected file is reported, not each process's first access"),
     Mutation(
         "new-directories-not-marked", "csrc/filejudge.c",
-        "\t\t\tmark_new_directory(j, info);",
-        "\t\t\t(void)info; /* mutated */",
+        "\t\tmark_new_directory(j, info);",
+        "\t\t(void)info; /* mutated */",
         ("tests/test_guard_files.py",),
         "a directory made beneath a protected one while the guard runs is not protected"),
     Mutation(

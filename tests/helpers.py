@@ -75,3 +75,11 @@ def unmount(mountpoint) -> None:
     """Unmounts, lazily if the mount is still busy."""
     if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def compiled(directory, source: str, *flags: str) -> str:
+    """tests/<source>, a C program, built with cc into directory; its path."""
+    exe = os.path.join(str(directory), os.path.splitext(source)[0])
+    subprocess.run(["cc", "-O1", *flags, "-o", exe, os.path.join(os.path.dirname(os.path.abspath(__file__)), source)],
+                   check=True)
+    return exe

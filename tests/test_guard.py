@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from helpers import compiled
 from runtimeguard import environment
 from runtimeguard.capabilities import fanotify_permission
 from runtimeguard.errors import RuntimeGuardError
@@ -336,10 +337,7 @@ def test_process_that_changed_a_protected_file_is_killed_after_the_fact(secrets_
 
 @pytest.fixture(scope="module")
 def uring_open(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("uring") / "uring_open"
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "uring_open.c")
-    subprocess.run(["cc", "-O1", "-o", str(exe), source], check=True)
-    return str(exe)
+    return compiled(tmp_path_factory.mktemp("uring"), "uring_open.c")
 
 
 # fd0: the open returns descriptor 0; overflow: its completion overflows the

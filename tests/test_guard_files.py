@@ -9,7 +9,6 @@ beneath a protected one while the guard runs."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 
 import pytest
 
+from helpers import compiled
 from runtimeguard import environment
 from runtimeguard.capabilities import fanotify_permission
 from runtimeguard.errors import BPFError
@@ -107,12 +107,10 @@ def test_open_with_o_trunc_is_refused_before_it_truncates(secrets_dir, mode):
 
 @pytest.fixture(scope="module")
 def int80_open(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("int80") / "int80_open"
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "int80_open.c")
-    subprocess.run(["cc", "-O1", "-no-pie", "-o", str(exe), source], check=True)
-    if subprocess.run([str(exe), "/etc/hostname"], capture_output=True).returncode == 2:
+    exe = compiled(tmp_path_factory.mktemp("int80"), "int80_open.c", "-no-pie")
+    if subprocess.run([exe, "/etc/hostname"], capture_output=True).returncode == 2:
         pytest.skip("this kernel runs no 32-bit syscalls")
-    return str(exe)
+    return exe
 
 
 @pytest.mark.parametrize("mode", ["enforce", "audit"])
@@ -130,12 +128,10 @@ def test_the_32_bit_open_syscall(secrets_dir, int80_open, mode):
 
 @pytest.fixture(scope="module")
 def uring_open(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("uring") / "uring_open"
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "uring_open.c")
-    subprocess.run(["cc", "-O1", "-o", str(exe), source], check=True)
-    if subprocess.run([str(exe), "/etc/hostname", "fixed"], capture_output=True).returncode == 2:
+    exe = compiled(tmp_path_factory.mktemp("uring"), "uring_open.c")
+    if subprocess.run([exe, "/etc/hostname", "fixed"], capture_output=True).returncode == 2:
         pytest.skip("io_uring is disabled on this kernel")
-    return str(exe)
+    return exe
 
 
 def test_io_uring_open_into_the_fixed_file_table_in_audit_mode(secrets_dir, uring_open):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from helpers import compiled
 from runtimeguard.guard import guard
 from runtimeguard.policy import Policy, PolicyError
 
@@ -32,10 +33,7 @@ def denied(events):
 
 @pytest.fixture(scope="module")
 def ns_clone(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("ns") / "ns_clone"
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ns_clone.c")
-    subprocess.run(["cc", "-O1", "-o", str(exe), source], check=True)
-    return str(exe)
+    return compiled(tmp_path_factory.mktemp("ns"), "ns_clone.c")
 
 
 @pytest.mark.parametrize("user", [None, "nobody"])

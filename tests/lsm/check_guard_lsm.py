@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from helpers import compiled
 from runtimeguard.capabilities import capabilities, lsm_enforcement
 from runtimeguard.guard import Guard, guard
 from runtimeguard.policy import Policy
@@ -130,9 +131,7 @@ def test_hard_link_to_a_protected_file_is_refused(secrets_dir, capfd):
 
 
 def test_open_through_io_uring_gets_eperm(secrets_dir, capfd):
-    exe = secrets_dir / "uring_open"
-    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "uring_open.c")
-    subprocess.run(["cc", "-O1", "-o", str(exe), source], check=True)
+    exe = compiled(secrets_dir, "uring_open.c")
     capfd.readouterr()
     result = guard(make_policy(secrets_dir), [str(exe), str(secrets_dir / "token")])
     out, err = capfd.readouterr()
