@@ -157,10 +157,7 @@ class Guard:
         (fanotify permission events refuse opens of protected files and decoys
         with EPERM; syscall tracepoints kill on ptrace and process memory) or
         "tracepoint" (syscall tracepoints kill on all of them). See mechanisms."""
-        self.mechanisms: dict[str, str] = {}
-        """After start(): per area (network, files, ptrace, process_memory,
-        file_changes, tainted_sends, namespaces), the mechanism that holds it
-        and what it guarantees."""
+        self._mechanisms: Optional[dict[str, str]] = None
         self.mode = policy.mode
         self._cgroup = cgroup
         self._audit_path = audit_log
@@ -190,6 +187,17 @@ class Guard:
         """Why those sockets could not be destroyed (no bpf_sock_destroy
         kfunc before Linux 6.5): data they still held may then be sent after
         the guard detached."""
+
+    @property
+    def mechanisms(self) -> dict[str, str]:
+        """After start(): per area (network, files, ptrace, process_memory,
+        file_changes, tainted_sends, namespaces), the mechanism that holds it
+        and what it guarantees. Probed on first use, not at start."""
+        if self.backend is None:
+            return {}
+        if self._mechanisms is None:
+            self._mechanisms = guard_mechanisms(self.backend)
+        return dict(self._mechanisms)
 
     # ---- compiling the policy into map entries ----
 
@@ -323,7 +331,6 @@ class Guard:
         else:  # the whole host, the hierarchy's root included
             path, scope_id, scope_level = root, 0, 0
         self.backend = choose_backend(self._backend)
-        self.mechanisms = guard_mechanisms(self.backend)
         try:
             self._create_decoys()
             self._cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

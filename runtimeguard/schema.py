@@ -337,7 +337,7 @@ class NamespaceDeniedData(_Decision, tag="namespace_denied"):
 
     operation: Literal["unshare", "clone", "clone3", "setns", "mount", "move_mount", "fsmount", "open_tree",
                        "mount_setattr", "pivot_root"]
-    namespaces: list[NamespaceKind] = []
+    namespaces: tuple[NamespaceKind, ...]
 
 
 class ModeChangedData(_Data, tag="mode_changed"):

@@ -1054,4 +1054,4 @@ def test_namespace_decisions_name_the_operation_and_every_kind(operation, kinds,
                              "comm": "cat", "operation": operation, "namespaces": names}
     assert event["target_context"] == {"type": "namespace", "formatted": operation + (
         f" ({', '.join(names)})" if names else "")}
-    assert encode_one(rec).data.namespaces == names
+    assert encode_one(rec).data.namespaces == tuple(names)

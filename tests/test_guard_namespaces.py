@@ -27,7 +27,7 @@ def policy(mode="enforce", **namespaces) -> Policy:
 
 
 def denied(events):
-    return [(e.data.operation, tuple(e.data.namespaces), e.action, e.policy.rule) for e in events
+    return [(e.data.operation, e.data.namespaces, e.action, e.policy.rule) for e in events
             if e.name == "namespace_denied"]
 
 

@@ -468,7 +468,7 @@ def test_a_clone_into_a_new_namespace_gets_eperm(secrets_dir, capfd, tmp_path):
     assert not marker.exists(), "no child ran"
     ev = only(result, "namespace_denied")
     refused(ev, "namespaces.deny")
-    assert (ev.data.operation, ev.data.namespaces) == ("clone", ["uts"])
+    assert (ev.data.operation, ev.data.namespaces) == ("clone", ("uts",))
 
 
 def test_a_mount_gets_eperm(secrets_dir, capfd, tmp_path):
@@ -489,4 +489,4 @@ def test_unshare_has_no_lsm_hook_and_is_killed(secrets_dir, capfd):
     out, _ = capfd.readouterr()
     assert result.exit_status == 128 + 9 and out == ""
     ev = only(result, "namespace_denied")
-    assert (ev.action, ev.data.operation, ev.data.namespaces) == ("killed", "unshare", ["user"])
+    assert (ev.action, ev.data.operation, ev.data.namespaces) == ("killed", "unshare", ("user",))
