@@ -51,10 +51,15 @@ static __always_inline struct rg_guard_config *rg_config(void)
 	return bpf_map_lookup_elem(&rg_guard_cfg, &zero);
 }
 
-/* Tracepoint programs see every task: only the guarded ones are judged. */
+/* Tracepoint programs see every task: only the guarded ones are judged.
+ * Never the guard, nor the host's init (a kill would panic the kernel; it
+ * is guarded only in the whole-host scope, where it mounts and makes
+ * namespaces for the services it starts). */
 static __always_inline bool rg_guarded(struct rg_guard_config *cfg)
 {
-	if ((bpf_get_current_pid_tgid() >> 32) == cfg->guard_tgid)
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (tgid == cfg->guard_tgid || tgid == 1)
 		return false;
 	if (!cfg->scope_cgroup_id)
 		return true;

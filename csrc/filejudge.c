@@ -794,11 +794,13 @@ void rg_file_judge_close(struct rg_file_judge *j)
 		}
 		pthread_join(j->thread, NULL);
 	}
+	/* Closing the group allows whatever waits for an answer, the tracker
+	 * too, which may be opening a marked directory: then it can stop. */
+	int fan_fd = __atomic_exchange_n(&j->fan_fd, -1, __ATOMIC_SEQ_CST);
+	if (fan_fd >= 0)
+		close(fan_fd);
 	if (j->tracker_started)
 		pthread_join(j->tracker, NULL);
-	/* Closing the group allows whatever waits for an answer. */
-	if (j->fan_fd >= 0)
-		close(j->fan_fd);
 	if (j->stop_fd >= 0)
 		close(j->stop_fd);
 	if (j->wake_fd >= 0)

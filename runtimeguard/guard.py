@@ -233,9 +233,9 @@ class Guard:
         cfg.scope_cgroup_level = scope_level
         cfg.guard_tgid = os.getpid()
         cfg.files_by_fanotify = self.backend == "fanotify"
-        ns = p.namespaces
-        cfg.ns_deny_flags = sum(bit for kind, bit in _NAMESPACE_FLAGS.items() if kind not in ns.allow) if ns.deny else 0
-        cfg.mount_deny = ns.deny and "mount" not in ns.allow
+        allowed, deny = p.namespaces.allow, p.namespaces_denied()
+        cfg.ns_deny_flags = sum(bit for kind, bit in _NAMESPACE_FLAGS.items() if kind not in allowed) if deny else 0
+        cfg.mount_deny = deny and "mount" not in allowed
         return cfg
 
     def _fill_maps(self, tracer: Tracer, scope_id: int, scope_level: int) -> None:

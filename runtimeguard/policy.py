@@ -143,12 +143,14 @@ class Ptrace(_Section):
 
 
 class Namespaces(_Section):
-    deny: bool = True
+    deny: Optional[bool] = None
     """Guarded processes may not make or join namespaces (unshare, clone and
     clone3 with CLONE_NEW*, setns) nor mount (mount, move_mount, fsmount,
     open_tree clones, mount_setattr, pivot_root): an agent has no business
     doing either, and each is a way around the other rules (an overlay over
-    a protected file, a private view of the filesystem)."""
+    a protected file, a private view of the filesystem). Absent: on for the
+    command and cgroup scopes, off for the whole host, whose own services
+    (init, container runtimes) mount and make namespaces all the time."""
     allow: tuple[Literal["time", "mnt", "cgroup", "uts", "ipc", "user", "pid", "net", "mount"], ...] = ()
     """Exceptions: namespace kinds a guarded process may still make or join,
     and "mount" for the mount calls."""
@@ -176,6 +178,12 @@ class Policy(_Section, weakref=True):
     ptrace: Ptrace = msgspec.field(default_factory=Ptrace)
     taint: Taint = msgspec.field(default_factory=Taint)
     namespaces: Namespaces = msgspec.field(default_factory=Namespaces)
+
+    def namespaces_denied(self) -> bool:
+        """Whether namespaces and mounts are judged: namespaces.deny, or when
+        absent, every scope but the whole host."""
+        deny = self.namespaces.deny
+        return deny if deny is not None else self.scope.type != "host"
 
     # ---- building ----
 
@@ -638,7 +646,7 @@ class _Validator:
         mirage = replace(p.mirage, decoys=self.decoys(p.mirage.decoys, files.protect))
         self.ptrace(p.ptrace)
         self.taint(p.taint)
-        self.namespaces(p.namespaces)
+        self.namespaces(p.namespaces, p.scope)
         return replace(p, network=network, files=files, mirage=mirage)
 
     def scope(self, scope: Scope) -> None:
@@ -767,12 +775,15 @@ class _Validator:
             if s in taint.sources[:i]:
                 self.fail(f"taint.from[{i}]", f"duplicate {s!r}")
 
-    def namespaces(self, namespaces: Namespaces) -> None:
+    def namespaces(self, namespaces: Namespaces, scope: Scope) -> None:
         for i, kind in enumerate(namespaces.allow):
             if kind in namespaces.allow[:i]:
                 self.fail(f"namespaces.allow[{i}]", f"duplicate {kind!r}")
-        if namespaces.allow and not namespaces.deny:
+        if namespaces.allow and namespaces.deny is False:
             self.fail("namespaces.allow", "exceptions to a deny that is off (namespaces.deny: false)")
+        if namespaces.allow and namespaces.deny is None and scope.type == "host":
+            self.fail("namespaces.allow", "exceptions to a deny that is off for the whole host unless "
+                      "namespaces.deny is set")
 
 
 def _rule_key(rule: NetRule) -> tuple:

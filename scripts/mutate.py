@@ -251,7 +251,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "unshare(CLONE_NEW*) by a guarded process goes unjudged"),
     Mutation(
         "namespace-allow-list-ignored", "runtimeguard/guard.py",
-        "for kind, bit in _NAMESPACE_FLAGS.items() if kind not in ns.allow)",
+        "for kind, bit in _NAMESPACE_FLAGS.items() if kind not in allowed)",
         "for kind, bit in _NAMESPACE_FLAGS.items())  # mutated",
         ("tests/test_guard_namespaces.py",),
         "namespaces.allow is ignored: every kind is denied"),

@@ -16,6 +16,7 @@ import tempfile
 import textwrap
 import time
 
+import msgspec
 import pytest
 
 from helpers import compiled
@@ -87,6 +88,19 @@ def test_a_protected_file_read_through_an_overlay(shared_dir, mode, user):
         assert (result.exit_status, ev.action) == (1, "blocked")  # cat: Operation not permitted
     else:
         assert (result.exit_status, ev.action) == (0, "would_block")
+
+
+def test_a_protected_file_read_through_a_bind_mount(secrets_dir, tmp_path):
+    """Another mount of the same directory reaches the same marked inodes."""
+    view = tmp_path / "view"
+    view.mkdir()
+    script = f"mount --bind {secrets_dir / 'secrets'} {view} && cat {view / 'id_rsa'}"
+    policy = make_policy(secrets_dir)
+    policy = msgspec.structs.replace(policy, namespaces=msgspec.structs.replace(policy.namespaces, deny=False))
+    result = guard(policy, ["unshare", "-m", "--propagation", "private", "sh", "-c", script], backend="fanotify")
+    (ev,) = opened(result.events)
+    assert (result.exit_status, ev.action) == (1, "blocked")
+    assert ev.target_context.inode == (secrets_dir / "secrets" / "id_rsa").stat().st_ino
 
 
 @pytest.mark.parametrize("mode", ["enforce", "audit"])

@@ -128,3 +128,21 @@ def test_deny_false_judges_nothing():
 def test_exceptions_to_an_absent_deny_are_a_clear_error():
     with pytest.raises(PolicyError, match=r"namespaces.allow: exceptions to a deny that is off"):
         policy(deny=False, allow=["net"])
+
+
+@pytest.mark.parametrize("scope,deny,judged", [
+    ({"type": "command"}, None, True), ({"type": "cgroup", "cgroup": "x"}, None, True),
+    ({"type": "host"}, None, False), ({"type": "host"}, True, True), ({"type": "command"}, False, False),
+])
+def test_on_by_default_except_for_the_whole_host(scope, deny, judged):
+    """A host's own services (init, container runtimes) mount and make
+    namespaces all the time: the whole-host scope judges them only when the
+    policy says so."""
+    section = {} if deny is None else {"deny": deny}
+    p = Policy.from_dict({"version": 1, "scope": scope, "namespaces": section})
+    assert p.namespaces_denied() is judged
+
+
+def test_exceptions_for_the_whole_host_need_the_deny_said():
+    with pytest.raises(PolicyError, match=r"namespaces.allow: exceptions to a deny that is off for the whole host"):
+        Policy.from_dict({"version": 1, "scope": {"type": "host"}, "namespaces": {"allow": ["net"]}})
