@@ -329,9 +329,12 @@ def lsm_enforcement() -> tuple[bool, str]:
 def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
     gaps = []
     if ia32:
-        gaps.append("32-bit (ia32 compat) processes' file opens, connects, sends, ptrace and memory reads "
-                    "are not observed: syscalls:sys_* tracepoints do not fire for compat syscalls "
-                    "(network enforcement by cgroup hooks still applies)")
+        lsm = _LSM_FEATURES <= works
+        opens = ("; the guard's file judge still refuses their opens of protected files"
+                 if lsm or "fanotify_permission" in works else "")
+        gaps.append("32-bit (ia32 compat) processes' file opens, connects, sends, ptrace and memory reads, "
+                    "namespace and mount calls are not observed or judged at the syscall tracepoints, which do "
+                    f"not fire for compat syscalls (network enforcement by cgroup hooks still applies{opens})")
     lsm = _LSM_FEATURES <= works
     files_before = lsm or "fanotify_permission" in works
     if _io_uring_enabled(config):
