@@ -50,6 +50,8 @@ KILL_AFTER = "tracepoint + bpf_send_signal(SIGKILL) (kill after the syscall)"
 FANOTIFY_FILES = ("fanotify permission events (EPERM before the open, whatever makes it: any open syscall, "
                   "32-bit, io_uring, exec, overlayfs; a read through a descriptor handed into the scope refused)")
 CHANGES_DETECTED = "fanotify (detected after the fact, the process killed then)"
+CHANGES_FANOTIFY = ("fanotify: truncate(2) refused before it truncates where the filesystem takes pre-content events "
+                    "(Linux 6.14+; ext4, xfs, btrfs); the rest detected after the fact, the process killed then")
 DETECT_ONLY = "detect only"
 UNAVAILABLE = "unavailable (syscall tracepoints do not work)"
 NETWORK_HOOKS = "cgroup sock_addr hooks (EPERM before connect/send)"
@@ -269,6 +271,7 @@ def guard_mechanisms(backend: str) -> dict[str, str]:
         enforcement[area] = CHANGES_DETECTED if area == "file_changes" else fallback
     if backend == "fanotify":
         enforcement["files"] = FANOTIFY_FILES
+        enforcement["file_changes"] = CHANGES_FANOTIFY
     enforcement["namespaces"] = _namespaces(False, fallback)
     return enforcement
 
@@ -296,6 +299,7 @@ def _enforcement(works: set[str]) -> dict[str, str]:
         enforcement[area] = strength if lsm else CHANGES_DETECTED if area == "file_changes" else fallback
     if not lsm and "fanotify_permission" in works:
         enforcement["files"] = FANOTIFY_FILES
+        enforcement["file_changes"] = CHANGES_FANOTIFY
     enforcement["namespaces"] = _namespaces(lsm, fallback)
     # A tainted process's sends on a socket it connected before the taint.
     if lsm:
@@ -346,10 +350,11 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
                     "sysctl kernel.io_uring_disabled=2 closes this")
     if not lsm and "bpf_send_signal" in works:
         what = "ptrace and memory" if files_before else "file, ptrace and memory"
+        changes = "unlink, rename, chmod, chown, truncate(2)" + (
+            " where the filesystem takes no fanotify pre-content events" if files_before else "")
         gaps.append(f"{what} enforcement kills the caller after the syscall: the syscall completes (an opened "
                     "file is opened) but the process never returns to user space; changes to protected files "
-                    "by path (unlink, rename, truncate(2), chmod, chown) are detected after the fact, not "
-                    "prevented")
+                    f"by path ({changes}) are detected after the fact, not prevented")
     if not _LSM_FEATURES <= works and "bpf_sock_destroy" not in works:
         gaps.append("a tainted process's data on a TCP socket it connected before the taint is dropped while "
                     "the guard runs, but what is still queued when the guard detaches may be sent then: "

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 import runtimeguard
-from runtimeguard.capabilities import (CHANGES_DETECTED, DETECT_ONLY, FANOTIFY_FILES, KILL_AFTER, NETWORK_HOOKS,
+from runtimeguard.capabilities import (CHANGES_DETECTED, CHANGES_FANOTIFY, DETECT_ONLY, FANOTIFY_FILES, KILL_AFTER, NETWORK_HOOKS,
                                        TAINTED_SOCKETS_DESTROYED, TAINTED_SOCKETS_DROPPED, TAINTED_SOCKETS_LSM,
                                        Capabilities, capabilities, explain, lsm_enforcement)
 
@@ -52,7 +52,7 @@ def test_enforcement_follows_the_features(caps):
         elif not lsm and area != "file_changes":
             assert e[area] == (KILL_AFTER if caps.available("bpf_send_signal") else DETECT_ONLY)
     if not lsm:
-        assert e["file_changes"] == CHANGES_DETECTED
+        assert e["file_changes"] == (CHANGES_FANOTIFY if caps.available("fanotify_permission") else CHANGES_DETECTED)
 
 
 def test_tainted_sends_follow_the_features(caps):
