@@ -7,8 +7,12 @@
  * of a marked inode waits in the kernel until this thread answers: FAN_DENY
  * is EPERM before the open, whatever made it (any open syscall, 32-bit
  * syscalls, io_uring, exec, a path through an overlay whose lower layer holds
- * the file). FAN_ACCESS_PERM refuses reads through descriptors opened before
- * the guard started. Inode marks cost nothing to opens of unmarked files.
+ * the file). FAN_ACCESS_PERM refuses reads through a descriptor handed in
+ * by a process the guard does not judge (Linux 6.14+ decides at open time
+ * whether a file raises read events at all: one opened before the marks
+ * raises none). Where the filesystem takes pre-content events, FAN_PRE_ACCESS
+ * refuses truncate(2) by path too. Inode marks cost nothing measurable to
+ * opens of unmarked files.
  *
  * The thread never touches Python: it reads the guard's BPF maps (the same
  * configuration and taint the BPF programs use), the opener's cgroup from
@@ -246,12 +250,12 @@ static int mark_entry(const char *path, const struct stat *st, int type, struct 
 	/* Beneath the top: directories and regular files (opening a FIFO or a
 	 * device for the event could block or act). Symbolic links are not
 	 * followed: their targets are marked where they are protected. */
-	if (ftw->level > 0 && !S_ISDIR(st->st_mode) && !S_ISREG(st->st_mode))
-		return 0;
-	if (type == FTW_DNR || type == FTW_NS) {
+	if (type == FTW_DNR || type == FTW_NS) { /* st is not valid for FTW_NS */
 		walk.ret = judge_fail(walk.err, walk.errlen, EACCES, "protecting %s: cannot read it", path);
 		return 1;
 	}
+	if (ftw->level > 0 && !S_ISDIR(st->st_mode) && !S_ISREG(st->st_mode))
+		return 0;
 	walk.ret = mark_one(walk.judge, path, st, walk.kind, walk.rule_index, walk.err, walk.errlen);
 	return walk.ret ? 1 : 0;
 }
