@@ -526,6 +526,19 @@ static void mp_action(struct mp_writer *w, unsigned int action)
 	}
 }
 
+/* The fields every decision's data has, after its type. */
+static void encode_decision_fields(struct mp_writer *w, const struct rg_block_record *r, long long rule_index)
+{
+	mp_lit(w, "rule_index");
+	mp_int(w, rule_index);
+	mp_lit(w, "blocked");
+	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
+	mp_lit(w, "would_deny");
+	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
+	mp_lit(w, "comm");
+	mp_cstr(w, r->comm, sizeof(r->comm));
+}
+
 /* Guard decisions: the common keys, data, action, and the target. */
 static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const struct rg_block_record *r)
 {
@@ -543,15 +556,8 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 	mp_map(w, raw || net ? 8 : change ? 9 : file ? 7 : 6);
 	mp_lit(w, "type");
 	mp_name(w, kind_names[kind]);
-	mp_lit(w, "rule_index");
-	mp_int(w, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
-		  : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : raw ? -4 : (long long)r->rule_index);
-	mp_lit(w, "blocked");
-	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
-	mp_lit(w, "would_deny");
-	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
-	mp_lit(w, "comm");
-	mp_cstr(w, r->comm, sizeof(r->comm));
+	encode_decision_fields(w, r, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
+				     : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : raw ? -4 : (long long)r->rule_index);
 	if (raw || net) {
 		mp_lit(w, "family");
 		if (raw)
@@ -646,14 +652,7 @@ static void encode_namespace(struct rg_encoder *enc, struct mp_writer *w, const 
 	mp_map(w, 7);
 	mp_lit(w, "type");
 	mp_lit(w, "namespace_denied");
-	mp_lit(w, "rule_index");
-	mp_int(w, -5);
-	mp_lit(w, "blocked");
-	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
-	mp_lit(w, "would_deny");
-	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
-	mp_lit(w, "comm");
-	mp_cstr(w, r->comm, sizeof(r->comm));
+	encode_decision_fields(w, r, -5);
 	mp_lit(w, "operation");
 	mp_name(w, operation);
 	mp_lit(w, "namespaces");
