@@ -75,16 +75,39 @@ def details(ev: Event) -> str:
     return tc.formatted if tc is not None else ""
 
 
+# Every C0 and C1 control character (and DEL) as a visible escape: argv and
+# paths come from the traced processes, and must not drive the terminal.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"})
+
+
+def escape(text: str) -> str:
+    """text with control characters (and backslashes) escaped, for a terminal."""
+    return text.translate(_ESCAPES)
+
+
+def fit(text: str, room: int) -> str:
+    """text cut to room characters: in the middle, so the start and the
+    outcome (" -> ENOENT") stay visible."""
+    if len(text) <= room:
+        return text
+    head, sep, outcome = text.rpartition(" -> ")
+    tail = sep + outcome if sep and len(sep + outcome) <= room // 2 else ""
+    body = head if tail else text
+    keep = room - len(tail) - 1
+    left = (keep + 1) // 2
+    return body[:left] + "…" + body[len(body) - (keep - left):] + tail
+
+
 class Table:
     def __init__(self, out: TextIO):
         self.out = out
         self.width = shutil.get_terminal_size(fallback=(160, 24)).columns
 
     def _line(self, cells: Iterable[str], rest: str) -> str:
-        fixed = " ".join(c[:w].ljust(w) for c, (_, w) in zip(cells, _COLUMNS))
+        fixed = " ".join(escape(c)[:w].ljust(w) for c, (_, w) in zip(cells, _COLUMNS))
         room = max(self.width - len(fixed) - 1, 10)
-        rest = rest.replace("\n", "\\n")
-        return f"{fixed} {rest if len(rest) <= room else rest[: room - 1] + '…'}"
+        return f"{fixed} {fit(escape(rest), room)}"
 
     def header(self) -> None:
         self.out.write(self._line((h for h, _ in _COLUMNS), "DETAILS") + "\n")

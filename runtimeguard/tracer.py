@@ -141,10 +141,14 @@ class Tracer:
         guard_fanotify: bool = False,
         before_attach: Optional[Callable[["Tracer"], None]] = None,
     ):
+        if isinstance(events, str):  # "process_exec", or "process_exec,file_open"
+            events = [n.strip() for n in events.split(",") if n.strip()]
         names = tuple(DEFAULT_EVENTS if events is None else events)
-        unknown = [n for n in names if n not in ALL_EVENTS]
+        # "lost" is always delivered; naming it is allowed, not needed.
+        unknown = [n for n in names if n not in ALL_EVENTS and n != "lost"]
         if unknown:
-            raise ValueError(f"unknown event(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_EVENTS)}")
+            raise ValueError(f"unknown event(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_EVENTS)}, "
+                             "lost")
         if ring_buffer_size < 4096 or ring_buffer_size & (ring_buffer_size - 1):
             raise ValueError(f"ring_buffer_size {ring_buffer_size} must be a power of two of at least 4096")
         if not 1 <= max_latency_ms <= 10_000:
@@ -379,6 +383,13 @@ class Tracer:
                 return []
 
     def __iter__(self) -> Iterator[Event]:
+        """Events as they come. A Tracer closed before the loop starts raises
+        TracerStateError, as poll() does; one closed by another thread while
+        the loop runs ends it (the way to stop a loop from elsewhere)."""
+        self._usable()
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Event]:
         while True:
             try:
                 events = self.poll()
