@@ -46,9 +46,9 @@
 
 #define MARK_MASK (FAN_OPEN_PERM | FAN_ACCESS_PERM)
 #define MARK_DIR_MASK (MARK_MASK | FAN_EVENT_ON_CHILD | FAN_ONDIR)
-/* Pre-content events (Linux 6.14+, filesystems that allow them: ext4, xfs,
- * btrfs): raised before a read, a write or a truncate, truncate(2) by path
- * included, which nothing else here can refuse. Older headers lack them. */
+/* Pre-content events (Linux 6.14+, on filesystems that allow them: ext4 here,
+ * not tmpfs): raised before a read, a write or a truncate, truncate(2) by
+ * path included, which nothing else here can refuse. Older headers lack them. */
 #ifndef FAN_PRE_ACCESS
 #define FAN_PRE_ACCESS 0x00100000
 #endif

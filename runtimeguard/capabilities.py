@@ -51,7 +51,7 @@ FANOTIFY_FILES = ("fanotify permission events (EPERM before the open, whatever m
                   "32-bit, io_uring, exec, overlayfs; a read through a descriptor handed into the scope refused)")
 CHANGES_DETECTED = "fanotify (detected after the fact, the process killed then)"
 CHANGES_FANOTIFY = ("fanotify: truncate(2) refused before it truncates where the filesystem takes pre-content events "
-                    "(Linux 6.14+; ext4, xfs, btrfs); the rest detected after the fact, the process killed then")
+                    "(Linux 6.14+; ext4 here, measured; not tmpfs); the rest detected after the fact, the process killed then")
 DETECT_ONLY = "detect only"
 UNAVAILABLE = "unavailable (syscall tracepoints do not work)"
 NETWORK_HOOKS = "cgroup sock_addr hooks (EPERM before connect/send)"
@@ -341,7 +341,7 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
                     f"not fire for compat syscalls (network enforcement by cgroup hooks still applies{opens})")
     lsm = _LSM_FEATURES <= works
     files_before = lsm or "fanotify_permission" in works
-    if _io_uring_enabled(config):
+    if io_uring_enabled(config):
         judged = ("the guard judges every io_uring open of a protected file before it happens"
                   if files_before else "the guard judges io_uring opens at completion, except opens into the "
                   "fixed-file table")
@@ -366,7 +366,7 @@ def _gaps(works: set[str], ia32: str, config: dict[str, str]) -> list[str]:
     return gaps
 
 
-def _io_uring_enabled(config: dict[str, str]) -> bool:
+def io_uring_enabled(config: dict[str, str]) -> bool:
     try:
         with open("/proc/sys/kernel/io_uring_disabled") as f:
             return f.read().strip() != "2"

@@ -101,7 +101,7 @@ class GuardStats(TracerStats, frozen=True):
     """Files and directories marked."""
     file_judge_marks_refusing_truncate: int = 0
     """Of them, those whose filesystem takes fanotify pre-content events
-    (Linux 6.14+; ext4, xfs, btrfs, not tmpfs): ``truncate(2)`` by path is
+    (Linux 6.14+; ext4 here, measured; not tmpfs): ``truncate(2)`` by path is
     refused there too."""
 
 

@@ -83,3 +83,13 @@ def compiled(directory, source: str, *flags: str) -> str:
     subprocess.run(["cc", "-O1", *flags, "-o", exe, os.path.join(os.path.dirname(os.path.abspath(__file__)), source)],
                    check=True)
     return exe
+
+
+def skip_only_without(present: bool, what: str) -> None:
+    """Skips where the kernel lacks what a test needs; where it has it and the
+    mechanism still does not work, the test fails instead."""
+    import pytest
+
+    if present:
+        pytest.fail(f"{what}: this kernel has it, yet it does not work")
+    pytest.skip(f"{what}: not in this kernel")

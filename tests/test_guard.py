@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from helpers import compiled
+from helpers import compiled, skip_only_without
 from runtimeguard import environment
-from runtimeguard.capabilities import fanotify_permission
+from runtimeguard.capabilities import fanotify_permission, io_uring_enabled, kernel_config
 from runtimeguard.errors import RuntimeGuardError
 from runtimeguard.guard import Guard, guard
 from runtimeguard.policy import Policy
@@ -350,12 +350,38 @@ def uring_open(tmp_path_factory):
                          + [("fanotify", "fixed")])
 def test_open_through_io_uring_is_refused(secrets_dir, uring_open, backend, mode):
     if subprocess.run([uring_open, "/etc/hostname", mode], capture_output=True).returncode == 2:
-        pytest.skip("io_uring is disabled on this kernel")
+        skip_only_without(io_uring_enabled(kernel_config()), "io_uring")
     result = guard(make_policy(secrets_dir), [uring_open, str(secrets_dir / "token"), mode], backend=backend)
     # uring_open: 3 when the open failed (EPERM), after saying so.
     assert result.exit_status == {"fanotify": 3, "tracepoint": 128 + 9}[backend]
     (ev,) = [e for e in result.events if e.name == "open_inode"]
     assert ev.action == REFUSED[backend][1] and ev.target_context.inode == os.stat(secrets_dir / "token").st_ino
+
+
+BY_HANDLE = """
+    import ctypes, os, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    path = sys.argv[1]
+    handle = ctypes.create_string_buffer(8 + 128)
+    struct.pack_into("=I", handle, 0, 128)
+    mount_id = ctypes.c_int()
+    # Naming the file opens nothing; the open comes from the handle alone.
+    assert libc.name_to_handle_at(-100, path.encode(), handle, ctypes.byref(mount_id), 0) == 0
+    fd = libc.open_by_handle_at(os.open(os.path.dirname(path), os.O_RDONLY), handle, os.O_RDONLY)
+    if fd < 0:
+        sys.exit(3 if ctypes.get_errno() == 1 else 1)
+    os.read(fd, 64)
+"""
+
+
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
+def test_open_by_handle_is_refused(secrets_dir, backend):
+    """open_by_handle_at names an inode without a path: judged like any open."""
+    result = guard(make_policy(secrets_dir), py(BY_HANDLE) + [str(secrets_dir / "token")], backend=backend)
+    (ev,) = [e for e in result.events if e.name == "open_inode"]
+    # py: 3 when the open got EPERM.
+    assert (result.exit_status, ev.action) == {"fanotify": (3, "blocked"), "tracepoint": (128 + 9, "killed")}[backend]
+    assert ev.target_context.inode == os.stat(secrets_dir / "token").st_ino
 
 
 def test_protected_file_in_audit_mode_is_read(secrets_dir):
