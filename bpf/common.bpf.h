@@ -143,13 +143,28 @@ static __always_inline void *rg_claim(void *rec, __u32 kind, bool with_task, con
 		hdr->cgroup_id = who->cgroup_id;
 		hdr->start_boottime = 0;
 		hdr->pid = hdr->tid = who->pid;
+		hdr->uid = hdr->euid = hdr->gid = RG_ID_UNKNOWN;
+		hdr->pad = 0;
+		__builtin_memset(hdr->comm, 0, sizeof(hdr->comm));
 		return rec;
 	}
 	__u64 id = bpf_get_current_pid_tgid();
+	__u64 ugid = bpf_get_current_uid_gid();
 	hdr->cgroup_id = bpf_get_current_cgroup_id();
-	hdr->start_boottime = with_task ? bpf_get_current_task_btf()->group_leader->start_boottime : 0;
 	hdr->pid = id >> 32;
 	hdr->tid = (__u32)id;
+	hdr->uid = (__u32)ugid;
+	hdr->gid = ugid >> 32;
+	hdr->pad = 0;
+	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
+	if (with_task) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		hdr->start_boottime = task->group_leader->start_boottime;
+		hdr->euid = task->cred->euid.val;
+	} else {
+		hdr->start_boottime = 0;
+		hdr->euid = RG_ID_UNKNOWN;
+	}
 	return rec;
 }
 

@@ -70,21 +70,27 @@ struct rg_header {
 	unsigned int cpu;
 	unsigned int pid; /* thread group id */
 	unsigned int tid;
+	/* The acting task's credentials and name when the record was made (a
+	 * setuid() or prctl(PR_SET_NAME) after fork or exec shows at once);
+	 * RG_ID_UNKNOWN where the program could not read them. */
+	unsigned int uid;
+	unsigned int euid;
+	unsigned int gid;
+	unsigned int pad;
+	char comm[RG_COMM_LEN];
 };
+
+#define RG_ID_UNKNOWN 0xffffffffU
 
 struct rg_exec_record {
 	struct rg_header hdr;
 	unsigned long long parent_start_boottime;
 	int retval; /* 0: exec done; <0: the failed execve's -errno */
 	unsigned int ppid;
-	unsigned int uid;
-	unsigned int euid;
-	unsigned int gid;
 	unsigned int args_len; /* valid bytes in args: NUL-separated argv */
 	unsigned char args_truncated;
 	unsigned char filename_truncated;
 	unsigned char pad[2];
-	char comm[RG_COMM_LEN];
 	char filename[RG_PATH_LEN];
 	char args[RG_ARGS_LEN];
 };
@@ -240,7 +246,6 @@ struct rg_block_record {
 	unsigned char addr[RG_ADDR_LEN];
 	unsigned long long dev;
 	unsigned long long ino;
-	char comm[RG_COMM_LEN];
 	char path[RG_PATH_LEN];
 };
 

@@ -103,9 +103,7 @@ static __always_inline struct rg_block_record *rg_block_reserve_for(__u32 kind, 
 	e->action = action;
 	e->rule_index = rule;
 	if (comm)
-		__builtin_memcpy(e->comm, comm, sizeof(e->comm));
-	else
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		__builtin_memcpy(e->hdr.comm, comm, sizeof(e->hdr.comm));
 	return e;
 }
 

@@ -6,15 +6,10 @@
 
 static __always_inline void rg_fill_identity(struct rg_exec_record *e, struct task_struct *task)
 {
-	__u64 ugid = bpf_get_current_uid_gid();
 	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
 
-	e->uid = (__u32)ugid;
-	e->gid = ugid >> 32;
-	e->euid = BPF_CORE_READ(task, cred, euid.val);
 	e->ppid = BPF_CORE_READ(parent, tgid);
 	e->parent_start_boottime = rg_task_start(parent);
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
 SEC("tp_btf/sched_process_exec")

@@ -7,6 +7,9 @@
 
 #include "events.h"
 
+/* Room one encoded record may take at most (exec: argv and path, escaped). */
+#define RG_MAX_ENCODED_RECORD 8192
+
 struct rg_options {
 	unsigned long long event_mask;   /* bit per RG_KIND_* the sensors emit */
 	unsigned long long wanted_mask;  /* those the caller asked for; the others only feed the process table */
@@ -36,12 +39,36 @@ struct rg_stats {
 	unsigned long long file_judge_pre_content_marks; /* of them, refusing truncate(2) too */
 };
 
-/* One poll's events: a msgpack array of event maps, valid until the next poll. */
+/* An event's header in a columnar batch (the batch API: one row per event,
+ * read by Python as a numpy structured array). The batch's data holds each
+ * row's record (rg_encode_details makes its details when asked), or, for a
+ * lost notice, its details already made. */
+struct rg_event_row {
+	long long timestamp;            /* ns since the Unix epoch */
+	unsigned long long seq;
+	unsigned long long entity_id;   /* 0: the program could not read the task */
+	unsigned long long cgroup_id;
+	long long result;               /* the kind's result (retval, -errno; exit: wait status; lost: count), else 0 */
+	unsigned int id;                /* event id (RG_KIND_*) */
+	unsigned int cpu;
+	unsigned int pid;
+	unsigned int tid;
+	unsigned int uid;               /* RG_ID_UNKNOWN where the program could not read it */
+	unsigned int gid;
+	unsigned int details_offset;    /* the event's record (lost: details) in the batch's data */
+	unsigned int details_len;
+};
+
+/* One poll's events, valid until the next poll: a msgpack array of events,
+ * or (columnar) rows, with data holding each row's record. */
 struct rg_batch {
 	const unsigned char *data;
 	size_t len;
+	const struct rg_event_row *rows; /* columnar only */
 	unsigned int count;
-	unsigned int unwanted; /* events of kinds outside wanted_mask */
+	unsigned int unwanted;           /* events of kinds outside wanted_mask */
+	const unsigned int *table_events; /* indexes of exec, fork and exit events, in order */
+	unsigned int table_count;
 };
 
 struct rg_tracer;
@@ -62,8 +89,9 @@ int rg_tracer_protect_path(struct rg_tracer *t, const char *path, unsigned int k
 			   char *err, size_t errlen);
 /* Attaches every program; on any failure detaches those already attached. */
 int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen);
-/* Waits up to timeout_ms (-1: no limit) for events; returns their count or -errno. */
-int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out);
+/* Waits up to timeout_ms (-1: no limit) for events; returns their count or
+ * -errno. columnar: rows and details (the batch API), else msgpack events. */
+int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, int columnar, struct rg_batch *out);
 int rg_tracer_epoll_fd(struct rg_tracer *t);
 void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out);
 /* The guard (tracepoint backend): destroys every TCP socket whose connecting
@@ -75,15 +103,28 @@ int rg_tracer_destroy_tainted_sockets(struct rg_tracer *t, char *err, size_t err
 /* Detaches and frees everything. */
 void rg_tracer_close(struct rg_tracer *t);
 
+/* The path of cgroup cgroup_id, as the cgroup2 mount open in mount_fd shows
+ * it (the mount's own path first), in O(1): open_by_handle_at with the
+ * cgroup's kernfs handle. Length, or -errno (EPERM without
+ * CAP_DAC_READ_SEARCH; ESTALE for a cgroup that is gone). */
+int rg_cgroup_path(int mount_fd, unsigned long long cgroup_id, char *path, size_t size);
+
 /* Stable process identity: unique across pid reuse and reboots. */
 unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boottime_ns);
 /* CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns, right now. */
 long long rg_realtime_offset_ns(void);
 
 /* Encodes records laid out as [u32 length][record]... exactly as the ring
- * buffer consumer would; used to test the encoder with synthetic records. */
+ * buffer consumer would (msgpack events); used to test the encoder with
+ * synthetic records. */
 int rg_encode_records(const unsigned char *records, size_t len, unsigned char *out, size_t cap,
 		      size_t *out_len, unsigned long long *malformed);
+
+/* The details of one record a columnar batch kept, as a msgpack poll makes
+ * them; timestamp is the row's (its epoch time gives the other times). Their
+ * length, or -EINVAL for a record that is not one, -ENOBUFS below
+ * RG_MAX_ENCODED_RECORD bytes. */
+int rg_encode_details(const void *record, size_t len, long long timestamp, unsigned char *out, size_t cap);
 
 /* Loads (and where meaningful attaches) the named probe program alone. */
 int rg_probe(const char *program, char *err, size_t errlen);

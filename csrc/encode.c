@@ -1,8 +1,10 @@
-/* The batch encoder: turns ring-buffer records into msgpack event maps.
+/* The batch encoder: turns ring-buffer records into events for Python.
  *
  * Field names match runtimeguard/schema.py. Kernel strings are not trusted to
  * be UTF-8: invalid bytes become U+FFFD so one odd path never fails a batch. */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -91,6 +93,12 @@ static void mp_text(struct mp_writer *w, const char *text, size_t n)
 	const unsigned char *s = (const unsigned char *)text;
 	size_t i = 0;
 
+	/* ASCII, eight bytes at a time: nearly every path and name. */
+	for (uint64_t word; i + 8 <= n; i += 8) {
+		memcpy(&word, s + i, 8);
+		if (word & 0x8080808080808080ULL)
+			break;
+	}
 	while (i < n && s[i] < 0x80)
 		i++;
 	if (i == n) {
@@ -121,7 +129,9 @@ static void mp_text(struct mp_writer *w, const char *text, size_t n)
 
 static void mp_cstr(struct mp_writer *w, const char *s, size_t max)
 {
-	mp_text(w, s, strnlen(s, max));
+	const char *end = memchr(s, 0, max);
+
+	mp_text(w, s, end ? (size_t)(end - s) : max);
 }
 
 static unsigned long long user_dev(unsigned long long kdev)
@@ -131,42 +141,123 @@ static unsigned long long user_dev(unsigned long long kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
-/* Keys go out in the order of the Struct's fields (runtimeguard/schema.py):
- * msgspec matches each key against the next expected field first, so keys in
- * order cost one comparison each. tests/test_encoder.py checks the order. */
+/* Each event is an array of the header fields nearly every reader wants
+ * (id, timestamp, pid, tid), then its details: one msgpack blob Python
+ * decodes only when they are read (runtimeguard.schema.Event and _Details).
+ * In columnar mode (the batch API) the header goes into a fixed row, and the
+ * record itself is kept beside it: its details are made only if the row's
+ * event is asked for (rg_encode_details).
+ *
+ * Details: [seq, cpu, entity_id, cgroup_id, uid, euid, gid, comm, action,
+ * data, target?], target for guard decisions only. Data keys go out
+ * in the order of the Struct's fields (runtimeguard/schema.py): msgspec
+ * matches each key against the next expected field first, so keys in order
+ * cost one comparison each. tests/test_encoder.py checks the order. */
 
-/* The event's map header, its first keys, and the "data" key: the caller
- * writes the data map, then encode_ids(). n_after: keys after the ids. */
-static void encode_head(struct rg_encoder *enc, struct mp_writer *w, const struct rg_header *h, uint32_t n_after)
+#define EVENT_FIELDS 5
+
+/* Runs of records mostly come from one process: its entity id once per run. */
+static unsigned long long entity_of(struct rg_encoder *enc, unsigned int pid, unsigned long long start)
 {
-	mp_map(w, 10 + n_after);
-	mp_lit(w, "timestamp");
-	mp_int(w, (long long)h->timestamp_ns + enc->realtime_offset_ns);
-	mp_lit(w, "id");
-	mp_uint(w, h->kind);
-	mp_lit(w, "name");
-	mp_name(w, kind_names[h->kind]);
-	mp_lit(w, "data");
+	if (pid != enc->last_pid || start != enc->last_start) {
+		enc->last_pid = pid;
+		enc->last_start = start;
+		enc->last_entity = rg_entity_id(pid, start);
+	}
+	return enc->last_entity;
 }
 
-static void encode_ids(struct mp_writer *w, const struct rg_header *h)
+static void mp_id(struct mp_writer *w, unsigned int id)
 {
-	mp_lit(w, "seq");
-	mp_uint(w, h->seq);
-	mp_lit(w, "cpu");
-	mp_uint(w, h->cpu);
-	mp_lit(w, "pid");
-	mp_uint(w, h->pid);
-	mp_lit(w, "tid");
-	mp_uint(w, h->tid);
-	mp_lit(w, "entity_id");
-	mp_uint(w, h->start_boottime ? rg_entity_id(h->pid, h->start_boottime) : 0);
-	mp_lit(w, "cgroup_id");
-	mp_uint(w, h->cgroup_id);
+	if (id == RG_ID_UNKNOWN)
+		mp_nil(w);
+	else
+		mp_uint(w, id);
 }
 
-static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struct rg_exec_record *r)
+static const char *const action_names[] = {
+	[0] = "observed",
+	[RG_ACTION_WOULD_BLOCK] = "would_block",
+	[RG_ACTION_BLOCKED] = "blocked",
+	[RG_ACTION_KILLED] = "killed",
+	[RG_ACTION_REPORTED] = "observed",
+};
+
+static void fill_row(struct rg_encoder *enc, struct rg_event_row *row, const struct rg_header *h)
 {
+	row->timestamp = (long long)h->timestamp_ns + enc->realtime_offset_ns;
+	row->seq = h->seq;
+	row->entity_id = h->start_boottime ? entity_of(enc, h->pid, h->start_boottime) : 0;
+	row->cgroup_id = h->cgroup_id;
+	row->id = h->kind;
+	row->cpu = h->cpu;
+	row->pid = h->pid;
+	row->tid = h->tid;
+	row->uid = h->uid;
+	row->gid = h->gid;
+	row->result = 0;
+}
+
+/* Starts an event: its header (array prefix or row), then the details'
+ * first fields up to the data map, which the caller writes next. */
+static void event_begin(struct rg_encoder *enc, struct rg_output *o, const struct rg_header *h, unsigned int action,
+			int with_target)
+{
+	struct mp_writer *w = &o->w;
+	struct rg_event_row *row = &o->row;
+
+	fill_row(enc, row, h);
+	if (!o->columnar) {
+		mp_array(w, EVENT_FIELDS);
+		mp_uint(w, row->id);
+		mp_int(w, row->timestamp);
+		mp_uint(w, row->pid);
+		mp_uint(w, row->tid);
+		mp_byte(w, 0xc6); /* bin 32, its length patched by event_end */
+		w->len += 4;
+	}
+	o->details_at = w->len;
+	mp_array(w, with_target ? 11 : 10);
+	mp_uint(w, row->seq);
+	mp_uint(w, row->cpu);
+	mp_uint(w, row->entity_id);
+	mp_uint(w, row->cgroup_id);
+	mp_id(w, h->uid);
+	mp_id(w, h->euid);
+	mp_id(w, h->gid);
+	mp_cstr(w, h->comm, sizeof(h->comm));
+	mp_name(w, action_names[action <= RG_ACTION_REPORTED ? action : 0]);
+}
+
+static void event_end(struct rg_output *o)
+{
+	struct mp_writer *w = &o->w;
+	uint32_t n = w->len - o->details_at;
+
+	if (o->columnar) {
+		o->row.details_offset = o->details_at;
+		o->row.details_len = n;
+		o->rows[o->count] = o->row;
+	} else {
+		unsigned char *at = w->buf + o->details_at - 4;
+		for (int i = 0; i < 4; i++)
+			at[i] = n >> (24 - 8 * i);
+	}
+	o->count++;
+}
+
+/* A decision's target, its fields only (runtimeguard.schema._Target):
+ * [type, address, port, device, inode, path, pid, socket, protocol]; its
+ * text is made in Python, when it is read, as every target's is. */
+static void mp_target_head(struct mp_writer *w, const char *type, uint32_t fields)
+{
+	mp_array(w, fields);
+	mp_name(w, type);
+}
+
+static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struct rg_exec_record *r)
+{
+	struct mp_writer *w = &o->w;
 	/* argv: NUL-separated, the last argument possibly cut short. */
 	size_t len = r->args_len < sizeof(r->args) ? r->args_len : sizeof(r->args);
 	uint32_t argc = 0;
@@ -175,7 +266,8 @@ static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struc
 			argc++;
 	int tail = len > 0 && r->args[len - 1] != 0;
 
-	encode_head(enc, w, &r->hdr, 0);
+	event_begin(enc, o, &r->hdr, 0, 0);
+	o->row.result = r->retval;
 	mp_map(w, 13);
 	mp_lit(w, "type");
 	mp_lit(w, "process_exec");
@@ -191,13 +283,13 @@ static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struc
 		}
 	}
 	mp_lit(w, "comm");
-	mp_cstr(w, r->comm, sizeof(r->comm));
+	mp_cstr(w, r->hdr.comm, sizeof(r->hdr.comm));
 	mp_lit(w, "uid");
-	mp_uint(w, r->uid);
+	mp_uint(w, r->hdr.uid);
 	mp_lit(w, "euid");
-	mp_uint(w, r->euid);
+	mp_uint(w, r->hdr.euid);
 	mp_lit(w, "gid");
-	mp_uint(w, r->gid);
+	mp_uint(w, r->hdr.gid);
 	mp_lit(w, "ppid");
 	mp_uint(w, r->ppid);
 	mp_lit(w, "parent_entity_id");
@@ -210,12 +302,14 @@ static void encode_exec(struct rg_encoder *enc, struct mp_writer *w, const struc
 	mp_bool(w, r->filename_truncated);
 	mp_lit(w, "argv_truncated");
 	mp_bool(w, r->args_truncated || tail);
-	encode_ids(w, &r->hdr);
+	event_end(o);
 }
 
-static void encode_fork(struct rg_encoder *enc, struct mp_writer *w, const struct rg_fork_record *r)
+static void encode_fork(struct rg_encoder *enc, struct rg_output *o, const struct rg_fork_record *r)
 {
-	encode_head(enc, w, &r->hdr, 0);
+	struct mp_writer *w = &o->w;
+
+	event_begin(enc, o, &r->hdr, 0, 0);
 	mp_map(w, 4);
 	mp_lit(w, "type");
 	mp_lit(w, "process_fork");
@@ -225,15 +319,17 @@ static void encode_fork(struct rg_encoder *enc, struct mp_writer *w, const struc
 	mp_uint(w, rg_entity_id(r->child_pid, r->child_start_boottime));
 	mp_lit(w, "child_start_time");
 	mp_int(w, (long long)r->child_start_boottime + enc->realtime_offset_ns);
-	encode_ids(w, &r->hdr);
+	event_end(o);
 }
 
-static void encode_exit(struct rg_encoder *enc, struct mp_writer *w, const struct rg_exit_record *r)
+static void encode_exit(struct rg_encoder *enc, struct rg_output *o, const struct rg_exit_record *r)
 {
+	struct mp_writer *w = &o->w;
 	unsigned int status = r->exit_code;
 	int signal = status & 0x7f;
 
-	encode_head(enc, w, &r->hdr, 0);
+	event_begin(enc, o, &r->hdr, 0, 0);
+	o->row.result = status;
 	mp_map(w, 5);
 	mp_lit(w, "type");
 	mp_lit(w, "process_exit");
@@ -251,77 +347,20 @@ static void encode_exit(struct rg_encoder *enc, struct mp_writer *w, const struc
 	mp_uint(w, r->hdr.timestamp_ns > r->hdr.start_boottime ? r->hdr.timestamp_ns - r->hdr.start_boottime : 0);
 	mp_lit(w, "core_dumped");
 	mp_bool(w, status & 0x80);
-	encode_ids(w, &r->hdr);
+	event_end(o);
 }
 
-/* Decimal digits of v, written backwards ending at end; returns the start. */
-static char *format_decimal(char *end, unsigned long long v)
+static void encode_file(struct rg_encoder *enc, struct rg_output *o, const struct rg_file_record *r)
 {
-	do {
-		*--end = '0' + v % 10;
-		v /= 10;
-	} while (v);
-	return end;
-}
+	struct mp_writer *w = &o->w;
 
-static void put(char **at, const char *s, size_t n)
-{
-	memcpy(*at, s, n);
-	*at += n;
-}
-
-static void put_decimal(char **at, unsigned long long v)
-{
-	char digits[20], *end = digits + sizeof(digits), *start = format_decimal(end, v);
-	put(at, start, end - start);
-}
-
-/* target_context of an inode: "<path> (inode <ino> on <major>:<minor>)",
- * "inode <ino> on <major>:<minor>" without a path. */
-static void encode_inode_target(struct mp_writer *w, unsigned long long dev, unsigned long long ino,
-				const char *path, size_t path_len)
-{
-	char formatted[RG_PATH_LEN + 96], *at = formatted;
-
-	if (path_len) {
-		put(&at, path, path_len);
-		put(&at, " (", 2);
-	}
-	put(&at, "inode ", 6);
-	put_decimal(&at, ino);
-	put(&at, " on ", 4);
-	put_decimal(&at, dev >> 20);
-	*at++ = ':';
-	put_decimal(&at, dev & 0xfffff);
-	if (path_len)
-		*at++ = ')';
-	mp_lit(w, "target_context");
-	mp_map(w, path_len ? 5 : 4);
-	mp_lit(w, "type");
-	mp_lit(w, "inode");
-	mp_lit(w, "formatted");
-	mp_text(w, formatted, at - formatted);
-	mp_lit(w, "device");
-	mp_uint(w, user_dev(dev));
-	mp_lit(w, "inode");
-	mp_uint(w, ino);
-	if (path_len) {
-		mp_lit(w, "path");
-		mp_text(w, path, path_len);
-	}
-}
-
-static void encode_file(struct rg_encoder *enc, struct mp_writer *w, const struct rg_file_record *r)
-{
-	size_t path_len = strnlen(r->path, sizeof(r->path));
-	int opened = r->retval >= 0 && r->ino;
-
-	encode_head(enc, w, &r->hdr, opened);
+	event_begin(enc, o, &r->hdr, 0, 0);
+	o->row.result = r->retval;
 	mp_map(w, 9);
 	mp_lit(w, "type");
 	mp_lit(w, "file_open");
 	mp_lit(w, "path");
-	mp_text(w, r->path, path_len);
+	mp_cstr(w, r->path, sizeof(r->path));
 	mp_lit(w, "flags");
 	mp_uint(w, r->flags);
 	mp_lit(w, "mode");
@@ -341,9 +380,7 @@ static void encode_file(struct rg_encoder *enc, struct mp_writer *w, const struc
 	}
 	mp_lit(w, "path_truncated");
 	mp_bool(w, r->path_truncated);
-	encode_ids(w, &r->hdr);
-	if (opened)
-		encode_inode_target(w, r->dev, r->ino, r->path, path_len);
+	event_end(o);
 }
 
 static void mp_protocol(struct mp_writer *w, unsigned int protocol)
@@ -365,100 +402,60 @@ static void mp_protocol(struct mp_writer *w, unsigned int protocol)
 	}
 }
 
-struct net_text {
-	char addr[INET6_ADDRSTRLEN];
-	char formatted[INET6_ADDRSTRLEN + 16];
-	size_t addr_len, formatted_len;
-	int v6;
-};
-
-/* addr holds a sockaddr's bytes in network order: inet_ntop reads them as
- * such, so 127.1.2.3 never comes out reversed. */
-static void format_net(struct net_text *t, unsigned int family, const unsigned char *addr, unsigned int port)
+static void mp_address(struct mp_writer *w, unsigned int family, const unsigned char *addr)
 {
-	t->v6 = family == AF_INET6;
-	t->addr[0] = 0;
-	inet_ntop(t->v6 ? AF_INET6 : AF_INET, addr, t->addr, sizeof(t->addr));
-	t->addr_len = strlen(t->addr);
-	t->formatted_len = snprintf(t->formatted, sizeof(t->formatted), t->v6 ? "[%s]:%u" : "%s:%u", t->addr, port);
+	char text[INET6_ADDRSTRLEN] = "";
+
+	inet_ntop(family == AF_INET6 ? AF_INET6 : AF_INET, addr, text, sizeof(text));
+	mp_str_raw(w, text, strlen(text));
 }
 
-static void encode_net_target(struct mp_writer *w, const struct net_text *t, unsigned int port)
+static void mp_family(struct mp_writer *w, unsigned int family)
 {
-	mp_lit(w, "target_context");
-	mp_map(w, 4);
-	mp_lit(w, "type");
-	if (t->v6)
-		mp_lit(w, "ipv6");
-	else
-		mp_lit(w, "ipv4");
-	mp_lit(w, "formatted");
-	mp_str_raw(w, t->formatted, t->formatted_len);
-	mp_lit(w, "address");
-	mp_str_raw(w, t->addr, t->addr_len);
-	mp_lit(w, "port");
-	mp_uint(w, port);
-}
-
-static void mp_family(struct mp_writer *w, int v6)
-{
-	if (v6)
+	if (family == AF_INET6)
 		mp_lit(w, "ipv6");
 	else
 		mp_lit(w, "ipv4");
 }
 
-static void encode_net(struct rg_encoder *enc, struct mp_writer *w, const struct rg_net_record *r)
+static void encode_net(struct rg_encoder *enc, struct rg_output *o, const struct rg_net_record *r)
 {
-	struct net_text text;
+	struct mp_writer *w = &o->w;
+	int send = r->hdr.kind == RG_KIND_NET_SENDMSG;
 
-	format_net(&text, r->family, r->addr, r->port);
-	encode_head(enc, w, &r->hdr, 1);
-	mp_map(w, r->hdr.kind == RG_KIND_NET_SENDMSG ? 8 : 7);
+	event_begin(enc, o, &r->hdr, 0, 0);
+	o->row.result = r->retval;
+	mp_map(w, send ? 8 : 7);
 	mp_lit(w, "type");
 	mp_name(w, kind_names[r->hdr.kind]);
 	mp_lit(w, "family");
-	mp_family(w, text.v6);
+	mp_family(w, r->family);
 	mp_lit(w, "protocol");
 	mp_protocol(w, r->protocol);
 	mp_lit(w, "address");
-	mp_str_raw(w, text.addr, text.addr_len);
+	mp_address(w, r->family, r->addr);
 	mp_lit(w, "port");
 	mp_uint(w, r->port);
 	mp_lit(w, "result");
 	mp_int(w, r->retval);
 	mp_lit(w, "fd");
 	mp_uint(w, r->fd);
-	if (r->hdr.kind == RG_KIND_NET_SENDMSG) {
+	if (send) {
 		mp_lit(w, "syscall");
 		if (r->syscall == RG_SEND_SENDMSG)
 			mp_lit(w, "sendmsg");
 		else
 			mp_lit(w, "sendto");
 	}
-	encode_ids(w, &r->hdr);
-	encode_net_target(w, &text, r->port);
+	event_end(o);
 }
 
-static void encode_pid_target(struct mp_writer *w, unsigned int pid)
+static void encode_ptrace(struct rg_encoder *enc, struct rg_output *o, const struct rg_ptrace_record *r)
 {
-	char formatted[32], *at = formatted;
+	struct mp_writer *w = &o->w;
 
-	put(&at, "pid ", 4);
-	put_decimal(&at, pid);
-	mp_lit(w, "target_context");
-	mp_map(w, 3);
-	mp_lit(w, "type");
-	mp_lit(w, "pid");
-	mp_lit(w, "formatted");
-	mp_str_raw(w, formatted, at - formatted);
-	mp_lit(w, "pid");
-	mp_uint(w, pid);
-}
-
-static void encode_ptrace(struct rg_encoder *enc, struct mp_writer *w, const struct rg_ptrace_record *r)
-{
-	encode_head(enc, w, &r->hdr, 1);
+	event_begin(enc, o, &r->hdr, 0, 0);
+	o->row.result = r->retval;
 	mp_map(w, 4);
 	mp_lit(w, "type");
 	mp_lit(w, "ptrace");
@@ -468,8 +465,7 @@ static void encode_ptrace(struct rg_encoder *enc, struct mp_writer *w, const str
 	mp_uint(w, r->target_pid);
 	mp_lit(w, "result");
 	mp_int(w, r->retval);
-	encode_ids(w, &r->hdr);
-	encode_pid_target(w, r->target_pid);
+	event_end(o);
 }
 
 /* How a process's memory was reached; 0 (not a memory method) is plain ptrace. */
@@ -486,9 +482,12 @@ static void mp_memory_method(struct mp_writer *w, unsigned int method)
 	}
 }
 
-static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const struct rg_memory_record *r)
+static void encode_memory(struct rg_encoder *enc, struct rg_output *o, const struct rg_memory_record *r)
 {
-	encode_head(enc, w, &r->hdr, 1);
+	struct mp_writer *w = &o->w;
+
+	event_begin(enc, o, &r->hdr, 0, 0);
+	o->row.result = r->retval;
 	mp_map(w, 5);
 	mp_lit(w, "type");
 	mp_lit(w, "process_memory");
@@ -501,8 +500,7 @@ static void encode_memory(struct rg_encoder *enc, struct mp_writer *w, const str
 	mp_int(w, r->retval);
 	mp_lit(w, "flags");
 	mp_uint(w, r->flags);
-	encode_ids(w, &r->hdr);
-	encode_pid_target(w, r->target_pid);
+	event_end(o);
 }
 
 static void mp_change_operation(struct mp_writer *w, unsigned int operation)
@@ -516,16 +514,6 @@ static void mp_change_operation(struct mp_writer *w, unsigned int operation)
 	}
 }
 
-static void mp_action(struct mp_writer *w, unsigned int action)
-{
-	switch (action) {
-	case RG_ACTION_WOULD_BLOCK: mp_lit(w, "would_block"); break;
-	case RG_ACTION_BLOCKED: mp_lit(w, "blocked"); break;
-	case RG_ACTION_KILLED: mp_lit(w, "killed"); break;
-	default: mp_lit(w, "observed"); break;
-	}
-}
-
 /* The fields every decision's data has, after its type. */
 static void encode_decision_fields(struct mp_writer *w, const struct rg_block_record *r, long long rule_index)
 {
@@ -536,23 +524,21 @@ static void encode_decision_fields(struct mp_writer *w, const struct rg_block_re
 	mp_lit(w, "would_deny");
 	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
 	mp_lit(w, "comm");
-	mp_cstr(w, r->comm, sizeof(r->comm));
+	mp_cstr(w, r->hdr.comm, sizeof(r->hdr.comm));
 }
 
 /* Guard decisions: the common keys, data, action, and the target. */
-static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const struct rg_block_record *r)
+static void encode_block(struct rg_encoder *enc, struct rg_output *o, const struct rg_block_record *r)
 {
+	struct mp_writer *w = &o->w;
 	unsigned int kind = r->hdr.kind;
 	int raw = r->rule_index == RG_RULE_RAW_SOCKET;
 	int net = !raw && (kind == RG_KIND_CONNECT_DENIED || kind == RG_KIND_EXFIL_BLOCKED);
 	int change = kind == RG_KIND_PROTECTED_FILE_CHANGED;
 	int file = !raw && (kind == RG_KIND_OPEN_INODE || kind == RG_KIND_MIRAGE_TRAP || change);
 	const char *raw_family = r->family == AF_INET ? "ipv4" : r->family == AF_INET6 ? "ipv6" : "packet";
-	struct net_text text;
 
-	if (net)
-		format_net(&text, r->family, r->addr, r->port);
-	encode_head(enc, w, &r->hdr, 2);
+	event_begin(enc, o, &r->hdr, r->action, 1);
 	mp_map(w, raw || net ? 8 : change ? 9 : file ? 7 : 6);
 	mp_lit(w, "type");
 	mp_name(w, kind_names[kind]);
@@ -563,7 +549,7 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 		if (raw)
 			mp_name(w, raw_family);
 		else
-			mp_family(w, text.v6);
+			mp_family(w, r->family);
 		mp_lit(w, "protocol");
 		mp_protocol(w, r->protocol);
 		mp_lit(w, "tainted");
@@ -586,28 +572,34 @@ static void encode_block(struct rg_encoder *enc, struct mp_writer *w, const stru
 		mp_lit(w, "method");
 		mp_memory_method(w, r->flags);
 	}
-	encode_ids(w, &r->hdr);
-	mp_lit(w, "action");
-	mp_action(w, r->action);
 	if (raw) {
-		char formatted[64];
 		const char *what = r->family == AF_PACKET ? "packet" : r->flags == SOCK_DGRAM ? "ping"
 				   : r->flags == SOCK_RAW ? "raw" : "packet";
-		int n = snprintf(formatted, sizeof(formatted), "%s socket (%s, protocol %u)", what, raw_family,
-				 r->protocol);
-		mp_lit(w, "target_context");
-		mp_map(w, 2);
-		mp_lit(w, "type");
-		mp_lit(w, "socket");
-		mp_lit(w, "formatted");
-		mp_str_raw(w, formatted, n);
+		mp_target_head(w, "socket", 9);
+		for (int i = 0; i < 6; i++)
+			mp_nil(w);
+		mp_name(w, what);
+		mp_uint(w, r->protocol);
 	} else if (net) {
-		encode_net_target(w, &text, r->port);
+		mp_target_head(w, r->family == AF_INET6 ? "ipv6" : "ipv4", 3);
+		mp_address(w, r->family, r->addr);
+		mp_uint(w, r->port);
 	} else if (file) {
-		encode_inode_target(w, r->dev, r->ino, r->path, strnlen(r->path, sizeof(r->path)));
+		size_t path_len = strnlen(r->path, sizeof(r->path));
+		mp_target_head(w, "inode", path_len ? 6 : 5);
+		mp_nil(w);
+		mp_nil(w);
+		mp_uint(w, user_dev(r->dev));
+		mp_uint(w, r->ino);
+		if (path_len)
+			mp_text(w, r->path, path_len);
 	} else {
-		encode_pid_target(w, r->target_pid);
+		mp_target_head(w, "pid", 7);
+		for (int i = 0; i < 5; i++)
+			mp_nil(w);
+		mp_uint(w, r->target_pid);
 	}
+	event_end(o);
 }
 
 /* The namespace kinds, in CLONE_NEW* bit order, as the schema names them. */
@@ -626,29 +618,20 @@ static const char *const namespace_operations[] = {
 	[RG_NS_PIVOT_ROOT] = "pivot_root",
 };
 
-/* A namespace made or joined, or a mount: the operation, the kinds asked
- * for, and a target that says both ("unshare (user, mnt)"). */
-static void encode_namespace(struct rg_encoder *enc, struct mp_writer *w, const struct rg_block_record *r)
+/* A namespace made or joined, or a mount: the operation and the kinds asked
+ * for; its target ("unshare (user, mnt)") is made from them when read. */
+static void encode_namespace(struct rg_encoder *enc, struct rg_output *o, const struct rg_block_record *r)
 {
+	struct mp_writer *w = &o->w;
 	const char *operation = r->operation < sizeof(namespace_operations) / sizeof(namespace_operations[0]) &&
 						namespace_operations[r->operation]
 					? namespace_operations[r->operation]
 					: "unshare";
-	char formatted[128], *at = formatted;
 	unsigned int kinds = 0;
 
 	for (size_t i = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++)
 		kinds += (r->flags & namespace_kinds[i].flag) != 0;
-	put(&at, operation, strlen(operation));
-	for (size_t i = 0, n = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++) {
-		if (!(r->flags & namespace_kinds[i].flag))
-			continue;
-		put(&at, n++ ? ", " : " (", 2);
-		put(&at, namespace_kinds[i].name, strlen(namespace_kinds[i].name));
-	}
-	if (kinds)
-		put(&at, ")", 1);
-	encode_head(enc, w, &r->hdr, 2);
+	event_begin(enc, o, &r->hdr, r->action, 1);
 	mp_map(w, 7);
 	mp_lit(w, "type");
 	mp_lit(w, "namespace_denied");
@@ -660,18 +643,53 @@ static void encode_namespace(struct rg_encoder *enc, struct mp_writer *w, const 
 	for (size_t i = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++)
 		if (r->flags & namespace_kinds[i].flag)
 			mp_name(w, namespace_kinds[i].name);
-	encode_ids(w, &r->hdr);
-	mp_lit(w, "action");
-	mp_action(w, r->action);
-	mp_lit(w, "target_context");
-	mp_map(w, 2);
-	mp_lit(w, "type");
-	mp_lit(w, "namespace");
-	mp_lit(w, "formatted");
-	mp_str_raw(w, formatted, at - formatted);
+	mp_target_head(w, "namespace", 1);
+	event_end(o);
 }
 
-int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *data, size_t len)
+/* The bytes of a record worth keeping: up to the end of its trailing path,
+ * where it has one (most of a file record is an unused path buffer). */
+static size_t record_used(const struct rg_header *h)
+{
+	size_t size = kind_sizes[h->kind];
+
+	if (h->kind == RG_KIND_FILE_OPEN) {
+		const struct rg_file_record *r = (const void *)h;
+		return offsetof(struct rg_file_record, path) + strnlen(r->path, sizeof(r->path));
+	}
+	if (h->kind >= RG_KIND_CONNECT_DENIED) {
+		const struct rg_block_record *r = (const void *)h;
+		return offsetof(struct rg_block_record, path) + strnlen(r->path, sizeof(r->path));
+	}
+	return size;
+}
+
+/* The batch API: the row, and the record itself (its used bytes), its
+ * details made only if the row's event is asked for (rg_encode_details). */
+static void keep_record(struct rg_encoder *enc, struct rg_output *o, const struct rg_header *h)
+{
+	struct mp_writer *w = &o->w;
+	struct rg_event_row *row = &o->rows[o->count];
+	size_t used = record_used(h);
+
+	fill_row(enc, row, h);
+	switch (h->kind) {
+	case RG_KIND_PROCESS_EXEC: row->result = ((const struct rg_exec_record *)h)->retval; break;
+	case RG_KIND_PROCESS_EXIT: row->result = ((const struct rg_exit_record *)h)->exit_code; break;
+	case RG_KIND_FILE_OPEN: row->result = ((const struct rg_file_record *)h)->retval; break;
+	case RG_KIND_NET_CONNECT:
+	case RG_KIND_NET_SENDMSG: row->result = ((const struct rg_net_record *)h)->retval; break;
+	case RG_KIND_PTRACE: row->result = ((const struct rg_ptrace_record *)h)->retval; break;
+	case RG_KIND_PROCESS_MEMORY: row->result = ((const struct rg_memory_record *)h)->retval; break;
+	}
+	row->details_offset = w->len;
+	row->details_len = used;
+	memcpy(w->buf + w->len, h, used);
+	w->len += used;
+	o->count++;
+}
+
+int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *data, size_t len)
 {
 	const struct rg_header *h = data;
 
@@ -679,26 +697,54 @@ int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *da
 		enc->malformed++;
 		return 0;
 	}
-	switch (h->kind) {
-	case RG_KIND_PROCESS_EXEC: encode_exec(enc, w, data); break;
-	case RG_KIND_PROCESS_FORK: encode_fork(enc, w, data); break;
-	case RG_KIND_PROCESS_EXIT: encode_exit(enc, w, data); break;
-	case RG_KIND_FILE_OPEN: encode_file(enc, w, data); break;
-	case RG_KIND_NET_CONNECT:
-	case RG_KIND_NET_SENDMSG: encode_net(enc, w, data); break;
-	case RG_KIND_PTRACE: encode_ptrace(enc, w, data); break;
-	case RG_KIND_PROCESS_MEMORY: encode_memory(enc, w, data); break;
-	case RG_KIND_NAMESPACE_DENIED: encode_namespace(enc, w, data); break;
-	default: encode_block(enc, w, data); break;
-	}
 	enc->delivered[h->kind]++;
+	if (o->raw) {
+		keep_record(enc, o, h);
+		return 1;
+	}
+	switch (h->kind) {
+	case RG_KIND_PROCESS_EXEC: encode_exec(enc, o, data); break;
+	case RG_KIND_PROCESS_FORK: encode_fork(enc, o, data); break;
+	case RG_KIND_PROCESS_EXIT: encode_exit(enc, o, data); break;
+	case RG_KIND_FILE_OPEN: encode_file(enc, o, data); break;
+	case RG_KIND_NET_CONNECT:
+	case RG_KIND_NET_SENDMSG: encode_net(enc, o, data); break;
+	case RG_KIND_PTRACE: encode_ptrace(enc, o, data); break;
+	case RG_KIND_PROCESS_MEMORY: encode_memory(enc, o, data); break;
+	case RG_KIND_NAMESPACE_DENIED: encode_namespace(enc, o, data); break;
+	default: encode_block(enc, o, data); break;
+	}
 	return 1;
 }
 
-void rg_encode_lost(struct rg_encoder *enc, struct mp_writer *w, const unsigned long long *lost_delta,
+int rg_encode_details(const void *record, size_t len, long long timestamp, unsigned char *out, size_t cap)
+{
+	unsigned long long delivered[RG_KIND_SLOTS] = {};
+	struct rg_encoder enc = { .delivered = delivered };
+	struct rg_event_row row;
+	struct rg_output o = { .w = { .buf = out, .cap = cap }, .columnar = 1, .rows = &row };  /* not raw */
+	unsigned char padded[sizeof(struct rg_exec_record) + sizeof(struct rg_block_record)] = {};
+	const struct rg_header *h = record;
+
+	/* Kept records may end before their path buffer does: pad them back. */
+	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !kind_sizes[h->kind] || len > sizeof(padded))
+		return -EINVAL;
+	if (cap < RG_MAX_ENCODED_RECORD)
+		return -ENOBUFS;
+	memcpy(padded, record, len);
+	/* The offset the consumer used for the row's timestamp, for the other times. */
+	enc.realtime_offset_ns = timestamp - (long long)h->timestamp_ns;
+	if (!rg_encode_record(&enc, &o, padded, kind_sizes[h->kind]))
+		return -EINVAL;
+	return o.w.len;
+}
+
+void rg_encode_lost(struct rg_encoder *enc, struct rg_output *o, const unsigned long long *lost_delta,
 		    unsigned long long total)
 {
-	struct rg_header h = { .kind = RG_KIND_LOST };
+	struct mp_writer *w = &o->w;
+	struct rg_header h = { .kind = RG_KIND_LOST, .uid = RG_ID_UNKNOWN, .euid = RG_ID_UNKNOWN,
+			       .gid = RG_ID_UNKNOWN };
 	struct timespec ts;
 	uint32_t kinds = 0;
 
@@ -706,7 +752,8 @@ void rg_encode_lost(struct rg_encoder *enc, struct mp_writer *w, const unsigned 
 	h.timestamp_ns = ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 	for (int k = 0; k < RG_KIND_SLOTS; k++)
 		kinds += lost_delta[k] != 0;
-	encode_head(enc, w, &h, 0);
+	event_begin(enc, o, &h, 0, 0);
+	o->row.result = total;
 	mp_map(w, 3);
 	mp_lit(w, "type");
 	mp_lit(w, "lost");
@@ -725,5 +772,5 @@ void rg_encode_lost(struct rg_encoder *enc, struct mp_writer *w, const unsigned 
 		}
 		mp_uint(w, lost_delta[k]);
 	}
-	encode_ids(w, &h);
+	event_end(o);
 }

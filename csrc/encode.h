@@ -1,24 +1,40 @@
-/* The batch encoder: ring-buffer records in, msgpack event maps out, in the
- * shape runtimeguard.schema.Event decodes. */
+/* The batch encoder: ring-buffer records in, events out: a msgpack array of
+ * the shape runtimeguard.schema.Event decodes, or (columnar) fixed rows and
+ * their details. */
 #ifndef RG_ENCODE_H
 #define RG_ENCODE_H
 
 #include "msgpack.h"
-#include "events.h"
+#include "api.h"
 
-/* Room one encoded record may take at most (exec: argv and path, escaped). */
-#define RG_MAX_ENCODED_RECORD 8192
 
 struct rg_encoder {
 	long long realtime_offset_ns; /* CLOCK_REALTIME - CLOCK_BOOTTIME */
 	unsigned long long *delivered; /* RG_KIND_SLOTS counters */
 	unsigned long long malformed;
+	/* The last record's process and its entity id. */
+	unsigned int last_pid;
+	unsigned long long last_start, last_entity;
+};
+
+/* One batch being written. */
+struct rg_output {
+	struct mp_writer w;         /* events (msgpack), or the details of the rows (columnar) */
+	int columnar;               /* rows, not msgpack events */
+	int raw;                    /* keep each record, its details made when read (else: made now) */
+	struct rg_event_row *rows;  /* columnar: one per event */
+	unsigned int count;         /* events written */
+	unsigned int *table_events; /* indexes of the process events (exec, fork, exit) */
+	unsigned int table_count;
+	/* The event being written. */
+	struct rg_event_row row;
+	size_t details_at;
 };
 
 /* Returns 1 when the record became an event, 0 when it was skipped as malformed. */
-int rg_encode_record(struct rg_encoder *enc, struct mp_writer *w, const void *data, size_t len);
+int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *data, size_t len);
 /* A "lost" notice for records the ring buffer could not take. */
-void rg_encode_lost(struct rg_encoder *enc, struct mp_writer *w, const unsigned long long *lost_delta,
+void rg_encode_lost(struct rg_encoder *enc, struct rg_output *o, const unsigned long long *lost_delta,
 		    unsigned long long total);
 
 #endif

@@ -388,18 +388,29 @@ static int opener_in_scope(struct rg_file_judge *j, unsigned int pid, const stru
 	return !stat(path, &st) && st.st_ino == cfg->scope_cgroup_id;
 }
 
-static void opener_comm(unsigned int pid, char *comm)
+/* The opener's name and credentials, as /proc shows them (its thread group
+ * leader's: fanotify names the process, not the thread). */
+static void opener_identity(unsigned int pid, struct rg_header *hdr)
 {
-	char file[64], buf[RG_COMM_LEN + 2];
+	char file[64], buf[2048];
 	ssize_t n;
 
 	snprintf(file, sizeof(file), "/proc/%u/comm", pid);
-	n = read_small(file, buf, sizeof(buf));
+	n = read_small(file, buf, RG_COMM_LEN + 2);
 	if (n > 0 && buf[n - 1] == '\n')
 		buf[--n] = 0;
-	memset(comm, 0, RG_COMM_LEN);
+	memset(hdr->comm, 0, RG_COMM_LEN);
 	if (n > 0)
-		memcpy(comm, buf, n < RG_COMM_LEN ? n : RG_COMM_LEN - 1);
+		memcpy(hdr->comm, buf, n < RG_COMM_LEN ? n : RG_COMM_LEN - 1);
+	hdr->uid = hdr->euid = hdr->gid = RG_ID_UNKNOWN;
+	snprintf(file, sizeof(file), "/proc/%u/status", pid);
+	if (read_small(file, buf, sizeof(buf)) <= 0)
+		return;
+	const char *uid = strstr(buf, "\nUid:"), *gid = strstr(buf, "\nGid:");
+	if (uid)
+		sscanf(uid + 5, "%u %u", &hdr->uid, &hdr->euid);
+	if (gid)
+		sscanf(gid + 5, "%u", &hdr->gid);
 }
 
 static void opened_name(int fd, char *name)
@@ -530,7 +541,6 @@ static int decide(struct rg_file_judge *j, const struct fanotify_event_metadata 
 	rec->rule_index = prot.rule_index;
 	rec->dev = dev;
 	rec->ino = st.st_ino;
-	opener_comm(pid, rec->comm);
 	opened_name(m->fd, rec->path);
 	return 1;
 }
@@ -565,8 +575,11 @@ static void answer(struct rg_file_judge *j, const struct fanotify_event_metadata
 	while (write(j->fan_fd, &resp, sizeof(resp)) < 0 && errno == EINTR)
 		;
 	close(m->fd);
-	if (report)
+	if (report) {
+		/* After the answer: the opener does not wait for its name. */
+		opener_identity(m->pid, &rec.hdr);
 		enqueue(j, &rec);
+	}
 }
 
 /* Reads fd's events, handing each to handle, until the stop descriptor is

@@ -180,9 +180,9 @@ struct rg_tracer {
 	void *consumer_page, *producer_page;
 	size_t page_size;
 
-	struct mp_writer out;
+	struct rg_output out;
 	struct rg_encoder enc;
-	unsigned int batch_count, batch_unwanted;
+	unsigned int batch_unwanted;
 	/* The timed drain: when the ring was last drained, and whether that drain
 	 * stopped on a full batch with records left behind. */
 	long long last_drain_ms;
@@ -293,7 +293,9 @@ static void tracer_free(struct rg_tracer *t)
 	for (int i = SENSOR_COUNT - 1; i >= 0; i--)
 		if (t->sensors[i].skel)
 			t->sensors[i].destroy(t->sensors[i].skel);
-	free(t->out.buf);
+	free(t->out.w.buf);
+	free(t->out.rows);
+	free(t->out.table_events);
 	free(t->percpu);
 	free(t);
 }
@@ -607,9 +609,13 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 		goto error;
 	t->ncpus = libbpf_num_possible_cpus();
 	t->percpu = calloc(t->ncpus > 0 ? t->ncpus : 1, sizeof(struct rg_counters));
-	t->out.cap = (size_t)t->opts.batch_limit * 512 + RG_MAX_ENCODED_RECORD + 16;
-	t->out.buf = malloc(t->out.cap);
-	if (t->ncpus <= 0 || !t->percpu || !t->out.buf) {
+	/* Room for the batch limit plus the judge's decisions and a loss notice
+	 * past it (batch_has_room_for_two). */
+	t->out.w.cap = (size_t)t->opts.batch_limit * 512 + 4 * RG_MAX_ENCODED_RECORD;
+	t->out.w.buf = malloc(t->out.w.cap);
+	t->out.rows = calloc(t->opts.batch_limit + 4, sizeof(*t->out.rows));
+	t->out.table_events = calloc(t->opts.batch_limit + 4, sizeof(*t->out.table_events));
+	if (t->ncpus <= 0 || !t->percpu || !t->out.w.buf || !t->out.rows || !t->out.table_events) {
 		ret = fail(err, errlen, -ENOMEM, "allocating the consumer's buffers");
 		goto error;
 	}
@@ -721,7 +727,7 @@ static int take_record(struct rg_tracer *t, const void *data, size_t len);
 /* The file judge's decisions taken from its queue, not yet encoded. */
 static int batch_has_room_for_two(struct rg_tracer *t)
 {
-	return t->batch_count + 2 < t->opts.batch_limit && t->out.cap - t->out.len >= 3 * RG_MAX_ENCODED_RECORD;
+	return t->out.count + 2 < t->opts.batch_limit && t->out.w.cap - t->out.w.len >= 3 * RG_MAX_ENCODED_RECORD;
 }
 
 /* Encodes the judge's decisions made up to ts first: the stream stays in
@@ -748,12 +754,14 @@ static int handle_record(void *ctx, void *data, size_t len)
 static int take_record(struct rg_tracer *t, const void *data, size_t len)
 {
 	if (rg_encode_record(&t->enc, &t->out, data, len)) {
-		t->batch_count++;
-		if (!(t->opts.wanted_mask >> ((const struct rg_header *)data)->kind & 1))
+		unsigned int kind = ((const struct rg_header *)data)->kind;
+		if (!(t->opts.wanted_mask >> kind & 1))
 			t->batch_unwanted++;
+		if (kind == RG_KIND_PROCESS_EXEC || kind == RG_KIND_PROCESS_FORK || kind == RG_KIND_PROCESS_EXIT)
+			t->out.table_events[t->out.table_count++] = t->out.count - 1;
 	}
 	/* The record is consumed either way; stop while room remains for one more. */
-	if (t->batch_count >= t->opts.batch_limit || t->out.cap - t->out.len < RG_MAX_ENCODED_RECORD)
+	if (t->out.count >= t->opts.batch_limit || t->out.w.cap - t->out.w.len < RG_MAX_ENCODED_RECORD)
 		return RG_STOP_BATCH;
 	return 0;
 }
@@ -804,7 +812,6 @@ static void check_lost(struct rg_tracer *t)
 		return;
 	memcpy(t->lost_seen, total, sizeof(total));
 	rg_encode_lost(&t->enc, &t->out, delta, sum);
-	t->batch_count++;
 }
 
 static long long now_ms(void)
@@ -826,7 +833,7 @@ static int drain(struct rg_tracer *t, long long now)
 		return ret;
 	if (t->judge)
 		take_judged(t);
-	if (t->out.cap - t->out.len >= RG_MAX_ENCODED_RECORD)
+	if (t->out.w.cap - t->out.w.len >= RG_MAX_ENCODED_RECORD && t->out.count < t->opts.batch_limit + 4)
 		check_lost(t);
 	return 0;
 }
@@ -836,7 +843,7 @@ static int drain(struct rg_tracer *t, long long now)
  * threshold), when max_latency_ms has passed since the last drain, or when
  * the caller's timeout runs out. Batches stay large, and no record waits in
  * the ring much longer than max_latency_ms. */
-int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out)
+int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, int columnar, struct rg_batch *out)
 {
 	long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
 	struct epoll_event ev;
@@ -844,10 +851,13 @@ int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out)
 
 	t->polls++;
 	t->enc.realtime_offset_ns = rg_realtime_offset_ns();
-	t->batch_count = 0;
 	t->batch_unwanted = 0;
-	/* Room for an array32 header, written once the count is known. */
-	t->out.len = 5;
+	t->out.count = 0;
+	t->out.table_count = 0;
+	t->out.columnar = columnar;
+	t->out.raw = columnar;
+	/* msgpack: room for an array32 header, written once the count is known. */
+	t->out.w.len = columnar ? 0 : 5;
 	for (;;) {
 		long long now = now_ms();
 		long long wait = t->backlog ? 0 : t->last_drain_ms + t->opts.max_latency_ms - now;
@@ -864,20 +874,25 @@ int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, struct rg_batch *out)
 		if (woken > 0 || t->backlog || now >= t->last_drain_ms + t->opts.max_latency_ms || timed_out) {
 			if ((ret = drain(t, now)))
 				return ret;
-			if (t->batch_count)
+			if (t->out.count)
 				break;
 		}
 		if (timed_out)
 			break;
 	}
-	t->out.buf[0] = 0xdd;
-	for (int i = 0; i < 4; i++)
-		t->out.buf[1 + i] = t->batch_count >> (24 - 8 * i);
-	out->data = t->out.buf;
-	out->len = t->out.len;
-	out->count = t->batch_count;
+	if (!columnar) {
+		t->out.w.buf[0] = 0xdd;
+		for (int i = 0; i < 4; i++)
+			t->out.w.buf[1 + i] = t->out.count >> (24 - 8 * i);
+	}
+	out->data = t->out.w.buf;
+	out->len = t->out.w.len;
+	out->rows = columnar ? t->out.rows : NULL;
+	out->count = t->out.count;
 	out->unwanted = t->batch_unwanted;
-	return t->batch_count;
+	out->table_events = t->out.table_events;
+	out->table_count = t->out.table_count;
+	return t->out.count;
 }
 
 int rg_tracer_epoll_fd(struct rg_tracer *t)
@@ -923,13 +938,13 @@ int rg_encode_records(const unsigned char *records, size_t len, unsigned char *o
 {
 	unsigned long long delivered[RG_KIND_SLOTS] = {};
 	struct rg_encoder enc = { .realtime_offset_ns = 0, .delivered = delivered };
-	struct mp_writer w = { .buf = out, .len = 5, .cap = cap };
+	struct rg_output o = { .w = { .buf = out, .len = 5, .cap = cap } };
 	unsigned int count = 0;
 	size_t pos = 0;
 
 	*out_len = 0;
 	*malformed = 0;
-	if (cap < w.len)
+	if (cap < o.w.len)
 		return -ENOBUFS;
 	while (pos + 4 <= len) {
 		unsigned int n;
@@ -937,19 +952,43 @@ int rg_encode_records(const unsigned char *records, size_t len, unsigned char *o
 		pos += 4;
 		if (n > len - pos)
 			n = len - pos;
-		if (w.cap - w.len < RG_MAX_ENCODED_RECORD) {
+		if (o.w.cap - o.w.len < RG_MAX_ENCODED_RECORD) {
 			*malformed = enc.malformed;
 			return -ENOBUFS;
 		}
-		count += rg_encode_record(&enc, &w, records + pos, n);
+		count += rg_encode_record(&enc, &o, records + pos, n);
 		pos += n;
 	}
 	out[0] = 0xdd;
 	for (int i = 0; i < 4; i++)
 		out[1 + i] = count >> (24 - 8 * i);
-	*out_len = w.len;
+	*out_len = o.w.len;
 	*malformed = enc.malformed;
 	return count;
+}
+
+/* ---- cgroup paths ---- */
+
+int rg_cgroup_path(int mount_fd, unsigned long long cgroup_id, char *path, size_t size)
+{
+	/* A kernfs file handle is the node's 64-bit id: the cgroup id. */
+	struct {
+		struct file_handle handle;
+		unsigned long long id;
+	} h = { .handle = { .handle_bytes = sizeof(cgroup_id), .handle_type = 0xfe }, .id = cgroup_id };
+	char link[64];
+	int fd = open_by_handle_at(mount_fd, &h.handle, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, path, size - 1);
+	int saved = errno;
+	close(fd);
+	if (n < 0)
+		return -saved;
+	path[n] = 0;
+	return n;
 }
 
 /* ---- feature probes ---- */

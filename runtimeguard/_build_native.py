@@ -35,11 +35,12 @@ def _prepare():
 def _cdef():
     """The API and wire structs, preprocessed, plus their integer #defines."""
     defines = []
-    with open(os.path.join(ROOT, "bpf", "events.h")) as f:
-        for line in f:
-            m = re.match(r"#define (RG_\w+) (0x[0-9a-fA-F]+|\d+)U?\s*(/\*.*\*/)?\s*$", line)
-            if m:
-                defines.append(f"#define {m[1]} {m[2]}\n")
+    for header in (os.path.join(ROOT, "bpf", "events.h"), os.path.join(ROOT, "csrc", "api.h")):
+        with open(header) as f:
+            for line in f:
+                m = re.match(r"#define (RG_\w+) (0x[0-9a-fA-F]+|\d+)U?\s*(/\*.*\*/)?\s*$", line)
+                if m:
+                    defines.append(f"#define {m[1]} {m[2]}\n")
     cc = os.environ.get("CC", "cc")
     expanded = subprocess.run(
         [cc, "-E", "-P", "-I", os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc", "api.h")],

@@ -1,8 +1,8 @@
 """The audit log, and the notification tracker that keeps the operator's
 screen readable while the log keeps everything.
 
-The audit log is NDJSON: one ``Event`` per line, encoded by
-``schema.json_encoder``, so every line decodes back to an ``Event`` with
+The audit log is NDJSON: one ``EventRecord`` per line, encoded by
+``schema.json_encoder``, so every line decodes back to an ``EventRecord`` with
 ``schema.json_decoder``.
 
 Durability: ``AuditLogger`` keeps no user-space buffer. ``write()`` returns
@@ -88,12 +88,12 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Union
 
 import msgspec
 
 from .errors import RuntimeGuardError
-from .schema import BLOCK_EVENTS, EVENT_IDS, Event, LostData, json_decoder, json_encoder
+from .schema import BLOCK_EVENTS, EVENT_IDS, Event, EventRecord, LostData, as_record, json_decoder, json_encoder
 
 __all__ = [
     "AuditLogError", "AuditLogger", "AuditLogReader", "Coalescer", "Notice", "NotificationTracker",
@@ -139,7 +139,7 @@ def _error(path: str, doing: str, exc: OSError) -> AuditLogError:
 
 # ---- coalescing ----
 
-def coalesce_key(event: Event) -> Optional[tuple]:
+def coalesce_key(event: EventRecord) -> Optional[tuple]:
     """What makes two events the same decision for coalescing; None: never folded.
 
     Decisions: the event name, action, process (pid and entity id), rule,
@@ -157,7 +157,7 @@ def coalesce_key(event: Event) -> Optional[tuple]:
             event.data)
 
 
-def _merge_lost(a: Event, b: Event) -> Event:
+def _merge_lost(a: EventRecord, b: EventRecord) -> EventRecord:
     """b's event carrying the loss of both notices."""
     by_kind = dict(a.data.by_kind)
     for kind, n in b.data.by_kind.items():
@@ -204,9 +204,9 @@ class Coalescer:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, event: Event) -> list[Event]:
+    def add(self, event: EventRecord) -> list[EventRecord]:
         now = self.clock()
-        out: list[Event] = []
+        out: list[EventRecord] = []
         self._expire(now, out)
         key = coalesce_key(event)
         if key is None:
@@ -226,19 +226,19 @@ class Coalescer:
         self.pending += 1
         return out
 
-    def due(self) -> list[Event]:
+    def due(self) -> list[EventRecord]:
         """The summaries whose interval has ended."""
-        out: list[Event] = []
+        out: list[EventRecord] = []
         self._expire(self.clock(), out)
         return out
 
-    def flush(self) -> list[Event]:
+    def flush(self) -> list[EventRecord]:
         """Every pending summary now; then forgets every key."""
         out = [self._summary(entry) for entry in self._entries.values() if entry[1]]
         self._entries.clear()
         return out
 
-    def _summary(self, entry: list) -> Event:
+    def _summary(self, entry: list) -> EventRecord:
         folded, event = entry[1], entry[2]
         self.pending -= folded
         entry[1], entry[2] = 0, None
@@ -247,7 +247,7 @@ class Coalescer:
         self.coalesced += folded - 1
         return msgspec.structs.replace(event, repeated=folded - 1)
 
-    def _expire(self, now: float, out: list[Event]) -> None:
+    def _expire(self, now: float, out: list[EventRecord]) -> None:
         entries = self._entries
         interval = self.interval_s
         while entries:
@@ -382,8 +382,9 @@ class AuditLogger:
     def closed(self) -> bool:
         return self._closed
 
-    def write(self, event: Event) -> bool:
-        """Append one event as one line, in one ``os.write``.
+    def write(self, event: Union[Event, EventRecord]) -> bool:
+        """Append one event as one line, in one ``os.write`` (a live
+        ``Event`` is resolved into its ``EventRecord`` first).
 
         True: the line is in the file (with coalescing: or the event is
         counted for a later line). False (only with ``on_error="count"``):
@@ -393,6 +394,7 @@ class AuditLogger:
             self._busy = True
             try:
                 self._check_open()
+                event = as_record(event)
                 if self._coalescer is None:
                     return self._write_lines((event,)) == 1
                 lines = self._coalescer.add(event)
@@ -400,7 +402,7 @@ class AuditLogger:
             finally:
                 self._finish()
 
-    def write_many(self, events: Iterable[Event]) -> int:
+    def write_many(self, events: Iterable[Union[Event, EventRecord]]) -> int:
         """Append events, several whole lines per ``os.write``; the number of lines now in the file.
 
         Each batch is atomic like a single line. If the iterable or an
@@ -411,6 +413,7 @@ class AuditLogger:
             self._busy = True
             try:
                 self._check_open()
+                events = map(as_record, events)
                 if self._coalescer is not None:
                     events = self._coalesced(events)
                 return self._write_lines(events)
@@ -543,12 +546,12 @@ class AuditLogger:
                     pass
         self._fd = self._lock_fd = -1
 
-    def _coalesced(self, events: Iterable[Event]) -> Iterator[Event]:
+    def _coalesced(self, events: Iterable[EventRecord]) -> Iterator[EventRecord]:
         add = self._coalescer.add
         for event in events:
             yield from add(event)
 
-    def _write_lines(self, events: Iterable[Event]) -> int:
+    def _write_lines(self, events: Iterable[EventRecord]) -> int:
         """Encode and write events, batched; the number of lines now in the file."""
         buf = self._line
         del buf[:]
@@ -660,7 +663,7 @@ class AuditLogger:
         if not self._unreported:
             return True
         by_kind = dict(self._unreported)
-        event = Event(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
+        event = EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
                       tid=threading.get_native_id(),
                       data=LostData(count=sum(by_kind.values()), by_kind=by_kind, source="audit_log",
                                     error=self._last_error or None))
@@ -681,7 +684,7 @@ class AuditLogger:
 
     # ---- first records ----
 
-    def _is_first(self, event: Event) -> bool:
+    def _is_first(self, event: EventRecord) -> bool:
         """Whether event is the run's first record of its (rule, target), and
         within the rule's cap; marks it seen."""
         seen = self._first_seen
@@ -912,7 +915,7 @@ def install_sigterm_flush(logger: AuditLogger) -> Any:
 # ---- reading ----
 
 class AuditLogReader:
-    """Reads one audit log file back as ``Event``s.
+    """Reads one audit log file back as ``EventRecord``s.
 
     A torn last line (no final newline, or undecodable: a writer killed
     mid-line, a disk that filled) is skipped and counted in ``torn_lines``.
@@ -926,7 +929,7 @@ class AuditLogReader:
         self.lines_read = 0
         """Lines decoded into events by events()."""
 
-    def events(self) -> Iterator[Event]:
+    def events(self) -> Iterator[EventRecord]:
         try:
             f = open(self.path, "rb")
         except OSError as exc:
@@ -954,7 +957,7 @@ class AuditLogReader:
 
     __iter__ = events
 
-    def _decode(self, line: bytes, number: int) -> Event:
+    def _decode(self, line: bytes, number: int) -> EventRecord:
         try:
             event = json_decoder.decode(line)
         except msgspec.DecodeError as exc:
@@ -963,7 +966,7 @@ class AuditLogReader:
         return event
 
 
-def read_audit_log(path: str | os.PathLike) -> Iterator[Event]:
+def read_audit_log(path: str | os.PathLike) -> Iterator[EventRecord]:
     """The events of one audit log file; a torn last line is skipped with a warning."""
     reader = AuditLogReader(path)
     yield from reader.events()

@@ -185,7 +185,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             out = sys.stdout.buffer
 
             def emit(events):
-                out.write(b"".join(json_encoder.encode(ev) + b"\n" for ev in events))
+                out.write(b"".join(json_encoder.encode(ev.record()) + b"\n" for ev in events))
                 out.flush()
         else:
             table = Table(sys.stdout)

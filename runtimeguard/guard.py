@@ -39,7 +39,6 @@ import time
 from typing import Callable, Optional, Sequence
 
 import msgspec
-from msgspec.structs import force_setattr
 
 from . import environment
 from ._native import ffi, lib
@@ -51,7 +50,7 @@ from .mutations import MutationWatch
 from .schema import (
     BLOCK_EVENTS,
     EVENT_IDS,
-    Event,
+    EventRecord,
     LostData,
     ModeChangedData,
     PolicyRef,
@@ -108,7 +107,7 @@ class GuardStats(TracerStats, frozen=True):
 class GuardResult(msgspec.Struct):
     exit_status: int
     """The command's exit status; 128 + N when signal N ended it."""
-    events: list[Event]
+    events: list[EventRecord]
     """Every guard decision, in order."""
 
 
@@ -140,7 +139,7 @@ class Guard:
     """
 
     def __init__(self, policy: Policy, *, cgroup: Optional[str] = None, audit_log: Optional[str] = None,
-                 on_event: Optional[Callable[[Event], None]] = None,
+                 on_event: Optional[Callable[[EventRecord], None]] = None,
                  ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE, backend: str = "auto",
                  audit_coalesce_s: float = DEFAULT_COALESCE_S, audit_max_bytes: int = DEFAULT_MAX_BYTES,
                  audit_backups: int = 5, audit_keep_first: int = DEFAULT_KEEP_FIRST):
@@ -177,7 +176,7 @@ class Guard:
         self._scope_path: Optional[str] = None  # cgroup path relative to the hierarchy; None: the host
         self._audit: Optional[AuditLogger] = None
         self._cgroup_fd = -1
-        self.events: list[Event] = []
+        self.events: list[EventRecord] = []
         self._requested_mode: Optional[str] = None
         self.tainted_sockets_destroyed = 0
         """After close() (tracepoint backend, enforce mode): TCP sockets of
@@ -423,7 +422,7 @@ class Guard:
         previous, self.mode = self.mode, mode
         self._cfg.mode = lib.RG_MODE_ENFORCE if mode == "enforce" else lib.RG_MODE_AUDIT
         self._tracer.update_map("rg_guard_cfg", ffi.new("unsigned int *", 0), self._cfg)
-        note = Event(timestamp=time.time_ns(), id=EVENT_IDS["mode_changed"], name="mode_changed",
+        note = EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["mode_changed"], name="mode_changed",
                      data=ModeChangedData(previous=previous, mode=mode), pid=os.getpid(), tid=threading.get_native_id(),
                      policy=PolicyRef(rule="mode", mode=mode, name=self.policy.name))
         self.events.append(note)
@@ -457,7 +456,7 @@ class Guard:
 
     # ---- decisions ----
 
-    def poll(self, timeout: Optional[float] = None) -> list[Event]:
+    def poll(self, timeout: Optional[float] = None) -> list[EventRecord]:
         """The guard decisions since the last poll, logged and named.
 
         The ring buffer's ``lost`` notices (records it could not take, per
@@ -468,21 +467,23 @@ class Guard:
         to_log = []
         received = self._tracer.poll(timeout)
         for ev in received:
-            if ev.name == "lost":
+            name = ev.name
+            if name == "lost":
                 logged = self._ring_lost_logged
                 for kind, n in ev.data.by_kind.items():
                     logged[kind] = logged.get(kind, 0) + n
-                to_log.append(ev)
+                to_log.append(ev.record())
                 continue
-            if ev.name not in BLOCK_EVENTS:
+            if name not in BLOCK_EVENTS:
                 continue
-            mode = "audit" if ev.action == "would_block" else self.mode
-            force_setattr(ev, "policy", PolicyRef(rule=self.rule_id(ev.data.rule_index), mode=mode,
-                                                  name=self.policy.name))
-            if ev.name in ("open_inode", "mirage_trap", "protected_file_changed"):
-                self._name_file(ev)
-            decisions.append(ev)
-            to_log.append(ev)
+            # Resolved now, while the process table still knows the process.
+            rec = ev.record()
+            mode = "audit" if rec.action == "would_block" else self.mode
+            rec.policy = PolicyRef(rule=self.rule_id(rec.data.rule_index), mode=mode, name=self.policy.name)
+            if name in ("open_inode", "mirage_trap", "protected_file_changed"):
+                self._name_file(rec)
+            decisions.append(rec)
+            to_log.append(rec)
         self._polled = len(received)
         if self._mutations is not None:
             changed = self._judge_mutations()
@@ -513,7 +514,7 @@ class Guard:
             return None
         return path == self._scope_path or path.startswith(self._scope_path + "/")
 
-    def _judge_mutations(self) -> list[Event]:
+    def _judge_mutations(self) -> list[EventRecord]:
         decisions = []
         for m in self._mutations.read():
             if m.pid <= 0:
@@ -533,7 +534,7 @@ class Guard:
             action = "killed" if kill else ("would_block" if self.mode == "audit" else "observed")
             index = self._rules.index(p.rule_id) if p.rule_id in self._rules else -1
             process = self._tracer.process(m.pid)
-            decisions.append(Event(
+            decisions.append(EventRecord(
                 timestamp=time.time_ns(), id=EVENT_IDS["protected_file_changed"], name="protected_file_changed",
                 pid=m.pid, tid=m.pid, entity_id=process.entity_id if process else 0, action=action,
                 workload=Workload(process=process) if process else None,
@@ -546,7 +547,7 @@ class Guard:
                 policy=PolicyRef(rule=p.rule_id, mode=self.mode, name=self.policy.name)))
         return decisions
 
-    def _name_file(self, ev: Event) -> None:
+    def _name_file(self, ev: EventRecord) -> None:
         """The kernel reports the opened dentry's name; the rule knows the path."""
         rule = self._rule_paths.get(ev.data.rule_index)
         tc = ev.target_context
@@ -555,8 +556,8 @@ class Guard:
         path, dev, ino = rule
         if (tc.device, tc.inode) != (dev, ino):
             path = f"{path}/.../{tc.path}"  # somewhere beneath a protected directory
-        force_setattr(ev, "target_context", msgspec.structs.replace(
-            tc, path=path, formatted=f"{path} (inode {tc.inode} on {os.major(tc.device)}:{os.minor(tc.device)})"))
+        ev.target_context = msgspec.structs.replace(
+            tc, path=path, formatted=f"{path} (inode {tc.inode} on {os.major(tc.device)}:{os.minor(tc.device)})")
 
     def run(self, argv: Sequence[str], *, poll_interval: float = 0.1, user: Optional[str] = None) -> GuardResult:
         """Runs argv in a fresh cgroup under this guard; returns its exit status
@@ -644,7 +645,7 @@ class Guard:
             return
         for kind, n in unseen.items():
             logged[kind] = logged.get(kind, 0) + n
-        self._audit.write(Event(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
+        self._audit.write(EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
                                 tid=threading.get_native_id(),
                                 data=LostData(count=sum(unseen.values()), by_kind=unseen)))
 
@@ -726,7 +727,7 @@ def _kill_cgroup(path: str, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def format_decision(ev: Event) -> str:
+def format_decision(ev: EventRecord) -> str:
     """One readable line for the operator's terminal."""
     what = {"would_block": "WOULD BLOCK", "blocked": "BLOCKED", "killed": "KILLED"}.get(ev.action, "REPORTED")
     process = ev.workload.process if ev.workload is not None else None
@@ -737,7 +738,7 @@ def format_decision(ev: Event) -> str:
 
 
 def guard(policy: Policy, argv: Sequence[str], *, mode: Optional[str] = None, audit_log: Optional[str] = None,
-          on_event: Optional[Callable[[Event], None]] = None, backend: str = "auto",
+          on_event: Optional[Callable[[EventRecord], None]] = None, backend: str = "auto",
           user: Optional[str] = None, **options) -> GuardResult:
     """Runs argv under policy; returns its exit status and the guard's decisions.
     backend: "auto" (the strongest this kernel runs), "lsm", "fanotify" or "tracepoint".

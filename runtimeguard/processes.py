@@ -1,10 +1,16 @@
-"""The process table: resolves an event's entity id to a shared Workload.
+"""The process table: an event's process, at the event's time.
 
 Process identity travels once, in process_exec and process_fork events; every
-later event carries only pid, entity id and cgroup id, and gets the same
-``Workload`` object as every other event of that process. Processes that
-started before the tracer are read from /proc the first time they are seen,
-and kept only if /proc still shows the same process (same start time).
+later event carries only pid, entity id, cgroup id and the acting task's
+credentials and name. The table keeps each process's versions in time order
+(an exec replaces the image; a setuid() or a new name seen in an event adds a
+version from then on), so an event read late still gets the process as it
+was when the event happened. Processes that started before the tracer are
+read from /proc the first time they are seen, and kept only if /proc still
+shows the same process (same start time).
+
+One table serves every Tracer of the Python process (entity ids are the
+host's); ``Event.workload`` reads it through ``schema.set_resolver``.
 """
 
 from __future__ import annotations
@@ -12,27 +18,20 @@ from __future__ import annotations
 import os
 import re
 import time
+import threading
 from typing import Callable, Optional
 
-from .schema import (
-    Container,
-    Event,
-    Process,
-    ProcessExecData,
-    ProcessForkData,
-    ProcessRef,
-    TargetContext,
-    Workload,
-)
+import msgspec
+
+from . import schema
+from .schema import Container, Event, Process, ProcessExecData, ProcessForkData, ProcessRef, Workload
 
 MAX_ANCESTORS = 8
 MAX_PROCESSES = 32768
 KEEP_EXITED = 2048
+MAX_VERSIONS = 8  # per process: an exec or a change of credentials or name adds one
 CGROUP_RESCAN_INTERVAL_S = 1.0
-# Events that change the table (or, "lost", belong to no process).
-_TABLE_CHANGES = frozenset(("process_exec", "process_fork", "process_exit", "lost"))
-# Events whose target is a process: named from the table.
-_PID_TARGETS = frozenset(("ptrace", "process_memory", "ptrace_denied"))
+_EXEC, _FORK, _EXIT = (schema.EVENT_IDS[n] for n in ("process_exec", "process_fork", "process_exit"))
 
 _CONTAINER_PATTERNS = [
     (re.compile(r"docker-([0-9a-f]{64})\.scope"), "docker"),
@@ -58,10 +57,18 @@ def _ref(p: Process) -> ProcessRef:
 
 
 class CgroupPaths:
-    """cgroup v2 id (the directory's inode number) to path, by walking the hierarchy."""
+    """cgroup v2 id (the directory's inode number) to path, relative to the
+    hierarchy's root. resolve(id) answers a miss in O(1) where it can (the
+    native open_by_handle_at lookup); otherwise, or when it cannot say, the
+    hierarchy is walked, at most once a second. Paths are kept once known
+    (ids are never reused), so an event read after its cgroup was removed
+    still names it, if it was seen before."""
 
-    def __init__(self, mount_point: Optional[str]):
+    MAX_KNOWN = 65536
+
+    def __init__(self, mount_point: Optional[str], resolve: Optional[Callable[[int], Optional[str]]] = None):
         self._mount = mount_point
+        self._resolve = resolve
         self._paths: dict[int, str] = {}
         self._scanned_at = 0.0
 
@@ -69,10 +76,20 @@ class CgroupPaths:
         if not cgroup_id or not self._mount:
             return None
         found = self._paths.get(cgroup_id)
+        if found is None and self._resolve is not None:
+            found = self._resolve(cgroup_id)
+            if found is not None:
+                self._keep({cgroup_id: found})
         if found is None and time.monotonic() - self._scanned_at > CGROUP_RESCAN_INTERVAL_S:
             self._rescan()
             found = self._paths.get(cgroup_id)
         return found
+
+    def _keep(self, paths: dict[int, str]) -> None:
+        self._paths.update(paths)
+        if len(self._paths) > self.MAX_KNOWN:
+            for key in list(self._paths)[: len(self._paths) - self.MAX_KNOWN]:
+                del self._paths[key]
 
     def _rescan(self) -> None:
         self._scanned_at = time.monotonic()
@@ -82,88 +99,66 @@ class CgroupPaths:
                 paths[os.stat(root).st_ino] = "/" + os.path.relpath(root, self._mount).lstrip(".")
             except OSError:
                 continue
-        self._paths = paths
+        self._keep(paths)
 
 
 class ProcessTable:
+    """Processes by entity id, each a list of (since, Process) versions in
+    time order; since is the epoch ns from which the version holds."""
+
     def __init__(self, entity_id: Callable[[int, int], int], realtime_offset_ns: Callable[[], int],
-                 cgroup_mount: Optional[str]):
+                 cgroup_mount: Optional[str], cgroup_path: Optional[Callable[[int], Optional[str]]] = None):
         self._entity_id = entity_id
         self._realtime_offset_ns = realtime_offset_ns
         self._ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-        self._processes: dict[int, Process] = {}
+        self._versions: dict[int, list[tuple[int, Process]]] = {}
         self._by_pid: dict[int, int] = {}
-        # entity id -> cgroup id -> Workload: a process moved to another
-        # cgroup gets a second Workload; a re-exec drops them all.
-        self._workloads: dict[int, dict[int, Workload]] = {}
+        # entity id -> (version since, cgroup id) -> Workload.
+        self._workloads: dict[int, dict[tuple[int, int], Workload]] = {}
+        # The last answer per process and cgroup: entity id -> cgroup id ->
+        # (from, until, the credentials and name it was for, Workload). An
+        # event in that window with the same credentials gets it at once.
+        self._resolved: dict[int, dict[int, tuple]] = {}
         self._exited: dict[int, None] = {}
-        self._cgroups = CgroupPaths(cgroup_mount)
+        self._cgroups = CgroupPaths(cgroup_mount, cgroup_path)
+        # Tracers poll from their own threads; events are read from any.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
-        return len(self._processes)
+        return len(self._versions)
 
     def get(self, entity_id: int) -> Optional[Process]:
-        return self._processes.get(entity_id)
+        """The latest version of a process."""
+        versions = self._versions.get(entity_id)
+        return versions[-1][1] if versions else None
 
     def by_pid(self, pid: int) -> Optional[Process]:
         """The process now holding pid, from the table or /proc."""
-        entity = self._by_pid.get(pid)
-        return self._processes.get(entity) if entity else self._from_proc(pid, 0)
+        with self._lock:
+            entity = self._by_pid.get(pid)
+            return self.get(entity) if entity else self._from_proc(pid, 0)
 
-    # ---- the per-batch pass ----
+    # ---- learning: exec, fork and exit events, in stream order ----
 
-    def enrich(self, events: list[Event]) -> None:
-        """Fills every event's workload, and learns from process events."""
-        workloads = self._workloads
-        exited = []
-        # Consecutive events mostly come from one process: its Workload is
-        # looked up once per run of them. Events are not frozen, so a plain
-        # attribute store sets the workload.
-        last_entity = last_cgroup = -1
-        wl = None
-        for ev in events:
-            name = ev.name
-            if name in _TABLE_CHANGES:
-                if name == "process_exec":
-                    self._on_exec(ev)
-                elif name == "process_fork":
-                    self._on_fork(ev)
-                elif name == "process_exit":
-                    exited.append(ev.entity_id)
-                else:  # lost: no process
-                    continue
-                last_entity = -1
-            elif not ev.entity_id and ev.pid:
-                # Socket hooks cannot read the task: find the process by pid.
-                entity = self._by_pid.get(ev.pid)
-                process = self._processes.get(entity) if entity else self._from_proc(ev.pid, 0)
-                if process is not None:
-                    ev.entity_id = process.entity_id
-            entity, cgroup = ev.entity_id, ev.cgroup_id
-            # Entity 0 (a process not found) names no one process: never reused.
-            if not entity or entity != last_entity or cgroup != last_cgroup:
-                by_cgroup = workloads.get(entity)
-                wl = by_cgroup.get(cgroup) if by_cgroup else None
-                if wl is None:
-                    wl = self._workload(ev)
-                last_entity, last_cgroup = entity, cgroup
-            ev.workload = wl
-            if name in _PID_TARGETS:
-                self._name_target(ev)
-        for entity in exited:
-            self._exited[entity] = None
-        if len(self._exited) > KEEP_EXITED:
-            self._forget(list(self._exited)[: len(self._exited) - KEEP_EXITED])
-
-    # ---- learning ----
+    def learn(self, ev: Event) -> None:
+        with self._lock:
+            # The cgroup's path now, while it exists: workloads are resolved
+            # when read, possibly after the cgroup is gone (ids are never reused).
+            self._cgroups.path(ev.cgroup_id)
+            if ev.id == _EXEC:
+                self._on_exec(ev)
+            elif ev.id == _FORK:
+                self._on_fork(ev)
+            elif ev.id == _EXIT:
+                self._on_exit(ev)
 
     def _on_exec(self, ev: Event) -> None:
         d: ProcessExecData = ev.data  # type: ignore[assignment]
         if d.return_code < 0:
             return  # a failed exec leaves the process as it was
-        parent = self._processes.get(d.parent_entity_id) or self._from_proc(d.ppid, d.parent_entity_id)
-        ancestors = [_ref(parent)] + list(parent.ancestors[: MAX_ANCESTORS - 1]) if parent else []
-        self._put(Process(
+        parent = self.get(d.parent_entity_id) or self._from_proc(d.ppid, d.parent_entity_id)
+        ancestors = [_ref(parent), *parent.ancestors[: MAX_ANCESTORS - 1]] if parent else []
+        self._add(ev.timestamp, Process(
             pid=ev.pid, entity_id=ev.entity_id, name=d.comm, executable=d.executable, argv=d.argv,
             argv_truncated=d.argv_truncated, uid=d.uid, euid=d.euid, gid=d.gid, ppid=d.ppid,
             start_time=d.start_time, parent=ancestors[0] if ancestors else None, ancestors=ancestors,
@@ -171,46 +166,154 @@ class ProcessTable:
 
     def _on_fork(self, ev: Event) -> None:
         d: ProcessForkData = ev.data  # type: ignore[assignment]
-        parent = self._processes.get(ev.entity_id) or self._from_proc(ev.pid, ev.entity_id)
+        parent = self._version_at(ev.entity_id, ev.timestamp) or self._from_proc(ev.pid, ev.entity_id)
         if parent is None:
             return
-        ancestors = [_ref(parent)] + list(parent.ancestors[: MAX_ANCESTORS - 1])
-        self._put(Process(
+        ancestors = [_ref(parent), *parent.ancestors[: MAX_ANCESTORS - 1]]
+        self._add(d.child_start_time, Process(
             pid=d.child_pid, entity_id=d.child_entity_id, name=parent.name, executable=parent.executable,
             argv=parent.argv, argv_truncated=parent.argv_truncated, uid=parent.uid, euid=parent.euid,
             gid=parent.gid, ppid=parent.pid, start_time=d.child_start_time, parent=ancestors[0],
             ancestors=ancestors,
         ))
 
-    def _put(self, process: Process) -> None:
+    def _on_exit(self, ev: Event) -> None:
+        self._exited[ev.entity_id] = None
+        if len(self._exited) > KEEP_EXITED:
+            self._forget(list(self._exited)[: len(self._exited) - KEEP_EXITED])
+
+    def _add(self, since: int, process: Process) -> None:
+        """A new version of a process from since on (the first, or an exec)."""
         entity = process.entity_id
-        # Workloads built before (the old image, or a placeholder) are stale now.
-        self._workloads.pop(entity, None)
-        if entity not in self._processes and len(self._processes) >= MAX_PROCESSES:
-            self._forget(list(self._processes)[: MAX_PROCESSES // 4])
-        self._processes[entity] = process
+        self._resolved.pop(entity, None)
+        versions = self._versions.get(entity)
+        if versions is None:
+            if len(self._versions) >= MAX_PROCESSES:
+                self._forget(list(self._versions)[: MAX_PROCESSES // 4])
+            versions = self._versions[entity] = []
+        self._insert(versions, since, process)
         self._by_pid[process.pid] = entity
+
+    @staticmethod
+    def _insert(versions: list, since: int, process: Process) -> None:
+        at = len(versions)
+        while at and versions[at - 1][0] > since:  # nearly always at the end
+            at -= 1
+        if at and versions[at - 1][0] == since:
+            versions[at - 1] = (since, process)  # learned twice (two tracers): one version
+        else:
+            versions.insert(at, (since, process))
+            if len(versions) > MAX_VERSIONS:
+                del versions[0]
 
     def _forget(self, entities: list[int]) -> None:
         for entity in entities:
-            p = self._processes.pop(entity, None)
+            versions = self._versions.pop(entity, None)
             self._exited.pop(entity, None)
             self._workloads.pop(entity, None)
-            if p is not None and self._by_pid.get(p.pid) == entity:
-                del self._by_pid[p.pid]
+            self._resolved.pop(entity, None)
+            if versions and self._by_pid.get(versions[-1][1].pid) == entity:
+                del self._by_pid[versions[-1][1].pid]
 
-    # ---- resolving ----
+    # ---- resolving, when an event's workload is read ----
 
-    def _workload(self, ev: Event) -> Workload:
-        process = self._processes.get(ev.entity_id) or self._from_proc(ev.pid, ev.entity_id)
-        if process is None:
-            process = Process(pid=ev.pid, entity_id=ev.entity_id, name="")
-        cgroup = self._cgroups.path(ev.cgroup_id)
-        wl = Workload(process=process, cgroup=cgroup,
-                      container=container_from_cgroup(cgroup) if cgroup else None)
+    def _version_at(self, entity: int, timestamp: int) -> Optional[Process]:
+        versions = self._versions.get(entity)
+        if not versions:
+            return None
+        return versions[self._pick(versions, timestamp)][1]
+
+    @staticmethod
+    def _pick(versions: list, timestamp: int) -> int:
+        """The index of the version in effect at timestamp."""
+        for i in range(len(versions) - 1, -1, -1):
+            if versions[i][0] <= timestamp:
+                return i
+        return 0  # before the first version known: the earliest
+
+    def workload(self, ev: Event) -> Workload:
+        """ev's process as it was at ev's time, in ev's cgroup; a version is
+        added when the event shows credentials or a name the table did not
+        have (a setuid() or prctl(PR_SET_NAME) since the exec or fork)."""
+        d = ev._details()
+        seen = (d.uid, d.euid, d.gid, d.comm)
+        entity, cgroup, ts = d.entity_id, d.cgroup_id, ev.timestamp
+        if entity:
+            by_cgroup = self._resolved.get(entity)
+            hit = by_cgroup.get(cgroup) if by_cgroup is not None else None
+            if hit is not None and hit[0] <= ts < hit[1] and hit[2] == seen:
+                return hit[3]
+        with self._lock:
+            return self._resolve(ev, seen)
+
+    def _resolve(self, ev: Event, seen: tuple) -> Workload:
+        entity, cgroup, ts = ev.entity_id, ev.cgroup_id, ev.timestamp
+        if not entity and ev.pid:
+            # Socket hooks cannot read the task: find the process by pid.
+            entity = self._by_pid.get(ev.pid) or 0
+            if not entity:
+                found = self._from_proc(ev.pid, 0)
+                entity = found.entity_id if found else 0
+        versions = self._versions.get(entity) if entity else None
+        if versions is None and entity and self._from_proc(ev.pid, entity) is not None:
+            versions = self._versions.get(entity)
+        if not versions:
+            uid, euid, gid, comm = seen
+            wl = Workload(process=Process(pid=ev.pid, entity_id=entity, name=comm, uid=uid, euid=euid, gid=gid),
+                          cgroup=self._cgroups.path(cgroup), container=self._container(cgroup))
+            if entity and ev.entity_id:
+                self._remember(entity, cgroup, (-1 << 63, 1 << 63, seen, wl))
+            return wl
+        i = self._pick(versions, ts)
+        since, process = versions[i]
+        changed = self._as_seen(process, seen)
+        if changed is not None:
+            since, process = ts, changed
+            self._insert(versions, since, process)
+            self._resolved.pop(entity, None)
+            i = next(j for j, v in enumerate(versions) if v[0] == since)
+        until = versions[i + 1][0] if i + 1 < len(versions) else 1 << 63
+        by_key = self._workloads.setdefault(entity, {})
+        wl = by_key.get((since, cgroup))
+        if wl is None or wl.process is not process:
+            path = self._cgroups.path(cgroup)
+            wl = by_key[(since, cgroup)] = Workload(
+                process=process, cgroup=path, container=container_from_cgroup(path) if path else None)
         if ev.entity_id:
-            self._workloads.setdefault(ev.entity_id, {})[ev.cgroup_id] = wl
+            self._remember(entity, cgroup, (since, until, seen, wl))
         return wl
+
+    def _remember(self, entity: int, cgroup: int, answer: tuple) -> None:
+        if len(self._resolved) > MAX_PROCESSES:
+            self._resolved.clear()
+        self._resolved.setdefault(entity, {})[cgroup] = answer
+
+    @staticmethod
+    def _as_seen(process: Process, seen: tuple) -> Optional[Process]:
+        """process with the credentials and name an event saw, where they
+        differ (and are known); else None."""
+        uid, euid, gid, comm = seen
+        changes = {}
+        if uid is not None and uid != process.uid:
+            changes["uid"] = uid
+        if euid is not None and euid != process.euid:
+            changes["euid"] = euid
+        if gid is not None and gid != process.gid:
+            changes["gid"] = gid
+        if comm and comm != process.name:
+            changes["name"] = comm
+        return msgspec.structs.replace(process, **changes) if changes else None
+
+    def _container(self, cgroup_id: int) -> Optional[Container]:
+        cgroup = self._cgroups.path(cgroup_id)
+        return container_from_cgroup(cgroup) if cgroup else None
+
+    def name_of(self, pid: int, timestamp: int) -> Optional[str]:
+        """The name of the process holding pid (a ptrace target)."""
+        with self._lock:
+            entity = self._by_pid.get(pid)
+            process = self._version_at(entity, timestamp) if entity else self._from_proc(pid, 0)
+            return process.name if process is not None and process.name else None
 
     def _from_proc(self, pid: int, entity_id: int, depth: int = 0) -> Optional[Process]:
         """A process that predates the tracer, if /proc still shows the same one."""
@@ -251,27 +354,31 @@ class ProcessTable:
         parent = None
         if depth < MAX_ANCESTORS and ppid > 0:
             parent_entity = self._by_pid.get(ppid)
-            parent = self._processes.get(parent_entity) if parent_entity else None
+            parent = self.get(parent_entity) if parent_entity else None
             if parent is None:
                 parent = self._from_proc(ppid, 0, depth + 1)
-        ancestors = ([_ref(parent)] + list(parent.ancestors[: MAX_ANCESTORS - 1])) if parent else []
+        ancestors = [_ref(parent), *parent.ancestors[: MAX_ANCESTORS - 1]] if parent else []
         process = Process(
             pid=pid, entity_id=entity_id, name=name, executable=executable, argv=argv,
             uid=uids[0] if uids else None, euid=uids[1] if uids else None, gid=gids[0] if gids else None,
             ppid=ppid, start_time=start_boot_ns + self._realtime_offset_ns(),
             parent=ancestors[0] if ancestors else None, ancestors=ancestors,
         )
-        self._put(process)
+        self._add(0, process)  # since 0: it is all we know of its past
         return process
 
-    def _name_target(self, ev: Event) -> None:
-        tc = ev.target_context
-        if tc is None or tc.type != "pid":
-            return
-        entity = self._by_pid.get(tc.pid)
-        target = self._processes.get(entity) if entity else None
-        if target is None:
-            target = self._from_proc(tc.pid, 0)
-        if target is not None and target.name:
-            ev.target_context = TargetContext(
-                type="pid", pid=tc.pid, comm=target.name, formatted=f"pid {tc.pid} ({target.name})")
+
+_shared: Optional[ProcessTable] = None
+_shared_lock = threading.Lock()
+
+
+def shared_table(entity_id: Callable[[int, int], int], realtime_offset_ns: Callable[[], int],
+                 cgroup_mount: Optional[str], cgroup_path: Optional[Callable[[int], Optional[str]]] = None
+                 ) -> ProcessTable:
+    """The table every Tracer of this Python process feeds and reads."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ProcessTable(entity_id, realtime_offset_ns, cgroup_mount, cgroup_path)
+            schema.set_resolver(_shared)
+        return _shared

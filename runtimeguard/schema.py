@@ -13,9 +13,13 @@ rebuilt per event. The acting thread is ``Event.tid``.
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Annotated, Literal, Optional, Union
 
 import msgspec
+
+from ._native import ffi, lib
 
 # The minor number counts additive changes: nothing is removed or renamed.
 # 1.1: the proc_environ_open and pidfd_getfd methods; protected_file_changed
@@ -371,8 +375,10 @@ BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", 
                 "protected_file_changed", "namespace_denied")
 
 
-class Event(msgspec.Struct, omit_defaults=True, gc=False):
-    """One event. ``workload`` is filled in from the process table."""
+class EventRecord(msgspec.Struct, omit_defaults=True, gc=False):
+    """One event as a whole: the NDJSON line of ``trace --json`` and of the
+    audit log, which ``json_schema()`` describes. ``Event.record()`` makes
+    one from a live event; ``json_decoder`` reads one back from a line."""
 
     timestamp: int
     """Nanoseconds since the Unix epoch."""
@@ -409,17 +415,305 @@ PTRACE_REQUESTS = {
     0x4207: "PTRACE_INTERRUPT", 0x4208: "PTRACE_LISTEN",
 }
 
+# ---- the live event: what a Tracer hands out ----
+
+class _Target(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A guard decision's target as the kernel reported it (its fields; its
+    text is made when it is read, as every target's is)."""
+
+    type: Literal["ipv4", "ipv6", "inode", "pid", "socket", "namespace"]
+    address: Optional[str] = None
+    port: Optional[int] = None
+    device: Optional[int] = None
+    inode: Optional[int] = None
+    path: Optional[str] = None
+    pid: Optional[int] = None
+    socket: Optional[str] = None
+    """socket targets: "raw", "ping" or "packet"."""
+    protocol: Optional[int] = None
+    """socket targets: the protocol number the socket was asked for."""
+
+
+class _Details(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """An event's fields past its header, decoded when first read."""
+
+    seq: int
+    cpu: int
+    entity_id: int
+    cgroup_id: int
+    uid: Optional[int]
+    euid: Optional[int]
+    gid: Optional[int]
+    comm: str
+    action: Action
+    data: EventData
+    target: Optional[_Target] = None
+
+
+_details_decoder = msgspec.msgpack.Decoder(_Details)
+_details_encoder = msgspec.msgpack.Encoder()
+_NOT_RESOLVED = None  # sentinel default of the caches below
+
+
+class Event(msgspec.Struct, array_like=True, gc=False, repr_omit_defaults=True):
+    """One event, as a ``Tracer`` hands it out.
+
+    ``id`` (``name``), ``timestamp``, ``pid`` and ``tid`` are decoded with
+    the event; the rest (``data``, ``action``, ``seq``, ``cpu``,
+    ``entity_id``, ``cgroup_id``, the acting task's credentials and name)
+    on first read of any of them, ``workload`` and ``target_context`` when
+    read, so an event nobody looks into costs little more than its header. ``record()`` gives the whole event as the
+    NDJSON line's ``EventRecord``.
+
+    ``workload`` is the process table's view of the event's process at the
+    event's time: read it while the tracer runs (the table forgets exited
+    processes after a while)."""
+
+    id: int
+    timestamp: int
+    """Nanoseconds since the Unix epoch."""
+    pid: int
+    tid: int
+    details: bytes
+    """The encoded rest (not ``encoded``: the kernel's record itself, as the
+    batch API keeps it): read it through the properties."""
+    encoded: bool = True
+    decoded_: Optional[_Details] = _NOT_RESOLVED
+    workload_: Optional[Workload] = _NOT_RESOLVED
+    target_: Optional[TargetContext] = _NOT_RESOLVED
+
+    @property
+    def name(self) -> EventName:
+        return EVENT_NAMES[self.id]  # type: ignore[return-value]
+
+    def _details(self) -> _Details:
+        d = self.decoded_
+        if d is None:
+            if self.encoded:
+                d = _details_decoder.decode(self.details)
+            else:
+                d = _details_decoder.decode(_encode_details(self.details, self.timestamp))
+            self.decoded_ = d
+        return d
+
+    @property
+    def data(self) -> EventData:
+        return self._details().data
+
+    @property
+    def seq(self) -> int:
+        """Per-CPU sequence number: a gap means records were lost on that CPU."""
+        return self._details().seq
+
+    @property
+    def cpu(self) -> int:
+        return self._details().cpu
+
+    @property
+    def entity_id(self) -> int:
+        """0 where the program could not read the task (cgroup socket hooks):
+        ``workload`` then finds the process by pid, and ``record()`` says it."""
+        return self._details().entity_id
+
+    @property
+    def cgroup_id(self) -> int:
+        return self._details().cgroup_id
+
+    @property
+    def action(self) -> Action:
+        return self._details().action
+
+    @property
+    def uid(self) -> Optional[int]:
+        """The acting task's real uid when the event happened (None: unknown)."""
+        return self._details().uid
+
+    @property
+    def euid(self) -> Optional[int]:
+        return self._details().euid
+
+    @property
+    def gid(self) -> Optional[int]:
+        return self._details().gid
+
+    @property
+    def comm(self) -> str:
+        """The acting task's name (the kernel's comm) when the event happened."""
+        return self._details().comm
+
+    @property
+    def workload(self) -> Optional[Workload]:
+        wl = self.workload_
+        if wl is None and _resolver is not None:
+            wl = self.workload_ = _resolver.workload(self)
+        return wl
+
+    @property
+    def target_context(self) -> Optional[TargetContext]:
+        tc = self.target_
+        if tc is None:
+            tc = self.target_ = make_target(self)
+        return tc
+
+    @property
+    def policy(self) -> Optional[PolicyRef]:
+        return None
+
+    @property
+    def threat(self) -> Optional[Threat]:
+        return None
+
+    @property
+    def triggered_by(self) -> Optional[TriggeredBy]:
+        return None
+
+    def record(self) -> EventRecord:
+        """The whole event, workload and target resolved: the NDJSON line."""
+        d = self._details()
+        wl = self.workload
+        entity = d.entity_id or (wl.process.entity_id if wl is not None else 0)
+        # Positional, in EventRecord's field order: the fastest way to build it.
+        return EventRecord(self.timestamp, self.id, EVENT_NAMES[self.id], d.data, d.seq, d.cpu, self.pid,
+                           self.tid, entity, d.cgroup_id, wl, d.action, self.target_context)
+
+    @classmethod
+    def make(cls, *, id: int, timestamp: int, data: EventData, pid: int = 0, tid: int = 0, seq: int = 0,
+             cpu: int = 0, entity_id: int = 0, cgroup_id: int = 0, uid: Optional[int] = None,
+             euid: Optional[int] = None, gid: Optional[int] = None, comm: str = "",
+             action: Action = "observed", target: Optional[_Target] = None) -> "Event":
+        """An event made in Python, encoded as the native consumer would."""
+        details = _Details(seq=seq, cpu=cpu, entity_id=entity_id, cgroup_id=cgroup_id, uid=uid, euid=euid, gid=gid,
+                           comm=comm, action=action, data=data, target=target)
+        return cls(id=id, timestamp=timestamp, pid=pid, tid=tid, details=_details_encoder.encode(details))
+
+
+_local = threading.local()
+
+
+def _encode_details(record: bytes, timestamp: int):
+    """The details of a kernel record the batch API kept, encoded by the
+    native encoder (a buffer valid until this thread's next call)."""
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = ffi.new("unsigned char[]", lib.RG_MAX_ENCODED_RECORD)
+    n = lib.rg_encode_details(record, len(record), timestamp, scratch, lib.RG_MAX_ENCODED_RECORD)
+    if n < 0:
+        raise ValueError(f"not an event record ({len(record)} bytes)")
+    return ffi.buffer(scratch, n)
+
+
+# The process table that resolves Event.workload and names pid targets
+# (runtimeguard.processes sets it): anything with workload(event) and
+# name_of(pid, timestamp).
+_resolver = None
+
+
+def set_resolver(resolver) -> None:
+    global _resolver
+    _resolver = resolver
+
+
+_device_texts: dict[int, str] = {}
+
+
+def _device_text(device: int) -> str:
+    """ "major:minor", kept: few devices, many events."""
+    text = _device_texts.get(device)
+    if text is None:
+        if len(_device_texts) > 4096:
+            _device_texts.clear()
+        text = _device_texts[device] = f"{os.major(device)}:{os.minor(device)}"
+    return text
+
+
+def _inode_target(path: Optional[str], device: int, inode: int) -> TargetContext:
+    where = f"inode {inode} on {_device_text(device)}"
+    return TargetContext("inode", f"{path} ({where})" if path else where, None, None, device, inode, path or None)
+
+
+def _pid_target(pid: int, timestamp: int) -> TargetContext:
+    name = _resolver.name_of(pid, timestamp) if _resolver is not None else None
+    if name:
+        return TargetContext("pid", f"pid {pid} ({name})", pid=pid, comm=name)
+    return TargetContext("pid", f"pid {pid}", pid=pid)
+
+
+def _net_target(family: str, address: str, port: int) -> TargetContext:
+    return TargetContext(family, f"[{address}]:{port}" if family == "ipv6" else f"{address}:{port}",  # type: ignore
+                         address, port)
+
+
+def _decision_target(ev: "Event", data, t: _Target) -> Optional[TargetContext]:
+    kind = t.type
+    if kind == "inode":
+        return _inode_target(t.path, t.device or 0, t.inode or 0)
+    if kind == "ipv4" or kind == "ipv6":
+        return _net_target(kind, t.address or "", t.port or 0)
+    if kind == "pid":
+        return _pid_target(t.pid or 0, ev.timestamp)
+    if kind == "socket":
+        return TargetContext("socket", f"{t.socket} socket ({data.family}, protocol {t.protocol})")
+    if kind == "namespace":
+        kinds = f" ({', '.join(data.namespaces)})" if data.namespaces else ""
+        return TargetContext("namespace", f"{data.operation}{kinds}")
+    return None
+
+
+def _file_target(ev: "Event", data) -> Optional[TargetContext]:
+    if data.result < 0 or not data.inode:
+        return None
+    return _inode_target(data.path, data.device, data.inode)
+
+
+def _net_data_target(ev: "Event", data) -> TargetContext:
+    return _net_target(data.family, data.address, data.port)
+
+
+def _pid_data_target(ev: "Event", data) -> TargetContext:
+    return _pid_target(data.target_pid, ev.timestamp)
+
+
+_TARGET_OF_DATA = {
+    EVENT_IDS["file_open"]: _file_target,
+    EVENT_IDS["net_connect"]: _net_data_target,
+    EVENT_IDS["net_sendmsg"]: _net_data_target,
+    EVENT_IDS["ptrace"]: _pid_data_target,
+    EVENT_IDS["process_memory"]: _pid_data_target,
+}
+
+
+def make_target(ev: "Event") -> Optional[TargetContext]:
+    """What an event touched, as ``target_context`` says it: the one place
+    targets are formatted (a guard decision's from the fields the kernel
+    reported, an observation's from its data; a pid target is named from the
+    process table)."""
+    d = ev._details()
+    if d.target is not None:
+        return _decision_target(ev, d.data, d.target)
+    of_data = _TARGET_OF_DATA.get(ev.id)
+    return of_data(ev, d.data) if of_data is not None else None
+
+
+def as_record(event: Union[Event, EventRecord]) -> EventRecord:
+    """An EventRecord as it is, a live Event resolved into one."""
+    if isinstance(event, EventRecord):
+        return event
+    if isinstance(event, Event):
+        return event.record()
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
 # Created once, reused: the ring decoder and the NDJSON/msgpack codecs.
 batch_decoder = msgspec.msgpack.Decoder(list[Event])
 json_encoder = msgspec.json.Encoder()
-json_decoder = msgspec.json.Decoder(Event)
+json_decoder = msgspec.json.Decoder(EventRecord)
 msgpack_encoder = msgspec.msgpack.Encoder()
-msgpack_decoder = msgspec.msgpack.Decoder(Event)
+msgpack_decoder = msgspec.msgpack.Decoder(EventRecord)
 
 
 def json_schema() -> dict:
     """The JSON Schema of one NDJSON event line."""
-    schema = msgspec.json.schema(Event)
+    schema = msgspec.json.schema(EventRecord)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = f"runtimeguard event, schema {SCHEMA_VERSION}"
     return schema

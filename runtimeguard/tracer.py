@@ -1,7 +1,8 @@
 """``Tracer``: load the sensors, consume the ring buffer, hand out Events.
 
 The native consumer polls with the GIL released, encodes a whole batch of
-records into one msgpack buffer, and Python decodes it with one msgspec call.
+records into one msgpack buffer, and Python decodes it with one msgspec call:
+each event's header at once, the rest when it is read (see schema.Event).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import AsyncIterator, Callable, Iterable, Iterator, Optional, Union
 import msgspec
 
 from . import environment
+from .batch import ROW_SIZE, EventBatch, numpy_module, row_dtype
 from ._native import ffi, lib
 from .errors import BPFError, TracerStateError
-from .processes import ProcessTable
+from .processes import ProcessTable, shared_table
 from .schema import BLOCK_EVENTS, EVENT_IDS, Event, batch_decoder
 
 #: Every event a Tracer can deliver ("lost" notices are always delivered).
@@ -114,6 +116,30 @@ def _cgroup_id(cgroup: Union[int, str]) -> int:
         raise ValueError(f"cgroup {cgroup!r}: {e.strerror}") from None
 
 
+def _native_cgroup_path(mount: Optional[str]) -> Optional[Callable[[int], Optional[str]]]:
+    """cgroup id -> path in O(1) through the kernfs file handle (needs
+    CAP_DAC_READ_SEARCH); None where the mount cannot be opened."""
+    if mount is None:
+        return None
+    try:
+        mount_fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    prefix = os.path.realpath(mount).rstrip("/")
+    buf = ffi.new("char[]", 4096)
+
+    def resolve(cgroup_id: int) -> Optional[str]:
+        n = lib.rg_cgroup_path(mount_fd, cgroup_id, buf, 4096)
+        if n < 0:
+            return None
+        path = ffi.string(buf, n).decode(errors="replace")
+        if path == prefix:
+            return "/"
+        return path[len(prefix):] if path.startswith(prefix + "/") else None
+
+    return resolve
+
+
 class Tracer:
     """Observes processes through eBPF and yields :class:`Event` structs.
 
@@ -155,6 +181,7 @@ class Tracer:
             raise ValueError(f"max_latency_ms {max_latency_ms} must be between 1 and 10000")
         # Loss notices always; guard decisions whenever the guard is loaded.
         self.events = frozenset(names) | {"lost"} | (frozenset(BLOCK_EVENTS) if guard_cgroup_fd >= 0 else frozenset())
+        self._wanted_ids = frozenset(EVENT_IDS[name] for name in self.events)
         self.pids = tuple(int(p) for p in pids)
         self.comms = tuple(c.encode()[:15].decode(errors="ignore") for c in comms)
         self.cgroups = tuple(_cgroup_id(c) for c in cgroups)
@@ -228,7 +255,8 @@ class Tracer:
                 cgroup_mount = environment.cgroup2_mount()
             except environment.EnvironmentSetupError:
                 cgroup_mount = None
-            self._table = ProcessTable(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount)
+            self._table = shared_table(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount,
+                                       _native_cgroup_path(cgroup_mount))
             self._batch = ffi.new("struct rg_batch *")
             self._kernel_fds = _kernel_object_fds(set(os.listdir("/proc/self/fd")) - fds_before)
         except BaseException:
@@ -352,10 +380,21 @@ class Tracer:
                     raise
         return events
 
-    def _poll_native(self, timeout: Optional[float]) -> list[Event]:
+    def poll_batch(self, timeout: Optional[float] = None) -> EventBatch:
+        """The batch API, for firehoses: waits as ``poll`` does and returns
+        the events as one ``EventBatch`` (a numpy structured array of rows,
+        ``event(i)`` for the typed Event of a row); empty when the timeout
+        passed with none. The callback is not called. Needs numpy."""
+        numpy_module()
+        batch = self._poll_native(timeout, columnar=True)
+        self._returned += len(batch)
+        return batch
+
+    def _poll_native(self, timeout: Optional[float], columnar: bool = False):
         self._usable()
         native = self._native
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        take = self._take_columns if columnar else self._take_events
         while True:
             if deadline is None:
                 wait_ms = _POLL_SLICE_MS
@@ -368,19 +407,38 @@ class Tracer:
             with native.lock:
                 if native.ptr is None:
                     raise TracerStateError("this Tracer is closed")
-                n = lib.rg_tracer_poll(native.ptr, wait_ms, self._batch)
+                n = lib.rg_tracer_poll(native.ptr, wait_ms, int(columnar), self._batch)
                 if n < 0 and n != -errno.EINTR:
                     raise BPFError(f"polling ring buffer rg_events: {os.strerror(-n)}", -n)
                 if n > 0:
-                    events = batch_decoder.decode(ffi.buffer(self._batch.data, self._batch.len))
-                    self._table.enrich(events)
-                    if self._batch.unwanted:
-                        wanted = self.events
-                        events = [ev for ev in events if ev.name in wanted]
-                    if events:
-                        return events
+                    out = take(self._batch)
+                    if len(out):
+                        return out
             if deadline is not None and time.monotonic() >= deadline:
-                return []
+                return EventBatch(numpy_module().empty(0, row_dtype()), b"") if columnar else []
+
+    def _take_events(self, batch) -> list[Event]:
+        events = batch_decoder.decode(ffi.buffer(batch.data, batch.len))
+        if batch.table_count:
+            learn = self._table.learn
+            for i in ffi.unpack(batch.table_events, batch.table_count):
+                learn(events[i])
+        if batch.unwanted:
+            wanted = self._wanted_ids
+            events = [ev for ev in events if ev.id in wanted]
+        return events
+
+    def _take_columns(self, batch) -> EventBatch:
+        np = numpy_module()
+        rows = np.frombuffer(ffi.buffer(batch.rows, batch.count * ROW_SIZE), dtype=row_dtype()).copy()
+        out = EventBatch(rows, bytes(ffi.buffer(batch.data, batch.len)))
+        if batch.table_count:
+            learn = self._table.learn
+            for i in ffi.unpack(batch.table_events, batch.table_count):
+                learn(out.event(i))
+        if batch.unwanted:
+            out = out.select(np.isin(rows["id"], list(self._wanted_ids)))
+        return out
 
     def __iter__(self) -> Iterator[Event]:
         """Events as they come. A Tracer closed before the loop starts raises

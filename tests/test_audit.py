@@ -32,7 +32,7 @@ from runtimeguard.audit import (
 from runtimeguard.errors import RuntimeGuardError
 from runtimeguard.schema import (
     ConnectDeniedData,
-    Event,
+    EventRecord,
     LostData,
     ModeChangedData,
     NetConnectData,
@@ -55,24 +55,24 @@ CURL = Process(pid=4321, entity_id=99, name="curl", executable="/usr/bin/curl",
 WORKLOAD = Workload(process=CURL, cgroup="/runtimeguard/run-1")
 
 
-def make_event(writer: int, seq: int, pad: int = 0) -> Event:
+def make_event(writer: int, seq: int, pad: int = 0) -> EventRecord:
     """Events of several kinds; pid says who wrote it, seq its order, pad makes it long."""
     kind = seq % 4
     if pad or kind == 3:
-        return Event(timestamp=1_700_000_000_000_000_000 + seq, id=1, name="process_exec", pid=writer, seq=seq,
+        return EventRecord(timestamp=1_700_000_000_000_000_000 + seq, id=1, name="process_exec", pid=writer, seq=seq,
                      data=ProcessExecData(executable="/bin/sh", argv=["sh", "-c", "x" * pad], comm="sh", uid=0,
                                           euid=0, gid=0, ppid=1, parent_entity_id=1, start_time=seq, return_code=0))
     if kind == 0:
-        return Event(timestamp=1_700_000_000_000_000_000 + seq, id=5, name="net_connect", pid=writer, seq=seq,
+        return EventRecord(timestamp=1_700_000_000_000_000_000 + seq, id=5, name="net_connect", pid=writer, seq=seq,
                      data=NetConnectData(family="ipv4", protocol="tcp", address="127.0.0.1", port=80, result=0, fd=3),
                      target_context=TargetContext(type="ipv4", formatted="127.0.0.1:80", address="127.0.0.1", port=80))
     if kind == 1:
-        return Event(timestamp=1_700_000_000_000_000_000 + seq, id=10, name="connect_denied", pid=writer, seq=seq,
+        return EventRecord(timestamp=1_700_000_000_000_000_000 + seq, id=10, name="connect_denied", pid=writer, seq=seq,
                      workload=WORKLOAD, action="blocked", policy=PolicyRef(rule="deny-loopback", mode="enforce"),
                      data=ConnectDeniedData(rule_index=0, blocked=True, would_deny=False, comm="curl",
                                             family="ipv6", protocol="tcp"),
                      target_context=TargetContext(type="ipv6", formatted="[::1]:443", address="::1", port=443))
-    return Event(timestamp=1_700_000_000_000_000_000 + seq, id=12, name="open_inode", pid=writer, seq=seq,
+    return EventRecord(timestamp=1_700_000_000_000_000_000 + seq, id=12, name="open_inode", pid=writer, seq=seq,
                  workload=WORKLOAD, action="would_block", policy=PolicyRef(rule="secrets", mode="audit"),
                  data=OpenInodeData(rule_index=1, blocked=False, would_deny=True, comm="cat", device=2049,
                                     inode=1234),
@@ -80,7 +80,7 @@ def make_event(writer: int, seq: int, pad: int = 0) -> Event:
                                               device=2049, inode=1234, path="/etc/shadow"))
 
 
-def read_all(path) -> tuple[list[Event], int]:
+def read_all(path) -> tuple[list[EventRecord], int]:
     """Every event of a log and its backups, oldest first, and the torn lines seen."""
     events, torn = [], 0
     for name in audit_log_files(path):
@@ -90,7 +90,7 @@ def read_all(path) -> tuple[list[Event], int]:
     return events, torn
 
 
-def assert_exactly_once(events: list[Event], counts: dict[int, int]) -> None:
+def assert_exactly_once(events: list[EventRecord], counts: dict[int, int]) -> None:
     """Each writer's seqs 0..n-1 all there, once each, in the order written."""
     by_writer: dict[int, list[int]] = {}
     for event in events:
@@ -160,7 +160,7 @@ def test_protected_file_changed_lines_say_whether_the_change_was_prevented(tmp_p
     # default, true, and the line leaves it out; a change refused by the LSM
     # hooks carries false, written out. Read back, each must say what it said.
     def changed(action, **prevented):
-        return Event(timestamp=1_700_000_000_000_000_000, id=16, name="protected_file_changed", pid=77, tid=77,
+        return EventRecord(timestamp=1_700_000_000_000_000_000, id=16, name="protected_file_changed", pid=77, tid=77,
                      action=action, data=ProtectedFileChangedData(
                          rule_index=0, blocked=action == "blocked", would_deny=False, comm="rm",
                          operation="delete", device=2049, inode=1234, **prevented))
@@ -700,17 +700,17 @@ def test_tracker_prunes_old_windows():
 # ---- coalescing, first records kept from rotation, lost records ----
 
 def decision(rule: str = "deny-loopback", target: str = "[::1]:443", pid: int = 4321, action: str = "blocked",
-             seq: int = 0) -> Event:
+             seq: int = 0) -> EventRecord:
     """One denied connect; rule, target, process and action vary what makes it the same decision."""
-    return Event(timestamp=1_700_000_000_000_000_000 + seq, id=10, name="connect_denied", pid=pid, seq=seq,
+    return EventRecord(timestamp=1_700_000_000_000_000_000 + seq, id=10, name="connect_denied", pid=pid, seq=seq,
                  workload=WORKLOAD, action=action, policy=PolicyRef(rule=rule, mode="enforce"),
                  data=ConnectDeniedData(rule_index=0, blocked=action == "blocked", would_deny=action != "blocked",
                                         comm="curl", family="ipv6", protocol="tcp"),
                  target_context=TargetContext(type="ipv6", formatted=target, address="::1", port=443))
 
 
-def ring_lost(by_kind: dict[str, int], seq: int = 0) -> Event:
-    return Event(timestamp=seq, id=9, name="lost", seq=seq,
+def ring_lost(by_kind: dict[str, int], seq: int = 0) -> EventRecord:
+    return EventRecord(timestamp=seq, id=9, name="lost", seq=seq,
                  data=LostData(count=sum(by_kind.values()), by_kind=by_kind))
 
 
@@ -741,12 +741,12 @@ def test_coalescer_property(steps, ticks, max_entries):
     clock = FakeClock()
     co = audit.Coalescer(interval, clock=clock, max_entries=max_entries)
     made: dict[tuple, int] = {}
-    lines: dict[tuple, list[tuple[float, Event]]] = {}
+    lines: dict[tuple, list[tuple[float, EventRecord]]] = {}
     lost_in: dict[str, int] = {}
     lost_out: dict[str, int] = {}
     others_in = others_out = 0
 
-    def take(out: list[Event], flushed: bool = False) -> None:
+    def take(out: list[EventRecord], flushed: bool = False) -> None:
         nonlocal others_out
         for ev in out:
             if ev.name == "lost":
@@ -823,7 +823,7 @@ def test_coalescer_first_at_once_then_one_line_per_interval():
 
 def test_coalescer_never_folds_mode_changes_or_other_events():
     co = audit.Coalescer(1.0, clock=FakeClock())
-    note = Event(timestamp=1, id=15, name="mode_changed", data=ModeChangedData(previous="audit", mode="enforce"),
+    note = EventRecord(timestamp=1, id=15, name="mode_changed", data=ModeChangedData(previous="audit", mode="enforce"),
                  policy=PolicyRef(rule="mode", mode="enforce"))
     assert [co.add(note) for _ in range(3)] == [[note]] * 3
     assert audit.coalesce_key(note) is None and audit.coalesce_key(make_event(1, 3)) is None

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from runtimeguard import Tracer
 from runtimeguard.cli import Table, escape, fit
 from runtimeguard.errors import TracerStateError
-from runtimeguard.schema import Event, FileOpenData, ProcessExecData
+from runtimeguard.schema import EventRecord, FileOpenData, ProcessExecData
 
 CONTROLS = {*range(0x20), *range(0x7f, 0xa0)}
 
@@ -55,7 +55,7 @@ def test_the_outcome_survives_a_long_path():
     assert cut.endswith(" -> ENOENT") and "…" in cut
 
 
-def row(ev: Event, width: int = 80) -> str:
+def row(ev: EventRecord, width: int = 80) -> str:
     out = io.StringIO()
     table = Table(out)
     table.width = width
@@ -66,14 +66,14 @@ def row(ev: Event, width: int = 80) -> str:
 def test_an_argv_with_terminal_escapes_is_shown_escaped():
     data = ProcessExecData(executable="/bin/echo", argv=["echo", "\x1b[2J\x1b]0;owned\x07", "a\rb"], comm="echo",
                            uid=0, euid=0, gid=0, ppid=1, parent_entity_id=0, start_time=0, return_code=0)
-    line = row(Event(timestamp=0, id=1, name="process_exec", data=data, pid=7), width=200)
+    line = row(EventRecord(timestamp=0, id=1, name="process_exec", data=data, pid=7), width=200)
     assert not any(ord(c) in CONTROLS for c in line.rstrip("\n"))
     assert "\\x1b[2J\\x1b]0;owned\\x07 a\\rb" in line
 
 
 def test_a_failed_open_keeps_its_outcome_at_80_columns():
     data = FileOpenData(path="/srv/" + "x" * 200, flags=0, mode=0, result=-2, device=0, inode=0, syscall="openat")
-    line = row(Event(timestamp=0, id=4, name="file_open", data=data, pid=7)).rstrip("\n")
+    line = row(EventRecord(timestamp=0, id=4, name="file_open", data=data, pid=7)).rstrip("\n")
     assert len(line) <= 80 and line.endswith("-> ENOENT")
 
 

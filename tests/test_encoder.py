@@ -4,7 +4,8 @@ Records are built with the wire structs of bpf/events.h (through cffi, so the
 layout is the very one the BPF programs write), framed as the ring-buffer
 consumer sees them ([u32 little-endian length][record]...), encoded in C and
 decoded with runtimeguard.schema.batch_decoder. A Python reference model
-(`model`) says what every record must decode to. No BPF is loaded.
+(`model`) says what every record must decode to: each event is flattened
+(`flat`: header, details and target) for the comparison. No BPF is loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+from typing import Optional
 
 import msgspec
 import pytest
@@ -67,6 +69,29 @@ _MALFORMED = ffi.new("unsigned long long *")
 
 # ---------------------------------------------------------------- helpers
 
+class Flat(schema.EventRecord):
+    """An event's record (no workload: no process table here) with the
+    acting task's credentials and name, which the record keeps in its
+    workload."""
+
+    uid: Optional[int] = None
+    euid: Optional[int] = None
+    gid: Optional[int] = None
+    comm: str = ""
+
+
+@pytest.fixture(autouse=True)
+def no_process_table(monkeypatch):
+    """pid targets are named from the process table; not here."""
+    monkeypatch.setattr(schema, "_resolver", None)
+
+
+def flat(ev: schema.Event) -> Flat:
+    return Flat(timestamp=ev.timestamp, id=ev.id, name=ev.name, data=ev.data, seq=ev.seq, cpu=ev.cpu, pid=ev.pid,
+                tid=ev.tid, entity_id=ev.entity_id, cgroup_id=ev.cgroup_id, action=ev.action,
+                target_context=ev.target_context, uid=ev.uid, euid=ev.euid, gid=ev.gid, comm=ev.comm)
+
+
 def frame(records) -> bytes:
     return b"".join(struct.pack("<I", len(r)) + r for r in records)
 
@@ -79,7 +104,9 @@ def encode_raw(data: bytes, cap: int = CAP):
         return rc, _MALFORMED[0], None
     assert _OUT_LEN[0] <= cap
     events = schema.batch_decoder.decode(ffi.buffer(_OUT, _OUT_LEN[0]))
-    return rc, _MALFORMED[0], events
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(schema, "_resolver", None)
+        return rc, _MALFORMED[0], [flat(ev) for ev in events]
 
 
 def encode(records):
@@ -159,7 +186,7 @@ def entity(pid: int, start: int) -> int:
 PROTOCOLS = {0: None, 6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 255: "raw", 262: "mptcp"}
 
 
-def model(rec_bytes: bytes) -> schema.Event:
+def model(rec_bytes: bytes) -> Flat:
     """The reference: the Event a well-formed record must decode to."""
     kind = struct.unpack_from("<I", rec_bytes, KIND_OFFSET)[0]
     buf = ffi.new("char[]", max(len(rec_bytes), RECORD_SIZES[kind]))
@@ -179,8 +206,8 @@ def model(rec_bytes: bytes) -> schema.Event:
             executable_truncated=bool(r.filename_truncated),
             argv=[kernel_text(p) for p in parts],
             argv_truncated=bool(r.args_truncated) or tail,
-            comm=kernel_text(cstr(r.comm)),
-            uid=r.uid, euid=r.euid, gid=r.gid, ppid=r.ppid,
+            comm=kernel_text(cstr(h.comm)),
+            uid=h.uid, euid=h.euid, gid=h.gid, ppid=r.ppid,
             parent_entity_id=entity(r.ppid, r.parent_start_boottime),
             start_time=h.start_boottime,
             return_code=r.retval,
@@ -241,10 +268,12 @@ def model(rec_bytes: bytes) -> schema.Event:
         target = schema.TargetContext(type="pid", pid=r.target_pid, formatted=f"pid {r.target_pid}")
     else:  # pragma: no cover
         raise AssertionError(kind)
-    return schema.Event(
+    known = lambda v: None if v == lib.RG_ID_UNKNOWN else v  # noqa: E731
+    return Flat(
         timestamp=h.timestamp_ns, id=kind, name=schema.EVENT_NAMES[kind], data=data,
         seq=h.seq, cpu=h.cpu, pid=h.pid, tid=h.tid, entity_id=entity(h.pid, h.start_boottime),
-        cgroup_id=h.cgroup_id, target_context=target,
+        cgroup_id=h.cgroup_id, target_context=target, uid=known(h.uid), euid=known(h.euid), gid=known(h.gid),
+        comm=kernel_text(cstr(h.comm)),
     )
 
 
@@ -260,6 +289,8 @@ def fill_header(draw, rec, kind: int) -> None:
     h.cpu = draw(st.integers(0, 7))
     h.pid = draw(st.one_of(PID, U32))
     h.tid = draw(st.one_of(PID, U32))
+    h.uid, h.euid, h.gid = (draw(st.one_of(st.just(lib.RG_ID_UNKNOWN), U32)) for _ in range(3))
+    put(h.comm, draw(cstring_field(16)))
 
 
 def kernel_bytes(max_size: int):
@@ -293,10 +324,8 @@ def exec_records(draw):
     rec.parent_start_boottime = draw(st.one_of(st.just(0), BOOT_NS))
     rec.retval = draw(st.one_of(st.just(0), I32))
     rec.ppid = draw(st.one_of(PID, U32))
-    rec.uid, rec.euid, rec.gid = draw(U32), draw(U32), draw(U32)
     rec.args_truncated = draw(st.sampled_from([0, 1, 255]))
     rec.filename_truncated = draw(st.sampled_from([0, 1, 255]))
-    put(rec.comm, draw(cstring_field(16)))
     put(rec.filename, draw(cstring_field(256)))
     if draw(st.booleans()):
         # Structured argv: NUL-separated arguments, the last one maybe cut short.
@@ -405,7 +434,7 @@ RECORD_STRATEGIES = {
 any_record = st.one_of(*RECORD_STRATEGIES.values())
 
 
-def encode_one(rec_bytes: bytes) -> schema.Event:
+def encode_one(rec_bytes: bytes) -> Flat:
     malformed, events = encode([rec_bytes])
     assert malformed == 0
     assert len(events) == 1
@@ -807,7 +836,7 @@ def test_valid_utf8_text_is_preserved(comm, exe, argv):
     assume(len(comm_b) <= 16 and len(exe_b) <= 256 and len(args) <= 512)
     rec = ffi.new("struct rg_exec_record *")
     rec.hdr.kind = lib.RG_KIND_PROCESS_EXEC
-    put(rec.comm, comm_b)
+    put(rec.hdr.comm, comm_b)
     put(rec.filename, exe_b)
     put(rec.args, args)
     rec.args_len = len(args)
@@ -820,7 +849,7 @@ def test_valid_utf8_text_is_preserved(comm, exe, argv):
 def test_arbitrary_exec_text_always_decodes(comm, exe, args):
     rec = ffi.new("struct rg_exec_record *")
     rec.hdr.kind = lib.RG_KIND_PROCESS_EXEC
-    put(rec.comm, comm)  # 16 bytes, possibly without a NUL
+    put(rec.hdr.comm, comm)  # 16 bytes, possibly without a NUL
     put(rec.filename, exe)
     put(rec.args, args)
     rec.args_len = len(args)
@@ -919,8 +948,10 @@ def validator():
 @settings(max_examples=100)
 @given(rec=any_record.map(raw))
 def test_encoded_events_validate_against_the_json_schema(validator, rec):
-    validator.validate(encode_untyped(rec))  # the encoder's own keys, before any schema default
-    validator.validate(json.loads(schema.json_encoder.encode(encode_one(rec))))
+    validator.validate(json.loads(schema.json_encoder.encode(as_line(encode_one(rec)))))
+    # The data as the encoder wrote it, before any schema default fills a missing key.
+    validator.validate({**json.loads(schema.json_encoder.encode(as_line(encode_one(rec)))),
+                        "data": encode_untyped(rec)["data"]})
 
 
 # ---------------------------------------------------------------- key order
@@ -939,7 +970,7 @@ def block_record(kind, rule_index=0, family=0, flags=0, path=b"/etc/shadow", act
     rec.protocol = 6
     rec.flags = flags
     rec.dev, rec.ino = (8 << 20) | 1, 1234
-    ffi.memmove(rec.comm, b"cat", 3)
+    ffi.memmove(rec.hdr.comm, b"cat", 3)
     ffi.memmove(rec.path, path, len(path))
     return raw(rec)
 
@@ -973,21 +1004,26 @@ def assert_keys_in_field_order(obj: dict, struct_type) -> None:
 def test_keys_come_in_the_structs_field_order(rec):
     # msgspec matches a key against the next expected field first: keys out of
     # order cost a search per key on the consumer's hot path.
-    rc = lib.rg_encode_records(frame([rec]), len(rec) + 4, _OUT, CAP, _OUT_LEN, _MALFORMED)
-    assert rc == 1
-    (event,) = msgspec.msgpack.decode(ffi.buffer(_OUT, _OUT_LEN[0]))
-    assert_keys_in_field_order(event, schema.Event)
+    event = encode_untyped(rec)
     assert_keys_in_field_order(event["data"], DATA_TYPES[event["data"]["type"]])
-    if "target_context" in event:
-        assert_keys_in_field_order(event["target_context"], schema.TargetContext)
-    assert schema.batch_decoder.decode(ffi.buffer(_OUT, _OUT_LEN[0]))[0].name == event["name"]
+    assert schema.EVENT_NAMES[event["id"]] == event["data"]["type"]
 
 
 def encode_untyped(rec: bytes) -> dict:
-    """The one event encoded from rec, as plain msgpack: no schema defaults fill in missing keys."""
+    """The one event encoded from rec, as plain msgpack (no schema defaults
+    fill in missing keys): the header's fields by name, and the details'."""
     assert lib.rg_encode_records(frame([rec]), len(rec) + 4, _OUT, CAP, _OUT_LEN, _MALFORMED) == 1
     (event,) = msgspec.msgpack.decode(ffi.buffer(_OUT, _OUT_LEN[0]))
-    return event
+    header = dict(zip(("id", "timestamp", "pid", "tid"), event[:4]))
+    details = msgspec.msgpack.decode(event[4])
+    names = ("seq", "cpu", "entity_id", "cgroup_id", "uid", "euid", "gid", "comm", "action", "data", "target")
+    return {**header, **dict(zip(names, details))}
+
+
+def as_line(ev: Flat) -> schema.EventRecord:
+    """The event's NDJSON line (without the credentials Flat adds)."""
+    fields = {f: getattr(ev, f) for f in schema.EventRecord.__struct_fields__}
+    return schema.EventRecord(**fields)
 
 
 @pytest.mark.parametrize("method,name", [
@@ -1030,7 +1066,8 @@ def test_other_decisions_carry_no_detected_not_prevented(rec):
 
 @pytest.mark.parametrize("rec", BLOCK_RECORDS)
 def test_encoded_decisions_validate_against_the_json_schema(validator, rec):
-    validator.validate(encode_untyped(rec))
+    line = json.loads(schema.json_encoder.encode(as_line(encode_one(rec))))
+    validator.validate({**line, "data": encode_untyped(rec)["data"]})
 
 
 
@@ -1052,6 +1089,8 @@ def test_namespace_decisions_name_the_operation_and_every_kind(operation, kinds,
     names = [k for k in sorted(CLONE_NEW, key=CLONE_NEW.get) if k in kinds]
     assert event["data"] == {"type": "namespace_denied", "rule_index": -5, "blocked": True, "would_deny": False,
                              "comm": "cat", "operation": operation, "namespaces": names}
-    assert event["target_context"] == {"type": "namespace", "formatted": operation + (
-        f" ({', '.join(names)})" if names else "")}
-    assert encode_one(rec).data.namespaces == tuple(names)
+    formatted = operation + (f" ({', '.join(names)})" if names else "")
+    assert event["target"] == ["namespace"]
+    ev = encode_one(rec)
+    assert ev.target_context == schema.TargetContext(type="namespace", formatted=formatted)
+    assert ev.data.namespaces == tuple(names)

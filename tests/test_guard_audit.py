@@ -19,7 +19,7 @@ from runtimeguard import audit, environment
 from runtimeguard.audit import AuditLogReader, audit_log_files
 from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy
-from runtimeguard.schema import SCHEMA_VERSION, Event, json_schema
+from runtimeguard.schema import SCHEMA_VERSION, EventRecord, json_schema
 
 DENIED_V4 = "127.0.0.2"
 
@@ -86,7 +86,7 @@ def read_counts(token_dir) -> tuple[int, int]:
     return refused, sent
 
 
-def read_log(path) -> list[Event]:
+def read_log(path) -> list[EventRecord]:
     events = []
     for name in audit_log_files(path):
         reader = AuditLogReader(name)
@@ -95,14 +95,14 @@ def read_log(path) -> list[Event]:
     return events
 
 
-def accounted(events: list[Event], name: str) -> int:
+def accounted(events: list[EventRecord], name: str) -> int:
     """Decisions of a kind the log accounts for: lines, their repeats, and lost records."""
     lines = sum(1 + e.repeated for e in events if e.name == name)
     lost = sum(e.data.by_kind.get(name, 0) for e in events if e.name == "lost")
     return lines + lost
 
 
-def protected_open_reported(events: list[Event]) -> bool:
+def protected_open_reported(events: list[EventRecord]) -> bool:
     return any(e.name == "open_inode" for e in events) or any(
         e.name == "lost" and e.data.by_kind.get("open_inode") for e in events)
 
@@ -338,9 +338,9 @@ def test_schema_1_2_documents_repeated_and_lost_sources():
     doc = json.loads(out.stdout)
     assert doc == json_schema()
     assert f"schema {SCHEMA_VERSION}" in doc["title"] and tuple(map(int, SCHEMA_VERSION.split("."))) >= (1, 2)
-    repeated = doc["$defs"]["Event"]["properties"]["repeated"]
+    repeated = doc["$defs"]["EventRecord"]["properties"]["repeated"]
     assert repeated["type"] == "integer" and repeated["minimum"] == 0 and repeated["default"] == 0
-    assert "repeated" not in doc["$defs"]["Event"]["required"]
+    assert "repeated" not in doc["$defs"]["EventRecord"]["required"]
     lost = doc["$defs"]["LostData"]["properties"]
     assert sorted(lost["source"]["enum"]) == ["audit_log", "ring_buffer"] and lost["source"]["default"] == "ring_buffer"
     assert "error" in lost and "source" not in doc["$defs"]["LostData"]["required"]

@@ -1,0 +1,149 @@
+"""The event model against real processes: every event carries the acting
+task's credentials and name as they are when it happens (and the process
+record follows them), and the batch API's rows say what the typed events
+say. Expected values come from what the test itself did."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from runtimeguard import Tracer
+from runtimeguard.environment import cgroup2_mount
+from helpers import drain
+
+
+@pytest.fixture
+def cgroup():
+    path = os.path.join(cgroup2_mount(), f"rg-test-{secrets.token_hex(4)}")
+    os.mkdir(path)
+    yield path
+    os.rmdir(path)
+
+
+def run_in(cgroup: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def enter():
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write("0")
+    return subprocess.run(argv, preexec_fn=enter, capture_output=True, timeout=30, **kwargs)
+
+
+CHANGE_IDENTITY = textwrap.dedent("""
+    import ctypes, os, socket, sys
+    before, after, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    pid = os.fork()
+    if pid == 0:
+        open(before).close()
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        ctypes.CDLL(None).prctl(15, b"rg-renamed", 0, 0, 0)  # PR_SET_NAME
+        open(after).close()
+        s = socket.socket()
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            pass
+        os._exit(7)
+    os.waitpid(pid, 0)
+""")
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory nobody (uid 65534) can read, unlike pytest's tmp_path."""
+    path = tempfile.mkdtemp(prefix="rg-test-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_events_carry_the_credentials_and_name_of_the_moment(cgroup, shared_dir):
+    # A forked child opens a file, drops to nobody and renames itself, then
+    # opens, connects and exits: the events after the change say so, the one
+    # before does not, and so do their processes.
+    before, after = os.path.join(shared_dir, "before"), os.path.join(shared_dir, "after")
+    for path in (before, after):
+        with open(path, "w") as f:
+            f.write("x")
+        os.chmod(path, 0o644)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        with Tracer(events=["file_open", "net_connect", "process_exit", "process_fork"], cgroups=[cgroup]) as t:
+            out = run_in(cgroup, [sys.executable, "-c", CHANGE_IDENTITY, str(before), str(after), str(port)])
+            assert out.returncode == 0, out.stderr
+            events = drain(t)
+    finally:
+        listener.close()
+    child = next(ev.data.child_pid for ev in events if ev.name == "process_fork")
+    mine = [ev for ev in events if ev.pid == child]
+    opened = {ev.data.path: ev for ev in mine if ev.name == "file_open"}
+    early, late = opened[before], opened[after]
+    connect = next(ev for ev in mine if ev.name == "net_connect" and ev.data.port == port)
+    exit_ = next(ev for ev in mine if ev.name == "process_exit")
+    assert (early.uid, early.euid, early.gid) == (os.getuid(), os.geteuid(), os.getgid())
+    assert early.comm == "python3" or early.comm.startswith("python")
+    for ev in (late, connect, exit_):
+        assert (ev.uid, ev.euid, ev.gid, ev.comm) == (65534, 65534, 65534, "rg-renamed"), ev.name
+        process = ev.workload.process
+        assert (process.uid, process.euid, process.gid, process.name) == (65534, 65534, 65534, "rg-renamed")
+        assert ev.record().workload.process.uid == 65534
+    # The event before the change keeps the process as it was then, read after.
+    assert (early.workload.process.uid, early.workload.process.name) == (os.getuid(), early.comm)
+    assert exit_.data.exit_code == 7
+
+
+def test_the_batch_api_rows_say_what_the_events_say(cgroup, tmp_path):
+    pytest.importorskip("numpy")
+    files = [tmp_path / f"f{i}" for i in range(5)]
+    for f in files:
+        f.write_text("x")
+    with Tracer(events=["file_open", "process_exec"], cgroups=[cgroup]) as t:
+        out = run_in(cgroup, ["/bin/cat", *map(str, files), "/nonexistent-rg-path"])
+        assert out.returncode == 1
+        batches, deadline = [], time.monotonic() + 3
+        while time.monotonic() < deadline:
+            b = t.poll_batch(0.2)
+            if len(b):
+                batches.append(b)
+            elif batches:
+                break
+    assert batches
+    rows = [(b, i) for b in batches for i in range(len(b))]
+    names = [n for b in batches for n in b.names()]
+    assert "process_exec" in names
+    cat_pid = next(int(b.rows[i]["pid"]) for b, i in rows if b.names()[i] == "process_exec")
+    seen = {}
+    for b, i in rows:
+        r, ev = b.rows[i], b.event(i)
+        assert (ev.id, ev.timestamp, ev.pid, ev.tid) == (int(r["id"]), int(r["timestamp"]), int(r["pid"]),
+                                                          int(r["tid"]))
+        assert (ev.seq, ev.cpu, ev.entity_id, ev.cgroup_id) == (int(r["seq"]), int(r["cpu"]), int(r["entity_id"]),
+                                                                int(r["cgroup_id"]))
+        assert (ev.uid, ev.gid) == (int(r["uid"]), int(r["gid"]))
+        if ev.name == "file_open" and ev.pid == cat_pid:
+            assert int(r["result"]) == ev.data.result
+            seen[ev.data.path] = ev
+    for f in files:
+        ev = seen[str(f)]
+        assert ev.data.result >= 0 and ev.data.inode == os.stat(f).st_ino
+        assert ev.workload.process.executable in ("/bin/cat", "/usr/bin/cat")
+    assert seen["/nonexistent-rg-path"].data.result == -2
+    # A sub-batch keeps the records its rows point into.
+    b = batches[0]
+    opens = b.select(b.rows["id"] == 4)
+    assert all(n == "file_open" for n in opens.names())
+    assert [opens.event(i).data.path for i in range(len(opens))] == [
+        b.event(i).data.path for i in range(len(b)) if b.names()[i] == "file_open"]
