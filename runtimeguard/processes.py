@@ -19,7 +19,7 @@ import os
 import re
 import time
 import threading
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import msgspec
 
@@ -122,7 +122,7 @@ class ProcessTable:
         self._exited: dict[int, None] = {}
         self._cgroups = CgroupPaths(cgroup_mount, cgroup_path)
         # Tracers poll from their own threads; events are read from any.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._versions)
@@ -140,47 +140,53 @@ class ProcessTable:
 
     # ---- learning: exec, fork and exit events, in stream order ----
 
-    def learn(self, ev: Event) -> None:
+    def learn(self, events: Iterable[Event]) -> None:
+        """Learns from exec, fork and exit events, in stream order (others are ignored)."""
         with self._lock:
-            # The cgroup's path now, while it exists: workloads are resolved
-            # when read, possibly after the cgroup is gone (ids are never reused).
-            self._cgroups.path(ev.cgroup_id)
-            if ev.id == _EXEC:
-                self._on_exec(ev)
-            elif ev.id == _FORK:
-                self._on_fork(ev)
-            elif ev.id == _EXIT:
-                self._on_exit(ev)
+            for ev in events:
+                kind = ev.id
+                if kind == _EXIT:
+                    exited = self._exited
+                    exited[ev._details().entity_id] = None
+                    if len(exited) > KEEP_EXITED + KEEP_EXITED // 4:  # forget in chunks, not one per exit
+                        self._forget(list(exited)[: len(exited) - KEEP_EXITED])
+                elif kind == _EXEC or kind == _FORK:
+                    d = ev._details()
+                    # The cgroup's path now, while it exists: workloads are resolved
+                    # when read, possibly after the cgroup is gone (ids are never reused).
+                    self._cgroups.path(d.cgroup_id)
+                    if kind == _EXEC:
+                        self._on_exec(ev, d)
+                    else:
+                        self._on_fork(ev, d)
 
-    def _on_exec(self, ev: Event) -> None:
-        d: ProcessExecData = ev.data  # type: ignore[assignment]
+    # Processes are built positionally, in Process's field order: pid,
+    # entity_id, name, executable, argv, argv_truncated, uid, euid, gid, ppid,
+    # start_time, parent, ancestors. This runs for every exec and fork.
+
+    def _on_exec(self, ev: Event, details) -> None:
+        d: ProcessExecData = details.data
         if d.return_code < 0:
             return  # a failed exec leaves the process as it was
         parent = self.get(d.parent_entity_id) or self._from_proc(d.ppid, d.parent_entity_id)
-        ancestors = [_ref(parent), *parent.ancestors[: MAX_ANCESTORS - 1]] if parent else []
-        self._add(ev.timestamp, Process(
-            pid=ev.pid, entity_id=ev.entity_id, name=d.comm, executable=d.executable, argv=d.argv,
-            argv_truncated=d.argv_truncated, uid=d.uid, euid=d.euid, gid=d.gid, ppid=d.ppid,
-            start_time=d.start_time, parent=ancestors[0] if ancestors else None, ancestors=ancestors,
-        ))
+        if parent is not None:
+            ref = ProcessRef(parent.pid, parent.entity_id, parent.name, parent.executable)
+            ancestors = [ref, *parent.ancestors[: MAX_ANCESTORS - 1]]
+        else:
+            ref, ancestors = None, []
+        self._add(ev.timestamp, Process(ev.pid, details.entity_id, d.comm, d.executable, d.argv, d.argv_truncated,
+                                        d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors))
 
-    def _on_fork(self, ev: Event) -> None:
-        d: ProcessForkData = ev.data  # type: ignore[assignment]
-        parent = self._version_at(ev.entity_id, ev.timestamp) or self._from_proc(ev.pid, ev.entity_id)
+    def _on_fork(self, ev: Event, details) -> None:
+        d: ProcessForkData = details.data
+        parent = self._version_at(details.entity_id, ev.timestamp) or self._from_proc(ev.pid, details.entity_id)
         if parent is None:
             return
-        ancestors = [_ref(parent), *parent.ancestors[: MAX_ANCESTORS - 1]]
+        ref = ProcessRef(parent.pid, parent.entity_id, parent.name, parent.executable)
         self._add(d.child_start_time, Process(
-            pid=d.child_pid, entity_id=d.child_entity_id, name=parent.name, executable=parent.executable,
-            argv=parent.argv, argv_truncated=parent.argv_truncated, uid=parent.uid, euid=parent.euid,
-            gid=parent.gid, ppid=parent.pid, start_time=d.child_start_time, parent=ancestors[0],
-            ancestors=ancestors,
-        ))
-
-    def _on_exit(self, ev: Event) -> None:
-        self._exited[ev.entity_id] = None
-        if len(self._exited) > KEEP_EXITED:
-            self._forget(list(self._exited)[: len(self._exited) - KEEP_EXITED])
+            d.child_pid, d.child_entity_id, parent.name, parent.executable, parent.argv, parent.argv_truncated,
+            parent.uid, parent.euid, parent.gid, parent.pid, d.child_start_time, ref,
+            [ref, *parent.ancestors[: MAX_ANCESTORS - 1]]))
 
     def _add(self, since: int, process: Process) -> None:
         """A new version of a process from since on (the first, or an exec)."""

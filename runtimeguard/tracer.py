@@ -420,9 +420,7 @@ class Tracer:
     def _take_events(self, batch) -> list[Event]:
         events = batch_decoder.decode(ffi.buffer(batch.data, batch.len))
         if batch.table_count:
-            learn = self._table.learn
-            for i in ffi.unpack(batch.table_events, batch.table_count):
-                learn(events[i])
+            self._table.learn([events[i] for i in ffi.unpack(batch.table_events, batch.table_count)])
         if batch.unwanted:
             wanted = self._wanted_ids
             events = [ev for ev in events if ev.id in wanted]
@@ -433,9 +431,7 @@ class Tracer:
         rows = np.frombuffer(ffi.buffer(batch.rows, batch.count * ROW_SIZE), dtype=row_dtype()).copy()
         out = EventBatch(rows, bytes(ffi.buffer(batch.data, batch.len)))
         if batch.table_count:
-            learn = self._table.learn
-            for i in ffi.unpack(batch.table_events, batch.table_count):
-                learn(out.event(i))
+            self._table.learn([out.event(i) for i in ffi.unpack(batch.table_events, batch.table_count)])
         if batch.unwanted:
             out = out.select(np.isin(rows["id"], list(self._wanted_ids)))
         return out

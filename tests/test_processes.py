@@ -60,7 +60,7 @@ def test_every_event_gets_its_own_process_and_cgroup(steps):
     table = ProcessTable(lambda pid, start: entity_of(pid), lambda: 0, None)
     schema.set_resolver(table)
     for i in range(EXECED):
-        table.learn(exec_event(FIRST_PID + i, 1))
+        table.learn([exec_event(FIRST_PID + i, 1)])
     events = [open_event(FIRST_PID + i, cgroup, known and i < EXECED) for i, cgroup, known in steps]
     by_pair = {}
     for (i, _, _), ev in zip(steps, events):
@@ -83,9 +83,9 @@ def test_an_event_gets_the_image_it_ran_under_whenever_it_is_read(before, betwee
     table = ProcessTable(lambda pid, start: entity_of(pid), lambda: 0, None)
     schema.set_resolver(table)
     pid = FIRST_PID + 10
-    table.learn(exec_event(pid, 1, timestamp=0))
-    table.learn(exec_event(pid, 1, timestamp=100, image="a"))
-    table.learn(exec_event(pid, 1, timestamp=200, image="b"))
+    table.learn([exec_event(pid, 1, timestamp=0)])
+    table.learn([exec_event(pid, 1, timestamp=100, image="a")])
+    table.learn([exec_event(pid, 1, timestamp=200, image="b")])
     events = [open_event(pid, 1, True, timestamp=t, comm="") for t in (before, between, after)]
     expected = [f"/bin/p{pid}", f"/bin/p{pid}a", f"/bin/p{pid}b"]
     for i in read_order:
@@ -96,7 +96,7 @@ def test_credentials_and_name_follow_the_events(table):
     # After setuid(65534) and prctl(PR_SET_NAME) the events say so, and the
     # process record from then on; an earlier event read later does not.
     pid = FIRST_PID + 20
-    table.learn(exec_event(pid, 1, timestamp=10))
+    table.learn([exec_event(pid, 1, timestamp=10)])
     early = open_event(pid, 1, True, timestamp=20)
     late = open_event(pid, 1, True, timestamp=30, uid=65534, comm="renamed")
     later = open_event(pid, 1, True, timestamp=40, uid=None, comm="")  # a socket hook: nothing known
@@ -109,11 +109,11 @@ def test_credentials_and_name_follow_the_events(table):
 
 def test_a_fork_child_starts_as_its_parent(table):
     parent, child = FIRST_PID + 30, FIRST_PID + 31
-    table.learn(exec_event(parent, 1, timestamp=5))
-    table.learn(Event.make(id=EVENT_IDS["process_fork"], timestamp=6, pid=parent, tid=parent,
-                           entity_id=entity_of(parent), cgroup_id=1,
-                           data=ProcessForkData(child_pid=child, child_entity_id=entity_of(child),
-                                                child_start_time=6)))
+    table.learn([exec_event(parent, 1, timestamp=5)])
+    table.learn([Event.make(id=EVENT_IDS["process_fork"], timestamp=6, pid=parent, tid=parent,
+                            entity_id=entity_of(parent), cgroup_id=1,
+                            data=ProcessForkData(child_pid=child, child_entity_id=entity_of(child),
+                                                 child_start_time=6))])
     process = open_event(child, 1, True, timestamp=7, comm=f"p{parent}").workload.process
     assert (process.pid, process.ppid, process.executable) == (child, parent, f"/bin/p{parent}")
     assert process.parent.pid == parent
@@ -122,6 +122,6 @@ def test_a_fork_child_starts_as_its_parent(table):
 def test_learning_an_exec_twice_keeps_one_version(table):
     # Two tracers feed one table: the same exec arrives twice.
     pid = FIRST_PID + 40
-    table.learn(exec_event(pid, 1, timestamp=10))
-    table.learn(exec_event(pid, 1, timestamp=10))
+    table.learn([exec_event(pid, 1, timestamp=10)])
+    table.learn([exec_event(pid, 1, timestamp=10)])
     assert len(table._versions[entity_of(pid)]) == 1
