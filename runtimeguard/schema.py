@@ -30,7 +30,10 @@ from ._native import ffi, lib
 # ptrace_denied (a process sharing the caller's descriptor table, refused).
 # 1.3: namespace_denied (a namespace made or joined, or a mount), and the
 # "namespace" target.
-SCHEMA_VERSION = "1.3"
+# 1.4: workload.process is the process as it was at the event's time: its
+# uid, euid, gid and name are the acting task's then (a setuid() or
+# prctl(PR_SET_NAME) after the exec shows), no longer those of the exec.
+SCHEMA_VERSION = "1.4"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
 # renumbered. The kernel record kinds in bpf/events.h use the same numbers.
