@@ -107,6 +107,19 @@ static __always_inline __u64 rg_task_start(struct task_struct *task)
 	return BPF_CORE_READ(task, group_leader, start_boottime);
 }
 
+/* A task's pid as its own pid namespace numbers it, and that namespace's
+ * inode number: the last of the pid's numbers (one per level). */
+static __always_inline void rg_ns_pid(struct task_struct *task, __u32 *ns_pid, __u32 *pid_ns)
+{
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	__u32 level = BPF_CORE_READ(pid, level);
+
+	/* MAX_PID_NS_LEVEL is 32: a bound the verifier can see. */
+	level &= 31;
+	*ns_pid = BPF_CORE_READ(pid, numbers[level].nr);
+	*pid_ns = BPF_CORE_READ(pid, numbers[level].ns, ns.inum);
+}
+
 /* The process a record is about, for programs that run with no task of their
  * own (a packet's egress): named from what was stored when it had one. */
 struct rg_who {

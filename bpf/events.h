@@ -88,6 +88,8 @@ struct rg_exec_record {
 	int retval; /* 0: exec done; <0: the failed execve's -errno */
 	unsigned int ppid;
 	unsigned int args_len; /* valid bytes in args: NUL-separated argv */
+	unsigned int ns_pid; /* the pid as the process sees it, in its own pid namespace */
+	unsigned int pid_ns; /* that namespace's inode number (/proc/<pid>/ns/pid) */
 	unsigned char args_truncated;
 	unsigned char filename_truncated;
 	unsigned char pad[2];
@@ -99,6 +101,8 @@ struct rg_fork_record {
 	struct rg_header hdr; /* the parent */
 	unsigned long long child_start_boottime;
 	unsigned int child_pid;
+	unsigned int child_ns_pid; /* as the child sees itself, in its pid namespace */
+	unsigned int child_pid_ns; /* that namespace's inode number */
 	unsigned int pad;
 };
 
@@ -131,6 +135,11 @@ struct rg_net_record {
 	unsigned short sock_type; /* SOCK_* of the socket, 0 when unknown */
 	unsigned int fd;
 	unsigned int syscall; /* RG_SEND_* for net_sendmsg, 0 for connect */
+	/* The socket's own end after the call (0 family: not a socket we could read). */
+	unsigned char local_addr[RG_ADDR_LEN]; /* network byte order */
+	unsigned short local_family;
+	unsigned short local_port; /* host byte order; 0: none bound */
+	unsigned int pad;
 };
 
 struct rg_ptrace_record {

@@ -68,9 +68,19 @@ static __always_inline int rg_net_exit(long ret, __u32 kind, __u32 syscall)
 		BPF_CORE_READ(file, private_data) : NULL;
 	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
 	e->protocol = e->sock_type = 0; /* unknown unless the descriptor is a socket */
+	e->local_family = e->local_port = 0;
+	e->pad = 0;
+	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
 	if (sk) {
 		e->protocol = BPF_CORE_READ(sk, sk_protocol);
 		e->sock_type = BPF_CORE_READ(sk, sk_type);
+		/* The local end the connect or send bound (an autobind sets it). */
+		e->local_family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		e->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		if (e->local_family == AF_INET)
+			BPF_CORE_READ_INTO(&e->local_addr, sk, __sk_common.skc_rcv_saddr);
+		else if (e->local_family == AF_INET6)
+			BPF_CORE_READ_INTO(&e->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
 	}
 	rg_submit(e);
 	return 0;

@@ -10,6 +10,7 @@ static __always_inline void rg_fill_identity(struct rg_exec_record *e, struct ta
 
 	e->ppid = BPF_CORE_READ(parent, tgid);
 	e->parent_start_boottime = rg_task_start(parent);
+	rg_ns_pid(task, &e->ns_pid, &e->pid_ns);
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -112,6 +113,8 @@ int BPF_PROG(rg_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	e->child_pid = BPF_CORE_READ(child, tgid);
 	e->child_start_boottime = BPF_CORE_READ(child, start_boottime);
+	rg_ns_pid(child, &e->child_ns_pid, &e->child_pid_ns);
+	e->pad = 0;
 	rg_submit(e);
 	return 0;
 }

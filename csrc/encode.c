@@ -268,7 +268,7 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, 13);
+	mp_map(w, 15);
 	mp_lit(w, "type");
 	mp_lit(w, "process_exec");
 	mp_lit(w, "executable");
@@ -302,6 +302,10 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 	mp_bool(w, r->filename_truncated);
 	mp_lit(w, "argv_truncated");
 	mp_bool(w, r->args_truncated || tail);
+	mp_lit(w, "ns_pid");
+	mp_uint(w, r->ns_pid);
+	mp_lit(w, "pid_ns");
+	mp_uint(w, r->pid_ns);
 	event_end(o);
 }
 
@@ -310,7 +314,7 @@ static void encode_fork(struct rg_encoder *enc, struct rg_output *o, const struc
 	struct mp_writer *w = &o->w;
 
 	event_begin(enc, o, &r->hdr, 0, 0);
-	mp_map(w, 4);
+	mp_map(w, 6);
 	mp_lit(w, "type");
 	mp_lit(w, "process_fork");
 	mp_lit(w, "child_pid");
@@ -319,6 +323,10 @@ static void encode_fork(struct rg_encoder *enc, struct rg_output *o, const struc
 	mp_uint(w, rg_entity_id(r->child_pid, r->child_start_boottime));
 	mp_lit(w, "child_start_time");
 	mp_int(w, (long long)r->child_start_boottime + enc->realtime_offset_ns);
+	mp_lit(w, "child_ns_pid");
+	mp_uint(w, r->child_ns_pid);
+	mp_lit(w, "child_pid_ns");
+	mp_uint(w, r->child_pid_ns);
 	event_end(o);
 }
 
@@ -423,9 +431,11 @@ static void encode_net(struct rg_encoder *enc, struct rg_output *o, const struct
 	struct mp_writer *w = &o->w;
 	int send = r->hdr.kind == RG_KIND_NET_SENDMSG;
 
+	int local = r->local_family == AF_INET || r->local_family == AF_INET6;
+
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, send ? 8 : 7);
+	mp_map(w, (send ? 8 : 7) + (local ? 2 : 0));
 	mp_lit(w, "type");
 	mp_name(w, kind_names[r->hdr.kind]);
 	mp_lit(w, "family");
@@ -446,6 +456,12 @@ static void encode_net(struct rg_encoder *enc, struct rg_output *o, const struct
 			mp_lit(w, "sendmsg");
 		else
 			mp_lit(w, "sendto");
+	}
+	if (local) {
+		mp_lit(w, "local_address");
+		mp_address(w, r->local_family, r->local_addr);
+		mp_lit(w, "local_port");
+		mp_uint(w, r->local_port);
 	}
 	event_end(o);
 }

@@ -162,7 +162,8 @@ class ProcessTable:
 
     # Processes are built positionally, in Process's field order: pid,
     # entity_id, name, executable, argv, argv_truncated, uid, euid, gid, ppid,
-    # start_time, parent, ancestors. This runs for every exec and fork.
+    # start_time, parent, ancestors, ns_pid, pid_ns. This runs for every
+    # exec and fork.
 
     def _on_exec(self, ev: Event, details) -> None:
         d: ProcessExecData = details.data
@@ -175,7 +176,8 @@ class ProcessTable:
         else:
             ref, ancestors = None, []
         self._add(ev.timestamp, Process(ev.pid, details.entity_id, d.comm, d.executable, d.argv, d.argv_truncated,
-                                        d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors))
+                                        d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid,
+                                        d.pid_ns))
 
     def _on_fork(self, ev: Event, details) -> None:
         d: ProcessForkData = details.data
@@ -186,7 +188,7 @@ class ProcessTable:
         self._add(d.child_start_time, Process(
             d.child_pid, d.child_entity_id, parent.name, parent.executable, parent.argv, parent.argv_truncated,
             parent.uid, parent.euid, parent.gid, parent.pid, d.child_start_time, ref,
-            [ref, *parent.ancestors[: MAX_ANCESTORS - 1]]))
+            [ref, *parent.ancestors[: MAX_ANCESTORS - 1]], d.child_ns_pid, d.child_pid_ns))
 
     def _add(self, since: int, process: Process) -> None:
         """A new version of a process from since on (the first, or an exec)."""
@@ -347,7 +349,7 @@ class ProcessTable:
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
         except OSError:
             argv = None
-        uids = gids = None
+        uids = gids = ns_pid = pid_ns = None
         try:
             with open(f"{base}/status") as f:
                 for line in f:
@@ -355,7 +357,13 @@ class ProcessTable:
                         uids = [int(x) for x in line.split()[1:3]]
                     elif line.startswith("Gid:"):
                         gids = [int(x) for x in line.split()[1:2]]
+                    elif line.startswith("NSpid:"):
+                        ns_pid = int(line.split()[-1])  # the innermost namespace's number
         except OSError:
+            pass
+        try:
+            pid_ns = int(os.readlink(f"{base}/ns/pid").partition("[")[2].rstrip("]"))  # "pid:[4026531836]"
+        except (OSError, ValueError):
             pass
         parent = None
         if depth < MAX_ANCESTORS and ppid > 0:
@@ -368,7 +376,7 @@ class ProcessTable:
             pid=pid, entity_id=entity_id, name=name, executable=executable, argv=argv,
             uid=uids[0] if uids else None, euid=uids[1] if uids else None, gid=gids[0] if gids else None,
             ppid=ppid, start_time=start_boot_ns + self._realtime_offset_ns(),
-            parent=ancestors[0] if ancestors else None, ancestors=ancestors,
+            parent=ancestors[0] if ancestors else None, ancestors=ancestors, ns_pid=ns_pid, pid_ns=pid_ns,
         )
         self._add(0, process)  # since 0: it is all we know of its past
         return process

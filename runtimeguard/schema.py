@@ -32,7 +32,11 @@ from ._native import ffi, lib
 # "namespace" target.
 # 1.4: workload.process is the process as it was at the event's time: its
 # uid, euid, gid and name are the acting task's then (a setuid() or
-# prctl(PR_SET_NAME) after the exec shows), no longer those of the exec.
+# prctl(PR_SET_NAME) after the exec shows), no longer those of the exec;
+# net_connect and net_sendmsg carry local_address and local_port; the pid
+# in the process's own pid namespace and that namespace's inode
+# (process_exec ns_pid/pid_ns, process_fork child_ns_pid/child_pid_ns,
+# Process ns_pid/pid_ns).
 SCHEMA_VERSION = "1.4"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
@@ -109,6 +113,10 @@ class Process(msgspec.Struct, frozen=True, omit_defaults=True):
     parent: Optional[ProcessRef] = None
     ancestors: list[ProcessRef] = []
     """Parent first, then its parent, as far as known."""
+    ns_pid: Optional[int] = None
+    """The pid as the process sees it, in its own pid namespace."""
+    pid_ns: Optional[int] = None
+    """That pid namespace's inode number."""
 
 
 class Container(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -190,12 +198,19 @@ class ProcessExecData(_Data, tag="process_exec"):
     """0 for an exec that happened; -errno for one that failed."""
     executable_truncated: bool = False
     argv_truncated: bool = False
+    ns_pid: Optional[int] = None
+    """The pid as the process sees it, in its own pid namespace."""
+    pid_ns: Optional[int] = None
+    """That pid namespace's inode number (as ``/proc/<pid>/ns/pid`` names it)."""
 
 
 class ProcessForkData(_Data, tag="process_fork"):
     child_pid: int
     child_entity_id: int
     child_start_time: int
+    child_ns_pid: Optional[int] = None
+    """The child's pid in its own pid namespace (a new one with CLONE_NEWPID)."""
+    child_pid_ns: Optional[int] = None
 
 
 class ProcessExitData(_Data, tag="process_exit"):
@@ -228,6 +243,12 @@ class NetConnectData(_Data, tag="net_connect"):
     result: int
     """0, -errno, or -EINPROGRESS (-115) for a non-blocking connect under way."""
     fd: int
+    local_address: Optional[str] = None
+    """The socket's own address after the call (None: the descriptor could
+    not be read as a socket); "0.0.0.0" or "::" when bound to any."""
+    local_port: Optional[int] = None
+    """The socket's own port after the call; 0 when none is bound (a refused
+    connect releases the one it took)."""
 
 
 class NetSendmsgData(_Data, tag="net_sendmsg"):
@@ -239,6 +260,9 @@ class NetSendmsgData(_Data, tag="net_sendmsg"):
     """Bytes sent, or -errno."""
     fd: int
     syscall: Literal["sendto", "sendmsg"]
+    local_address: Optional[str] = None
+    """As net_connect's: the socket's own end after the send (an autobind sets it)."""
+    local_port: Optional[int] = None
 
 
 class PtraceData(_Data, tag="ptrace"):

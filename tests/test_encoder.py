@@ -211,12 +211,14 @@ def model(rec_bytes: bytes) -> Flat:
             parent_entity_id=entity(r.ppid, r.parent_start_boottime),
             start_time=h.start_boottime,
             return_code=r.retval,
+            ns_pid=r.ns_pid, pid_ns=r.pid_ns,
         )
     elif kind == lib.RG_KIND_PROCESS_FORK:
         data = schema.ProcessForkData(
             child_pid=r.child_pid,
             child_entity_id=reference_entity_id(r.child_pid, r.child_start_boottime, BOOT_ID, NS_PER_TICK),
             child_start_time=r.child_start_boottime,
+            child_ns_pid=r.child_ns_pid, child_pid_ns=r.child_pid_ns,
         )
     elif kind == lib.RG_KIND_PROCESS_EXIT:
         status = r.exit_code
@@ -252,6 +254,10 @@ def model(rec_bytes: bytes) -> Flat:
         family = "ipv6" if v6 else "ipv4"
         common = dict(family=family, protocol=PROTOCOLS.get(r.protocol, f"proto-{r.protocol}"),
                       address=address, port=r.port, result=r.retval, fd=r.fd)
+        if r.local_family in (socket.AF_INET, socket.AF_INET6):
+            local = field_bytes(r.local_addr)
+            common.update(local_port=r.local_port, local_address=socket.inet_ntop(
+                r.local_family, local if r.local_family == socket.AF_INET6 else local[:4]))
         if kind == lib.RG_KIND_NET_CONNECT:
             data = schema.NetConnectData(**common)
         else:
@@ -324,6 +330,7 @@ def exec_records(draw):
     rec.parent_start_boottime = draw(st.one_of(st.just(0), BOOT_NS))
     rec.retval = draw(st.one_of(st.just(0), I32))
     rec.ppid = draw(st.one_of(PID, U32))
+    rec.ns_pid, rec.pid_ns = draw(st.one_of(PID, U32)), draw(U32)
     rec.args_truncated = draw(st.sampled_from([0, 1, 255]))
     rec.filename_truncated = draw(st.sampled_from([0, 1, 255]))
     put(rec.filename, draw(cstring_field(256)))
@@ -349,6 +356,7 @@ def fork_records(draw):
     fill_header(draw, rec, lib.RG_KIND_PROCESS_FORK)
     rec.child_pid = draw(st.one_of(PID, U32))
     rec.child_start_boottime = draw(BOOT_NS)
+    rec.child_ns_pid, rec.child_pid_ns = draw(st.one_of(PID, U32)), draw(U32)
     return rec
 
 
@@ -397,6 +405,9 @@ def net_records(draw, kind=None, family=None):
     rec.fd = draw(U32)
     rec.retval = draw(I64)
     rec.syscall = draw(st.one_of(st.sampled_from([0, 1, 2]), U32))
+    rec.local_family = draw(st.one_of(st.sampled_from([0, socket.AF_INET, socket.AF_INET6]), U16))
+    put(rec.local_addr, draw(st.binary(min_size=16, max_size=16)))
+    rec.local_port = draw(U16)
     return rec
 
 

@@ -147,3 +147,80 @@ def test_the_batch_api_rows_say_what_the_events_say(cgroup, tmp_path):
     assert all(n == "file_open" for n in opens.names())
     assert [opens.event(i).data.path for i in range(len(opens))] == [
         b.event(i).data.path for i in range(len(b)) if b.names()[i] == "file_open"]
+
+
+LOCAL_ENDS = textwrap.dedent("""
+    import socket, sys
+    port, port6 = int(sys.argv[1]), int(sys.argv[2])
+    s = socket.socket()
+    s.connect(("127.0.0.1", port))
+    s6 = socket.socket(socket.AF_INET6)
+    s6.connect(("::1", port6))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"x", ("127.0.0.1", 9))
+    refused = socket.socket()
+    try:
+        refused.connect(("127.0.0.1", int(sys.argv[3])))
+    except ConnectionRefusedError:
+        pass
+    print(s.getsockname()[1], s6.getsockname()[1], u.getsockname()[1])
+""")
+
+
+def test_connects_and_sends_carry_their_local_end(cgroup):
+    listeners = [socket.socket(), socket.socket(socket.AF_INET6), socket.socket()]
+    try:
+        listeners[0].bind(("127.0.0.1", 0))
+        listeners[1].bind(("::1", 0))
+        listeners[2].bind(("127.0.0.1", 0))  # bound, never listening: refused
+        for s in listeners[:2]:
+            s.listen()
+        ports = [s.getsockname()[1] for s in listeners]
+        with Tracer(events=["net_connect", "net_sendmsg"], cgroups=[cgroup]) as t:
+            out = run_in(cgroup, [sys.executable, "-c", LOCAL_ENDS, *map(str, ports)], text=True)
+            assert out.returncode == 0, out.stderr
+            events = drain(t)
+    finally:
+        for s in listeners:
+            s.close()
+    local_v4, local_v6, local_udp = map(int, out.stdout.split())
+    by_port = {ev.data.port: ev.data for ev in events}
+    v4, v6, udp, refused = by_port[ports[0]], by_port[ports[1]], by_port[9], by_port[ports[2]]
+    assert (v4.local_address, v4.local_port) == ("127.0.0.1", local_v4)
+    assert (v6.local_address, v6.local_port) == ("::1", local_v6)
+    assert (udp.local_address, udp.local_port, udp.syscall) == ("0.0.0.0", local_udp, "sendto")
+    assert refused.result == -111 and refused.local_port == 0  # the port a refused connect took is released
+
+
+def test_processes_in_a_pid_namespace_carry_their_own_pid_and_namespace(cgroup):
+    # In a new pid namespace the shell is pid 1 there and execs into the
+    # command, whose exec (and fork) say so, with the namespace's inode.
+    script = "echo $$; readlink /proc/self/ns/pid; exec /bin/sh -c 'echo $$; sleep 0.1'"
+    with Tracer(events=["process_exec", "process_fork"], cgroups=[cgroup]) as t:
+        out = run_in(cgroup, ["unshare", "--pid", "--fork", "/bin/sh", "-c", script], text=True)
+        assert out.returncode == 0, out.stderr
+        events = drain(t)
+    lines = out.stdout.split()
+    inside_pid, ns_link, exec_pid = int(lines[0]), lines[1], int(lines[2])
+    pid_ns = int(ns_link.partition("[")[2].rstrip("]"))
+    assert inside_pid == exec_pid == 1
+    assert pid_ns != int(os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]"))
+    inside = [ev for ev in events if ev.name == "process_exec" and ev.data.pid_ns == pid_ns]
+    execs = [ev for ev in inside if ev.pid == inside[0].pid]
+    assert [ev.data.argv[:2] for ev in execs] == [["/bin/sh", "-c"], ["/bin/sh", "-c"]]
+    others = {ev.data.argv[0]: ev.data.ns_pid for ev in inside if ev.pid != execs[0].pid}
+    assert set(others) == {"readlink", "sleep"} and all(n > 1 for n in others.values())
+    for ev in execs:
+        assert ev.data.ns_pid == 1 and ev.pid != 1
+        assert (ev.workload.process.ns_pid, ev.workload.process.pid_ns) == (1, pid_ns)
+    forks = [ev for ev in events if ev.name == "process_fork" and ev.data.child_pid == execs[0].pid]
+    assert [(ev.data.child_ns_pid, ev.data.child_pid_ns) for ev in forks] == [(1, pid_ns)]
+    # Processes the tracer did not see start are read from /proc the same way.
+    mine = Tracer(events=["process_exec"])
+    try:
+        mine.start()
+        me = mine.process(os.getpid())
+    finally:
+        mine.close()
+    assert me.ns_pid == os.getpid()
+    assert me.pid_ns == int(os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]"))
