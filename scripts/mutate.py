@@ -88,9 +88,9 @@ class Mutation:
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "ipv4-bytes-reversed", "csrc/encode.c",
-        "\tinet_ntop(t->v6 ? AF_INET6 : AF_INET, addr, t->addr, sizeof(t->addr));",
-        "\tif (!t->v6) { unsigned char r4[4] = { addr[3], addr[2], addr[1], addr[0] }; "
-        "inet_ntop(AF_INET, r4, t->addr, sizeof(t->addr)); } else inet_ntop(AF_INET6, addr, t->addr, sizeof(t->addr));",
+        "\tinet_ntop(family == AF_INET6 ? AF_INET6 : AF_INET, addr, text, sizeof(text));",
+        "\tif (family != AF_INET6) { unsigned char r4[4] = { addr[3], addr[2], addr[1], addr[0] }; "
+        "inet_ntop(AF_INET, r4, text, sizeof(text)); } else inet_ntop(AF_INET6, addr, text, sizeof(text));",
         ("tests/test_encoder.py", "tests/test_guard.py"),
         "an IPv4 address's bytes are reversed before formatting (127.0.0.2 -> 2.0.0.127)"),
     Mutation(
@@ -203,10 +203,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ptrace.protect_pids also stops processes outside the guard's scope"),
     Mutation(
         "guard-drops-lost-notices", "runtimeguard/guard.py",
-        '            if ev.name == "lost":',
-        '            if ev.name == "lost-never":  # mutated',
+        '            if name == "lost":',
+        '            if name == "lost-never":  # mutated',
         ("tests/test_guard_audit.py",),
         "the guard drops the ring buffer's lost notices: a decision the kernel could not report leaves no trace"),
+    Mutation(
+        "credentials-from-the-exec", "runtimeguard/processes.py",
+        "        uid, euid, gid, comm = seen\n        changes = {}",
+        "        uid, euid, gid, comm = seen\n        return None  # mutated\n        changes = {}",
+        ("tests/test_processes.py", "tests/test_event_model.py"),
+        "the process record keeps the exec's credentials and name after a setuid() or a rename"),
+    Mutation(
+        "ns-pid-of-the-host", "bpf/common.bpf.h",
+        "\tlevel &= 31;",
+        "\tlevel = 0; /* mutated */",
+        ("tests/test_event_model.py",),
+        "the pid namespace fields name the host's pid and namespace, not the process's own"),
     Mutation(
         "non-socket-protocol-left-stale", "bpf/net.bpf.c",
         "\te->protocol = e->sock_type = 0; /* unknown unless the descriptor is a socket */",
