@@ -87,7 +87,36 @@ static size_t utf8_sequence(const unsigned char *s, size_t n)
 	return need;
 }
 
-/* Kernel text: valid UTF-8 is copied, each invalid byte becomes U+FFFD. */
+/* Whether n bytes are all valid UTF-8 (NUL included: a sequence never spans one). */
+static int utf8_valid(const char *text, size_t n)
+{
+	const unsigned char *s = (const unsigned char *)text;
+	size_t i = 0;
+
+	for (uint64_t word; i + 8 <= n; i += 8) {
+		memcpy(&word, s + i, 8);
+		if (word & 0x8080808080808080ULL)
+			break;
+	}
+	while (i < n) {
+		size_t k = utf8_sequence(s + i, n - i);
+		if (!k)
+			return 0;
+		i += k;
+	}
+	return 1;
+}
+
+static size_t cstr_len(const char *s, size_t max)
+{
+	const char *end = memchr(s, 0, max);
+
+	return end ? (size_t)(end - s) : max;
+}
+
+/* Kernel text: valid UTF-8 is copied, each invalid byte becomes U+FFFD.
+ * Where that happens the record's fields also go out as bytes, under
+ * "<name>_bytes" (runtimeguard.schema), so no name is lost or confused. */
 static void mp_text(struct mp_writer *w, const char *text, size_t n)
 {
 	const unsigned char *s = (const unsigned char *)text;
@@ -265,14 +294,17 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 		if (r->args[i] == 0)
 			argc++;
 	int tail = len > 0 && r->args[len - 1] != 0;
+	size_t exe_len = cstr_len(r->filename, sizeof(r->filename)), comm_len = cstr_len(r->hdr.comm, RG_COMM_LEN);
+	int exe_raw = !utf8_valid(r->filename, exe_len), argv_raw = !utf8_valid(r->args, len),
+	    comm_raw = !utf8_valid(r->hdr.comm, comm_len);
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, 15);
+	mp_map(w, 15 + exe_raw + argv_raw + comm_raw);
 	mp_lit(w, "type");
 	mp_lit(w, "process_exec");
 	mp_lit(w, "executable");
-	mp_cstr(w, r->filename, sizeof(r->filename));
+	mp_text(w, r->filename, exe_len);
 	mp_lit(w, "argv");
 	mp_array(w, argc + tail);
 	for (size_t start = 0, i = 0; i < len; i++) {
@@ -283,7 +315,7 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 		}
 	}
 	mp_lit(w, "comm");
-	mp_cstr(w, r->hdr.comm, sizeof(r->hdr.comm));
+	mp_text(w, r->hdr.comm, comm_len);
 	mp_lit(w, "uid");
 	mp_uint(w, r->hdr.uid);
 	mp_lit(w, "euid");
@@ -306,6 +338,25 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 	mp_uint(w, r->ns_pid);
 	mp_lit(w, "pid_ns");
 	mp_uint(w, r->pid_ns);
+	if (exe_raw) {
+		mp_lit(w, "executable_bytes");
+		mp_bin(w, r->filename, exe_len);
+	}
+	if (argv_raw) {
+		mp_lit(w, "argv_bytes");
+		mp_array(w, argc + tail);
+		for (size_t start = 0, i = 0; i < len; i++) {
+			if (r->args[i] == 0 || i == len - 1) {
+				size_t end = r->args[i] == 0 ? i : i + 1;
+				mp_bin(w, r->args + start, end - start);
+				start = i + 1;
+			}
+		}
+	}
+	if (comm_raw) {
+		mp_lit(w, "comm_bytes");
+		mp_bin(w, r->hdr.comm, comm_len);
+	}
 	event_end(o);
 }
 
@@ -362,13 +413,16 @@ static void encode_file(struct rg_encoder *enc, struct rg_output *o, const struc
 {
 	struct mp_writer *w = &o->w;
 
+	size_t path_len = cstr_len(r->path, sizeof(r->path));
+	int path_raw = !utf8_valid(r->path, path_len);
+
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, 9);
+	mp_map(w, 9 + path_raw);
 	mp_lit(w, "type");
 	mp_lit(w, "file_open");
 	mp_lit(w, "path");
-	mp_cstr(w, r->path, sizeof(r->path));
+	mp_text(w, r->path, path_len);
 	mp_lit(w, "flags");
 	mp_uint(w, r->flags);
 	mp_lit(w, "mode");
@@ -388,6 +442,10 @@ static void encode_file(struct rg_encoder *enc, struct rg_output *o, const struc
 	}
 	mp_lit(w, "path_truncated");
 	mp_bool(w, r->path_truncated);
+	if (path_raw) {
+		mp_lit(w, "path_bytes");
+		mp_bin(w, r->path, path_len);
+	}
 	event_end(o);
 }
 

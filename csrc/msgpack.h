@@ -115,4 +115,20 @@ static inline void mp_str_raw(struct mp_writer *w, const char *s, uint32_t n)
 
 #define mp_lit(w, s) mp_str_raw(w, s, sizeof(s) - 1)
 
+static inline void mp_bin(struct mp_writer *w, const void *p, uint32_t n)
+{
+	if (n < 256) {
+		mp_byte(w, 0xc4);
+		mp_byte(w, n);
+	} else if (n < 65536) {
+		mp_byte(w, 0xc5);
+		mp_be16(w, n);
+	} else {
+		mp_byte(w, 0xc6);
+		mp_be32(w, n);
+	}
+	memcpy(w->buf + w->len, p, n);
+	w->len += n;
+}
+
 #endif

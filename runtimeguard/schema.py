@@ -36,7 +36,8 @@ from ._native import ffi, lib
 # net_connect and net_sendmsg carry local_address and local_port; the pid
 # in the process's own pid namespace and that namespace's inode
 # (process_exec ns_pid/pid_ns, process_fork child_ns_pid/child_pid_ns,
-# Process ns_pid/pid_ns).
+# Process ns_pid/pid_ns); executable_bytes, argv_bytes, comm_bytes and
+# path_bytes where the kernel's text is not valid UTF-8.
 SCHEMA_VERSION = "1.4"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
@@ -202,6 +203,13 @@ class ProcessExecData(_Data, tag="process_exec"):
     """The pid as the process sees it, in its own pid namespace."""
     pid_ns: Optional[int] = None
     """That pid namespace's inode number (as ``/proc/<pid>/ns/pid`` names it)."""
+    executable_bytes: Optional[bytes] = None
+    """Only when ``executable`` is not valid UTF-8 (each byte that is not
+    stands as U+FFFD there): its exact bytes (base64 in JSON)."""
+    argv_bytes: Optional[list[bytes]] = None
+    """Only when an argument is not valid UTF-8: every argument's exact bytes."""
+    comm_bytes: Optional[bytes] = None
+    """Only when ``comm`` is not valid UTF-8: its exact bytes."""
 
 
 class ProcessForkData(_Data, tag="process_fork"):
@@ -233,6 +241,14 @@ class FileOpenData(_Data, tag="file_open"):
     syscall: Literal["open", "openat", "openat2", "creat"]
     path_truncated: bool = False
     resolved_path: Optional[str] = None
+    path_bytes: Optional[bytes] = None
+    """Only when ``path`` is not valid UTF-8 (each byte that is not stands
+    as U+FFFD there): its exact bytes (base64 in JSON)."""
+
+    @property
+    def os_path(self) -> bytes:
+        """The path exactly as the caller passed it, as bytes (``os.fsencode`` form)."""
+        return self.path_bytes if self.path_bytes is not None else self.path.encode()
 
 
 class NetConnectData(_Data, tag="net_connect"):

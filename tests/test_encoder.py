@@ -137,6 +137,14 @@ def _one_fffd_per_byte(exc: UnicodeDecodeError):
 codecs.register_error("rg_test_fffd_per_byte", _one_fffd_per_byte)
 
 
+def utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def kernel_text(b: bytes) -> str:
     """What the encoder must make of kernel bytes: valid UTF-8 kept, each invalid byte U+FFFD."""
     return b.decode("utf-8", "rg_test_fffd_per_byte")
@@ -201,7 +209,11 @@ def model(rec_bytes: bytes) -> Flat:
         tail = bool(args) and not args.endswith(b"\0")
         if args and not tail:
             parts = parts[:-1]
+        exe, comm = cstr(r.filename), cstr(h.comm)
         data = schema.ProcessExecData(
+            executable_bytes=None if utf8(exe) else exe,
+            argv_bytes=None if all(utf8(p) for p in parts) else parts,
+            comm_bytes=None if utf8(comm) else comm,
             executable=kernel_text(cstr(r.filename)),
             executable_truncated=bool(r.filename_truncated),
             argv=[kernel_text(p) for p in parts],
@@ -233,6 +245,7 @@ def model(rec_bytes: bytes) -> Flat:
         path = kernel_text(cstr(r.path))
         major, minor = r.dev >> 20, r.dev & 0xFFFFF
         data = schema.FileOpenData(
+            path_bytes=None if utf8(cstr(r.path)) else cstr(r.path),
             path=path, path_truncated=bool(r.path_truncated), flags=r.flags, mode=r.mode,
             result=r.retval, device=os.makedev(major, minor), inode=r.ino,
             syscall={1: "open", 3: "openat2", 4: "creat"}.get(r.syscall, "openat"),
@@ -962,7 +975,7 @@ def test_encoded_events_validate_against_the_json_schema(validator, rec):
     validator.validate(json.loads(schema.json_encoder.encode(as_line(encode_one(rec)))))
     # The data as the encoder wrote it, before any schema default fills a missing key.
     validator.validate({**json.loads(schema.json_encoder.encode(as_line(encode_one(rec)))),
-                        "data": encode_untyped(rec)["data"]})
+                        "data": json.loads(msgspec.json.encode(encode_untyped(rec)["data"]))})
 
 
 # ---------------------------------------------------------------- key order

@@ -5,6 +5,8 @@ say. Expected values come from what the test itself did."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import shutil
@@ -17,7 +19,7 @@ import time
 
 import pytest
 
-from runtimeguard import Tracer
+from runtimeguard import Tracer, schema
 from runtimeguard.environment import cgroup2_mount
 from helpers import drain
 
@@ -224,3 +226,28 @@ def test_processes_in_a_pid_namespace_carry_their_own_pid_and_namespace(cgroup):
         mine.close()
     assert me.ns_pid == os.getpid()
     assert me.pid_ns == int(os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]"))
+
+
+def test_names_that_are_not_utf8_keep_their_bytes(cgroup, shared_dir):
+    # Two names that differ only in bytes that are not UTF-8 show the same
+    # text (U+FFFD); their bytes tell them apart, exactly.
+    a = os.fsencode(shared_dir) + b"/x\xff"
+    b = os.fsencode(shared_dir) + b"/x\xfe"
+    for path in (a, b):
+        with open(path, "w") as f:
+            f.write("x")
+    script = "import os, sys\nfor p in sys.argv[1:]:\n    open(os.fsencode(p)).close()\nos.execv('/bin/true', ['true', sys.argv[1]])"
+    with Tracer(events=["file_open", "process_exec"], cgroups=[cgroup]) as t:
+        out = run_in(cgroup, [sys.executable, "-c", script, os.fsdecode(a), os.fsdecode(b)])
+        assert out.returncode == 0, out.stderr
+        events = drain(t)
+    opens = [ev.data for ev in events if ev.name == "file_open" and ev.data.path_bytes is not None]
+    assert [d.path_bytes for d in opens] == [a, b]
+    assert opens[0].path == opens[1].path == os.fsdecode(shared_dir) + "/x\ufffd"
+    assert [d.os_path for d in opens] == [a, b]
+    true = next(ev.data for ev in events if ev.name == "process_exec" and ev.data.argv[0] == "true")
+    assert true.argv_bytes == [b"true", a] and true.argv == ["true", opens[0].path]
+    assert true.executable_bytes is None and true.comm_bytes is None  # valid UTF-8: no copy
+    line = json.loads(schema.json_encoder.encode(next(
+        ev for ev in events if ev.name == "file_open" and ev.data.path_bytes == b).record()))
+    assert base64.b64decode(line["data"]["path_bytes"]) == b

@@ -39,6 +39,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy:
         return TEXT
     if isinstance(t, mi.BoolType):
         return st.booleans()
+    if isinstance(t, mi.BytesType):
+        return st.binary(max_size=12)
     if isinstance(t, mi.NoneType):
         return st.none()
     if isinstance(t, mi.LiteralType):
