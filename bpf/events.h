@@ -10,10 +10,16 @@
 #ifndef RG_EVENTS_H
 #define RG_EVENTS_H
 
+/* The limits of what a record holds (README, "Limits"): strings keep this
+ * many bytes, their NUL included, and say when they were cut. */
 #define RG_COMM_LEN 16
 #define RG_PATH_LEN 256
 #define RG_ARGS_LEN 512
 #define RG_ADDR_LEN 16
+/* A failed exec's arguments are read one by one from the caller's memory:
+ * at most this many, of at most RG_ARG_CHUNK bytes each (NUL included). */
+#define RG_MAX_ARGS 32
+#define RG_ARG_CHUNK 128
 
 /* Record kinds. Numbers are the stable event ids of the Python registry
  * (runtimeguard/schema.py): add-only, never renumbered. */

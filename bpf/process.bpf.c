@@ -45,8 +45,6 @@ int BPF_PROG(rg_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
  * registers, which a failed exec leaves as they were: nothing is saved at
  * entry, where every exec (nearly all succeed, each in a task new to us)
  * would pay for it. */
-#define RG_ARG_CHUNK 128
-#define RG_MAX_ARGS 32
 
 static __always_inline int rg_exec_failed(long ret, bool at)
 {

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Optional, TextIO
 import msgspec
 
 from .errors import RuntimeGuardError
-from .schema import PTRACE_REQUESTS, Event, json_encoder, json_schema
+from .schema import PTRACE_REQUESTS, TRUNCATED, Event, json_encoder, json_schema
 from .tracer import ALL_EVENTS, DEFAULT_EVENTS, DEFAULT_MAX_LATENCY_MS, DEFAULT_RING_BUFFER_SIZE, Tracer
 
 EXIT_INTERRUPTED = 130
@@ -46,7 +46,9 @@ def details(ev: Event) -> str:
     d, tc = ev.data, ev.target_context
     name = ev.name
     if name == "process_exec":
-        text = " ".join(d.argv) or d.executable
+        # argv cut at its limit ends in the marker; so does an executable shown for it.
+        text = " ".join(d.argv) + (TRUNCATED if d.argv_truncated else "") if d.argv else (
+            d.executable + (TRUNCATED if d.executable_truncated else ""))
         return text if d.return_code >= 0 else f"{text} -> {_errno_name(d.return_code)}"
     if name == "process_fork":
         return f"child {d.child_pid}"
@@ -56,7 +58,7 @@ def details(ev: Event) -> str:
             return f"killed by {sig}" + (" (core dumped)" if d.core_dumped else "")
         return f"exit {d.exit_code}"
     if name == "file_open":
-        path = tc.formatted if tc is not None else (d.resolved_path or d.path)
+        path = tc.formatted if tc is not None else (d.resolved_path or d.path) + (TRUNCATED if d.path_truncated else "")
         return f"{path} -> {_outcome(d.result, f'fd {d.result}')}"
     if name in ("net_connect", "net_sendmsg"):
         where = tc.formatted if tc is not None else (

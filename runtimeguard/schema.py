@@ -669,9 +669,14 @@ def _device_text(device: int) -> str:
     return text
 
 
-def _inode_target(path: Optional[str], device: int, inode: int) -> TargetContext:
+# Marks text the kernel cut at its limit, wherever it is shown.
+TRUNCATED = "[\u2026]"
+
+
+def _inode_target(path: Optional[str], device: int, inode: int, cut: bool = False) -> TargetContext:
     where = f"inode {inode} on {_device_text(device)}"
-    return TargetContext("inode", f"{path} ({where})" if path else where, None, None, device, inode, path or None)
+    shown = f"{path}{TRUNCATED}" if cut else path
+    return TargetContext("inode", f"{shown} ({where})" if path else where, None, None, device, inode, path or None)
 
 
 def _pid_target(pid: int, timestamp: int) -> TargetContext:
@@ -705,7 +710,7 @@ def _decision_target(ev: "Event", data, t: _Target) -> Optional[TargetContext]:
 def _file_target(ev: "Event", data) -> Optional[TargetContext]:
     if data.result < 0 or not data.inode:
         return None
-    return _inode_target(data.path, data.device, data.inode)
+    return _inode_target(data.path, data.device, data.inode, data.path_truncated)
 
 
 def _net_data_target(ev: "Event", data) -> TargetContext:

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from runtimeguard import Tracer
+from runtimeguard.cli import details
 from helpers import wait_for
 
 # Room in a record for a path or an executable, its NUL included.
@@ -57,8 +58,11 @@ def test_open_path_is_truncated_only_past_255_bytes(tmp_path):
         for n, p in paths.items():
             ev = wait_for(t, lambda e: e.name == "file_open" and e.data.path == cut(p, PATH_ROOM))
             got[n] = (len(ev.data.path), ev.data.path_truncated, ev.data.result >= 0)
-    assert got == {254: (254, False, True), 255: (255, False, True), 256: (255, True, True),
-                   300: (255, True, True)}
+            # Where it was cut, the target's text and the command line say so.
+            shown = ev.target_context.formatted.split(" (inode ")[0]
+            got[n] += (shown.endswith("[\u2026]"), "[\u2026] (inode" in details(ev))
+    assert got == {254: (254, False, True, False, False), 255: (255, False, True, False, False),
+                   256: (255, True, True, True, True), 300: (255, True, True, True, True)}
 
 
 def test_exec_filename_is_truncated_only_past_255_bytes(tmp_path):
@@ -116,6 +120,8 @@ def test_exec_argv_is_truncated_only_past_512_bytes():
             ev = wait_for(t, lambda e: e.name == "process_exec" and e.data.argv[:1] == ["/bin/true"]
                           and e.data.argv[1:2] and e.data.argv[1][:8] == argv[1][:8])
             got[label] = (ev.data.argv, ev.data.argv_truncated, ev.workload.process.argv_truncated)
+            # The command line marks argv that was cut, and only that.
+            assert details(ev).endswith("[\u2026]") == ev.data.argv_truncated, label
     assert got == {
         "511 bytes": (["/bin/true", a], False, False),
         "512 bytes": (["/bin/true", b], False, False),
