@@ -664,9 +664,9 @@ class AuditLogger:
             return True
         by_kind = dict(self._unreported)
         event = EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
-                      tid=threading.get_native_id(),
-                      data=LostData(count=sum(by_kind.values()), by_kind=by_kind, source="audit_log",
-                                    error=self._last_error or None))
+                            tid=threading.get_native_id(),
+                            data=LostData(count=sum(by_kind.values()), by_kind=by_kind, source="audit_log",
+                                          error=self._last_error or None))
         data = json_encoder.encode(event) + b"\n"
         pins = [(0, len(data))] if self.keep_first and self._is_first(event) else []
         try:

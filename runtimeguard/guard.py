@@ -423,8 +423,9 @@ class Guard:
         self._cfg.mode = lib.RG_MODE_ENFORCE if mode == "enforce" else lib.RG_MODE_AUDIT
         self._tracer.update_map("rg_guard_cfg", ffi.new("unsigned int *", 0), self._cfg)
         note = EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["mode_changed"], name="mode_changed",
-                     data=ModeChangedData(previous=previous, mode=mode), pid=os.getpid(), tid=threading.get_native_id(),
-                     policy=PolicyRef(rule="mode", mode=mode, name=self.policy.name))
+                           data=ModeChangedData(previous=previous, mode=mode), pid=os.getpid(),
+                           tid=threading.get_native_id(),
+                           policy=PolicyRef(rule="mode", mode=mode, name=self.policy.name))
         self.events.append(note)
         if self._audit is not None:
             self._audit.write(note)
@@ -645,9 +646,9 @@ class Guard:
             return
         for kind, n in unseen.items():
             logged[kind] = logged.get(kind, 0) + n
-        self._audit.write(EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost", pid=os.getpid(),
-                                tid=threading.get_native_id(),
-                                data=LostData(count=sum(unseen.values()), by_kind=unseen)))
+        self._audit.write(EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost",
+                                      pid=os.getpid(), tid=threading.get_native_id(),
+                                      data=LostData(count=sum(unseen.values()), by_kind=unseen)))
 
 
 def choose_backend(requested: str = "auto") -> str:

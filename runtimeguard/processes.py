@@ -387,12 +387,14 @@ _shared_lock = threading.Lock()
 
 
 def shared_table(entity_id: Callable[[int, int], int], realtime_offset_ns: Callable[[], int],
-                 cgroup_mount: Optional[str], cgroup_path: Optional[Callable[[int], Optional[str]]] = None
+                 cgroup_mount: Optional[str],
+                 cgroup_path: Callable[[], Optional[Callable[[int], Optional[str]]]] = lambda: None
                  ) -> ProcessTable:
-    """The table every Tracer of this Python process feeds and reads."""
+    """The table every Tracer of this Python process feeds and reads, made
+    by the first one (cgroup_path() gives its O(1) cgroup lookup, if any)."""
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = ProcessTable(entity_id, realtime_offset_ns, cgroup_mount, cgroup_path)
+            _shared = ProcessTable(entity_id, realtime_offset_ns, cgroup_mount, cgroup_path())
             schema.set_resolver(_shared)
         return _shared

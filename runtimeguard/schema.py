@@ -1,14 +1,17 @@
 """The event schema: every Struct an event is made of, and the event registry.
 
-Modeled on Tracee's event structure v2 (names close to ECS/OpenTelemetry):
-``timestamp``, ``name``, a stable integer ``id``, ``workload.process`` with
-its parent, ``workload.container``, ``action``, ``target_context``, per-event
-``data`` as a tagged union, and ``policy``/``threat``/``triggered_by`` where
-they apply.
+Two shapes of one event. ``Event`` is what a Tracer hands out: its header
+decoded with the batch, the rest when read. ``EventRecord`` is the whole
+event, the NDJSON line, modeled on Tracee's event structure v2 (names close
+to ECS/OpenTelemetry): ``timestamp``, ``name``, a stable integer ``id``,
+``workload.process`` with its parent, ``workload.container``, ``action``,
+``target_context``, per-event ``data`` as a tagged union, and
+``policy``/``threat``/``triggered_by`` where they apply.
 
-``Process``, ``Container`` and ``Workload`` values are shared by every event
-of the same process: they are resolved once from the process table, never
-rebuilt per event. The acting thread is ``Event.tid``.
+``Process``, ``Container`` and ``Workload`` values are shared by the events
+of one process version (an exec, a change of credentials or name starts
+another): the process table resolves them, never rebuilding one per event.
+The acting thread is ``Event.tid``.
 """
 
 from __future__ import annotations

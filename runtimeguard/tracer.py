@@ -256,7 +256,7 @@ class Tracer:
             except environment.EnvironmentSetupError:
                 cgroup_mount = None
             self._table = shared_table(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount,
-                                       _native_cgroup_path(cgroup_mount))
+                                       lambda: _native_cgroup_path(cgroup_mount))
             self._batch = ffi.new("struct rg_batch *")
             self._kernel_fds = _kernel_object_fds(set(os.listdir("/proc/self/fd")) - fds_before)
         except BaseException:

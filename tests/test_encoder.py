@@ -254,7 +254,8 @@ def model(rec_bytes: bytes) -> Flat:
             where = f"inode {r.ino} on {major}:{minor}"
             target = schema.TargetContext(
                 type="inode", device=os.makedev(major, minor), inode=r.ino, path=path or None,
-                formatted=f"{path} ({where})" if path else where)
+                # A path cut at its limit is marked so in the text.
+                formatted=f"{path}{'[…]' if r.path_truncated else ''} ({where})" if path else where)
     elif kind in (lib.RG_KIND_NET_CONNECT, lib.RG_KIND_NET_SENDMSG):
         v6 = r.family == socket.AF_INET6
         addr_bytes = field_bytes(r.addr)
