@@ -248,6 +248,54 @@ def _run_consumer_process(argv, mode, cgroup):
             "bpf_ns_per_call": prog_ns / calls}
 
 
+# libbpf-tools' snoops (Debian's libbpf-tools), the peers for the BPF side:
+# the same operation, traced by a tool that also copies the path.
+SNOOPS = {"openat": "/usr/sbin/opensnoop", "exec": "/usr/sbin/execsnoop"}
+SNOOP_PROGRAMS = "tracepoint__syscalls__"  # libbpf-tools' program names
+SNOOP_TARGETS = {"openat": 1.5, "exec": 2.0}  # runtimeguard's BPF time at most this many times the snoop's
+
+
+def ensure_libbpf_tools():
+    if all(os.access(p, os.X_OK) for p in SNOOPS.values()):
+        return
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "libbpf-tools"], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def run_snoop(mode):
+    """The snoop of mode on the same loop, filtered as runtimeguard is (the
+    generator's pid; its cgroup for the exec storm): its programs' run time
+    per operation (bpf_stats() must be on)."""
+    with loop_scope(mode) as cgroup:
+        calls = loop_calls(mode)
+        gen = spawn_generator(calls, mode=mode, cgroup=cgroup)
+        argv = [SNOOPS[mode], "-p", str(gen.pid)] if mode == "openat" else [SNOOPS[mode], "-c", cgroup.path]
+        snoop = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: os.sched_setaffinity(0, CONSUMER_CPUS))
+        try:
+            deadline = time.monotonic() + 20
+            while bpf_program_ns(SNOOP_PROGRAMS) == 0 and not _snoop_programs():
+                if snoop.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv[0]} did not attach: {snoop.stderr.read()!r}")
+                time.sleep(0.05)
+            time.sleep(0.2)
+            before = bpf_program_ns(SNOOP_PROGRAMS)
+            go(gen)
+            generator_result(gen)
+            return (bpf_program_ns(SNOOP_PROGRAMS) - before) / calls
+        finally:
+            snoop.terminate()
+            snoop.wait()
+            if gen.poll() is None:
+                gen.kill()
+
+
+def _snoop_programs():
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return [p for p in json.loads(out) if p.get("name", "").startswith(SNOOP_PROGRAMS)]
+
+
 def run_bcc():
     return run_consumer_process([SYSTEM_PYTHON, BCC_PEER, "--pid", "{pid}", "--drain-ms", str(REF_DRAIN_MS)])
 
@@ -607,6 +655,7 @@ def main():
         return
     started = time.monotonic()
     ensure_bcc()
+    ensure_libbpf_tools()
     raw = {"untraced": [], "reference": [], "bcc": [], "runtimeguard": [], "batch": [], "records": []}
     run_untraced()  # warm-up: page cache, CPU frequency, first-run costs; not recorded
     run_runtimeguard()  # and the consumer's first-touch page faults
@@ -658,8 +707,12 @@ def main():
         for mode in ("openat",) + tuple(LOOP_CALLS):
             prog_time[mode] = {"reference": run_reference(mode)["bpf_ns_per_call"],
                                "runtimeguard": run_runtimeguard(mode)["bpf_ns_per_call"]}
+            if mode in SNOOPS:
+                prog_time[mode]["snoop"] = run_snoop(mode)
             print(f"{mode}: BPF program time per operation: reference {prog_time[mode]['reference']:,.0f} ns, "
-                  f"runtimeguard {prog_time[mode]['runtimeguard']:,.0f} ns", flush=True)
+                  f"runtimeguard {prog_time[mode]['runtimeguard']:,.0f} ns"
+                  + (f", {os.path.basename(SNOOPS[mode])} {prog_time[mode]['snoop']:,.0f} ns" if mode in SNOOPS
+                     else ""), flush=True)
 
     yardstick = machine_speed()
     exec_cpu = median(loops["exec"]["runtimeguard"], "cpu_ns_per_event")
@@ -740,6 +793,15 @@ def main():
                          "ratio": times["runtimeguard"] / times["reference"] if times["reference"] else None,
                          "target": None, "verdict": None})
         at += 1
+        if "snoop" in times:
+            snoop, limit = times["snoop"], SNOOP_TARGETS[mode]
+            ratio = times["runtimeguard"] / snoop if snoop else None
+            rows.insert(at, {"metric": f"BPF program time per {mode}, against libbpf-tools' "
+                                       f"{os.path.basename(SNOOPS[mode])} (one run each)",
+                             "runtimeguard": times["runtimeguard"], "reference": snoop, "ratio": ratio,
+                             "ratio_label": f"x {os.path.basename(SNOOPS[mode])}", "target": f"ratio <= {limit}",
+                             "verdict": None if ratio is None else "PASS" if ratio <= limit else "FALL SHORT"})
+            at += 1
     for at, (mode, runs) in enumerate(loops.items(), start=at):
         base_m = median(runs["untraced"], "ns_per_call")
         ref_m = median(runs["reference"], "ns_per_call") - base_m
