@@ -146,8 +146,13 @@ class ProcessTable:
             for ev in events:
                 kind = ev.id
                 if kind == _EXIT:
+                    # The pid names the process while it exits (no reuse
+                    # before it is reaped): no need to decode the event.
+                    entity = self._by_pid.get(ev.pid)
+                    if entity is None:
+                        continue
                     exited = self._exited
-                    exited[ev._details().entity_id] = None
+                    exited[entity] = None
                     if len(exited) > KEEP_EXITED + KEEP_EXITED // 4:  # forget in chunks, not one per exit
                         self._forget(list(exited)[: len(exited) - KEEP_EXITED])
                 elif kind == _EXEC or kind == _FORK:
