@@ -117,32 +117,23 @@ static size_t cstr_len(const char *s, size_t max)
 /* Kernel text: valid UTF-8 is copied, each invalid byte becomes U+FFFD.
  * Where that happens the record's fields also go out as bytes, under
  * "<name>_bytes" (runtimeguard.schema), so no name is lost or confused. */
-static void mp_text(struct mp_writer *w, const char *text, size_t n)
+static void mp_text_known(struct mp_writer *w, const char *text, size_t n, int valid)
 {
 	const unsigned char *s = (const unsigned char *)text;
-	size_t i = 0;
 
-	/* ASCII, eight bytes at a time: nearly every path and name. */
-	for (uint64_t word; i + 8 <= n; i += 8) {
-		memcpy(&word, s + i, 8);
-		if (word & 0x8080808080808080ULL)
-			break;
-	}
-	while (i < n && s[i] < 0x80)
-		i++;
-	if (i == n) {
+	if (valid) {
 		mp_str_raw(w, text, n);
 		return;
 	}
 	/* Slow path: measure, then write. */
 	size_t out = 0;
-	for (i = 0; i < n;) {
+	for (size_t i = 0; i < n;) {
 		size_t k = utf8_sequence(s + i, n - i);
 		out += k ? k : 3;
 		i += k ? k : 1;
 	}
 	mp_str_header(w, out);
-	for (i = 0; i < n;) {
+	for (size_t i = 0; i < n;) {
 		size_t k = utf8_sequence(s + i, n - i);
 		if (k) {
 			memcpy(w->buf + w->len, s + i, k);
@@ -156,11 +147,14 @@ static void mp_text(struct mp_writer *w, const char *text, size_t n)
 	}
 }
 
+static void mp_text(struct mp_writer *w, const char *text, size_t n)
+{
+	mp_text_known(w, text, n, utf8_valid(text, n));
+}
+
 static void mp_cstr(struct mp_writer *w, const char *s, size_t max)
 {
-	const char *end = memchr(s, 0, max);
-
-	mp_text(w, s, end ? (size_t)(end - s) : max);
+	mp_text(w, s, cstr_len(s, max));
 }
 
 static unsigned long long user_dev(unsigned long long kdev)
@@ -304,7 +298,7 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 	mp_lit(w, "type");
 	mp_lit(w, "process_exec");
 	mp_lit(w, "executable");
-	mp_text(w, r->filename, exe_len);
+	mp_text_known(w, r->filename, exe_len, !exe_raw);
 	mp_lit(w, "argv");
 	mp_array(w, argc + tail);
 	for (size_t start = 0, i = 0; i < len; i++) {
@@ -315,7 +309,7 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 		}
 	}
 	mp_lit(w, "comm");
-	mp_text(w, r->hdr.comm, comm_len);
+	mp_text_known(w, r->hdr.comm, comm_len, !comm_raw);
 	mp_lit(w, "uid");
 	mp_uint(w, r->hdr.uid);
 	mp_lit(w, "euid");
@@ -422,7 +416,7 @@ static void encode_file(struct rg_encoder *enc, struct rg_output *o, const struc
 	mp_lit(w, "type");
 	mp_lit(w, "file_open");
 	mp_lit(w, "path");
-	mp_text(w, r->path, path_len);
+	mp_text_known(w, r->path, path_len, !path_raw);
 	mp_lit(w, "flags");
 	mp_uint(w, r->flags);
 	mp_lit(w, "mode");

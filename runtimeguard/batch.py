@@ -87,7 +87,7 @@ class EventBatch:
                      details=record, encoded=event_id == lib.RG_KIND_LOST)
 
     def events(self) -> list[Event]:
-        return [self.event(i) for i in range(len(self.rows))]
+        return list(self)
 
     def __iter__(self) -> Iterator[Event]:
         return (self.event(i) for i in range(len(self.rows)))

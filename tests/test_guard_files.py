@@ -178,22 +178,26 @@ def test_exec_of_a_protected_program(secrets_dir, mode):
     assert (result.exit_status, ev.action) == ((3, "blocked") if mode == "enforce" else (0, "would_block"))
 
 
-HOLD_THEN_READ = """
+# Opens path out of the guard's scope, waits, enters the scope (procs), then
+# uses the descriptor: exit 3 when refused with EPERM.
+HOLD_THEN_USE = """
     import os, sys
-    fd = os.open({path!r}, os.O_RDONLY)
+    fd = os.open({path!r}, {flags})
     print("opened", flush=True)
     sys.stdin.readline()
     with open({procs!r}, "w") as f:
         f.write("0")
     try:
-        os.pread(fd, 64, 0)
-        os.pread(fd, 64, 0)
+        for _ in range({times}):
+            {use}
     except PermissionError as e:
         assert e.errno == 1, e
         print("refused", flush=True)
         sys.exit(3)
-    print("read", flush=True)
+    print("{done}", flush=True)
 """
+READ = dict(flags="os.O_RDONLY", use="os.pread(fd, 64, 0)", times=2, done="read")
+WRITE = dict(flags="os.O_WRONLY", use="os.pwrite(fd, b'overwritten', 0)", times=1, done="written")
 
 
 @pytest.mark.parametrize("mode", ["enforce", "audit"])
@@ -206,7 +210,8 @@ def test_a_descriptor_opened_out_of_scope_is_judged_at_read(secrets_dir, scope_c
     cgroup, _ = scope_cgroup
     with Guard(make_policy(secrets_dir, mode=mode), cgroup=cgroup, backend="fanotify") as g:
         holder = subprocess.Popen(
-            py(HOLD_THEN_READ.format(path=str(secrets_dir / "token"), procs=os.path.join(cgroup, "cgroup.procs"))),
+            py(HOLD_THEN_USE.format(path=str(secrets_dir / "token"), procs=os.path.join(cgroup, "cgroup.procs"),
+                                    **READ)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout.readline() == "opened\n"
@@ -225,23 +230,6 @@ def test_a_descriptor_opened_out_of_scope_is_judged_at_read(secrets_dir, scope_c
         assert (holder.returncode, out, ev.action) == (0, "read\n", "would_block")
 
 
-HOLD_THEN_WRITE = """
-    import os, sys
-    fd = os.open({path!r}, os.O_WRONLY)
-    print("opened", flush=True)
-    sys.stdin.readline()
-    with open({procs!r}, "w") as f:
-        f.write("0")
-    try:
-        os.pwrite(fd, b"overwritten", 0)
-    except PermissionError as e:
-        assert e.errno == 1, e
-        print("refused", flush=True)
-        sys.exit(3)
-    print("written", flush=True)
-"""
-
-
 def test_a_write_through_a_handed_in_descriptor_is_refused_where_pre_content_events_work(secrets_dir,
                                                                                          scope_cgroup):
     """Pre-content events come before a write too: a descriptor opened for
@@ -252,7 +240,7 @@ def test_a_write_through_a_handed_in_descriptor_is_refused_where_pre_content_eve
     cgroup, _ = scope_cgroup
     with Guard(make_policy(secrets_dir), cgroup=cgroup, backend="fanotify") as g:
         holder = subprocess.Popen(
-            py(HOLD_THEN_WRITE.format(path=str(token), procs=os.path.join(cgroup, "cgroup.procs"))),
+            py(HOLD_THEN_USE.format(path=str(token), procs=os.path.join(cgroup, "cgroup.procs"), **WRITE)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout.readline() == "opened\n"
