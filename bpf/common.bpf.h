@@ -231,6 +231,103 @@ static __always_inline struct file *rg_fd_file(long fd)
 	return file;
 }
 
+/* The path of an open file, as the current task names it (from its root):
+ * the dentry walk bpf_d_path would do, which this kernel refuses to tracing
+ * programs.
+ *
+ * Written backward, so it ends at out[RG_PATH_LEN - 1] (its NUL); returns the
+ * offset of its first byte. out must be followed by RG_PATH_LEN more bytes of
+ * the same record: that is the bound the verifier sees for each name written.
+ * A path longer than RG_PATH_LEN - 1 bytes, or deeper than RG_PATH_DEPTH
+ * names and mounts (events.h), keeps its end (the file's own name) and sets
+ * *cut.
+ * *unlinked: the file has no name on any mounted filesystem (a memfd, a
+ * deleted file); its path is the one it had, or the memfd's name. */
+/* The walk's write offset lives in map memory, where the verifier does not
+ * follow its value: held in a register it would be tracked exactly, and
+ * each iteration's paths would be explored apart (the program would not
+ * load). Its bound for each write comes from the mask. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} rg_path_offset SEC(".maps");
+
+static __always_inline __u32 rg_file_path(struct file *file, char *out, __u8 *cut, __u8 *unlinked)
+{
+	__u32 zero = 0, *off = bpf_map_lookup_elem(&rg_path_offset, &zero);
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	struct vfsmount *vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	/* The walk ends at the current task's root, as d_path's does (a chroot's
+	 * own, and not the rootfs mount / sits on), or at the top of its mount
+	 * tree (a file outside that root). */
+	struct fs_struct *fs = bpf_get_current_task_btf()->fs;
+	struct dentry *root = fs->root.dentry;
+	struct vfsmount *root_mnt = fs->root.mnt;
+	bool whole = false, too_long = false;
+
+	out[RG_PATH_LEN - 1] = 0;
+	*cut = 1;
+	*unlinked = 0;
+	if (!off)
+		return RG_PATH_LEN - 1;
+	*off = RG_PATH_LEN - 1;
+	/* A dentry out of the hash table that is not a mount's root has no name
+	 * a lookup could find: deleted, or made without one (memfd_create). */
+	*unlinked = !BPF_CORE_READ(dentry, d_hash.pprev) && dentry != mnt_root;
+	for (int i = 0; i < RG_PATH_DEPTH; i++) {
+		if (dentry == root && &mnt->mnt == root_mnt) {
+			whole = true;
+			break;
+		}
+		if (dentry == mnt_root) {
+			struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+			if (parent == mnt) {
+				whole = true;
+				break;
+			}
+			/* Up through the mount point, into the mount beneath. */
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = parent;
+			mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
+			continue;
+		}
+		struct dentry *up = BPF_CORE_READ(dentry, d_parent);
+		struct qstr name = BPF_CORE_READ(dentry, d_name);
+		__u32 at = *off;
+		if (name.len + 1 > at) {
+			too_long = true;
+			break;
+		}
+		at -= name.len + 1;
+		out[at & (RG_PATH_LEN - 1)] = '/';
+		bpf_probe_read_kernel(&out[(at + 1) & (RG_PATH_LEN - 1)], name.len & (RG_PATH_LEN - 1), name.name);
+		*off = at;
+		/* A parentless dentry that is no mount's root: a pseudo file's
+		 * (memfd, pipe); its name is all there is. */
+		if (up == dentry) {
+			whole = true;
+			break;
+		}
+		dentry = up;
+	}
+	/* RG_PATH_DEPTH steps taken: whole if they ended at the root. */
+	if (!whole && !too_long)
+		whole = (dentry == root && &mnt->mnt == root_mnt) ||
+			(dentry == mnt_root && BPF_CORE_READ(mnt, mnt_parent) == mnt);
+	__u32 at = *off;
+	if (at == RG_PATH_LEN - 1 && whole) {
+		/* The root itself. */
+		at--;
+		out[at & (RG_PATH_LEN - 1)] = '/';
+	}
+	*cut = !whole;
+	return at;
+}
+
 #define PROC_SUPER_MAGIC 0x9fa0
 
 /* The pid named by a /proc/<pid>/ directory entry; 0 when not numeric. */

@@ -20,6 +20,9 @@
  * at most this many, of at most RG_ARG_CHUNK bytes each (NUL included). */
 #define RG_MAX_ARGS 32
 #define RG_ARG_CHUNK 128
+/* A path resolved in the kernel (a dentry walk) goes up at most this many
+ * names and mount points; a deeper one is cut at its start. */
+#define RG_PATH_DEPTH 40
 
 /* Record kinds. Numbers are the stable event ids of the Python registry
  * (runtimeguard/schema.py): add-only, never renumbered. */
@@ -98,8 +101,16 @@ struct rg_exec_record {
 	unsigned int pid_ns; /* that namespace's inode number (/proc/<pid>/ns/pid) */
 	unsigned char args_truncated;
 	unsigned char filename_truncated;
-	unsigned char pad[2];
-	char filename[RG_PATH_LEN];
+	/* The executed file itself (a done exec only): its device, inode and
+	 * path, whatever name the caller passed (./x, /dev/fd/3, a symlink). */
+	unsigned char exe_path_truncated;
+	unsigned char exe_unlinked; /* no name on any filesystem: memfd, deleted */
+	unsigned long long exe_dev; /* kernel dev_t */
+	unsigned long long exe_ino;
+	unsigned int exe_path_start; /* exe_path's text starts here, ends at its last byte */
+	unsigned int pad;
+	char exe_path[RG_PATH_LEN];
+	char filename[RG_PATH_LEN]; /* as the caller passed it */
 	char args[RG_ARGS_LEN];
 };
 
@@ -127,7 +138,11 @@ struct rg_file_record {
 	unsigned int mode;
 	unsigned int syscall; /* RG_OPEN_* */
 	unsigned char path_truncated;
-	unsigned char pad[3];
+	unsigned char resolved_truncated;
+	unsigned short resolved_start; /* resolved_path's text starts here; RG_PATH_LEN - 1: none */
+	/* The opened file's path, whatever the caller passed (relative, through
+	 * symlinks or /proc/self/fd): a successful open only. */
+	char resolved_path[RG_PATH_LEN];
 	char path[RG_PATH_LEN]; /* as the caller passed it */
 };
 

@@ -81,6 +81,14 @@ static __always_inline int rg_open_exit(long ret, __u32 syscall)
 	if (n < 0)
 		e->path[0] = 0;
 	e->path_truncated = rg_user_str_cut(n, sizeof(e->path), path);
+	if (file) {
+		__u8 unlinked;
+		e->resolved_start = rg_file_path(file, e->resolved_path, &e->resolved_truncated, &unlinked);
+	} else {
+		e->resolved_start = RG_PATH_LEN - 1;
+		e->resolved_truncated = 0;
+		e->resolved_path[RG_PATH_LEN - 1] = 0;
+	}
 	rg_submit(e);
 	return 0;
 }

@@ -26,6 +26,11 @@ int BPF_PROG(rg_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 	const char *filename = BPF_CORE_READ(bprm, filename);
 	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename);
 	e->filename_truncated = rg_kernel_str_cut(n, sizeof(e->filename), filename);
+	struct file *file = BPF_CORE_READ(bprm, file);
+	e->exe_dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	e->exe_ino = BPF_CORE_READ(file, f_inode, i_ino);
+	e->exe_path_start = rg_file_path(file, e->exe_path, &e->exe_path_truncated, &e->exe_unlinked);
+	e->pad = 0;
 
 	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
 	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
@@ -61,6 +66,12 @@ static __always_inline int rg_exec_failed(long ret, bool at)
 	e->retval = ret;
 	long n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
 	e->filename_truncated = rg_user_str_cut(n, sizeof(e->filename), filename);
+	/* Nothing was executed: no file. */
+	e->exe_dev = e->exe_ino = 0;
+	e->exe_path_truncated = e->exe_unlinked = 0;
+	e->exe_path_start = RG_PATH_LEN - 1;
+	e->exe_path[RG_PATH_LEN - 1] = 0;
+	e->pad = 0;
 
 	__u32 off = 0;
 	e->args_truncated = 0;

@@ -252,10 +252,30 @@ static void event_begin(struct rg_encoder *enc, struct rg_output *o, const struc
 	mp_name(w, action_names[action <= RG_ACTION_REPORTED ? action : 0]);
 }
 
+/* The data map, its size counted as its keys are written (key()) and
+ * filled in by event_end: a map16 header, whatever the count. */
+static void data_begin(struct rg_output *o, const char *type)
+{
+	struct mp_writer *w = &o->w;
+
+	mp_byte(w, 0xde);
+	w->len += 2;
+	o->data_at = w->len;
+	o->data_keys = 0;
+	mp_str_raw(w, "type", 4);
+	o->data_keys++;
+	mp_name(w, type);
+}
+
+#define key(o, name) ((o)->data_keys++, mp_lit(&(o)->w, name))
+
 static void event_end(struct rg_output *o)
 {
 	struct mp_writer *w = &o->w;
 	uint32_t n = w->len - o->details_at;
+
+	w->buf[o->data_at - 2] = o->data_keys >> 8;
+	w->buf[o->data_at - 1] = o->data_keys;
 
 	if (o->columnar) {
 		o->row.details_offset = o->details_at;
@@ -291,15 +311,18 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 	size_t exe_len = cstr_len(r->filename, sizeof(r->filename)), comm_len = cstr_len(r->hdr.comm, RG_COMM_LEN);
 	int exe_raw = !utf8_valid(r->filename, exe_len), argv_raw = !utf8_valid(r->args, len),
 	    comm_raw = !utf8_valid(r->hdr.comm, comm_len);
+	/* The executed file's path sits at the end of exe_path (written backward). */
+	size_t resolved_at = r->exe_path_start < RG_PATH_LEN - 1 ? r->exe_path_start : RG_PATH_LEN - 1;
+	const char *resolved_text = r->exe_path + resolved_at;
+	size_t resolved_len = cstr_len(resolved_text, RG_PATH_LEN - resolved_at);
+	int resolved = r->retval == 0 && resolved_len > 0, resolved_raw = resolved && !utf8_valid(resolved_text, resolved_len);
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, 15 + exe_raw + argv_raw + comm_raw);
-	mp_lit(w, "type");
-	mp_lit(w, "process_exec");
-	mp_lit(w, "executable");
+	data_begin(o, "process_exec");
+	key(o, "executable");
 	mp_text_known(w, r->filename, exe_len, !exe_raw);
-	mp_lit(w, "argv");
+	key(o, "argv");
 	mp_array(w, argc + tail);
 	for (size_t start = 0, i = 0; i < len; i++) {
 		if (r->args[i] == 0 || i == len - 1) {
@@ -308,36 +331,48 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 			start = i + 1;
 		}
 	}
-	mp_lit(w, "comm");
+	key(o, "comm");
 	mp_text_known(w, r->hdr.comm, comm_len, !comm_raw);
-	mp_lit(w, "uid");
+	key(o, "uid");
 	mp_uint(w, r->hdr.uid);
-	mp_lit(w, "euid");
+	key(o, "euid");
 	mp_uint(w, r->hdr.euid);
-	mp_lit(w, "gid");
+	key(o, "gid");
 	mp_uint(w, r->hdr.gid);
-	mp_lit(w, "ppid");
+	key(o, "ppid");
 	mp_uint(w, r->ppid);
-	mp_lit(w, "parent_entity_id");
+	key(o, "parent_entity_id");
 	mp_uint(w, r->parent_start_boottime ? rg_entity_id(r->ppid, r->parent_start_boottime) : 0);
-	mp_lit(w, "start_time");
+	key(o, "start_time");
 	mp_int(w, (long long)r->hdr.start_boottime + enc->realtime_offset_ns);
-	mp_lit(w, "return_code");
+	key(o, "return_code");
 	mp_int(w, r->retval);
-	mp_lit(w, "executable_truncated");
+	key(o, "executable_truncated");
 	mp_bool(w, r->filename_truncated);
-	mp_lit(w, "argv_truncated");
+	key(o, "argv_truncated");
 	mp_bool(w, r->args_truncated || tail);
-	mp_lit(w, "ns_pid");
+	key(o, "ns_pid");
 	mp_uint(w, r->ns_pid);
-	mp_lit(w, "pid_ns");
+	key(o, "pid_ns");
 	mp_uint(w, r->pid_ns);
+	if (resolved) {
+		key(o, "resolved_executable");
+		mp_text_known(w, resolved_text, resolved_len, !resolved_raw);
+		key(o, "resolved_executable_truncated");
+		mp_bool(w, r->exe_path_truncated);
+		key(o, "executable_device");
+		mp_uint(w, user_dev(r->exe_dev));
+		key(o, "executable_inode");
+		mp_uint(w, r->exe_ino);
+		key(o, "fileless");
+		mp_bool(w, r->exe_unlinked);
+	}
 	if (exe_raw) {
-		mp_lit(w, "executable_bytes");
+		key(o, "executable_bytes");
 		mp_bin(w, r->filename, exe_len);
 	}
 	if (argv_raw) {
-		mp_lit(w, "argv_bytes");
+		key(o, "argv_bytes");
 		mp_array(w, argc + tail);
 		for (size_t start = 0, i = 0; i < len; i++) {
 			if (r->args[i] == 0 || i == len - 1) {
@@ -348,8 +383,12 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 		}
 	}
 	if (comm_raw) {
-		mp_lit(w, "comm_bytes");
+		key(o, "comm_bytes");
 		mp_bin(w, r->hdr.comm, comm_len);
+	}
+	if (resolved_raw) {
+		key(o, "resolved_executable_bytes");
+		mp_bin(w, resolved_text, resolved_len);
 	}
 	event_end(o);
 }
@@ -359,18 +398,16 @@ static void encode_fork(struct rg_encoder *enc, struct rg_output *o, const struc
 	struct mp_writer *w = &o->w;
 
 	event_begin(enc, o, &r->hdr, 0, 0);
-	mp_map(w, 6);
-	mp_lit(w, "type");
-	mp_lit(w, "process_fork");
-	mp_lit(w, "child_pid");
+	data_begin(o, "process_fork");
+	key(o, "child_pid");
 	mp_uint(w, r->child_pid);
-	mp_lit(w, "child_entity_id");
+	key(o, "child_entity_id");
 	mp_uint(w, rg_entity_id(r->child_pid, r->child_start_boottime));
-	mp_lit(w, "child_start_time");
+	key(o, "child_start_time");
 	mp_int(w, (long long)r->child_start_boottime + enc->realtime_offset_ns);
-	mp_lit(w, "child_ns_pid");
+	key(o, "child_ns_pid");
 	mp_uint(w, r->child_ns_pid);
-	mp_lit(w, "child_pid_ns");
+	key(o, "child_pid_ns");
 	mp_uint(w, r->child_pid_ns);
 	event_end(o);
 }
@@ -383,22 +420,20 @@ static void encode_exit(struct rg_encoder *enc, struct rg_output *o, const struc
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = status;
-	mp_map(w, 5);
-	mp_lit(w, "type");
-	mp_lit(w, "process_exit");
-	mp_lit(w, "exit_code");
+	data_begin(o, "process_exit");
+	key(o, "exit_code");
 	if (signal)
 		mp_nil(w);
 	else
 		mp_uint(w, (status >> 8) & 0xff);
-	mp_lit(w, "signal");
+	key(o, "signal");
 	if (signal)
 		mp_uint(w, signal);
 	else
 		mp_nil(w);
-	mp_lit(w, "duration_ns");
+	key(o, "duration_ns");
 	mp_uint(w, r->hdr.timestamp_ns > r->hdr.start_boottime ? r->hdr.timestamp_ns - r->hdr.start_boottime : 0);
-	mp_lit(w, "core_dumped");
+	key(o, "core_dumped");
 	mp_bool(w, status & 0x80);
 	event_end(o);
 }
@@ -409,36 +444,49 @@ static void encode_file(struct rg_encoder *enc, struct rg_output *o, const struc
 
 	size_t path_len = cstr_len(r->path, sizeof(r->path));
 	int path_raw = !utf8_valid(r->path, path_len);
+	/* The opened file's path sits at the end of resolved_path (written backward). */
+	size_t resolved_at = r->resolved_start < RG_PATH_LEN - 1 ? r->resolved_start : RG_PATH_LEN - 1;
+	const char *resolved_text = r->resolved_path + resolved_at;
+	size_t resolved_len = cstr_len(resolved_text, RG_PATH_LEN - resolved_at);
+	int resolved_raw = resolved_len && !utf8_valid(resolved_text, resolved_len);
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, 9 + path_raw);
-	mp_lit(w, "type");
-	mp_lit(w, "file_open");
-	mp_lit(w, "path");
+	data_begin(o, "file_open");
+	key(o, "path");
 	mp_text_known(w, r->path, path_len, !path_raw);
-	mp_lit(w, "flags");
+	key(o, "flags");
 	mp_uint(w, r->flags);
-	mp_lit(w, "mode");
+	key(o, "mode");
 	mp_uint(w, r->mode);
-	mp_lit(w, "result");
+	key(o, "result");
 	mp_int(w, r->retval);
-	mp_lit(w, "device");
+	key(o, "device");
 	mp_uint(w, user_dev(r->dev));
-	mp_lit(w, "inode");
+	key(o, "inode");
 	mp_uint(w, r->ino);
-	mp_lit(w, "syscall");
+	key(o, "syscall");
 	switch (r->syscall) {
 	case RG_OPEN_OPEN: mp_lit(w, "open"); break;
 	case RG_OPEN_OPENAT2: mp_lit(w, "openat2"); break;
 	case RG_OPEN_CREAT: mp_lit(w, "creat"); break;
 	default: mp_lit(w, "openat"); break;
 	}
-	mp_lit(w, "path_truncated");
+	key(o, "path_truncated");
 	mp_bool(w, r->path_truncated);
+	if (resolved_len) {
+		key(o, "resolved_path");
+		mp_text_known(w, resolved_text, resolved_len, !resolved_raw);
+		key(o, "resolved_path_truncated");
+		mp_bool(w, r->resolved_truncated);
+	}
 	if (path_raw) {
-		mp_lit(w, "path_bytes");
+		key(o, "path_bytes");
 		mp_bin(w, r->path, path_len);
+	}
+	if (resolved_raw) {
+		key(o, "resolved_path_bytes");
+		mp_bin(w, resolved_text, resolved_len);
 	}
 	event_end(o);
 }
@@ -487,32 +535,30 @@ static void encode_net(struct rg_encoder *enc, struct rg_output *o, const struct
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, (send ? 8 : 7) + (local ? 2 : 0));
-	mp_lit(w, "type");
-	mp_name(w, kind_names[r->hdr.kind]);
-	mp_lit(w, "family");
+	data_begin(o, kind_names[r->hdr.kind]);
+	key(o, "family");
 	mp_family(w, r->family);
-	mp_lit(w, "protocol");
+	key(o, "protocol");
 	mp_protocol(w, r->protocol);
-	mp_lit(w, "address");
+	key(o, "address");
 	mp_address(w, r->family, r->addr);
-	mp_lit(w, "port");
+	key(o, "port");
 	mp_uint(w, r->port);
-	mp_lit(w, "result");
+	key(o, "result");
 	mp_int(w, r->retval);
-	mp_lit(w, "fd");
+	key(o, "fd");
 	mp_uint(w, r->fd);
 	if (send) {
-		mp_lit(w, "syscall");
+		key(o, "syscall");
 		if (r->syscall == RG_SEND_SENDMSG)
 			mp_lit(w, "sendmsg");
 		else
 			mp_lit(w, "sendto");
 	}
 	if (local) {
-		mp_lit(w, "local_address");
+		key(o, "local_address");
 		mp_address(w, r->local_family, r->local_addr);
-		mp_lit(w, "local_port");
+		key(o, "local_port");
 		mp_uint(w, r->local_port);
 	}
 	event_end(o);
@@ -524,14 +570,12 @@ static void encode_ptrace(struct rg_encoder *enc, struct rg_output *o, const str
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, 4);
-	mp_lit(w, "type");
-	mp_lit(w, "ptrace");
-	mp_lit(w, "request");
+	data_begin(o, "ptrace");
+	key(o, "request");
 	mp_int(w, r->request);
-	mp_lit(w, "target_pid");
+	key(o, "target_pid");
 	mp_uint(w, r->target_pid);
-	mp_lit(w, "result");
+	key(o, "result");
 	mp_int(w, r->retval);
 	event_end(o);
 }
@@ -556,17 +600,15 @@ static void encode_memory(struct rg_encoder *enc, struct rg_output *o, const str
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	mp_map(w, 5);
-	mp_lit(w, "type");
-	mp_lit(w, "process_memory");
-	mp_lit(w, "method");
+	data_begin(o, "process_memory");
+	key(o, "method");
 	mp_memory_method(w, r->method == RG_MEM_VM_READV || r->method == RG_MEM_VM_WRITEV ||
 				    r->method == RG_MEM_PROC_ENVIRON_OPEN ? r->method : RG_MEM_PROC_MEM_OPEN);
-	mp_lit(w, "target_pid");
+	key(o, "target_pid");
 	mp_uint(w, r->target_pid);
-	mp_lit(w, "result");
+	key(o, "result");
 	mp_int(w, r->retval);
-	mp_lit(w, "flags");
+	key(o, "flags");
 	mp_uint(w, r->flags);
 	event_end(o);
 }
@@ -583,15 +625,17 @@ static void mp_change_operation(struct mp_writer *w, unsigned int operation)
 }
 
 /* The fields every decision's data has, after its type. */
-static void encode_decision_fields(struct mp_writer *w, const struct rg_block_record *r, long long rule_index)
+static void encode_decision_fields(struct rg_output *o, const struct rg_block_record *r, long long rule_index)
 {
-	mp_lit(w, "rule_index");
+	struct mp_writer *w = &o->w;
+
+	key(o, "rule_index");
 	mp_int(w, rule_index);
-	mp_lit(w, "blocked");
+	key(o, "blocked");
 	mp_bool(w, r->action == RG_ACTION_BLOCKED || r->action == RG_ACTION_KILLED);
-	mp_lit(w, "would_deny");
+	key(o, "would_deny");
 	mp_bool(w, r->action == RG_ACTION_WOULD_BLOCK);
-	mp_lit(w, "comm");
+	key(o, "comm");
 	mp_cstr(w, r->hdr.comm, sizeof(r->hdr.comm));
 }
 
@@ -607,37 +651,35 @@ static void encode_block(struct rg_encoder *enc, struct rg_output *o, const stru
 	const char *raw_family = r->family == AF_INET ? "ipv4" : r->family == AF_INET6 ? "ipv6" : "packet";
 
 	event_begin(enc, o, &r->hdr, r->action, 1);
-	mp_map(w, raw || net ? 8 : change ? 9 : file ? 7 : 6);
-	mp_lit(w, "type");
-	mp_name(w, kind_names[kind]);
-	encode_decision_fields(w, r, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
+	data_begin(o, kind_names[kind]);
+	encode_decision_fields(o, r, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
 				     : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : raw ? -4 : (long long)r->rule_index);
 	if (raw || net) {
-		mp_lit(w, "family");
+		key(o, "family");
 		if (raw)
 			mp_name(w, raw_family);
 		else
 			mp_family(w, r->family);
-		mp_lit(w, "protocol");
+		key(o, "protocol");
 		mp_protocol(w, r->protocol);
-		mp_lit(w, "tainted");
+		key(o, "tainted");
 		mp_bool(w, r->rule_index == RG_RULE_TAINT);
 	} else if (file) {
 		if (change) {
 			/* Made by an LSM hook, before the change: refused, or let through in audit mode. */
-			mp_lit(w, "operation");
+			key(o, "operation");
 			mp_change_operation(w, r->flags);
 		}
-		mp_lit(w, "device");
+		key(o, "device");
 		mp_uint(w, user_dev(r->dev));
-		mp_lit(w, "inode");
+		key(o, "inode");
 		mp_uint(w, r->ino);
 		if (change) {
-			mp_lit(w, "detected_not_prevented");
+			key(o, "detected_not_prevented");
 			mp_bool(w, 0);
 		}
 	} else {
-		mp_lit(w, "method");
+		key(o, "method");
 		mp_memory_method(w, r->flags);
 	}
 	if (raw) {
@@ -700,13 +742,11 @@ static void encode_namespace(struct rg_encoder *enc, struct rg_output *o, const 
 	for (size_t i = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++)
 		kinds += (r->flags & namespace_kinds[i].flag) != 0;
 	event_begin(enc, o, &r->hdr, r->action, 1);
-	mp_map(w, 7);
-	mp_lit(w, "type");
-	mp_lit(w, "namespace_denied");
-	encode_decision_fields(w, r, -5);
-	mp_lit(w, "operation");
+	data_begin(o, "namespace_denied");
+	encode_decision_fields(o, r, -5);
+	key(o, "operation");
 	mp_name(w, operation);
-	mp_lit(w, "namespaces");
+	key(o, "namespaces");
 	mp_array(w, kinds);
 	for (size_t i = 0; i < sizeof(namespace_kinds) / sizeof(namespace_kinds[0]); i++)
 		if (r->flags & namespace_kinds[i].flag)
@@ -822,12 +862,10 @@ void rg_encode_lost(struct rg_encoder *enc, struct rg_output *o, const unsigned 
 		kinds += lost_delta[k] != 0;
 	event_begin(enc, o, &h, 0, 0);
 	o->row.result = total;
-	mp_map(w, 3);
-	mp_lit(w, "type");
-	mp_lit(w, "lost");
-	mp_lit(w, "count");
+	data_begin(o, "lost");
+	key(o, "count");
 	mp_uint(w, total);
-	mp_lit(w, "by_kind");
+	key(o, "by_kind");
 	mp_map(w, kinds);
 	for (int k = 0; k < RG_KIND_SLOTS; k++) {
 		if (!lost_delta[k])

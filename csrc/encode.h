@@ -29,6 +29,8 @@ struct rg_output {
 	/* The event being written. */
 	struct rg_event_row row;
 	size_t details_at;
+	size_t data_at;       /* just past the data map's header */
+	unsigned int data_keys;
 };
 
 /* Returns 1 when the record became an event, 0 when it was skipped as malformed. */

@@ -180,7 +180,8 @@ class ProcessTable:
             ancestors = [ref, *parent.ancestors[: MAX_ANCESTORS - 1]]
         else:
             ref, ancestors = None, []
-        self._add(ev.timestamp, Process(ev.pid, details.entity_id, d.comm, d.executable, d.argv, d.argv_truncated,
+        executable = d.resolved_executable or d.executable
+        self._add(ev.timestamp, Process(ev.pid, details.entity_id, d.comm, executable, d.argv, d.argv_truncated,
                                         d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid,
                                         d.pid_ns))
 
@@ -345,10 +346,7 @@ class ProcessTable:
         if self._entity_id(pid, start_boot_ns) != entity_id and entity_id:
             return None
         entity_id = entity_id or self._entity_id(pid, start_boot_ns)
-        try:
-            executable = os.readlink(f"{base}/exe")
-        except OSError:
-            executable = None
+        executable = _executable(base)
         try:
             with open(f"{base}/cmdline", "rb") as f:
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
@@ -387,6 +385,24 @@ class ProcessTable:
         return process
 
 
+def _executable(base: str) -> Optional[str]:
+    """A running process's executable as the exec event names it (its own
+    path): /proc marks a file gone since with " (deleted)", a memfd too."""
+    try:
+        executable = os.readlink(f"{base}/exe")
+    except OSError:
+        return None
+    if executable.endswith(_DELETED):
+        try:
+            if os.path.samefile(f"{base}/exe", executable):
+                return executable  # a file really named so
+        except OSError:
+            pass
+        return executable[: -len(_DELETED)]
+    return executable
+
+
+_DELETED = " (deleted)"
 _shared: Optional[ProcessTable] = None
 _shared_lock = threading.Lock()
 

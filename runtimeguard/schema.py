@@ -41,7 +41,11 @@ from ._native import ffi, lib
 # (process_exec ns_pid/pid_ns, process_fork child_ns_pid/child_pid_ns,
 # Process ns_pid/pid_ns); executable_bytes, argv_bytes, comm_bytes and
 # path_bytes where the kernel's text is not valid UTF-8.
-SCHEMA_VERSION = "1.4"
+# 1.5: the file an exec really ran (process_exec resolved_executable,
+# executable_device, executable_inode, fileless) and the file an open really
+# opened (file_open resolved_path), both resolved in the kernel;
+# workload.process.executable is the executed file's own path.
+SCHEMA_VERSION = "1.5"
 
 # The event registry: name -> stable id. Add-only; an id is never reused or
 # renumbered. The kernel record kinds in bpf/events.h use the same numbers.
@@ -106,6 +110,8 @@ class Process(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str
     """The kernel's comm: at most 15 bytes."""
     executable: Optional[str] = None
+    """The executed file's own path (``resolved_executable`` of its exec, or
+    ``/proc/<pid>/exe``), whichever name the exec was given."""
     argv: Optional[list[str]] = None
     argv_truncated: bool = False
     uid: Optional[int] = None
@@ -206,6 +212,20 @@ class ProcessExecData(_Data, tag="process_exec"):
     """The pid as the process sees it, in its own pid namespace."""
     pid_ns: Optional[int] = None
     """That pid namespace's inode number (as ``/proc/<pid>/ns/pid`` names it)."""
+    resolved_executable: Optional[str] = None
+    """The executed file's own path as the process names it (from its root
+    directory, a chroot's own), found from the file itself at exec (``./x``,
+    ``/dev/fd/3``, a symlink all resolve); a memfd shows as
+    ``/memfd:<name>``. None for a failed exec."""
+    resolved_executable_truncated: bool = False
+    """The path was longer than the limit: its start is cut, its end (the
+    file's name) kept."""
+    executable_device: Optional[int] = None
+    """The executed file's device (``st_dev``) and inode (``st_ino``)."""
+    executable_inode: Optional[int] = None
+    fileless: bool = False
+    """The executed file has no name on any filesystem: a memfd, or a file
+    deleted before the exec (``resolved_executable`` is the name it had)."""
     executable_bytes: Optional[bytes] = None
     """Only when ``executable`` is not valid UTF-8 (each byte that is not
     stands as U+FFFD there): its exact bytes (base64 in JSON)."""
@@ -213,6 +233,8 @@ class ProcessExecData(_Data, tag="process_exec"):
     """Only when an argument is not valid UTF-8: every argument's exact bytes."""
     comm_bytes: Optional[bytes] = None
     """Only when ``comm`` is not valid UTF-8: its exact bytes."""
+    resolved_executable_bytes: Optional[bytes] = None
+    """Only when ``resolved_executable`` is not valid UTF-8: its exact bytes."""
 
 
 class ProcessForkData(_Data, tag="process_fork"):
@@ -244,9 +266,17 @@ class FileOpenData(_Data, tag="file_open"):
     syscall: Literal["open", "openat", "openat2", "creat"]
     path_truncated: bool = False
     resolved_path: Optional[str] = None
+    """A successful open's file, by its own path as the process names it
+    (from its root directory), whatever the caller passed (relative to a
+    directory fd, through symlinks, ``/proc/self/fd/N``). None for a failed
+    open."""
+    resolved_path_truncated: bool = False
+    """The path was longer than the limit: its start is cut, its end kept."""
     path_bytes: Optional[bytes] = None
     """Only when ``path`` is not valid UTF-8 (each byte that is not stands
     as U+FFFD there): its exact bytes (base64 in JSON)."""
+    resolved_path_bytes: Optional[bytes] = None
+    """Only when ``resolved_path`` is not valid UTF-8: its exact bytes."""
 
     @property
     def os_path(self) -> bytes:

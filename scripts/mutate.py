@@ -220,6 +220,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_event_model.py",),
         "the pid namespace fields name the host's pid and namespace, not the process's own"),
     Mutation(
+        "path-walk-stops-at-a-mount", "bpf/common.bpf.h",
+        "\t\t\t/* Up through the mount point, into the mount beneath. */\n",
+        "\t\t\twhole = true; /* mutated */\n\t\t\tbreak;\n",
+        ("tests/test_resolved_paths.py",),
+        "a resolved path ends at the first mount point, as if that were the root"),
+    Mutation(
+        "fileless-never-flagged", "bpf/common.bpf.h",
+        "\t*unlinked = !BPF_CORE_READ(dentry, d_hash.pprev) && dentry != mnt_root;",
+        "\t*unlinked = 0; /* mutated */",
+        ("tests/test_resolved_paths.py",),
+        "a memfd or deleted executable is not flagged fileless"),
+    Mutation(
         "non-socket-protocol-left-stale", "bpf/net.bpf.c",
         "\te->protocol = e->sock_type = 0; /* unknown unless the descriptor is a socket */",
         "\t/* mutated: protocol left as the ring buffer had it */",

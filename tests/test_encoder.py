@@ -191,6 +191,16 @@ def entity(pid: int, start: int) -> int:
     return reference_entity_id(pid, start, BOOT_ID, NS_PER_TICK) if start else 0
 
 
+def user_dev(kdev: int) -> int:
+    return os.makedev(kdev >> 20, kdev & 0xFFFFF)
+
+
+def resolved_text(field, start: int) -> bytes:
+    """A path the kernel wrote backward: from start (clamped to the last
+    byte) to its NUL."""
+    return field_bytes(field)[min(start, lib.RG_PATH_LEN - 1):].split(b"\0", 1)[0]
+
+
 PROTOCOLS = {0: None, 6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 255: "raw", 262: "mptcp"}
 
 
@@ -203,6 +213,7 @@ def model(rec_bytes: bytes) -> Flat:
     h = r.hdr
     target = None
     if kind == lib.RG_KIND_PROCESS_EXEC:
+        resolved = resolved_text(r.exe_path, r.exe_path_start) if r.retval == 0 else b""
         n = min(r.args_len, 512)
         args = field_bytes(r.args)[:n]
         parts = args.split(b"\0") if args else []
@@ -224,6 +235,12 @@ def model(rec_bytes: bytes) -> Flat:
             start_time=h.start_boottime,
             return_code=r.retval,
             ns_pid=r.ns_pid, pid_ns=r.pid_ns,
+            **({} if not resolved else dict(
+                resolved_executable=kernel_text(resolved),
+                resolved_executable_bytes=None if utf8(resolved) else resolved,
+                resolved_executable_truncated=bool(r.exe_path_truncated),
+                executable_device=user_dev(r.exe_dev), executable_inode=r.exe_ino,
+                fileless=bool(r.exe_unlinked))),
         )
     elif kind == lib.RG_KIND_PROCESS_FORK:
         data = schema.ProcessForkData(
@@ -242,6 +259,7 @@ def model(rec_bytes: bytes) -> Flat:
             duration_ns=max(0, h.timestamp_ns - h.start_boottime),
         )
     elif kind == lib.RG_KIND_FILE_OPEN:
+        resolved = resolved_text(r.resolved_path, r.resolved_start)
         path = kernel_text(cstr(r.path))
         major, minor = r.dev >> 20, r.dev & 0xFFFFF
         data = schema.FileOpenData(
@@ -249,6 +267,10 @@ def model(rec_bytes: bytes) -> Flat:
             path=path, path_truncated=bool(r.path_truncated), flags=r.flags, mode=r.mode,
             result=r.retval, device=os.makedev(major, minor), inode=r.ino,
             syscall={1: "open", 3: "openat2", 4: "creat"}.get(r.syscall, "openat"),
+            **({} if not resolved else dict(
+                resolved_path=kernel_text(resolved),
+                resolved_path_bytes=None if utf8(resolved) else resolved,
+                resolved_path_truncated=bool(r.resolved_truncated))),
         )
         if r.retval >= 0 and r.ino:
             where = f"inode {r.ino} on {major}:{minor}"
@@ -337,6 +359,18 @@ def put(arr, data: bytes) -> None:
     ffi.memmove(arr, data, len(data))
 
 
+def put_resolved(draw, field, start_name: str, rec) -> None:
+    """A path written backward, as the kernel's dentry walk does: its text
+    ends at the field's last byte; or anything at all, any start."""
+    if draw(st.booleans()):
+        text = draw(kernel_bytes(255)).replace(b"\0", b"")[:255]
+        put(field, draw(st.binary(min_size=255 - len(text), max_size=255 - len(text))) + text + b"\0")
+        setattr(rec, start_name, 255 - len(text))
+    else:
+        put(field, draw(st.binary(max_size=256)))
+        setattr(rec, start_name, draw(st.one_of(st.integers(0, 300), U16)))
+
+
 @st.composite
 def exec_records(draw):
     rec = ffi.new("struct rg_exec_record *")
@@ -348,6 +382,10 @@ def exec_records(draw):
     rec.args_truncated = draw(st.sampled_from([0, 1, 255]))
     rec.filename_truncated = draw(st.sampled_from([0, 1, 255]))
     put(rec.filename, draw(cstring_field(256)))
+    put_resolved(draw, rec.exe_path, "exe_path_start", rec)
+    rec.exe_path_truncated, rec.exe_unlinked = draw(st.sampled_from([0, 1])), draw(st.sampled_from([0, 1]))
+    rec.exe_dev = draw(st.integers(0, 4095)) << 20 | draw(st.integers(0, 2**20 - 1))
+    rec.exe_ino = draw(U64)
     if draw(st.booleans()):
         # Structured argv: NUL-separated arguments, the last one maybe cut short.
         argv = draw(st.lists(kernel_bytes(40).map(lambda b: b.replace(b"\0", b"")), max_size=12))
@@ -403,6 +441,8 @@ def file_records(draw):
     rec.syscall = draw(st.one_of(st.integers(1, 4), U32))
     rec.path_truncated = draw(st.sampled_from([0, 1]))
     put(rec.path, draw(cstring_field(256)))
+    put_resolved(draw, rec.resolved_path, "resolved_start", rec)
+    rec.resolved_truncated = draw(st.sampled_from([0, 1]))
     return rec
 
 
