@@ -61,13 +61,32 @@ struct rg_event_row {
 
 /* One poll's events, valid until the next poll: a msgpack array of events,
  * or (columnar) rows, with data holding each row's record. */
+/* What the process table learns from an exec, fork or exit, without
+ * decoding the event (runtimeguard.processes): a fork's whole story is here,
+ * so a fork or exit nobody asked for is not made into an event at all. A
+ * failed exec has no entry. */
+#define RG_NO_EVENT 0xffffffffU
+struct rg_table_entry {
+	unsigned int event;           /* its index in the batch; RG_NO_EVENT: not made into one */
+	unsigned int kind;            /* RG_KIND_PROCESS_EXEC, _FORK or _EXIT */
+	unsigned int pid;             /* the process; for a fork, the child */
+	unsigned int ns_pid;          /* fork: the child's pid in its pid namespace */
+	unsigned int pid_ns;          /* fork: that namespace's inode */
+	unsigned int parent_pid;      /* fork: the parent */
+	unsigned long long entity_id; /* the process; for a fork, the child */
+	long long since;              /* ns since the epoch: the exec, or the child's start */
+	unsigned long long cgroup_id;
+	unsigned long long parent_entity_id; /* fork: the parent */
+	long long at;                 /* the event's time, ns since the epoch */
+};
+
 struct rg_batch {
 	const unsigned char *data;
 	size_t len;
 	const struct rg_event_row *rows; /* columnar only */
 	unsigned int count;
 	unsigned int unwanted;           /* events of kinds outside wanted_mask */
-	const unsigned int *table_events; /* indexes of exec, fork and exit events, in order */
+	const struct rg_table_entry *table; /* the exec, fork and exit events, in order */
 	unsigned int table_count;
 };
 

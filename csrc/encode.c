@@ -797,6 +797,38 @@ static void keep_record(struct rg_encoder *enc, struct rg_output *o, const struc
 	o->count++;
 }
 
+/* The process table's entry for an exec, fork or exit: the event about to
+ * be written, or (as_event 0) none. */
+static void add_table_entry(struct rg_encoder *enc, struct rg_output *o, const struct rg_header *h, int as_event)
+{
+	struct rg_table_entry *e = &o->table[o->table_count];
+	long long at = (long long)h->timestamp_ns + enc->realtime_offset_ns;
+	unsigned long long entity = h->start_boottime ? entity_of(enc, h->pid, h->start_boottime) : 0;
+
+	if (h->kind == RG_KIND_PROCESS_EXEC && ((const struct rg_exec_record *)h)->retval != 0)
+		return; /* a failed exec changes nothing */
+	memset(e, 0, sizeof(*e));
+	e->event = as_event ? o->count : RG_NO_EVENT;
+	e->kind = h->kind;
+	e->cgroup_id = h->cgroup_id;
+	e->at = at;
+	if (h->kind == RG_KIND_PROCESS_FORK) {
+		const struct rg_fork_record *r = (const void *)h;
+		e->pid = r->child_pid;
+		e->ns_pid = r->child_ns_pid;
+		e->pid_ns = r->child_pid_ns;
+		e->parent_pid = h->pid;
+		e->entity_id = rg_entity_id(r->child_pid, r->child_start_boottime);
+		e->since = (long long)r->child_start_boottime + enc->realtime_offset_ns;
+		e->parent_entity_id = entity;
+	} else {
+		e->pid = h->pid;
+		e->entity_id = entity;
+		e->since = at;
+	}
+	o->table_count++;
+}
+
 int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *data, size_t len)
 {
 	const struct rg_header *h = data;
@@ -806,6 +838,13 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 		return 0;
 	}
 	enc->delivered[h->kind]++;
+	if (o->table && (h->kind == RG_KIND_PROCESS_EXEC || h->kind == RG_KIND_PROCESS_FORK ||
+			 h->kind == RG_KIND_PROCESS_EXIT)) {
+		int as_event = !(o->table_only >> h->kind & 1);
+		add_table_entry(enc, o, h, as_event);
+		if (!as_event)
+			return 2;
+	}
 	if (o->raw) {
 		keep_record(enc, o, h);
 		return 1;

@@ -24,8 +24,9 @@ struct rg_output {
 	int raw;                    /* keep each record, its details made when read (else: made now) */
 	struct rg_event_row *rows;  /* columnar: one per event */
 	unsigned int count;         /* events written */
-	unsigned int *table_events; /* indexes of the process events (exec, fork, exit) */
+	struct rg_table_entry *table; /* the process events (exec, fork, exit); NULL: not wanted */
 	unsigned int table_count;
+	unsigned long long table_only; /* kinds (bits) that feed the table and are not made into events */
 	/* The event being written. */
 	struct rg_event_row row;
 	size_t details_at;
@@ -33,7 +34,8 @@ struct rg_output {
 	unsigned int data_keys;
 };
 
-/* Returns 1 when the record became an event, 0 when it was skipped as malformed. */
+/* Returns 1 when the record became an event, 2 when it only fed the process
+ * table (table_only), 0 when it was skipped as malformed. */
 int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *data, size_t len);
 /* A "lost" notice for records the ring buffer could not take. */
 void rg_encode_lost(struct rg_encoder *enc, struct rg_output *o, const unsigned long long *lost_delta,

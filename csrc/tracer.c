@@ -295,7 +295,7 @@ static void tracer_free(struct rg_tracer *t)
 			t->sensors[i].destroy(t->sensors[i].skel);
 	free(t->out.w.buf);
 	free(t->out.rows);
-	free(t->out.table_events);
+	free(t->out.table);
 	free(t->percpu);
 	free(t);
 }
@@ -614,11 +614,14 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 	t->out.w.cap = (size_t)t->opts.batch_limit * 512 + 4 * RG_MAX_ENCODED_RECORD;
 	t->out.w.buf = malloc(t->out.w.cap);
 	t->out.rows = calloc(t->opts.batch_limit + 4, sizeof(*t->out.rows));
-	t->out.table_events = calloc(t->opts.batch_limit + 4, sizeof(*t->out.table_events));
-	if (t->ncpus <= 0 || !t->percpu || !t->out.w.buf || !t->out.rows || !t->out.table_events) {
+	t->out.table = calloc(t->opts.batch_limit + 4, sizeof(*t->out.table));
+	if (t->ncpus <= 0 || !t->percpu || !t->out.w.buf || !t->out.rows || !t->out.table) {
 		ret = fail(err, errlen, -ENOMEM, "allocating the consumer's buffers");
 		goto error;
 	}
+	/* Forks and exits nobody asked for only feed the process table; an
+	 * exec is kept as an event either way (the table reads its details). */
+	t->out.table_only = (1ULL << RG_KIND_PROCESS_FORK | 1ULL << RG_KIND_PROCESS_EXIT) & ~t->opts.wanted_mask;
 	*out = t;
 	return 0;
 error:
@@ -753,12 +756,10 @@ static int handle_record(void *ctx, void *data, size_t len)
 /* Encodes one record into the batch; RG_STOP_BATCH once the batch is full. */
 static int take_record(struct rg_tracer *t, const void *data, size_t len)
 {
-	if (rg_encode_record(&t->enc, &t->out, data, len)) {
+	if (rg_encode_record(&t->enc, &t->out, data, len) == 1) {
 		unsigned int kind = ((const struct rg_header *)data)->kind;
 		if (!(t->opts.wanted_mask >> kind & 1))
 			t->batch_unwanted++;
-		if (kind == RG_KIND_PROCESS_EXEC || kind == RG_KIND_PROCESS_FORK || kind == RG_KIND_PROCESS_EXIT)
-			t->out.table_events[t->out.table_count++] = t->out.count - 1;
 	}
 	/* The record is consumed either way; stop while room remains for one more. */
 	if (t->out.count >= t->opts.batch_limit || t->out.w.cap - t->out.w.len < RG_MAX_ENCODED_RECORD)
@@ -890,7 +891,7 @@ int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, int columnar, struct rg_
 	out->rows = columnar ? t->out.rows : NULL;
 	out->count = t->out.count;
 	out->unwanted = t->batch_unwanted;
-	out->table_events = t->out.table_events;
+	out->table = t->out.table;
 	out->table_count = t->out.table_count;
 	return t->out.count;
 }

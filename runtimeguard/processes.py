@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional
 import msgspec
 
 from . import schema
-from .schema import Container, Event, Process, ProcessExecData, ProcessForkData, ProcessRef, Workload
+from .schema import Container, Event, Process, ProcessRef, Workload
 
 MAX_ANCESTORS = 8
 MAX_PROCESSES = 32768
@@ -70,6 +70,7 @@ class CgroupPaths:
         self._mount = mount_point
         self._resolve = resolve
         self._paths: dict[int, str] = {}
+        self.known = self._paths.keys()
         self._scanned_at = 0.0
 
     def path(self, cgroup_id: int) -> Optional[str]:
@@ -130,7 +131,7 @@ class ProcessTable:
     def get(self, entity_id: int) -> Optional[Process]:
         """The latest version of a process."""
         versions = self._versions.get(entity_id)
-        return versions[-1][1] if versions else None
+        return self._materialized(entity_id, len(versions) - 1) if versions else None
 
     def by_pid(self, pid: int) -> Optional[Process]:
         """The process now holding pid, from the table or /proc."""
@@ -139,65 +140,126 @@ class ProcessTable:
             return self.get(entity) if entity else self._from_proc(pid, 0)
 
     # ---- learning: exec, fork and exit events, in stream order ----
+    #
+    # Learning only files each event under its process (a version pending
+    # until read); the Process is built when a version is first read. An
+    # exec costs the consumer a few list and dict operations, and a process
+    # nobody asks about costs nothing more.
 
-    def learn(self, events: Iterable[Event]) -> None:
-        """Learns from exec, fork and exit events, in stream order (others are ignored)."""
+    def learn(self, events: list[Event]) -> None:
+        """Learns from exec, fork and exit events, in stream order (others are
+        ignored), decoding them to find their processes. A Tracer hands the
+        native consumer's entries to learn_entries instead."""
+        entries = []
+        for i, ev in enumerate(events):
+            kind = ev.id
+            if kind != _EXEC and kind != _FORK and kind != _EXIT:
+                continue
+            d = ev._details()
+            if kind == _FORK:
+                f = d.data
+                entries.append((i, kind, f.child_pid, f.child_ns_pid or 0, f.child_pid_ns or 0, ev.pid,
+                                f.child_entity_id, f.child_start_time, d.cgroup_id, d.entity_id, ev.timestamp))
+            elif kind == _EXIT or d.data.return_code == 0:  # a failed exec changes nothing
+                entries.append((i, kind, ev.pid, 0, 0, 0, d.entity_id, ev.timestamp, d.cgroup_id, 0, ev.timestamp))
+        self.learn_entries(entries, events)
+
+    def learn_entries(self, entries: Iterable[tuple], events) -> None:
+        """entries: (event index, kind, pid, ns pid, pid namespace, parent
+        pid, entity id, since, cgroup id, parent entity id, event time), as
+        the native consumer's rg_table_entry lays them out (csrc/api.h);
+        events[index] is an exec's event. A fork's entry is its whole story:
+        it is kept as it is until read."""
         with self._lock:
-            for ev in events:
-                kind = ev.id
+            all_versions, by_pid, exited, cgroups = self._versions, self._by_pid, self._exited, self._cgroups
+            for entry in entries:
+                kind, pid, entity, since, cgroup = entry[1], entry[2], entry[6], entry[7], entry[8]
                 if kind == _EXIT:
-                    # The pid names the process while it exits (no reuse
-                    # before it is reaped): no need to decode the event.
-                    entity = self._by_pid.get(ev.pid)
-                    if entity is None:
-                        continue
-                    exited = self._exited
-                    exited[entity] = None
-                    if len(exited) > KEEP_EXITED + KEEP_EXITED // 4:  # forget in chunks, not one per exit
-                        self._forget(list(exited)[: len(exited) - KEEP_EXITED])
-                elif kind == _EXEC or kind == _FORK:
-                    d = ev._details()
-                    # The cgroup's path now, while it exists: workloads are resolved
-                    # when read, possibly after the cgroup is gone (ids are never reused).
-                    self._cgroups.path(d.cgroup_id)
-                    if kind == _EXEC:
-                        self._on_exec(ev, d)
+                    if entity in all_versions:
+                        exited[entity] = None
+                        if len(exited) > KEEP_EXITED + KEEP_EXITED // 4:  # forget in chunks, not one per exit
+                            self._forget(list(exited)[: len(exited) - KEEP_EXITED])
+                    continue
+                # The cgroup's path now, while it exists: workloads are resolved
+                # when read, possibly after the cgroup is gone (ids are never reused).
+                if cgroup not in cgroups.known:
+                    cgroups.path(cgroup)
+                item = events[entry[0]] if kind == _EXEC else entry
+                versions = all_versions.get(entity)
+                if versions is None:
+                    if len(all_versions) >= MAX_PROCESSES:
+                        self._forget(list(all_versions)[: MAX_PROCESSES // 4])
+                    all_versions[entity] = [(since, item)]
+                else:
+                    self._resolved.pop(entity, None)
+                    if versions[-1][0] < since:
+                        versions.append((since, item))
+                        if len(versions) > MAX_VERSIONS:
+                            del versions[0]
                     else:
-                        self._on_fork(ev, d)
+                        self._insert(versions, since, item)
+                by_pid[pid] = entity
+
+    # ---- building a version when it is first read ----
+    #
+    # A version still unread is the exec's Event, or the fork's table entry.
+
+    def _materialized(self, entity: int, i: int) -> Process:
+        """Version i of a process, built now if it is still unread; its
+        ancestors that are still unread first (no recursion: a chain of
+        processes can be as long as the table)."""
+        chain, seen = [], set()
+        versions = self._versions[entity]
+        while True:
+            item = versions[i][1]
+            if type(item) is Process:
+                break
+            chain.append((versions, i))
+            seen.add(entity)
+            if type(item) is tuple:
+                entity, at = item[9], item[10]
+            else:
+                entity, at = item._details().data.parent_entity_id, item.timestamp
+            parent_versions = self._versions.get(entity) if entity else None
+            if not parent_versions or entity in seen:  # (a loop only from records that lie)
+                break
+            versions, i = parent_versions, self._pick(parent_versions, at)
+        built = None
+        for versions, i in reversed(chain):
+            since, item = versions[i]
+            built = self._build(item)
+            versions[i] = (since, built)
+        return built if chain else item
 
     # Processes are built positionally, in Process's field order: pid,
     # entity_id, name, executable, argv, argv_truncated, uid, euid, gid, ppid,
-    # start_time, parent, ancestors, ns_pid, pid_ns. This runs for every
-    # exec and fork.
+    # start_time, parent, ancestors, ns_pid, pid_ns.
 
-    def _on_exec(self, ev: Event, details) -> None:
-        d: ProcessExecData = details.data
-        if d.return_code < 0:
-            return  # a failed exec leaves the process as it was
-        parent = self.get(d.parent_entity_id) or self._from_proc(d.ppid, d.parent_entity_id)
-        if parent is not None:
-            ref = ProcessRef(parent.pid, parent.entity_id, parent.name, parent.executable)
-            ancestors = [ref, *parent.ancestors[: MAX_ANCESTORS - 1]]
-        else:
-            ref, ancestors = None, []
-        executable = d.resolved_executable or d.executable
-        self._add(ev.timestamp, Process(ev.pid, details.entity_id, d.comm, executable, d.argv, d.argv_truncated,
-                                        d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid,
-                                        d.pid_ns))
-
-    def _on_fork(self, ev: Event, details) -> None:
-        d: ProcessForkData = details.data
-        parent = self._version_at(details.entity_id, ev.timestamp) or self._from_proc(ev.pid, details.entity_id)
-        if parent is None:
-            return
-        ref = ProcessRef(parent.pid, parent.entity_id, parent.name, parent.executable)
-        self._add(d.child_start_time, Process(
-            d.child_pid, d.child_entity_id, parent.name, parent.executable, parent.argv, parent.argv_truncated,
-            parent.uid, parent.euid, parent.gid, parent.pid, d.child_start_time, ref,
-            [ref, *parent.ancestors[: MAX_ANCESTORS - 1]], d.child_ns_pid, d.child_pid_ns))
+    def _build(self, item) -> Process:
+        if type(item) is tuple:
+            # A fork: the child starts as a copy of its parent then.
+            _, _, pid, ns_pid, pid_ns, parent_pid, entity, since, _, parent_entity, at = item
+            parent = self._version_at(parent_entity, at) or self._from_proc(parent_pid, parent_entity)
+            if parent is None:
+                # Neither seen nor in /proc any more: what the fork itself says.
+                return Process(pid, entity, "", None, None, False, None, None, None, parent_pid, since, None, [],
+                               ns_pid, pid_ns)
+            ref = _ref(parent)
+            return Process(pid, entity, parent.name, parent.executable, parent.argv, parent.argv_truncated,
+                           parent.uid, parent.euid, parent.gid, parent.pid, since, ref,
+                           [ref, *parent.ancestors[: MAX_ANCESTORS - 1]], ns_pid, pid_ns)
+        ev = item
+        details = ev._details()
+        d = details.data
+        parent = self._version_at(d.parent_entity_id, ev.timestamp) or self._from_proc(d.ppid, d.parent_entity_id)
+        ref = _ref(parent) if parent is not None else None
+        ancestors = [ref, *parent.ancestors[: MAX_ANCESTORS - 1]] if parent is not None else []
+        return Process(ev.pid, details.entity_id, d.comm, d.resolved_executable or d.executable, d.argv,
+                       d.argv_truncated, d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid,
+                       d.pid_ns)
 
     def _add(self, since: int, process: Process) -> None:
-        """A new version of a process from since on (the first, or an exec)."""
+        """A new version of a process from since on (one read from /proc)."""
         entity = process.entity_id
         self._resolved.pop(entity, None)
         versions = self._versions.get(entity)
@@ -209,16 +271,15 @@ class ProcessTable:
         self._by_pid[process.pid] = entity
 
     @staticmethod
-    def _insert(versions: list, since: int, process: Process) -> None:
+    def _insert(versions: list, since: int, item) -> None:
         at = len(versions)
         while at and versions[at - 1][0] > since:  # nearly always at the end
             at -= 1
         if at and versions[at - 1][0] == since:
-            versions[at - 1] = (since, process)  # learned twice (two tracers): one version
-        else:
-            versions.insert(at, (since, process))
-            if len(versions) > MAX_VERSIONS:
-                del versions[0]
+            return  # learned twice (two tracers): one version
+        versions.insert(at, (since, item))
+        if len(versions) > MAX_VERSIONS:
+            del versions[0]
 
     def _forget(self, entities: list[int]) -> None:
         for entity in entities:
@@ -226,8 +287,11 @@ class ProcessTable:
             self._exited.pop(entity, None)
             self._workloads.pop(entity, None)
             self._resolved.pop(entity, None)
-            if versions and self._by_pid.get(versions[-1][1].pid) == entity:
-                del self._by_pid[versions[-1][1].pid]
+            if versions:
+                last = versions[-1][1]
+                pid = last[2] if type(last) is tuple else last.pid
+                if self._by_pid.get(pid) == entity:
+                    del self._by_pid[pid]
 
     # ---- resolving, when an event's workload is read ----
 
@@ -235,7 +299,7 @@ class ProcessTable:
         versions = self._versions.get(entity)
         if not versions:
             return None
-        return versions[self._pick(versions, timestamp)][1]
+        return self._materialized(entity, self._pick(versions, timestamp))
 
     @staticmethod
     def _pick(versions: list, timestamp: int) -> int:
@@ -279,7 +343,8 @@ class ProcessTable:
                 self._remember(entity, cgroup, (-1 << 63, 1 << 63, seen, wl))
             return wl
         i = self._pick(versions, ts)
-        since, process = versions[i]
+        process = self._materialized(entity, i)
+        since = versions[i][0]
         changed = self._as_seen(process, seen)
         if changed is not None:
             since, process = ts, changed

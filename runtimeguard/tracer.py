@@ -12,6 +12,7 @@ import contextlib
 import errno
 import math
 import os
+import struct
 import threading
 import time
 import weakref
@@ -41,6 +42,27 @@ _ERR_LEN = 8192
 
 _live: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
 _NO_LOCK = contextlib.nullcontext()
+
+
+# struct rg_table_entry (csrc/api.h), unpacked as the process table takes it.
+_TABLE_ENTRY = struct.Struct("=IIIIIIQqQQq")
+assert _TABLE_ENTRY.size == ffi.sizeof("struct rg_table_entry")
+
+
+def _table_entries(batch) -> Iterator[tuple]:
+    return _TABLE_ENTRY.iter_unpack(ffi.buffer(batch.table, batch.table_count * _TABLE_ENTRY.size))
+
+
+class _EventsOf:
+    """A batch's events by index, each built when the process table reads it."""
+
+    __slots__ = ("_batch",)
+
+    def __init__(self, batch: EventBatch):
+        self._batch = batch
+
+    def __getitem__(self, i: int) -> Event:
+        return self._batch.event(i)
 
 
 def _after_fork_in_child() -> None:
@@ -420,7 +442,7 @@ class Tracer:
     def _take_events(self, batch) -> list[Event]:
         events = batch_decoder.decode(ffi.buffer(batch.data, batch.len))
         if batch.table_count:
-            self._table.learn([events[i] for i in ffi.unpack(batch.table_events, batch.table_count)])
+            self._table.learn_entries(_table_entries(batch), events)
         if batch.unwanted:
             wanted = self._wanted_ids
             events = [ev for ev in events if ev.id in wanted]
@@ -431,7 +453,7 @@ class Tracer:
         rows = np.frombuffer(ffi.buffer(batch.rows, batch.count * ROW_SIZE), dtype=row_dtype()).copy()
         out = EventBatch(rows, bytes(ffi.buffer(batch.data, batch.len)))
         if batch.table_count:
-            self._table.learn([out.event(i) for i in ffi.unpack(batch.table_events, batch.table_count)])
+            self._table.learn_entries(_table_entries(batch), _EventsOf(out))
         if batch.unwanted:
             out = out.select(np.isin(rows["id"], list(self._wanted_ids)))
         return out

@@ -711,10 +711,10 @@ def decision(rule: str = "deny-loopback", target: str = "[::1]:443", pid: int = 
 
 def ring_lost(by_kind: dict[str, int], seq: int = 0) -> EventRecord:
     return EventRecord(timestamp=seq, id=9, name="lost", seq=seq,
-                 data=LostData(count=sum(by_kind.values()), by_kind=by_kind))
+                       data=LostData(count=sum(by_kind.values()), by_kind=by_kind))
 
 
-def key_of(ev: Event) -> tuple:
+def key_of(ev: EventRecord) -> tuple:
     return (ev.policy.rule, ev.target_context.formatted, ev.pid, ev.action)
 
 
