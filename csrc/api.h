@@ -31,6 +31,7 @@ struct rg_stats {
 	unsigned long long malformed;  /* records too short or of unknown kind: skipped */
 	unsigned long long bytes;      /* ring-buffer bytes consumed */
 	unsigned long long polls;
+	unsigned long long poll_cpu_ns; /* CPU the polls took (drain, encode, process table): the rest is Python's */
 	unsigned long long ring_size;
 	unsigned long long ring_used;  /* unread bytes right now */
 	unsigned long long file_judge_asked;  /* fanotify permission events answered */
@@ -72,12 +73,14 @@ struct rg_table_entry {
 	unsigned int pid;             /* the process; for a fork, the child */
 	unsigned int ns_pid;          /* fork: the child's pid in its pid namespace */
 	unsigned int pid_ns;          /* fork: that namespace's inode */
-	unsigned int parent_pid;      /* fork: the parent */
+	unsigned int parent_pid;      /* the parent */
 	unsigned long long entity_id; /* the process; for a fork, the child */
 	long long since;              /* ns since the epoch: the exec, or the child's start */
 	unsigned long long cgroup_id;
-	unsigned long long parent_entity_id; /* fork: the parent */
+	unsigned long long parent_entity_id; /* the parent (an exec's, or the forking process) */
 	long long at;                 /* the event's time, ns since the epoch */
+	unsigned int details_offset;  /* an exec's details in the batch's data (the batch API: its record) */
+	unsigned int details_len;
 };
 
 struct rg_batch {
@@ -88,6 +91,13 @@ struct rg_batch {
 	unsigned int unwanted;           /* events of kinds outside wanted_mask */
 	const struct rg_table_entry *table; /* the exec, fork and exit events, in order */
 	unsigned int table_count;
+	/* What the process table met first in this batch, for the consumer to
+	 * look up while it exists: cgroups, and parents it did not know. */
+	unsigned int fresh_cgroup_count;
+	unsigned int stranger_count;
+	const unsigned long long *fresh_cgroups;
+	const unsigned int *stranger_pids;
+	const unsigned long long *stranger_entities;
 };
 
 struct rg_tracer;
@@ -132,6 +142,55 @@ int rg_cgroup_path(int mount_fd, unsigned long long cgroup_id, char *path, size_
 unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boottime_ns);
 /* CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns, right now. */
 long long rg_realtime_offset_ns(void);
+
+/* The process table's store (csrc/proctable.c; runtimeguard.processes):
+ * each process's versions in time order, learned from the entries of exec,
+ * fork and exit events (a Tracer given one learns as it polls), and versions
+ * made in Python (RG_VERSION_MADE: a msgpack Process). Thread-safe. */
+#define RG_VERSION_MADE 0
+#define RG_MAX_CGROUPS 65536
+#define RG_FRESH_CGROUPS 256
+struct rg_proc_version {
+	long long since;
+	long long until;              /* the next version's since; LLONG_MAX after the last */
+	unsigned int kind;            /* RG_KIND_PROCESS_EXEC, _FORK, or RG_VERSION_MADE */
+	unsigned int pid;
+	unsigned int ns_pid;          /* a fork's */
+	unsigned int pid_ns;
+	unsigned int parent_pid;
+	unsigned int details_len;     /* an exec's details, a made Process: they follow */
+	unsigned long long parent_entity_id;
+	long long at;                 /* the event's time */
+};
+struct rg_proc_table;
+struct rg_proc_table *rg_proc_table_new(unsigned int max_processes, unsigned int keep_exited,
+					unsigned int max_versions);
+void rg_proc_table_free(struct rg_proc_table *pt);
+/* Learns entries in stream order; data: the batch they index (raw: records kept by the batch API). */
+void rg_proc_table_learn(struct rg_proc_table *pt, const struct rg_table_entry *entries, unsigned int n,
+			 const unsigned char *data, int raw);
+/* A version made in Python: process is a msgpack Process of len bytes. */
+int rg_proc_table_add(struct rg_proc_table *pt, unsigned long long entity, unsigned int pid, long long since,
+		      const unsigned char *process, unsigned int len);
+/* The version of entity in effect at ts (the earliest, when ts precedes
+ * them all), written to out as a struct rg_proc_version and its details
+ * right after it (cap: sizeof(struct rg_proc_version) +
+ * RG_MAX_ENCODED_RECORD holds any). The details' length, or -ENOENT for an
+ * unknown entity. */
+int rg_proc_table_find(struct rg_proc_table *pt, unsigned long long entity, long long ts, unsigned char *out,
+		       size_t cap);
+/* Only the since of that version: 1, or 0 for an unknown entity. */
+int rg_proc_table_since(struct rg_proc_table *pt, unsigned long long entity, long long ts, long long *since);
+unsigned long long rg_proc_table_by_pid(struct rg_proc_table *pt, unsigned int pid);
+unsigned int rg_proc_table_count(struct rg_proc_table *pt);
+/* Parents the table did not know when a child of theirs was learned (they
+ * predate the tracer), since the last call: to read from /proc at once. */
+unsigned int rg_proc_table_strangers(struct rg_proc_table *pt, unsigned int *pids, unsigned long long *entities,
+				     unsigned int cap);
+/* Cgroups seen first since the last call (at most cap of them). */
+unsigned int rg_proc_table_fresh_cgroups(struct rg_proc_table *pt, unsigned long long *out, unsigned int cap);
+/* The table this tracer's polls teach (NULL: none); it must outlive the tracer. */
+void rg_tracer_set_proc_table(struct rg_tracer *t, struct rg_proc_table *pt);
 
 /* Encodes records laid out as [u32 length][record]... exactly as the ring
  * buffer consumer would (msgpack events); used to test the encoder with

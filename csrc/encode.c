@@ -825,8 +825,32 @@ static void add_table_entry(struct rg_encoder *enc, struct rg_output *o, const s
 		e->pid = h->pid;
 		e->entity_id = entity;
 		e->since = at;
+		if (h->kind == RG_KIND_PROCESS_EXEC) {
+			const struct rg_exec_record *r = (const void *)h;
+			e->parent_pid = r->ppid;
+			e->parent_entity_id = r->parent_start_boottime ? rg_entity_id(r->ppid, r->parent_start_boottime) : 0;
+		}
 	}
 	o->table_count++;
+}
+
+/* An exec's entry learns where its details (or, kept raw, its record) went. */
+static void table_entry_details(struct rg_output *o, unsigned int entries_before)
+{
+	struct rg_table_entry *e;
+
+	if (o->table_count == entries_before)
+		return;
+	e = &o->table[o->table_count - 1];
+	if (e->kind != RG_KIND_PROCESS_EXEC)
+		return;
+	if (o->raw) {
+		e->details_offset = o->rows[o->count - 1].details_offset;
+		e->details_len = o->rows[o->count - 1].details_len;
+	} else {
+		e->details_offset = o->details_at;
+		e->details_len = o->w.len - o->details_at;
+	}
 }
 
 int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *data, size_t len)
@@ -838,6 +862,7 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 		return 0;
 	}
 	enc->delivered[h->kind]++;
+	unsigned int entries_before = o->table_count;
 	if (o->table && (h->kind == RG_KIND_PROCESS_EXEC || h->kind == RG_KIND_PROCESS_FORK ||
 			 h->kind == RG_KIND_PROCESS_EXIT)) {
 		int as_event = !(o->table_only >> h->kind & 1);
@@ -847,6 +872,7 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 	}
 	if (o->raw) {
 		keep_record(enc, o, h);
+		table_entry_details(o, entries_before);
 		return 1;
 	}
 	switch (h->kind) {
@@ -861,6 +887,7 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 	case RG_KIND_NAMESPACE_DENIED: encode_namespace(enc, o, data); break;
 	default: encode_block(enc, o, data); break;
 	}
+	table_entry_details(o, entries_before);
 	return 1;
 }
 

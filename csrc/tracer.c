@@ -170,6 +170,11 @@ struct sensor {
 
 struct rg_tracer {
 	struct rg_options opts;
+	struct rg_proc_table *proc_table; /* taught by every poll; not ours */
+	unsigned long long fresh_cgroups[RG_FRESH_CGROUPS];
+	unsigned int stranger_pids[RG_FRESH_CGROUPS];
+	unsigned long long stranger_entities[RG_FRESH_CGROUPS];
+	unsigned long long poll_cpu_ns;
 	struct sensor sensors[SENSOR_COUNT];
 	struct bpf_link *links[MAX_LINKS];
 	int n_links;
@@ -844,7 +849,7 @@ static int drain(struct rg_tracer *t, long long now)
  * threshold), when max_latency_ms has passed since the last drain, or when
  * the caller's timeout runs out. Batches stay large, and no record waits in
  * the ring much longer than max_latency_ms. */
-int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, int columnar, struct rg_batch *out)
+static int poll_batch(struct rg_tracer *t, int timeout_ms, int columnar, struct rg_batch *out)
 {
 	long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
 	struct epoll_event ev;
@@ -893,7 +898,39 @@ int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, int columnar, struct rg_
 	out->unwanted = t->batch_unwanted;
 	out->table = t->out.table;
 	out->table_count = t->out.table_count;
+	out->fresh_cgroup_count = out->stranger_count = 0;
+	out->fresh_cgroups = t->fresh_cgroups;
+	out->stranger_pids = t->stranger_pids;
+	out->stranger_entities = t->stranger_entities;
+	if (t->proc_table && t->out.table_count) {
+		rg_proc_table_learn(t->proc_table, t->out.table, t->out.table_count, t->out.w.buf, columnar);
+		out->fresh_cgroup_count = rg_proc_table_fresh_cgroups(t->proc_table, t->fresh_cgroups, RG_FRESH_CGROUPS);
+		out->stranger_count = rg_proc_table_strangers(t->proc_table, t->stranger_pids, t->stranger_entities,
+							      RG_FRESH_CGROUPS);
+	}
 	return t->out.count;
+}
+
+static long long thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int rg_tracer_poll(struct rg_tracer *t, int timeout_ms, int columnar, struct rg_batch *out)
+{
+	long long start = thread_cpu_ns();
+	int ret = poll_batch(t, timeout_ms, columnar, out);
+
+	t->poll_cpu_ns += thread_cpu_ns() - start;
+	return ret;
+}
+
+void rg_tracer_set_proc_table(struct rg_tracer *t, struct rg_proc_table *pt)
+{
+	t->proc_table = pt;
 }
 
 int rg_tracer_epoll_fd(struct rg_tracer *t)
@@ -924,6 +961,7 @@ void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out)
 	out->malformed = t->enc.malformed;
 	out->bytes = t->bytes;
 	out->polls = t->polls;
+	out->poll_cpu_ns = t->poll_cpu_ns;
 	out->ring_size = t->opts.ring_bytes;
 	out->ring_used = prod - cons;
 }

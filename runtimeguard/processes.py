@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import time
 import threading
 from typing import Callable, Iterable, Optional
@@ -24,6 +25,7 @@ from typing import Callable, Iterable, Optional
 import msgspec
 
 from . import schema
+from ._native import ffi, lib
 from .schema import Container, Event, Process, ProcessRef, Workload
 
 MAX_ANCESTORS = 8
@@ -32,6 +34,14 @@ KEEP_EXITED = 2048
 MAX_VERSIONS = 8  # per process: an exec or a change of credentials or name adds one
 CGROUP_RESCAN_INTERVAL_S = 1.0
 _EXEC, _FORK, _EXIT = (schema.EVENT_IDS[n] for n in ("process_exec", "process_fork", "process_exit"))
+_LATEST = (1 << 63) - 1
+_NOT_SEEN = object()
+# struct rg_proc_version (csrc/api.h), and room for it and any details after it.
+_VERSION = struct.Struct("=qqIIIIIIQq")
+assert _VERSION.size == ffi.sizeof("struct rg_proc_version")
+_FOUND_SIZE = _VERSION.size + lib.RG_MAX_ENCODED_RECORD
+_process_encoder = msgspec.msgpack.Encoder()
+_process_decoder = msgspec.msgpack.Decoder(Process)
 
 _CONTAINER_PATTERNS = [
     (re.compile(r"docker-([0-9a-f]{64})\.scope"), "docker"),
@@ -104,210 +114,195 @@ class CgroupPaths:
 
 
 class ProcessTable:
-    """Processes by entity id, each a list of (since, Process) versions in
-    time order; since is the epoch ns from which the version holds."""
+    """Processes by entity id, each with its versions in time order (since:
+    the epoch ns from which a version holds).
+
+    The versions live in the native store (csrc/proctable.c), which every
+    Tracer's polls teach as they drain the ring: an exec, fork or exit costs
+    no Python when it happens. A Process is built from a version the first
+    time it is read (an exec's from its event, a fork's from its parent's
+    version then) and kept. Versions made here (a process read from /proc,
+    credentials or a name an event showed) go to the store as msgpack."""
 
     def __init__(self, entity_id: Callable[[int, int], int], realtime_offset_ns: Callable[[], int],
                  cgroup_mount: Optional[str], cgroup_path: Optional[Callable[[int], Optional[str]]] = None):
         self._entity_id = entity_id
         self._realtime_offset_ns = realtime_offset_ns
         self._ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-        self._versions: dict[int, list[tuple[int, Process]]] = {}
-        self._by_pid: dict[int, int] = {}
-        # entity id -> (version since, cgroup id) -> Workload.
-        self._workloads: dict[int, dict[tuple[int, int], Workload]] = {}
-        # The last answer per process and cgroup: entity id -> cgroup id ->
-        # (from, until, the credentials and name it was for, Workload). An
-        # event in that window with the same credentials gets it at once.
-        self._resolved: dict[int, dict[int, tuple]] = {}
-        self._exited: dict[int, None] = {}
+        store = lib.rg_proc_table_new(MAX_PROCESSES, KEEP_EXITED, MAX_VERSIONS)
+        if store == ffi.NULL:
+            raise MemoryError("allocating the process table")
+        self.native = ffi.gc(store, lib.rg_proc_table_free)
+        # (entity id, since) -> the Process built from that version.
+        self._built: dict[tuple[int, int], Process] = {}
+        # (entity id, since, cgroup id) -> (the credentials and name it was
+        # for, Workload): an event of that version, seeing the same, gets it at once.
+        self._workloads: dict[tuple[int, int, int], tuple] = {}
         self._cgroups = CgroupPaths(cgroup_mount, cgroup_path)
-        # Tracers poll from their own threads; events are read from any.
-        self._lock = threading.Lock()
+        self._containers: dict[str, Optional[Container]] = {}
+        self._buffers = threading.local()
+        # Versions are made here from any thread that reads events.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
-        return len(self._versions)
+        return lib.rg_proc_table_count(self.native)
 
     def get(self, entity_id: int) -> Optional[Process]:
         """The latest version of a process."""
-        versions = self._versions.get(entity_id)
-        return self._materialized(entity_id, len(versions) - 1) if versions else None
+        found = self._version_at(entity_id, _LATEST)
+        return found[2] if found else None
 
     def by_pid(self, pid: int) -> Optional[Process]:
         """The process now holding pid, from the table or /proc."""
         with self._lock:
-            entity = self._by_pid.get(pid)
+            entity = lib.rg_proc_table_by_pid(self.native, pid)
             return self.get(entity) if entity else self._from_proc(pid, 0)
 
-    # ---- learning: exec, fork and exit events, in stream order ----
-    #
-    # Learning only files each event under its process (a version pending
-    # until read); the Process is built when a version is first read. An
-    # exec costs the consumer a few list and dict operations, and a process
-    # nobody asks about costs nothing more.
+    def meet(self, batch) -> None:
+        """What a poll's batch (rg_batch) showed the table first, looked up
+        while it exists, since workloads are resolved when read, possibly
+        after: the paths of new cgroups (ids are never reused), and the
+        parents that predate the tracer, from /proc."""
+        self.name_cgroups(ffi.unpack(batch.fresh_cgroups, batch.fresh_cgroup_count))
+        if batch.stranger_count:
+            with self._lock:
+                for i in range(batch.stranger_count):
+                    entity = batch.stranger_entities[i]
+                    if not lib.rg_proc_table_since(self.native, entity, _LATEST, self._found().since):
+                        self._from_proc(batch.stranger_pids[i], entity)
+
+    def name_cgroups(self, cgroup_ids: Iterable[int]) -> None:
+        for cgroup in cgroup_ids:
+            self._cgroups.path(cgroup)
+
+    # ---- learning, for events that did not come through a Tracer's poll ----
 
     def learn(self, events: list[Event]) -> None:
         """Learns from exec, fork and exit events, in stream order (others are
-        ignored), decoding them to find their processes. A Tracer hands the
-        native consumer's entries to learn_entries instead."""
-        entries = []
-        for i, ev in enumerate(events):
+        ignored), as a Tracer's poll does from the native consumer's entries."""
+        entries = ffi.new("struct rg_table_entry[]", max(1, len(events)))
+        blob, n, cgroups = bytearray(), 0, set()
+        for ev in events:
             kind = ev.id
             if kind != _EXEC and kind != _FORK and kind != _EXIT:
                 continue
             d = ev._details()
+            e = entries[n]
+            e.kind, e.entity_id, e.cgroup_id, e.at, e.pid, e.since = kind, d.entity_id, d.cgroup_id, \
+                ev.timestamp, ev.pid, ev.timestamp
             if kind == _FORK:
                 f = d.data
-                entries.append((i, kind, f.child_pid, f.child_ns_pid or 0, f.child_pid_ns or 0, ev.pid,
-                                f.child_entity_id, f.child_start_time, d.cgroup_id, d.entity_id, ev.timestamp))
-            elif kind == _EXIT or d.data.return_code == 0:  # a failed exec changes nothing
-                entries.append((i, kind, ev.pid, 0, 0, 0, d.entity_id, ev.timestamp, d.cgroup_id, 0, ev.timestamp))
-        self.learn_entries(entries, events)
+                e.pid, e.entity_id, e.since = f.child_pid, f.child_entity_id, f.child_start_time
+                e.ns_pid, e.pid_ns = f.child_ns_pid or 0, f.child_pid_ns or 0
+                e.parent_pid, e.parent_entity_id = ev.pid, d.entity_id
+            elif kind == _EXEC:
+                if d.data.return_code != 0:
+                    continue  # a failed exec changes nothing
+                details = ev.details if ev.encoded else schema._encode_details(ev.details, ev.timestamp)
+                e.parent_pid, e.parent_entity_id = d.data.ppid, d.data.parent_entity_id
+                e.details_offset, e.details_len = len(blob), len(details)
+                blob += details
+            cgroups.add(d.cgroup_id)
+            n += 1
+        lib.rg_proc_table_learn(self.native, entries, n, ffi.from_buffer(bytes(blob) or b"\0"), 0)
+        self.name_cgroups(cgroups)
 
-    def learn_entries(self, entries: Iterable[tuple], events) -> None:
-        """entries: (event index, kind, pid, ns pid, pid namespace, parent
-        pid, entity id, since, cgroup id, parent entity id, event time), as
-        the native consumer's rg_table_entry lays them out (csrc/api.h);
-        events[index] is an exec's event. A fork's entry is its whole story:
-        it is kept as it is until read."""
-        with self._lock:
-            all_versions, by_pid, exited, cgroups = self._versions, self._by_pid, self._exited, self._cgroups
-            for entry in entries:
-                kind, pid, entity, since, cgroup = entry[1], entry[2], entry[6], entry[7], entry[8]
-                if kind == _EXIT:
-                    if entity in all_versions:
-                        exited[entity] = None
-                        if len(exited) > KEEP_EXITED + KEEP_EXITED // 4:  # forget in chunks, not one per exit
-                            self._forget(list(exited)[: len(exited) - KEEP_EXITED])
-                    continue
-                # The cgroup's path now, while it exists: workloads are resolved
-                # when read, possibly after the cgroup is gone (ids are never reused).
-                if cgroup not in cgroups.known:
-                    cgroups.path(cgroup)
-                item = events[entry[0]] if kind == _EXEC else entry
-                versions = all_versions.get(entity)
-                if versions is None:
-                    if len(all_versions) >= MAX_PROCESSES:
-                        self._forget(list(all_versions)[: MAX_PROCESSES // 4])
-                    all_versions[entity] = [(since, item)]
-                else:
-                    self._resolved.pop(entity, None)
-                    if versions[-1][0] < since:
-                        versions.append((since, item))
-                        if len(versions) > MAX_VERSIONS:
-                            del versions[0]
-                    else:
-                        self._insert(versions, since, item)
-                by_pid[pid] = entity
+    # ---- building a Process from a version, when first read ----
 
-    # ---- building a version when it is first read ----
-    #
-    # A version still unread is the exec's Event, or the fork's table entry.
+    def _found(self):
+        """This thread's buffers for the native store's answers."""
+        b = self._buffers
+        if not hasattr(b, "out"):
+            b.out = ffi.new("unsigned char[]", _FOUND_SIZE)
+            b.view = memoryview(ffi.buffer(b.out))
+            b.since = ffi.new("long long *")
+        return b
 
-    def _materialized(self, entity: int, i: int) -> Process:
-        """Version i of a process, built now if it is still unread; its
-        ancestors that are still unread first (no recursion: a chain of
-        processes can be as long as the table)."""
-        chain, seen = [], set()
-        versions = self._versions[entity]
+    def _find(self, entity: int, timestamp: int, b) -> Optional[tuple]:
+        """The version of entity at timestamp, as struct rg_proc_version's
+        fields (since, until, kind, pid, ns pid, pid namespace, parent pid,
+        details length, parent entity id, event time); its details follow
+        it in b.view."""
+        if lib.rg_proc_table_find(self.native, entity, timestamp, b.out, _FOUND_SIZE) < 0:
+            return None
+        return _VERSION.unpack_from(b.view)
+
+    def _version_at(self, entity: int, timestamp: int) -> Optional[tuple[int, int, Process]]:
+        """(since, until, Process) of the version of entity in effect at
+        timestamp (the earliest, before them all); None if unknown."""
+        if not entity:
+            return None
+        b = self._found()
+        v = self._find(entity, timestamp, b)
+        if v is None:
+            return None
+        process = self._built.get((entity, v[0]))
+        if process is None:
+            process = self._build_chain(entity, v, b)
+        return v[0], v[1], process
+
+    def _build_chain(self, entity: int, v: tuple, b) -> Process:
+        """Builds the version v (just found), after those of its ancestors it
+        stands on that are unread too (no recursion: a chain of processes can
+        be as long as the table)."""
+        pending, seen = [], set()
         while True:
-            item = versions[i][1]
-            if type(item) is Process:
+            key = (entity, v[0])
+            if key in self._built:
                 break
-            chain.append((versions, i))
+            pending.append((key, v, b.view[_VERSION.size:_VERSION.size + v[7]].tobytes()))
             seen.add(entity)
-            if type(item) is tuple:
-                entity, at = item[9], item[10]
-            else:
-                entity, at = item._details().data.parent_entity_id, item.timestamp
-            parent_versions = self._versions.get(entity) if entity else None
-            if not parent_versions or entity in seen:  # (a loop only from records that lie)
+            entity = v[8]
+            if v[2] == lib.RG_VERSION_MADE or not entity or entity in seen:  # (a loop: records that lie)
                 break
-            versions, i = parent_versions, self._pick(parent_versions, at)
-        built = None
-        for versions, i in reversed(chain):
-            since, item = versions[i]
-            built = self._build(item)
-            versions[i] = (since, built)
-        return built if chain else item
+            v = self._find(entity, v[9], b)
+            if v is None:
+                break
+        built = self._built.get(key)
+        for key, v, details in reversed(pending):
+            built = self._build(key, v, details)
+            self._keep(key, built)
+        return built
+
+    def _keep(self, key: tuple[int, int], process: Process) -> None:
+        built = self._built
+        if len(built) >= 2 * MAX_PROCESSES:  # rebuilt from the store if read again
+            for old in list(built)[: MAX_PROCESSES // 2]:
+                del built[old]
+        built[key] = process
 
     # Processes are built positionally, in Process's field order: pid,
     # entity_id, name, executable, argv, argv_truncated, uid, euid, gid, ppid,
     # start_time, parent, ancestors, ns_pid, pid_ns.
 
-    def _build(self, item) -> Process:
-        if type(item) is tuple:
-            # A fork: the child starts as a copy of its parent then.
-            _, _, pid, ns_pid, pid_ns, parent_pid, entity, since, _, parent_entity, at = item
-            parent = self._version_at(parent_entity, at) or self._from_proc(parent_pid, parent_entity)
+    def _build(self, key: tuple[int, int], v: tuple, details: bytes) -> Process:
+        entity, since = key
+        _, _, kind, pid, ns_pid, pid_ns, parent_pid, _, parent_entity, at = v
+        if kind == lib.RG_VERSION_MADE:
+            return _process_decoder.decode(details)
+        found = self._version_at(parent_entity, at)
+        parent = found[2] if found else self._from_proc(parent_pid, parent_entity)
+        ref = _ref(parent) if parent is not None else None
+        ancestors = [ref, *parent.ancestors[: MAX_ANCESTORS - 1]] if parent is not None else []
+        if kind == _FORK:
+            # The child starts as a copy of its parent then.
             if parent is None:
                 # Neither seen nor in /proc any more: what the fork itself says.
                 return Process(pid, entity, "", None, None, False, None, None, None, parent_pid, since, None, [],
                                ns_pid, pid_ns)
-            ref = _ref(parent)
             return Process(pid, entity, parent.name, parent.executable, parent.argv, parent.argv_truncated,
-                           parent.uid, parent.euid, parent.gid, parent.pid, since, ref,
-                           [ref, *parent.ancestors[: MAX_ANCESTORS - 1]], ns_pid, pid_ns)
-        ev = item
-        details = ev._details()
-        d = details.data
-        parent = self._version_at(d.parent_entity_id, ev.timestamp) or self._from_proc(d.ppid, d.parent_entity_id)
-        ref = _ref(parent) if parent is not None else None
-        ancestors = [ref, *parent.ancestors[: MAX_ANCESTORS - 1]] if parent is not None else []
-        return Process(ev.pid, details.entity_id, d.comm, d.resolved_executable or d.executable, d.argv,
-                       d.argv_truncated, d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid,
-                       d.pid_ns)
+                           parent.uid, parent.euid, parent.gid, parent.pid, since, ref, ancestors, ns_pid, pid_ns)
+        d = schema._details_decoder.decode(details).data
+        return Process(pid, entity, d.comm, d.resolved_executable or d.executable, d.argv, d.argv_truncated,
+                       d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid, d.pid_ns)
 
     def _add(self, since: int, process: Process) -> None:
-        """A new version of a process from since on (one read from /proc)."""
-        entity = process.entity_id
-        self._resolved.pop(entity, None)
-        versions = self._versions.get(entity)
-        if versions is None:
-            if len(self._versions) >= MAX_PROCESSES:
-                self._forget(list(self._versions)[: MAX_PROCESSES // 4])
-            versions = self._versions[entity] = []
-        self._insert(versions, since, process)
-        self._by_pid[process.pid] = entity
-
-    @staticmethod
-    def _insert(versions: list, since: int, item) -> None:
-        at = len(versions)
-        while at and versions[at - 1][0] > since:  # nearly always at the end
-            at -= 1
-        if at and versions[at - 1][0] == since:
-            return  # learned twice (two tracers): one version
-        versions.insert(at, (since, item))
-        if len(versions) > MAX_VERSIONS:
-            del versions[0]
-
-    def _forget(self, entities: list[int]) -> None:
-        for entity in entities:
-            versions = self._versions.pop(entity, None)
-            self._exited.pop(entity, None)
-            self._workloads.pop(entity, None)
-            self._resolved.pop(entity, None)
-            if versions:
-                last = versions[-1][1]
-                pid = last[2] if type(last) is tuple else last.pid
-                if self._by_pid.get(pid) == entity:
-                    del self._by_pid[pid]
+        """A version made here: a process read from /proc, or one as an event saw it."""
+        encoded = _process_encoder.encode(process)
+        if lib.rg_proc_table_add(self.native, process.entity_id, process.pid, since, encoded, len(encoded)) == 0:
+            self._keep((process.entity_id, since), process)
 
     # ---- resolving, when an event's workload is read ----
-
-    def _version_at(self, entity: int, timestamp: int) -> Optional[Process]:
-        versions = self._versions.get(entity)
-        if not versions:
-            return None
-        return self._materialized(entity, self._pick(versions, timestamp))
-
-    @staticmethod
-    def _pick(versions: list, timestamp: int) -> int:
-        """The index of the version in effect at timestamp."""
-        for i in range(len(versions) - 1, -1, -1):
-            if versions[i][0] <= timestamp:
-                return i
-        return 0  # before the first version known: the earliest
 
     def workload(self, ev: Event) -> Workload:
         """ev's process as it was at ev's time, in ev's cgroup; a version is
@@ -315,12 +310,13 @@ class ProcessTable:
         have (a setuid() or prctl(PR_SET_NAME) since the exec or fork)."""
         d = ev._details()
         seen = (d.uid, d.euid, d.gid, d.comm)
-        entity, cgroup, ts = d.entity_id, d.cgroup_id, ev.timestamp
+        entity, cgroup = d.entity_id, d.cgroup_id
         if entity:
-            by_cgroup = self._resolved.get(entity)
-            hit = by_cgroup.get(cgroup) if by_cgroup is not None else None
-            if hit is not None and hit[0] <= ts < hit[1] and hit[2] == seen:
-                return hit[3]
+            since = self._found().since
+            if lib.rg_proc_table_since(self.native, entity, ev.timestamp, since):
+                hit = self._workloads.get((entity, since[0], cgroup))
+                if hit is not None and hit[0] == seen:
+                    return hit[1]
         with self._lock:
             return self._resolve(ev, seen)
 
@@ -328,44 +324,34 @@ class ProcessTable:
         entity, cgroup, ts = ev.entity_id, ev.cgroup_id, ev.timestamp
         if not entity and ev.pid:
             # Socket hooks cannot read the task: find the process by pid.
-            entity = self._by_pid.get(ev.pid) or 0
+            entity = lib.rg_proc_table_by_pid(self.native, ev.pid)
             if not entity:
                 found = self._from_proc(ev.pid, 0)
                 entity = found.entity_id if found else 0
-        versions = self._versions.get(entity) if entity else None
-        if versions is None and entity and self._from_proc(ev.pid, entity) is not None:
-            versions = self._versions.get(entity)
-        if not versions:
+        found = self._version_at(entity, ts)
+        if found is None and entity and self._from_proc(ev.pid, entity) is not None:
+            found = self._version_at(entity, ts)
+        if found is None:
             uid, euid, gid, comm = seen
-            wl = Workload(process=Process(pid=ev.pid, entity_id=entity, name=comm, uid=uid, euid=euid, gid=gid),
-                          cgroup=self._cgroups.path(cgroup), container=self._container(cgroup))
-            if entity and ev.entity_id:
-                self._remember(entity, cgroup, (-1 << 63, 1 << 63, seen, wl))
-            return wl
-        i = self._pick(versions, ts)
-        process = self._materialized(entity, i)
-        since = versions[i][0]
+            return Workload(process=Process(pid=ev.pid, entity_id=entity, name=comm, uid=uid, euid=euid, gid=gid),
+                            cgroup=self._cgroups.path(cgroup), container=self._container(cgroup))
+        since, _, process = found
         changed = self._as_seen(process, seen)
         if changed is not None:
             since, process = ts, changed
-            self._insert(versions, since, process)
-            self._resolved.pop(entity, None)
-            i = next(j for j, v in enumerate(versions) if v[0] == since)
-        until = versions[i + 1][0] if i + 1 < len(versions) else 1 << 63
-        by_key = self._workloads.setdefault(entity, {})
-        wl = by_key.get((since, cgroup))
-        if wl is None or wl.process is not process:
+            self._add(since, process)
+        key = (entity, since, cgroup)
+        hit = self._workloads.get(key)
+        if hit is not None and hit[1].process is process:
+            wl = hit[1]
+        else:
             path = self._cgroups.path(cgroup)
-            wl = by_key[(since, cgroup)] = Workload(
-                process=process, cgroup=path, container=container_from_cgroup(path) if path else None)
-        if ev.entity_id:
-            self._remember(entity, cgroup, (since, until, seen, wl))
+            wl = Workload(process=process, cgroup=path, container=self._container_of(path) if path else None)
+        if len(self._workloads) >= 2 * MAX_PROCESSES:
+            for old in list(self._workloads)[: MAX_PROCESSES // 2]:
+                del self._workloads[old]
+        self._workloads[key] = (seen, wl)
         return wl
-
-    def _remember(self, entity: int, cgroup: int, answer: tuple) -> None:
-        if len(self._resolved) > MAX_PROCESSES:
-            self._resolved.clear()
-        self._resolved.setdefault(entity, {})[cgroup] = answer
 
     @staticmethod
     def _as_seen(process: Process, seen: tuple) -> Optional[Process]:
@@ -385,13 +371,22 @@ class ProcessTable:
 
     def _container(self, cgroup_id: int) -> Optional[Container]:
         cgroup = self._cgroups.path(cgroup_id)
-        return container_from_cgroup(cgroup) if cgroup else None
+        return self._container_of(cgroup) if cgroup else None
+
+    def _container_of(self, path: str) -> Optional[Container]:
+        found = self._containers.get(path, _NOT_SEEN)
+        if found is _NOT_SEEN:
+            if len(self._containers) >= CgroupPaths.MAX_KNOWN:
+                self._containers.clear()
+            found = self._containers[path] = container_from_cgroup(path)
+        return found
 
     def name_of(self, pid: int, timestamp: int) -> Optional[str]:
         """The name of the process holding pid (a ptrace target)."""
         with self._lock:
-            entity = self._by_pid.get(pid)
-            process = self._version_at(entity, timestamp) if entity else self._from_proc(pid, 0)
+            entity = lib.rg_proc_table_by_pid(self.native, pid)
+            found = self._version_at(entity, timestamp) if entity else None
+            process = found[2] if found else self._from_proc(pid, 0)
             return process.name if process is not None and process.name else None
 
     def _from_proc(self, pid: int, entity_id: int, depth: int = 0) -> Optional[Process]:
@@ -435,7 +430,7 @@ class ProcessTable:
             pass
         parent = None
         if depth < MAX_ANCESTORS and ppid > 0:
-            parent_entity = self._by_pid.get(ppid)
+            parent_entity = lib.rg_proc_table_by_pid(self.native, ppid)
             parent = self.get(parent_entity) if parent_entity else None
             if parent is None:
                 parent = self._from_proc(ppid, 0, depth + 1)

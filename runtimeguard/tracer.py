@@ -12,7 +12,6 @@ import contextlib
 import errno
 import math
 import os
-import struct
 import threading
 import time
 import weakref
@@ -44,27 +43,6 @@ _live: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
 _NO_LOCK = contextlib.nullcontext()
 
 
-# struct rg_table_entry (csrc/api.h), unpacked as the process table takes it.
-_TABLE_ENTRY = struct.Struct("=IIIIIIQqQQq")
-assert _TABLE_ENTRY.size == ffi.sizeof("struct rg_table_entry")
-
-
-def _table_entries(batch) -> Iterator[tuple]:
-    return _TABLE_ENTRY.iter_unpack(ffi.buffer(batch.table, batch.table_count * _TABLE_ENTRY.size))
-
-
-class _EventsOf:
-    """A batch's events by index, each built when the process table reads it."""
-
-    __slots__ = ("_batch",)
-
-    def __init__(self, batch: EventBatch):
-        self._batch = batch
-
-    def __getitem__(self, i: int) -> Event:
-        return self._batch.event(i)
-
-
 def _after_fork_in_child() -> None:
     for tracer in list(_live):
         tracer._abandon()
@@ -90,6 +68,9 @@ class TracerStats(msgspec.Struct, frozen=True):
     polls: int
     processes: int
     """Processes in the table."""
+    poll_cpu_ns: int = 0
+    """CPU time the polls took in native code (draining the ring, encoding,
+    teaching the process table); the rest of a consumer's CPU is Python's."""
 
 
 class _Native:
@@ -279,6 +260,8 @@ class Tracer:
                 cgroup_mount = None
             self._table = shared_table(lib.rg_entity_id, lib.rg_realtime_offset_ns, cgroup_mount,
                                        lambda: _native_cgroup_path(cgroup_mount))
+            # Each poll teaches the table the batch's execs, forks and exits.
+            lib.rg_tracer_set_proc_table(handle, self._table.native)
             self._batch = ffi.new("struct rg_batch *")
             self._kernel_fds = _kernel_object_fds(set(os.listdir("/proc/self/fd")) - fds_before)
         except BaseException:
@@ -441,8 +424,8 @@ class Tracer:
 
     def _take_events(self, batch) -> list[Event]:
         events = batch_decoder.decode(ffi.buffer(batch.data, batch.len))
-        if batch.table_count:
-            self._table.learn_entries(_table_entries(batch), events)
+        if batch.fresh_cgroup_count or batch.stranger_count:
+            self._table.meet(batch)
         if batch.unwanted:
             wanted = self._wanted_ids
             events = [ev for ev in events if ev.id in wanted]
@@ -452,8 +435,8 @@ class Tracer:
         np = numpy_module()
         rows = np.frombuffer(ffi.buffer(batch.rows, batch.count * ROW_SIZE), dtype=row_dtype()).copy()
         out = EventBatch(rows, bytes(ffi.buffer(batch.data, batch.len)))
-        if batch.table_count:
-            self._table.learn_entries(_table_entries(batch), _EventsOf(out))
+        if batch.fresh_cgroup_count or batch.stranger_count:
+            self._table.meet(batch)
         if batch.unwanted:
             out = out.select(np.isin(rows["id"], list(self._wanted_ids)))
         return out
@@ -541,5 +524,5 @@ class Tracer:
             delivered=delivered, lost=lost, lost_total=sum(lost.values()), malformed=s.malformed,
             returned=self._returned, ring_buffer_size=s.ring_size, ring_buffer_used=s.ring_used,
             ring_buffer_fill=s.ring_used / s.ring_size if s.ring_size else 0.0, bytes=s.bytes,
-            polls=s.polls, processes=len(self._table) if self._table else 0,
+            polls=s.polls, processes=len(self._table) if self._table else 0, poll_cpu_ns=s.poll_cpu_ns,
         )

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtimeguard import schema
-from runtimeguard.processes import ProcessTable
+from runtimeguard.processes import MAX_VERSIONS, ProcessTable
 from runtimeguard.schema import EVENT_IDS, Event, FileOpenData, ProcessExecData, ProcessForkData
 
 FIRST_PID = 5_000_000  # above PID_MAX_LIMIT (2**22): no /proc entry
@@ -122,6 +122,9 @@ def test_a_fork_child_starts_as_its_parent(table):
 def test_learning_an_exec_twice_keeps_one_version(table):
     # Two tracers feed one table: the same exec arrives twice.
     pid = FIRST_PID + 40
-    table.learn([exec_event(pid, 1, timestamp=10)])
-    table.learn([exec_event(pid, 1, timestamp=10)])
-    assert len(table._versions[entity_of(pid)]) == 1
+    table.learn([exec_event(pid, 1, timestamp=5, image="a")])
+    # Were each a version of its own, these would push the first one out.
+    for _ in range(MAX_VERSIONS + 1):
+        table.learn([exec_event(pid, 1, timestamp=10, image="b")])
+    assert open_event(pid, 1, True, timestamp=7).workload.process.executable == f"/bin/p{pid}a"
+    assert open_event(pid, 1, True, timestamp=12).workload.process.executable == f"/bin/p{pid}b"
