@@ -182,6 +182,9 @@ int rg_proc_table_find(struct rg_proc_table *pt, unsigned long long entity, long
 /* Only the since of that version: 1, or 0 for an unknown entity. */
 int rg_proc_table_since(struct rg_proc_table *pt, unsigned long long entity, long long ts, long long *since);
 unsigned long long rg_proc_table_by_pid(struct rg_proc_table *pt, unsigned int pid);
+/* A counter that changes whenever a version is added: read it, unlocked, to
+ * know whether an answer found before still holds. */
+const unsigned long long *rg_proc_table_generation(struct rg_proc_table *pt);
 unsigned int rg_proc_table_count(struct rg_proc_table *pt);
 /* Parents the table did not know when a child of theirs was learned (they
  * predate the tracer), since the last call: to read from /proc at once. */

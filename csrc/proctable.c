@@ -36,6 +36,9 @@ struct process {
 
 struct rg_proc_table {
 	pthread_mutex_t lock;
+	/* Counts learns that added a version: an answer cached while it held
+	 * still holds (runtimeguard.processes reads it without the lock). */
+	unsigned long long generation;
 	unsigned int max_processes, keep_exited, max_versions;
 	/* entity -> process */
 	struct process **slots;
@@ -284,6 +287,7 @@ static void add_version(struct rg_proc_table *pt, struct process *p, long long s
 		if (at)
 			at--;
 	}
+	__atomic_add_fetch(&pt->generation, 1, __ATOMIC_RELEASE);
 	memmove(&p->versions[at + 1], &p->versions[at], (p->count - at) * sizeof(struct version));
 	p->versions[at] = (struct version){ .since = since, .entry = *entry, .details = details,
 					    .details_len = details_len };
@@ -467,6 +471,11 @@ int rg_proc_table_since(struct rg_proc_table *pt, unsigned long long entity, lon
 	}
 	pthread_mutex_unlock(&pt->lock);
 	return found;
+}
+
+const unsigned long long *rg_proc_table_generation(struct rg_proc_table *pt)
+{
+	return &pt->generation;
 }
 
 unsigned long long rg_proc_table_by_pid(struct rg_proc_table *pt, unsigned int pid)

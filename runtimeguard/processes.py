@@ -138,6 +138,11 @@ class ProcessTable:
         # (entity id, since, cgroup id) -> (the credentials and name it was
         # for, Workload): an event of that version, seeing the same, gets it at once.
         self._workloads: dict[tuple[int, int, int], tuple] = {}
+        # (entity id, cgroup id) -> (generation, from, until, credentials and
+        # name, Workload): the last answer, good for any event in [from,
+        # until) seeing the same while the store has learned no new version.
+        self._recent: dict[tuple[int, int], tuple] = {}
+        self._generation = lib.rg_proc_table_generation(self.native)
         self._cgroups = CgroupPaths(cgroup_mount, cgroup_path)
         self._containers: dict[str, Optional[Container]] = {}
         self._buffers = threading.local()
@@ -310,17 +315,23 @@ class ProcessTable:
         have (a setuid() or prctl(PR_SET_NAME) since the exec or fork)."""
         d = ev._details()
         seen = (d.uid, d.euid, d.gid, d.comm)
-        entity, cgroup = d.entity_id, d.cgroup_id
+        entity, cgroup, ts = d.entity_id, d.cgroup_id, ev.timestamp
         if entity:
-            since = self._found().since
-            if lib.rg_proc_table_since(self.native, entity, ev.timestamp, since):
-                hit = self._workloads.get((entity, since[0], cgroup))
-                if hit is not None and hit[0] == seen:
-                    return hit[1]
+            hit = self._recent.get((entity, cgroup))
+            if hit is not None and hit[0] == self._generation[0] and hit[1] <= ts < hit[2] and hit[3] == seen:
+                return hit[4]
         with self._lock:
-            return self._resolve(ev, seen)
+            generation = self._generation[0]
+            since, until, wl = self._resolve(ev, seen)
+            if entity:
+                recent = self._recent
+                if len(recent) >= 2 * MAX_PROCESSES:
+                    recent.clear()
+                recent[(entity, cgroup)] = (generation, since, until, seen, wl)
+            return wl
 
-    def _resolve(self, ev: Event, seen: tuple) -> Workload:
+    def _resolve(self, ev: Event, seen: tuple) -> tuple[int, int, Workload]:
+        """(since, until, Workload): the window of time it holds for."""
         entity, cgroup, ts = ev.entity_id, ev.cgroup_id, ev.timestamp
         if not entity and ev.pid:
             # Socket hooks cannot read the task: find the process by pid.
@@ -332,14 +343,17 @@ class ProcessTable:
         if found is None and entity and self._from_proc(ev.pid, entity) is not None:
             found = self._version_at(entity, ts)
         if found is None:
+            # Neither learned nor in /proc: the event says what it can (kept
+            # until the store learns something new, not read from /proc again).
             uid, euid, gid, comm = seen
-            return Workload(process=Process(pid=ev.pid, entity_id=entity, name=comm, uid=uid, euid=euid, gid=gid),
-                            cgroup=self._cgroups.path(cgroup), container=self._container(cgroup))
-        since, _, process = found
+            return -_LATEST - 1, _LATEST, Workload(
+                process=Process(pid=ev.pid, entity_id=entity, name=comm, uid=uid, euid=euid, gid=gid),
+                cgroup=self._cgroups.path(cgroup), container=self._container(cgroup))
+        since, until, process = found
         changed = self._as_seen(process, seen)
         if changed is not None:
-            since, process = ts, changed
-            self._add(since, process)
+            self._add(ts, changed)
+            since, until, process = self._version_at(entity, ts) or (ts, until, changed)
         key = (entity, since, cgroup)
         hit = self._workloads.get(key)
         if hit is not None and hit[1].process is process:
@@ -351,7 +365,7 @@ class ProcessTable:
             for old in list(self._workloads)[: MAX_PROCESSES // 2]:
                 del self._workloads[old]
         self._workloads[key] = (seen, wl)
-        return wl
+        return since, until, wl
 
     @staticmethod
     def _as_seen(process: Process, seen: tuple) -> Optional[Process]:

@@ -706,10 +706,28 @@ def _device_text(device: int) -> str:
 TRUNCATED = "[\u2026]"
 
 
+# Targets made lately, by what they are made from: most events touch what
+# others touched just before (the same files, the same peers), and a
+# TargetContext is frozen, so one serves them all.
+_targets: dict[tuple, TargetContext] = {}
+
+
+def _made_target(key: tuple, target: TargetContext) -> TargetContext:
+    if len(_targets) >= 4096:
+        _targets.clear()
+    _targets[key] = target
+    return target
+
+
 def _inode_target(path: Optional[str], device: int, inode: int, cut: bool = False) -> TargetContext:
+    key = (path, device, inode, cut)
+    target = _targets.get(key)
+    if target is not None:
+        return target
     where = f"inode {inode} on {_device_text(device)}"
     shown = f"{path}{TRUNCATED}" if cut else path
-    return TargetContext("inode", f"{shown} ({where})" if path else where, None, None, device, inode, path or None)
+    return _made_target(key, TargetContext("inode", f"{shown} ({where})" if path else where, None, None, device,
+                                           inode, path or None))
 
 
 def _pid_target(pid: int, timestamp: int) -> TargetContext:
@@ -720,8 +738,12 @@ def _pid_target(pid: int, timestamp: int) -> TargetContext:
 
 
 def _net_target(family: str, address: str, port: int) -> TargetContext:
-    return TargetContext(family, f"[{address}]:{port}" if family == "ipv6" else f"{address}:{port}",  # type: ignore
-                         address, port)
+    key = (family, address, port)
+    target = _targets.get(key)
+    if target is not None:
+        return target
+    return _made_target(key, TargetContext(
+        family, f"[{address}]:{port}" if family == "ipv6" else f"{address}:{port}", address, port))  # type: ignore
 
 
 def _decision_target(ev: "Event", data, t: _Target) -> Optional[TargetContext]:

@@ -92,6 +92,20 @@ def test_an_event_gets_the_image_it_ran_under_whenever_it_is_read(before, betwee
         assert events[i].workload.process.executable == expected[i]
 
 
+@given(gap=st.integers(1, 10**9))
+def test_an_answer_read_before_an_exec_is_not_kept_past_it(gap):
+    # The last version's answer holds "until further notice": an exec learned
+    # after it was read must end it.
+    table = ProcessTable(lambda pid, start: entity_of(pid), lambda: 0, None)
+    schema.set_resolver(table)
+    pid = FIRST_PID + 30
+    table.learn([exec_event(pid, 1, timestamp=0, image="a")])
+    assert open_event(pid, 1, True, timestamp=10, comm="").workload.process.executable == f"/bin/p{pid}a"
+    table.learn([exec_event(pid, 1, timestamp=20, image="b")])
+    assert open_event(pid, 1, True, timestamp=20 + gap, comm="").workload.process.executable == f"/bin/p{pid}b"
+    assert open_event(pid, 1, True, timestamp=15, comm="").workload.process.executable == f"/bin/p{pid}a"
+
+
 def test_credentials_and_name_follow_the_events(table):
     # After setuid(65534) and prctl(PR_SET_NAME) the events say so, and the
     # process record from then on; an earlier event read later does not.
