@@ -193,6 +193,22 @@ static __always_inline void rg_submit(void *rec)
 	bpf_ringbuf_submit(rec, flags);
 }
 
+/* Sends a record built elsewhere (a per-CPU scratch) whose header rg_claim
+ * filled, size bytes of it; a record the ring cannot take is counted lost. */
+static __always_inline void rg_send(void *rec, __u32 kind, __u64 size)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&rg_events, BPF_RB_AVAIL_DATA) >= rg_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&rg_events, rec, size, flags) < 0) {
+		__u32 zero = 0;
+		struct rg_counters *counters = bpf_map_lookup_elem(&rg_counters, &zero);
+		if (counters && kind < RG_KIND_SLOTS)
+			__sync_fetch_and_add(&counters->lost[kind], 1);
+	}
+}
+
 /* Whether a string read with bpf_probe_read_{user,kernel}_str() into size
  * bytes was cut. Those return size (the NUL counted) both for a string that
  * fits exactly (size - 1 bytes, then its NUL) and for a longer one (cut, a

@@ -129,6 +129,8 @@ struct rg_exit_record {
 	unsigned int pad;
 };
 
+/* Sent with only the bytes its text uses (a record of variable length, at
+ * least offsetof(text)): most opens name short paths. */
 struct rg_file_record {
 	struct rg_header hdr;
 	long long retval; /* fd, or -errno */
@@ -139,11 +141,12 @@ struct rg_file_record {
 	unsigned int syscall; /* RG_OPEN_* */
 	unsigned char path_truncated;
 	unsigned char resolved_truncated;
-	unsigned short resolved_start; /* resolved_path's text starts here; RG_PATH_LEN - 1: none */
-	/* The opened file's path, whatever the caller passed (relative, through
-	 * symlinks or /proc/self/fd): a successful open only. */
-	char resolved_path[RG_PATH_LEN];
-	char path[RG_PATH_LEN]; /* as the caller passed it */
+	unsigned short path_len;     /* text's first bytes: the path as the caller passed it (no NUL) */
+	unsigned short resolved_len; /* the bytes after it: the opened file's own path, whatever the
+				      * caller passed (relative, through symlinks or /proc/self/fd);
+				      * a successful open only */
+	unsigned short pad[3];
+	char text[2 * RG_PATH_LEN];
 };
 
 struct rg_net_record {

@@ -50,6 +50,18 @@ static __always_inline void rg_emit_proc_mem(struct rg_syscall_args *args, long 
 	rg_submit(e);
 }
 
+struct rg_file_scratch {
+	struct rg_file_record record;
+	char walk[2 * RG_PATH_LEN]; /* the resolved path, written backward (rg_file_path) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rg_file_scratch);
+} rg_file_scratch SEC(".maps");
+
 static __always_inline int rg_open_exit(long ret, __u32 syscall)
 {
 	struct rg_syscall_args saved, *args = &saved;
@@ -67,29 +79,36 @@ static __always_inline int rg_open_exit(long ret, __u32 syscall)
 	if (!rg_kind_enabled(RG_KIND_FILE_OPEN))
 		return 0;
 
-	struct rg_file_record *e = rg_reserve(struct rg_file_record, RG_KIND_FILE_OPEN);
-	if (!e)
+	/* Built in a per-CPU scratch, then sent with only the bytes its text uses. */
+	__u32 zero = 0;
+	struct rg_file_scratch *scratch = bpf_map_lookup_elem(&rg_file_scratch, &zero);
+	if (!scratch)
 		return 0;
+	struct rg_file_record *e = rg_claim(&scratch->record, RG_KIND_FILE_OPEN, true, NULL);
 	e->retval = ret;
 	e->flags = args->arg1;
 	e->mode = args->arg2;
 	e->syscall = args->syscall;
 	e->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
 	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
 	const char *path = (const char *)args->arg0;
-	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), path);
-	if (n < 0)
-		e->path[0] = 0;
-	e->path_truncated = rg_user_str_cut(n, sizeof(e->path), path);
+	long n = bpf_probe_read_user_str(e->text, RG_PATH_LEN, path);
+	e->path_truncated = rg_user_str_cut(n, RG_PATH_LEN, path);
+	__u32 path_len = n > 0 ? n - 1 : 0;
+	e->path_len = path_len;
+	e->resolved_len = 0;
+	e->resolved_truncated = 0;
 	if (file) {
 		__u8 unlinked;
-		e->resolved_start = rg_file_path(file, e->resolved_path, &e->resolved_truncated, &unlinked);
-	} else {
-		e->resolved_start = RG_PATH_LEN - 1;
-		e->resolved_truncated = 0;
-		e->resolved_path[RG_PATH_LEN - 1] = 0;
+		__u32 start = rg_file_path(file, scratch->walk, &e->resolved_truncated, &unlinked);
+		__u32 len = RG_PATH_LEN - 1 - start;
+		bpf_probe_read_kernel(&e->text[path_len & (RG_PATH_LEN - 1)], len & (RG_PATH_LEN - 1),
+				      &scratch->walk[start & (RG_PATH_LEN - 1)]);
+		e->resolved_len = len;
 	}
-	rg_submit(e);
+	rg_send(e, RG_KIND_FILE_OPEN, offsetof(struct rg_file_record, text) + (path_len & (RG_PATH_LEN - 1)) +
+					       (e->resolved_len & (RG_PATH_LEN - 1)));
 	return 0;
 }
 

@@ -442,19 +442,17 @@ static void encode_file(struct rg_encoder *enc, struct rg_output *o, const struc
 {
 	struct mp_writer *w = &o->w;
 
-	size_t path_len = cstr_len(r->path, sizeof(r->path));
-	int path_raw = !utf8_valid(r->path, path_len);
-	/* The opened file's path sits at the end of resolved_path (written backward). */
-	size_t resolved_at = r->resolved_start < RG_PATH_LEN - 1 ? r->resolved_start : RG_PATH_LEN - 1;
-	const char *resolved_text = r->resolved_path + resolved_at;
-	size_t resolved_len = cstr_len(resolved_text, RG_PATH_LEN - resolved_at);
-	int resolved_raw = resolved_len && !utf8_valid(resolved_text, resolved_len);
+	/* rg_encode_record checked that the text's lengths fit the record. */
+	size_t path_len = r->path_len;
+	const char *resolved_text = r->text + path_len;
+	size_t resolved_len = r->resolved_len;
+	int path_raw = !utf8_valid(r->text, path_len), resolved_raw = resolved_len && !utf8_valid(resolved_text, resolved_len);
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
 	data_begin(o, "file_open");
 	key(o, "path");
-	mp_text_known(w, r->path, path_len, !path_raw);
+	mp_text_known(w, r->text, path_len, !path_raw);
 	key(o, "flags");
 	mp_uint(w, r->flags);
 	key(o, "mode");
@@ -482,7 +480,7 @@ static void encode_file(struct rg_encoder *enc, struct rg_output *o, const struc
 	}
 	if (path_raw) {
 		key(o, "path_bytes");
-		mp_bin(w, r->path, path_len);
+		mp_bin(w, r->text, path_len);
 	}
 	if (resolved_raw) {
 		key(o, "resolved_path_bytes");
@@ -755,6 +753,23 @@ static void encode_namespace(struct rg_encoder *enc, struct rg_output *o, const 
 	event_end(o);
 }
 
+/* The shortest a record of kind may be: a file record's text only holds
+ * what it uses. */
+static size_t kind_min_size(unsigned int kind)
+{
+	return kind == RG_KIND_FILE_OPEN ? offsetof(struct rg_file_record, text) : kind_sizes[kind];
+}
+
+/* Whether a record's text lengths stay within it (and their limits). */
+static int text_fits(const struct rg_header *h, size_t len)
+{
+	if (h->kind != RG_KIND_FILE_OPEN)
+		return 1;
+	const struct rg_file_record *r = (const void *)h;
+	return r->path_len < RG_PATH_LEN && r->resolved_len < RG_PATH_LEN &&
+	       offsetof(struct rg_file_record, text) + r->path_len + r->resolved_len <= len;
+}
+
 /* The bytes of a record worth keeping: up to the end of its trailing path,
  * where it has one (most of a file record is an unused path buffer). */
 static size_t record_used(const struct rg_header *h)
@@ -763,7 +778,7 @@ static size_t record_used(const struct rg_header *h)
 
 	if (h->kind == RG_KIND_FILE_OPEN) {
 		const struct rg_file_record *r = (const void *)h;
-		return offsetof(struct rg_file_record, path) + strnlen(r->path, sizeof(r->path));
+		return offsetof(struct rg_file_record, text) + r->path_len + r->resolved_len;
 	}
 	if (h->kind >= RG_KIND_CONNECT_DENIED) {
 		const struct rg_block_record *r = (const void *)h;
@@ -857,7 +872,8 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 {
 	const struct rg_header *h = data;
 
-	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !kind_sizes[h->kind] || len < kind_sizes[h->kind]) {
+	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !kind_sizes[h->kind] || len < kind_min_size(h->kind) ||
+	    !text_fits(h, len)) {
 		enc->malformed++;
 		return 0;
 	}

@@ -141,8 +141,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         # Against the line as fixed for the exact boundary (256 bytes of room,
         # the NUL included: a path of 255 bytes fits, 256 is cut); the
         # mutation is the bug that fix removed.
-        "\te->path_truncated = rg_user_str_cut(n, sizeof(e->path), path);",
-        "\te->path_truncated = n == sizeof(e->path); /* mutated */",
+        "\te->path_truncated = rg_user_str_cut(n, RG_PATH_LEN, path);",
+        "\te->path_truncated = n == RG_PATH_LEN; /* mutated */",
         ("tests/test_events.py", "tests/test_tracer.py", "tests/test_encoder.py", "tests/test_*truncat*.py"),
         "file_open's path_truncated off by one: a path of exactly 255 bytes (it fits) is marked truncated"),
     Mutation(
@@ -231,6 +231,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "\t*unlinked = 0; /* mutated */",
         ("tests/test_resolved_paths.py",),
         "a memfd or deleted executable is not flagged fileless"),
+    Mutation(
+        "process-answer-outlives-an-exec", "csrc/proctable.c",
+        "\t__atomic_add_fetch(&pt->generation, 1, __ATOMIC_RELEASE);",
+        "\t/* mutated: the generation never moves */",
+        ("tests/test_processes.py",),
+        "a workload answered before an exec is still given for events after it"),
+    Mutation(
+        "resolved-path-copied-short", "bpf/file.bpf.c",
+        "\t\t__u32 len = RG_PATH_LEN - 1 - start;",
+        "\t\t__u32 len = RG_PATH_LEN - 2 - start; /* mutated */",
+        ("tests/test_resolved_paths.py",),
+        "the resolved path loses its last byte on the way into the record"),
     Mutation(
         "non-socket-protocol-left-stale", "bpf/net.bpf.c",
         "\te->protocol = e->sock_type = 0; /* unknown unless the descriptor is a socket */",

@@ -259,11 +259,12 @@ def model(rec_bytes: bytes) -> Flat:
             duration_ns=max(0, h.timestamp_ns - h.start_boottime),
         )
     elif kind == lib.RG_KIND_FILE_OPEN:
-        resolved = resolved_text(r.resolved_path, r.resolved_start)
-        path = kernel_text(cstr(r.path))
+        text = field_bytes(r.text)
+        path_b, resolved = text[:r.path_len], text[r.path_len:r.path_len + r.resolved_len]
+        path = kernel_text(path_b)
         major, minor = r.dev >> 20, r.dev & 0xFFFFF
         data = schema.FileOpenData(
-            path_bytes=None if utf8(cstr(r.path)) else cstr(r.path),
+            path_bytes=None if utf8(path_b) else path_b,
             path=path, path_truncated=bool(r.path_truncated), flags=r.flags, mode=r.mode,
             result=r.retval, device=os.makedev(major, minor), inode=r.ino,
             syscall={1: "open", 3: "openat2", 4: "creat"}.get(r.syscall, "openat"),
@@ -359,6 +360,19 @@ def put(arr, data: bytes) -> None:
     ffi.memmove(arr, data, len(data))
 
 
+def put_file_text(rec, path: bytes, resolved: bytes = b"") -> None:
+    """A file record's text, as the kernel packs it: the path as passed, then
+    the resolved one, each only as long as it is."""
+    assert len(path) < 256 and len(resolved) < 256
+    rec.path_len, rec.resolved_len = len(path), len(resolved)
+    put(rec.text, path + resolved)
+
+
+def file_record_sent(rec) -> bytes:
+    """The bytes the kernel sends of a file record: up to its text's end."""
+    return raw(rec)[: ffi.offsetof("struct rg_file_record", "text") + rec.path_len + rec.resolved_len]
+
+
 def put_resolved(draw, field, start_name: str, rec) -> None:
     """A path written backward, as the kernel's dentry walk does: its text
     ends at the field's last byte; or anything at all, any start."""
@@ -440,8 +454,11 @@ def file_records(draw):
     rec.flags, rec.mode = draw(U32), draw(U32)
     rec.syscall = draw(st.one_of(st.integers(1, 4), U32))
     rec.path_truncated = draw(st.sampled_from([0, 1]))
-    put(rec.path, draw(cstring_field(256)))
-    put_resolved(draw, rec.resolved_path, "resolved_start", rec)
+    path = draw(kernel_bytes(255))
+    resolved = draw(st.one_of(st.just(b""), kernel_bytes(255)))
+    put_file_text(rec, path, resolved)
+    # Beyond the text it uses, anything: the record is sent without it.
+    put(rec.text[len(path) + len(resolved):512], draw(st.binary(max_size=512 - len(path) - len(resolved))))
     rec.resolved_truncated = draw(st.sampled_from([0, 1]))
     return rec
 
@@ -657,8 +674,8 @@ def test_file_device_is_user_space_dev_t(major, minor, ino, retval):
     rec.dev = major << 20 | minor  # the kernel's dev_t (MKDEV)
     rec.ino = ino
     rec.retval = retval
-    put(rec.path, b"/etc/shadow")
-    ev = encode_one(raw(rec))
+    put_file_text(rec, b"/etc/shadow")
+    ev = encode_one(file_record_sent(rec))
     assert ev.data.device == os.makedev(major, minor)
     assert os.major(ev.data.device) == major and os.minor(ev.data.device) == minor
     assert ev.data.inode == ino
@@ -681,8 +698,8 @@ def test_real_stat_device_matches():
     rec.hdr.kind = lib.RG_KIND_FILE_OPEN
     rec.dev = os.major(st_.st_dev) << 20 | os.minor(st_.st_dev)
     rec.ino = st_.st_ino
-    put(rec.path, b"/")
-    ev = encode_one(raw(rec))
+    put_file_text(rec, b"/")
+    ev = encode_one(file_record_sent(rec))
     assert (ev.data.device, ev.data.inode) == (st_.st_dev, st_.st_ino)
 
 
@@ -764,6 +781,21 @@ def test_malformed_records_are_counted_and_skipped(items):
     assert events == [model(b) for b in good]
 
 
+@given(path_len=st.integers(0, 2**16 - 1), resolved_len=st.integers(0, 2**16 - 1), cut=st.integers(0, 600))
+def test_file_text_lengths_past_the_record_are_malformed(path_len, resolved_len, cut):
+    # The text holds only what its lengths say: lengths past the bytes
+    # received, or past their limits, make the record malformed, never a read
+    # beyond it.
+    rec = ffi.new("struct rg_file_record *")
+    rec.hdr.kind = lib.RG_KIND_FILE_OPEN
+    rec.path_len, rec.resolved_len = path_len, resolved_len
+    head = ffi.offsetof("struct rg_file_record", "text")
+    sent = raw(rec)[: head + cut]
+    fits = path_len < 256 and resolved_len < 256 and head + path_len + resolved_len <= len(sent)
+    malformed, events = encode([sent])
+    assert (len(events), malformed) == ((1, 0) if fits else (0, 1))
+
+
 def test_lost_kind_from_the_ring_is_malformed():
     # "lost" notices are made by the consumer, never read from the ring.
     rec = ffi.new("struct rg_exit_record *")
@@ -787,6 +819,13 @@ def well_formed(rec: bytes) -> bool:
     if len(rec) < HEADER_SIZE:
         return False
     kind = struct.unpack_from("<I", rec, KIND_OFFSET)[0]
+    if kind == lib.RG_KIND_FILE_OPEN:
+        # Only as long as its text: the lengths say how long.
+        head = ffi.offsetof("struct rg_file_record", "text")
+        if len(rec) < head:
+            return False
+        path_len, resolved_len = struct.unpack_from("<HH", rec, ffi.offsetof("struct rg_file_record", "path_len"))
+        return path_len < 256 and resolved_len < 256 and head + path_len + resolved_len <= len(rec)
     return kind in RECORD_SIZES and len(rec) >= RECORD_SIZES[kind]
 
 
@@ -880,8 +919,8 @@ def test_path_bytes_always_decode(path):
     rec = ffi.new("struct rg_file_record *")
     rec.hdr.kind = lib.RG_KIND_FILE_OPEN
     rec.ino, rec.retval = 7, 3
-    put(rec.path, path)
-    ev = encode_one(raw(rec))
+    put_file_text(rec, path)
+    ev = encode_one(file_record_sent(rec))
     expected = kernel_text(path)
     assert ev.data.path == expected
     assert ev.target_context.path == (expected or None)
