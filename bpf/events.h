@@ -24,26 +24,36 @@
  * names and mount points; a deeper one is cut at its start. */
 #define RG_PATH_DEPTH 40
 
-/* Record kinds. Numbers are the stable event ids of the Python registry
- * (runtimeguard/schema.py): add-only, never renumbered. */
-#define RG_KIND_PROCESS_EXEC 1
-#define RG_KIND_PROCESS_FORK 2
-#define RG_KIND_PROCESS_EXIT 3
-#define RG_KIND_FILE_OPEN 4
-#define RG_KIND_NET_CONNECT 5
-#define RG_KIND_NET_SENDMSG 6
-#define RG_KIND_PTRACE 7
-#define RG_KIND_PROCESS_MEMORY 8
-#define RG_KIND_LOST 9
-/* Guard decisions. */
-#define RG_KIND_CONNECT_DENIED 10
-#define RG_KIND_EXFIL_BLOCKED 11
-#define RG_KIND_OPEN_INODE 12
-#define RG_KIND_MIRAGE_TRAP 13
-#define RG_KIND_PTRACE_DENIED 14
-/* 15 (mode_changed) is made by the guard in user space. */
-#define RG_KIND_PROTECTED_FILE_CHANGED 16
-#define RG_KIND_NAMESPACE_DENIED 17
+/* Every event kind, the one table: X(NAME, id, name, record size,
+ * decision). The ids are the stable event ids of the Python registry
+ * (runtimeguard/schema.py reads this table through rg_kinds): add-only,
+ * never renumbered. Record size 0: made in user space, never by a BPF
+ * program. decision: a guard's decision (it carries an action and a target). */
+#define RG_EVENT_KINDS(X)                                                                \
+	X(PROCESS_EXEC, 1, "process_exec", sizeof(struct rg_exec_record), 0)               \
+	X(PROCESS_FORK, 2, "process_fork", sizeof(struct rg_fork_record), 0)               \
+	X(PROCESS_EXIT, 3, "process_exit", sizeof(struct rg_exit_record), 0)               \
+	X(FILE_OPEN, 4, "file_open", sizeof(struct rg_file_record), 0)                     \
+	X(NET_CONNECT, 5, "net_connect", sizeof(struct rg_net_record), 0)                  \
+	X(NET_SENDMSG, 6, "net_sendmsg", sizeof(struct rg_net_record), 0)                  \
+	X(PTRACE, 7, "ptrace", sizeof(struct rg_ptrace_record), 0)                         \
+	X(PROCESS_MEMORY, 8, "process_memory", sizeof(struct rg_memory_record), 0)         \
+	X(LOST, 9, "lost", 0, 0)                                                           \
+	X(CONNECT_DENIED, 10, "connect_denied", sizeof(struct rg_block_record), 1)         \
+	X(EXFIL_BLOCKED, 11, "exfil_blocked", sizeof(struct rg_block_record), 1)           \
+	X(OPEN_INODE, 12, "open_inode", sizeof(struct rg_block_record), 1)                 \
+	X(MIRAGE_TRAP, 13, "mirage_trap", sizeof(struct rg_block_record), 1)               \
+	X(PTRACE_DENIED, 14, "ptrace_denied", sizeof(struct rg_block_record), 1)           \
+	X(MODE_CHANGED, 15, "mode_changed", 0, 0)                                          \
+	X(PROTECTED_FILE_CHANGED, 16, "protected_file_changed", sizeof(struct rg_block_record), 1) \
+	X(NAMESPACE_DENIED, 17, "namespace_denied", sizeof(struct rg_block_record), 1)
+
+enum rg_kind {
+#define RG_KIND_ID(NAME, id, name, size, decision) RG_KIND_##NAME = id,
+	RG_EVENT_KINDS(RG_KIND_ID)
+#undef RG_KIND_ID
+};
+
 /* Size of the per-kind counter arrays; kinds stay below it. */
 #define RG_KIND_SLOTS 32
 

@@ -7,6 +7,14 @@
 
 #include "events.h"
 
+/* The kinds table (RG_EVENT_KINDS in events.h), for Python. */
+struct rg_kind_info {
+	const char *name;         /* NULL: no kind has this id */
+	unsigned int record_size; /* 0: made in user space */
+	unsigned int decision;    /* a guard's decision */
+};
+extern const struct rg_kind_info rg_kinds[RG_KIND_SLOTS];
+
 /* Room one encoded record may take at most (exec: argv and path, escaped). */
 #define RG_MAX_ENCODED_RECORD 8192
 

@@ -15,41 +15,10 @@
 #include "api.h"
 #include "encode.h"
 
-static const char *const kind_names[RG_KIND_SLOTS] = {
-	[RG_KIND_PROCESS_EXEC] = "process_exec",
-	[RG_KIND_PROCESS_FORK] = "process_fork",
-	[RG_KIND_PROCESS_EXIT] = "process_exit",
-	[RG_KIND_FILE_OPEN] = "file_open",
-	[RG_KIND_NET_CONNECT] = "net_connect",
-	[RG_KIND_NET_SENDMSG] = "net_sendmsg",
-	[RG_KIND_PTRACE] = "ptrace",
-	[RG_KIND_PROCESS_MEMORY] = "process_memory",
-	[RG_KIND_LOST] = "lost",
-	[RG_KIND_CONNECT_DENIED] = "connect_denied",
-	[RG_KIND_EXFIL_BLOCKED] = "exfil_blocked",
-	[RG_KIND_OPEN_INODE] = "open_inode",
-	[RG_KIND_MIRAGE_TRAP] = "mirage_trap",
-	[RG_KIND_PTRACE_DENIED] = "ptrace_denied",
-	[RG_KIND_PROTECTED_FILE_CHANGED] = "protected_file_changed",
-	[RG_KIND_NAMESPACE_DENIED] = "namespace_denied",
-};
-
-static const size_t kind_sizes[RG_KIND_SLOTS] = {
-	[RG_KIND_PROCESS_EXEC] = sizeof(struct rg_exec_record),
-	[RG_KIND_PROCESS_FORK] = sizeof(struct rg_fork_record),
-	[RG_KIND_PROCESS_EXIT] = sizeof(struct rg_exit_record),
-	[RG_KIND_FILE_OPEN] = sizeof(struct rg_file_record),
-	[RG_KIND_NET_CONNECT] = sizeof(struct rg_net_record),
-	[RG_KIND_NET_SENDMSG] = sizeof(struct rg_net_record),
-	[RG_KIND_PTRACE] = sizeof(struct rg_ptrace_record),
-	[RG_KIND_PROCESS_MEMORY] = sizeof(struct rg_memory_record),
-	[RG_KIND_CONNECT_DENIED] = sizeof(struct rg_block_record),
-	[RG_KIND_EXFIL_BLOCKED] = sizeof(struct rg_block_record),
-	[RG_KIND_OPEN_INODE] = sizeof(struct rg_block_record),
-	[RG_KIND_MIRAGE_TRAP] = sizeof(struct rg_block_record),
-	[RG_KIND_PTRACE_DENIED] = sizeof(struct rg_block_record),
-	[RG_KIND_PROTECTED_FILE_CHANGED] = sizeof(struct rg_block_record),
-	[RG_KIND_NAMESPACE_DENIED] = sizeof(struct rg_block_record),
+const struct rg_kind_info rg_kinds[RG_KIND_SLOTS] = {
+#define RG_KIND_INFO(NAME, id, name, size, decision) [id] = { name, size, decision },
+	RG_EVENT_KINDS(RG_KIND_INFO)
+#undef RG_KIND_INFO
 };
 
 static void mp_name(struct mp_writer *w, const char *s) { mp_str_raw(w, s, strlen(s)); }
@@ -533,7 +502,7 @@ static void encode_net(struct rg_encoder *enc, struct rg_output *o, const struct
 
 	event_begin(enc, o, &r->hdr, 0, 0);
 	o->row.result = r->retval;
-	data_begin(o, kind_names[r->hdr.kind]);
+	data_begin(o, rg_kinds[r->hdr.kind].name);
 	key(o, "family");
 	mp_family(w, r->family);
 	key(o, "protocol");
@@ -649,7 +618,7 @@ static void encode_block(struct rg_encoder *enc, struct rg_output *o, const stru
 	const char *raw_family = r->family == AF_INET ? "ipv4" : r->family == AF_INET6 ? "ipv6" : "packet";
 
 	event_begin(enc, o, &r->hdr, r->action, 1);
-	data_begin(o, kind_names[kind]);
+	data_begin(o, rg_kinds[kind].name);
 	encode_decision_fields(o, r, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
 				     : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : raw ? -4 : (long long)r->rule_index);
 	if (raw || net) {
@@ -757,7 +726,7 @@ static void encode_namespace(struct rg_encoder *enc, struct rg_output *o, const 
  * what it uses. */
 static size_t kind_min_size(unsigned int kind)
 {
-	return kind == RG_KIND_FILE_OPEN ? offsetof(struct rg_file_record, text) : kind_sizes[kind];
+	return kind == RG_KIND_FILE_OPEN ? offsetof(struct rg_file_record, text) : rg_kinds[kind].record_size;
 }
 
 /* Whether a record's text lengths stay within it (and their limits). */
@@ -774,7 +743,7 @@ static int text_fits(const struct rg_header *h, size_t len)
  * where it has one (most of a file record is an unused path buffer). */
 static size_t record_used(const struct rg_header *h)
 {
-	size_t size = kind_sizes[h->kind];
+	size_t size = rg_kinds[h->kind].record_size;
 
 	if (h->kind == RG_KIND_FILE_OPEN) {
 		const struct rg_file_record *r = (const void *)h;
@@ -872,7 +841,7 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 {
 	const struct rg_header *h = data;
 
-	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !kind_sizes[h->kind] || len < kind_min_size(h->kind) ||
+	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !rg_kinds[h->kind].record_size || len < kind_min_size(h->kind) ||
 	    !text_fits(h, len)) {
 		enc->malformed++;
 		return 0;
@@ -917,14 +886,14 @@ int rg_encode_details(const void *record, size_t len, long long timestamp, unsig
 	const struct rg_header *h = record;
 
 	/* Kept records may end before their path buffer does: pad them back. */
-	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !kind_sizes[h->kind] || len > sizeof(padded))
+	if (len < sizeof(*h) || h->kind >= RG_KIND_SLOTS || !rg_kinds[h->kind].record_size || len > sizeof(padded))
 		return -EINVAL;
 	if (cap < RG_MAX_ENCODED_RECORD)
 		return -ENOBUFS;
 	memcpy(padded, record, len);
 	/* The offset the consumer used for the row's timestamp, for the other times. */
 	enc.realtime_offset_ns = timestamp - (long long)h->timestamp_ns;
-	if (!rg_encode_record(&enc, &o, padded, kind_sizes[h->kind]))
+	if (!rg_encode_record(&enc, &o, padded, rg_kinds[h->kind].record_size))
 		return -EINVAL;
 	return o.w.len;
 }
@@ -952,8 +921,8 @@ void rg_encode_lost(struct rg_encoder *enc, struct rg_output *o, const unsigned 
 	for (int k = 0; k < RG_KIND_SLOTS; k++) {
 		if (!lost_delta[k])
 			continue;
-		if (kind_names[k]) {
-			mp_name(w, kind_names[k]);
+		if (rg_kinds[k].name) {
+			mp_name(w, rg_kinds[k].name);
 		} else {
 			char name[16];
 			mp_str_raw(w, name, snprintf(name, sizeof(name), "kind-%d", k));

@@ -47,48 +47,16 @@ from ._native import ffi, lib
 # workload.process.executable is the executed file's own path.
 SCHEMA_VERSION = "1.5"
 
-# The event registry: name -> stable id. Add-only; an id is never reused or
-# renumbered. The kernel record kinds in bpf/events.h use the same numbers.
+# The event registry: name -> stable id, from the one table of kinds
+# (RG_EVENT_KINDS in bpf/events.h, which the kernel records use too).
+# Add-only; an id is never reused or renumbered.
 EVENT_IDS: dict[str, int] = {
-    "process_exec": 1,
-    "process_fork": 2,
-    "process_exit": 3,
-    "file_open": 4,
-    "net_connect": 5,
-    "net_sendmsg": 6,
-    "ptrace": 7,
-    "process_memory": 8,
-    "lost": 9,
-    "connect_denied": 10,
-    "exfil_blocked": 11,
-    "open_inode": 12,
-    "mirage_trap": 13,
-    "ptrace_denied": 14,
-    "mode_changed": 15,
-    "protected_file_changed": 16,
-    "namespace_denied": 17,
+    ffi.string(lib.rg_kinds[k].name).decode(): k for k in range(lib.RG_KIND_SLOTS) if lib.rg_kinds[k].name
 }
 EVENT_NAMES: dict[int, str] = {v: k for k, v in EVENT_IDS.items()}
-
-EventName = Literal[
-    "process_exec",
-    "process_fork",
-    "process_exit",
-    "file_open",
-    "net_connect",
-    "net_sendmsg",
-    "ptrace",
-    "process_memory",
-    "lost",
-    "connect_denied",
-    "exfil_blocked",
-    "open_inode",
-    "mirage_trap",
-    "ptrace_denied",
-    "mode_changed",
-    "protected_file_changed",
-    "namespace_denied",
-]
+EventName = Literal[tuple(EVENT_IDS)]  # type: ignore[valid-type]
+# The guard's decisions: they carry an action and a target.
+BLOCK_EVENTS = tuple(name for name, k in EVENT_IDS.items() if lib.rg_kinds[k].decision)
 
 Action = Literal["observed", "blocked", "would_block", "killed"]
 
@@ -447,8 +415,6 @@ EventData = Union[
     NamespaceDeniedData,
 ]
 
-BLOCK_EVENTS = ("connect_denied", "exfil_blocked", "open_inode", "mirage_trap", "ptrace_denied",
-                "protected_file_changed", "namespace_denied")
 
 
 class EventRecord(msgspec.Struct, omit_defaults=True, gc=False):

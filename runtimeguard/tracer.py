@@ -26,9 +26,9 @@ from .errors import BPFError, TracerStateError
 from .processes import ProcessTable, shared_table
 from .schema import BLOCK_EVENTS, EVENT_IDS, Event, batch_decoder
 
-#: Every event a Tracer can deliver ("lost" notices are always delivered).
-ALL_EVENTS = ("process_exec", "process_fork", "process_exit", "file_open", "net_connect",
-              "net_sendmsg", "ptrace", "process_memory")
+#: Every event a Tracer can deliver ("lost" notices are always delivered):
+#: the kinds the sensors record that are not a guard's decisions.
+ALL_EVENTS = tuple(name for name, k in EVENT_IDS.items() if lib.rg_kinds[k].record_size and name not in BLOCK_EVENTS)
 #: The default set: file_open is a firehose host-wide, so it is opt-in.
 DEFAULT_EVENTS = tuple(e for e in ALL_EVENTS if e != "file_open")
 # The process table needs these whatever the caller asked for.

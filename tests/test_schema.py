@@ -276,26 +276,19 @@ def test_schema_documents_detected_not_prevented_default_true(validator):
 
 # ---------------------------------------------------------------- the registry
 
-KIND_CONSTANTS = {
-    "process_exec": "RG_KIND_PROCESS_EXEC",
-    "process_fork": "RG_KIND_PROCESS_FORK",
-    "process_exit": "RG_KIND_PROCESS_EXIT",
-    "file_open": "RG_KIND_FILE_OPEN",
-    "net_connect": "RG_KIND_NET_CONNECT",
-    "net_sendmsg": "RG_KIND_NET_SENDMSG",
-    "ptrace": "RG_KIND_PTRACE",
-    "process_memory": "RG_KIND_PROCESS_MEMORY",
-    "lost": "RG_KIND_LOST",
-    "connect_denied": "RG_KIND_CONNECT_DENIED",
-    "exfil_blocked": "RG_KIND_EXFIL_BLOCKED",
-    "open_inode": "RG_KIND_OPEN_INODE",
-    "mirage_trap": "RG_KIND_MIRAGE_TRAP",
-    "ptrace_denied": "RG_KIND_PTRACE_DENIED",
-    "protected_file_changed": "RG_KIND_PROTECTED_FILE_CHANGED",  # by the LSM hooks, and by fanotify in Python
-    "namespace_denied": "RG_KIND_NAMESPACE_DENIED",
+# The ids published so far: the registry may grow, never renumber.
+PUBLISHED_IDS = {
+    "process_exec": 1, "process_fork": 2, "process_exit": 3, "file_open": 4, "net_connect": 5,
+    "net_sendmsg": 6, "ptrace": 7, "process_memory": 8, "lost": 9, "connect_denied": 10, "exfil_blocked": 11,
+    "open_inode": 12, "mirage_trap": 13, "ptrace_denied": 14, "mode_changed": 15, "protected_file_changed": 16,
+    "namespace_denied": 17,
 }
-# Made in Python, never by the kernel.
-USER_SPACE_EVENTS = {"mode_changed"}
+# Made in user space: no BPF program writes a record of them.
+USER_SPACE_EVENTS = {"lost", "mode_changed"}
+RECORD_TYPES = {"process_exec": "struct rg_exec_record", "process_fork": "struct rg_fork_record",
+                "process_exit": "struct rg_exit_record", "file_open": "struct rg_file_record",
+                "net_connect": "struct rg_net_record", "net_sendmsg": "struct rg_net_record",
+                "ptrace": "struct rg_ptrace_record", "process_memory": "struct rg_memory_record"}
 
 
 def test_event_ids_are_unique_and_positive():
@@ -305,12 +298,25 @@ def test_event_ids_are_unique_and_positive():
     assert schema.EVENT_NAMES == {v: k for k, v in schema.EVENT_IDS.items()}
 
 
-def test_kernel_kinds_match_the_registry():
+def test_the_registry_only_grows():
+    for name, event_id in PUBLISHED_IDS.items():
+        assert schema.EVENT_IDS.get(name) == event_id, name
+
+
+def test_the_kinds_table_says_what_each_kind_is():
     lib = pytest.importorskip("runtimeguard._native").lib
-    assert set(KIND_CONSTANTS) == set(schema.EVENT_IDS) - USER_SPACE_EVENTS
-    for name, const in KIND_CONSTANTS.items():
-        assert getattr(lib, const) == schema.EVENT_IDS[name], const
+    ffi = pytest.importorskip("runtimeguard._native").ffi
     assert max(schema.EVENT_IDS.values()) < lib.RG_KIND_SLOTS
+    for name, k in schema.EVENT_IDS.items():
+        info = lib.rg_kinds[k]
+        assert getattr(lib, f"RG_KIND_{name.upper()}") == k
+        decision = name in schema.BLOCK_EVENTS
+        assert bool(info.decision) == decision == issubclass(DATA_TYPES[name], schema._Decision), name
+        if name in USER_SPACE_EVENTS:
+            assert info.record_size == 0, name
+        else:
+            record = "struct rg_block_record" if decision else RECORD_TYPES[name]
+            assert info.record_size == ffi.sizeof(record), name
 
 
 def test_names_literal_and_data_union_cover_the_registry():
