@@ -73,36 +73,10 @@ static int capture_libbpf(enum libbpf_print_level level, const char *fmt, va_lis
 }
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static unsigned long long boot_hash;
-static unsigned long long ns_per_tick = 10000000ULL;
-
-static unsigned long long mix64(unsigned long long x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ULL;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebULL;
-	x ^= x >> 31;
-	return x;
-}
 
 static void init_globals(void)
 {
-	char id[64] = "";
-	int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-	long tck = sysconf(_SC_CLK_TCK);
-
 	libbpf_set_print(capture_libbpf);
-	if (fd >= 0) {
-		if (read(fd, id, sizeof(id) - 1) < 0)
-			id[0] = 0;
-		close(fd);
-	}
-	boot_hash = 0x243f6a8885a308d3ULL;
-	for (const char *p = id; *p; p++)
-		boot_hash = mix64(boot_hash ^ (unsigned char)*p);
-	if (tck > 0)
-		ns_per_tick = 1000000000ULL / tck;
 }
 
 static void log_reset(void)
@@ -129,24 +103,6 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
 	if (libbpf_log_len && n < errlen)
 		snprintf(err + n, errlen - n, "\n%s", libbpf_log);
 	return code;
-}
-
-unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boottime_ns)
-{
-	pthread_once(&init_once, init_globals);
-	/* Start time at clock-tick resolution, as /proc/<pid>/stat reports it,
-	 * so processes found in /proc get the same id as those seen by BPF. */
-	unsigned long long ticks = start_boottime_ns / ns_per_tick;
-	return mix64(boot_hash ^ mix64(((unsigned long long)pid << 40) ^ ticks)) >> 1;
-}
-
-long long rg_realtime_offset_ns(void)
-{
-	struct timespec real, boot;
-
-	clock_gettime(CLOCK_REALTIME, &real);
-	clock_gettime(CLOCK_BOOTTIME, &boot);
-	return (real.tv_sec - boot.tv_sec) * 1000000000LL + (real.tv_nsec - boot.tv_nsec);
 }
 
 /* ---- sensors ---- */

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 DEPS = os.path.join(BUILD, "deps")
 SKELETONS = os.path.join(BUILD, "bpf")
-SOURCES = ["csrc/tracer.c", "csrc/encode.c", "csrc/filejudge.c", "csrc/proctable.c"]
+SOURCES = ["csrc/tracer.c", "csrc/encode.c", "csrc/filejudge.c", "csrc/proctable.c", "csrc/identity.c"]
 
 
 def _run(argv):

@@ -152,7 +152,7 @@ def kernel_text(b: bytes) -> str:
 
 # ---------------------------------------------------------------- entity ids, independently
 #
-# The entity id, as csrc/tracer.c documents it: a 64-bit hash of the boot
+# The entity id, as csrc/identity.c documents it: a 64-bit hash of the boot
 # (each byte of /proc/sys/kernel/random/boot_id as read, its newline too,
 # folded into 0x243f6a8885a308d3 with mix64), the pid (shifted up 40 bits)
 # and the start time in clock ticks (as /proc/<pid>/stat reports it), halved
