@@ -280,12 +280,15 @@ static void add_version(struct rg_proc_table *pt, struct process *p, long long s
 		return;
 	}
 	if (p->count == pt->max_versions) {
-		/* The oldest version goes. */
+		/* The oldest version goes: this one, if it is older than them all. */
+		if (!at) {
+			free(details);
+			return;
+		}
 		free(p->versions[0].details);
 		memmove(&p->versions[0], &p->versions[1], (p->count - 1) * sizeof(struct version));
 		p->count--;
-		if (at)
-			at--;
+		at--;
 	}
 	__atomic_add_fetch(&pt->generation, 1, __ATOMIC_RELEASE);
 	memmove(&p->versions[at + 1], &p->versions[at], (p->count - at) * sizeof(struct version));

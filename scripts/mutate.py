@@ -238,6 +238,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_processes.py",),
         "a workload answered before an exec is still given for events after it"),
     Mutation(
+        "process-deletion-leaves-a-hole", "csrc/proctable.c",
+        "\tBACKWARD_SHIFT(pt, i, pt->slots[j_], hash64(pt->slots[j_]->entity), pt->slots[hole_] = pt->slots[j_],\n"
+        "\t\t       pt->slots[j_] = NULL);",
+        "\tpt->slots[i] = NULL; /* mutated: no backward shift */",
+        ("tests/test_proctable.py",),
+        "forgetting a process cuts the probe chain: processes learned after it in the chain are lost"),
+    Mutation(
         "resolved-path-copied-short", "bpf/file.bpf.c",
         "\t\t__u32 len = RG_PATH_LEN - 1 - start;",
         "\t\t__u32 len = RG_PATH_LEN - 2 - start; /* mutated */",
