@@ -49,6 +49,9 @@ def details(ev: Event) -> str:
         # argv cut at its limit ends in the marker; so does an executable shown for it.
         text = " ".join(d.argv) + (TRUNCATED if d.argv_truncated else "") if d.argv else (
             d.executable + (TRUNCATED if d.executable_truncated else ""))
+        if d.fileless:
+            # Nothing on disk ran: what did is named (a memfd, a deleted file).
+            text += f" [fileless: {d.resolved_executable}]"
         return text if d.return_code >= 0 else f"{text} -> {_errno_name(d.return_code)}"
     if name == "process_fork":
         return f"child {d.child_pid}"

@@ -71,6 +71,14 @@ def test_an_argv_with_terminal_escapes_is_shown_escaped():
     assert "\\x1b[2J\\x1b]0;owned\\x07 a\\rb" in line
 
 
+def test_a_fileless_exec_says_so():
+    data = ProcessExecData(executable="/dev/fd/3", argv=["x"], comm="3", uid=0, euid=0, gid=0, ppid=1,
+                           parent_entity_id=0, start_time=0, return_code=0, resolved_executable="/memfd:evil",
+                           fileless=True)
+    line = row(EventRecord(timestamp=0, id=1, name="process_exec", data=data, pid=7), width=200)
+    assert "x [fileless: /memfd:evil]" in line
+
+
 def test_a_failed_open_keeps_its_outcome_at_80_columns():
     data = FileOpenData(path="/srv/" + "x" * 200, flags=0, mode=0, result=-2, device=0, inode=0, syscall="openat")
     line = row(EventRecord(timestamp=0, id=4, name="file_open", data=data, pid=7)).rstrip("\n")
