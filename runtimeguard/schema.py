@@ -184,7 +184,9 @@ class ProcessExecData(_Data, tag="process_exec"):
     """The executed file's own path as the process names it (from its root
     directory, a chroot's own), found from the file itself at exec (``./x``,
     ``/dev/fd/3``, a symlink all resolve); a memfd shows as
-    ``/memfd:<name>``. None for a failed exec."""
+    ``/memfd:<name>``. For a script, the interpreter the kernel ran it with
+    (as ``/proc/<pid>/exe`` says; the script is in ``argv``). None for a
+    failed exec."""
     resolved_executable_truncated: bool = False
     """The path was longer than the limit: its start is cut, its end (the
     file's name) kept."""

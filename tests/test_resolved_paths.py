@@ -111,6 +111,21 @@ def test_an_exec_reports_the_file_it_ran_whatever_its_name(cgroup, workdir):
     assert execs["deleted"].workload.process.executable == os.path.join(workdir, "gone")
 
 
+def test_a_script_resolves_to_the_interpreter_that_ran_it(cgroup, workdir):
+    # As /proc/<pid>/exe says: the kernel runs the interpreter; the script is in argv.
+    script = os.path.join(workdir, "script")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\ntrue\n")
+    os.chmod(script, 0o755)
+    with Tracer(events=["process_exec"], cgroups=[cgroup]) as t:
+        assert run_in(cgroup, [script]).returncode == 0
+        events = drain(t)
+    d = next(ev.data for ev in events if ev.name == "process_exec" and ev.data.executable == script)
+    interpreter = os.path.realpath("/bin/sh")
+    assert (d.resolved_executable, d.executable_inode) == (interpreter, os.stat(interpreter).st_ino)
+    assert d.argv[-1] == script
+
+
 def test_a_failed_exec_resolves_nothing(cgroup, workdir):
     missing = os.path.join(workdir, "missing")
     with Tracer(events=["process_exec"], cgroups=[cgroup]) as t:
