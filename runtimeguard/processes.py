@@ -271,8 +271,8 @@ class ProcessTable:
 
     def _keep(self, key: tuple[int, int], process: Process) -> None:
         built = self._built
-        if len(built) >= 2 * MAX_PROCESSES:  # rebuilt from the store if read again
-            for old in list(built)[: MAX_PROCESSES // 2]:
+        if len(built) >= MAX_PROCESSES:  # rebuilt from the store if read again
+            for old in list(built)[: MAX_PROCESSES // 4]:
                 del built[old]
         built[key] = process
 
@@ -325,7 +325,7 @@ class ProcessTable:
             since, until, wl = self._resolve(ev, seen)
             if entity:
                 recent = self._recent
-                if len(recent) >= 2 * MAX_PROCESSES:
+                if len(recent) >= MAX_PROCESSES:
                     recent.clear()
                 recent[(entity, cgroup)] = (generation, since, until, seen, wl)
             return wl
@@ -361,8 +361,8 @@ class ProcessTable:
         else:
             path = self._cgroups.path(cgroup)
             wl = Workload(process=process, cgroup=path, container=self._container_of(path) if path else None)
-        if len(self._workloads) >= 2 * MAX_PROCESSES:
-            for old in list(self._workloads)[: MAX_PROCESSES // 2]:
+        if len(self._workloads) >= MAX_PROCESSES:
+            for old in list(self._workloads)[: MAX_PROCESSES // 4]:
                 del self._workloads[old]
         self._workloads[key] = (seen, wl)
         return since, until, wl
