@@ -24,7 +24,8 @@ struct rg_output {
 	int raw;                    /* keep each record, its details made when read (else: made now) */
 	struct rg_event_row *rows;  /* columnar: one per event */
 	unsigned int count;         /* events written */
-	struct rg_table_entry *table; /* the process events (exec, fork, exit); NULL: not wanted */
+	struct rg_table_entry *table; /* the process events (exec, fork, exit); NULL: not wanted. The
+				       * caller keeps room for one more entry per record. */
 	unsigned int table_count;
 	unsigned long long table_only; /* kinds (bits) that feed the table and are not made into events */
 	/* The event being written. */

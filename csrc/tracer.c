@@ -722,8 +722,11 @@ static int take_record(struct rg_tracer *t, const void *data, size_t len)
 		if (!(t->opts.wanted_mask >> kind & 1))
 			t->batch_unwanted++;
 	}
-	/* The record is consumed either way; stop while room remains for one more. */
-	if (t->out.count >= t->opts.batch_limit || t->out.w.cap - t->out.w.len < RG_MAX_ENCODED_RECORD)
+	/* The record is consumed either way; stop while room remains for one
+	 * more (forks and exits that only feed the process table take a table
+	 * entry and no event). */
+	if (t->out.count >= t->opts.batch_limit || t->out.table_count >= t->opts.batch_limit ||
+	    t->out.w.cap - t->out.w.len < RG_MAX_ENCODED_RECORD)
 		return RG_STOP_BATCH;
 	return 0;
 }
@@ -836,7 +839,9 @@ static int poll_batch(struct rg_tracer *t, int timeout_ms, int columnar, struct 
 		if (woken > 0 || t->backlog || now >= t->last_drain_ms + t->opts.max_latency_ms || timed_out) {
 			if ((ret = drain(t, now)))
 				return ret;
-			if (t->out.count)
+			/* A full batch ends the poll, events in it or not (forks and
+			 * exits that only feed the process table fill it too). */
+			if (t->out.count || t->backlog)
 				break;
 		}
 		if (timed_out)

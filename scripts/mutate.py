@@ -18,8 +18,9 @@ share a 2-core machine well):
   4. `python3 -m pytest -q -x -p no:cacheprovider <tests>` there,
   5. the copy removed (unless --keep).
 
-Outcomes: caught (a test failed, and the catch was confirmed: that test
-fails again on the mutant and passes on the unmutated tree), survived (the
+Outcomes: caught (a test failed, or the process died in it, and the catch
+was confirmed: that test fails again on the mutant and passes on the
+unmutated tree), survived (the
 tests passed), broken (the mutated tree did not build: neither, the
 mutation needs fixing), stale (the original text is not in the file exactly
 once), and the inconclusive ones: flaky (every failure seen was
@@ -245,6 +246,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_proctable.py",),
         "forgetting a process cuts the probe chain: processes learned after it in the chain are lost"),
     Mutation(
+        "table-entries-unbounded", "csrc/tracer.c",
+        "\tif (t->out.count >= t->opts.batch_limit || t->out.table_count >= t->opts.batch_limit ||",
+        "\tif (t->out.count >= t->opts.batch_limit || /* mutated */",
+        ("tests/test_event_model.py",),
+        "a batch of forks and exits nobody asked for writes past the table entries' buffer"),
+    Mutation(
+        "full-batch-drained-again", "csrc/tracer.c",
+        "\t\t\tif (t->out.count || t->backlog)",
+        "\t\t\tif (t->out.count) /* mutated */",
+        ("tests/test_event_model.py",),
+        "a batch filled by table entries alone is drained into again, past its buffer"),
+    Mutation(
         "resolved-path-copied-short", "bpf/file.bpf.c",
         "\t\t__u32 len = RG_PATH_LEN - 1 - start;",
         "\t\t__u32 len = RG_PATH_LEN - 2 - start; /* mutated */",
@@ -399,6 +412,13 @@ def _note(report):
 pytest_runtest_logreport = pytest_collectreport = _note
 
 
+def pytest_runtest_logstart(nodeid, location):
+    # Written before each test: if the process dies in it (a crash in native
+    # code), the test it died in is known.
+    with open(os.environ["RG_MUTATE_PROBE_OUT"] + ".running", "w") as f:
+        f.write(nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
     mods = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("runtimeguard", "runtimeguard._native")}
     with open(os.environ["RG_MUTATE_PROBE_OUT"], "w") as f:
@@ -512,8 +532,10 @@ class TestRun:
 def run_tests(root: Path, tests: list[str], logfile: Path, timeout: float, basetemp: Path,
               deselect: tuple[str, ...] = ()) -> TestRun:
     probe = root / ".mutate-probe.json"
-    if probe.exists():
-        probe.unlink()
+    running = root / ".mutate-probe.json.running"
+    for stale in (probe, running):
+        if stale.exists():
+            stale.unlink()
     argv = [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "_rg_mutate_probe",
             f"--basetemp={basetemp}", *(f"--deselect={d}" for d in deselect), *tests]
     offset = logfile.stat().st_size if logfile.exists() else 0
@@ -534,6 +556,11 @@ def run_tests(root: Path, tests: list[str], logfile: Path, timeout: float, baset
         return TestRun("survived", detail, secs, failed)
     if rc in (1, 2):  # 1: a test failed; 2: interrupted, e.g. an import error at collection
         return TestRun("caught", detail, secs, failed)
+    if rc < 0 and running.exists():
+        # Killed by a signal (SIGABRT, SIGSEGV: the native code crashed) in a
+        # test: that test failed.
+        node = running.read_text()
+        return TestRun("caught", f"crashed (signal {-rc}) in {node}", secs, [node])
     return TestRun("error", f"pytest exit {rc}: {detail}", secs, failed)
 
 

@@ -251,3 +251,23 @@ def test_names_that_are_not_utf8_keep_their_bytes(cgroup, shared_dir):
     line = json.loads(schema.json_encoder.encode(next(
         ev for ev in events if ev.name == "file_open" and ev.data.path_bytes == b).record()))
     assert base64.b64decode(line["data"]["path_bytes"]) == b
+
+
+def test_processes_nobody_asked_about_are_learned_across_tiny_batches(cgroup):
+    # Only net_connect is asked for: the forks and exits of 200 subshells
+    # (no exec: never an event) and of 100 execs of true only feed the
+    # process table, in polls of at most 8 entries.
+    script = ("for i in $(seq 200); do (read x < /dev/null) & echo $!; done; wait; "
+              "for i in $(seq 100); do /bin/true & echo $!; done; wait")
+    with Tracer(events=["net_connect"], cgroups=[cgroup], batch_limit=8) as t:
+        out = run_in(cgroup, ["/bin/sh", "-c", script], text=True)
+        assert out.returncode == 0, out.stderr
+        drain(t)
+        children = [int(pid) for pid in out.stdout.split()]
+        assert len(children) == 300
+        shell = os.path.realpath("/bin/sh")
+        for i, pid in enumerate(children):
+            process = t.process(pid)
+            assert process is not None and process.pid == pid, pid
+            assert process.executable == (shell if i < 200 else os.path.realpath("/bin/true")), pid
+        assert t.stats().delivered["process_fork"] >= 300
