@@ -397,6 +397,19 @@ def snapshot(dest: Path, vm_dir: Optional[Path]) -> None:
     (dest / "_rg_mutate_probe.py").write_text(PROBE)
 
 
+def _test_cgroups() -> str:
+    """Where the tests make their cgroups (their fixtures name them
+    rg-test-<hex>, at the top of the cgroup v2 hierarchy)."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return os.path.join(fields[1], "rg-test-*")
+    return "/nonexistent/rg-test-*"
+
+
+TEST_CGROUPS = _test_cgroups()
+
 PROBE = '''"""pytest plugin written by scripts/mutate.py: which runtimeguard the tests
 imported, and which tests (or test files, at collection) failed."""
 import json, os, sys
@@ -539,7 +552,16 @@ def run_tests(root: Path, tests: list[str], logfile: Path, timeout: float, baset
     argv = [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "_rg_mutate_probe",
             f"--basetemp={basetemp}", *(f"--deselect={d}" for d in deselect), *tests]
     offset = logfile.stat().st_size if logfile.exists() else 0
+    cgroups_before = set(glob.glob(TEST_CGROUPS))
     rc, secs = run_logged(argv, root, logfile, timeout)
+    if rc is None or rc < 0:
+        # Killed (a timeout, a crash): the tests' fixtures never tore down
+        # their cgroups. Those that are empty now go.
+        for path in set(glob.glob(TEST_CGROUPS)) - cgroups_before:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
     if rc is None:
         return TestRun("timeout", f"no result after {timeout:.0f}s", secs, [])
     escaped, failed = [], []
