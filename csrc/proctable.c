@@ -80,12 +80,38 @@ static unsigned int capacity_for(unsigned int n)
 	return c;
 }
 
+static void free_process(struct process *p)
+{
+	for (unsigned int i = 0; i < p->count; i++)
+		free(p->versions[i].details);
+	free(p);
+}
+
+void rg_proc_table_free(struct rg_proc_table *pt)
+{
+	if (!pt)
+		return;
+	for (unsigned int i = 0; pt->slots && i < pt->capacity; i++)
+		if (pt->slots[i])
+			free_process(pt->slots[i]);
+	pthread_mutex_destroy(&pt->lock);
+	free(pt->slots);
+	free(pt->pid_keys);
+	free(pt->pid_entities);
+	free(pt->exited);
+	free(pt->cgroups);
+	free(pt);
+}
+
 struct rg_proc_table *rg_proc_table_new(unsigned int max_processes, unsigned int keep_exited,
 					unsigned int max_versions)
 {
 	struct rg_proc_table *pt = calloc(1, sizeof(*pt));
 
-	if (!pt || !max_processes || !max_versions)
+	if (!pt)
+		return NULL;
+	pthread_mutex_init(&pt->lock, NULL);
+	if (!max_processes || !max_versions)
 		goto fail;
 	pt->max_processes = max_processes;
 	pt->keep_exited = keep_exited;
@@ -100,41 +126,10 @@ struct rg_proc_table *rg_proc_table_new(unsigned int max_processes, unsigned int
 	pt->cgroups = calloc(pt->cgroup_capacity, sizeof(*pt->cgroups));
 	if (!pt->slots || !pt->pid_keys || !pt->pid_entities || !pt->exited || !pt->cgroups)
 		goto fail;
-	pthread_mutex_init(&pt->lock, NULL);
 	return pt;
 fail:
-	if (pt) {
-		free(pt->slots);
-		free(pt->pid_keys);
-		free(pt->pid_entities);
-		free(pt->exited);
-		free(pt->cgroups);
-		free(pt);
-	}
+	rg_proc_table_free(pt);
 	return NULL;
-}
-
-static void free_process(struct process *p)
-{
-	for (unsigned int i = 0; i < p->count; i++)
-		free(p->versions[i].details);
-	free(p);
-}
-
-void rg_proc_table_free(struct rg_proc_table *pt)
-{
-	if (!pt)
-		return;
-	for (unsigned int i = 0; i < pt->capacity; i++)
-		if (pt->slots[i])
-			free_process(pt->slots[i]);
-	pthread_mutex_destroy(&pt->lock);
-	free(pt->slots);
-	free(pt->pid_keys);
-	free(pt->pid_entities);
-	free(pt->exited);
-	free(pt->cgroups);
-	free(pt);
 }
 
 /* ---- entity -> process ---- */

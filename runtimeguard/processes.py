@@ -80,7 +80,6 @@ class CgroupPaths:
         self._mount = mount_point
         self._resolve = resolve
         self._paths: dict[int, str] = {}
-        self.known = self._paths.keys()
         self._scanned_at = 0.0
 
     def path(self, cgroup_id: int) -> Optional[str]:

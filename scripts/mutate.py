@@ -258,6 +258,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_event_model.py",),
         "a batch filled by table entries alone is drained into again, past its buffer"),
     Mutation(
+        "strangers-never-met", "csrc/proctable.c",
+        "\tnote_parent(pt, e->parent_pid, e->parent_entity_id);",
+        "\t/* mutated: parents that predate the tracer are not reported */",
+        ("tests/test_event_model.py",),
+        "a parent that predates the tracer and exits before its child's event is read goes unnamed"),
+    Mutation(
         "resolved-path-copied-short", "bpf/file.bpf.c",
         "\t\t__u32 len = RG_PATH_LEN - 1 - start;",
         "\t\t__u32 len = RG_PATH_LEN - 2 - start; /* mutated */",

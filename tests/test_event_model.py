@@ -271,3 +271,38 @@ def test_processes_nobody_asked_about_are_learned_across_tiny_batches(cgroup):
             assert process is not None and process.pid == pid, pid
             assert process.executable == (shell if i < 200 else os.path.realpath("/bin/true")), pid
         assert t.stats().delivered["process_fork"] >= 300
+
+
+def test_a_parent_that_predates_the_tracer_is_named_after_it_exits(cgroup):
+    # The shell starts before the tracer, forks and execs a child after, and
+    # exits before anyone reads the child's event: its parent is still named
+    # (read from /proc when the poll first saw the child, while it ran).
+    shell = subprocess.Popen(["/bin/sh", "-c", "read go; /bin/true rg-late-child; sleep 1"], stdin=subprocess.PIPE,
+                             preexec_fn=lambda: open(os.path.join(cgroup, "cgroup.procs"), "w").write("0"))
+    try:
+        with Tracer(events=["process_exec"], cgroups=[cgroup]) as t:
+            shell.stdin.write(b"go\n")
+            shell.stdin.close()
+            events = drain(t)
+            shell.wait(timeout=30)
+            events += drain(t)
+            child = next(ev for ev in events if ev.name == "process_exec" and ev.data.argv[-1:] == ["rg-late-child"])
+            assert not os.path.exists(f"/proc/{shell.pid}")
+            parent = child.workload.process.parent
+            assert parent is not None and parent.pid == shell.pid
+            assert parent.executable == os.path.realpath("/bin/sh")
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+
+
+def test_the_native_polls_cpu_is_counted():
+    with Tracer(events=["process_exec"]) as t:
+        before = time.thread_time_ns()
+        subprocess.run(["/bin/true"])
+        drain(t)
+        spent = time.thread_time_ns() - before
+        polled = t.stats().poll_cpu_ns
+    # The polls ran on this thread: part of its CPU time, and not nothing.
+    assert 0 < polled <= spent

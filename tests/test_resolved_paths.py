@@ -5,7 +5,6 @@ test made and stat()ed."""
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -17,16 +16,8 @@ import pytest
 
 from runtimeguard import Tracer
 from runtimeguard._native import lib
-from runtimeguard.environment import cgroup2_mount
 from helpers import drain
-
-
-@pytest.fixture
-def cgroup():
-    path = os.path.join(cgroup2_mount(), f"rg-test-{secrets.token_hex(4)}")
-    os.mkdir(path)
-    yield path
-    os.rmdir(path)
+from test_event_model import cgroup, run_in  # noqa: F401 (a fixture, and the way into it)
 
 
 @pytest.fixture
@@ -34,13 +25,6 @@ def workdir():
     path = os.path.realpath(tempfile.mkdtemp(prefix="rg-test-"))
     yield path
     shutil.rmtree(path)
-
-
-def run_in(cgroup: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    def enter():
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write("0")
-    return subprocess.run(argv, preexec_fn=enter, capture_output=True, timeout=30, **kwargs)
 
 
 EXECVEAT = {"x86_64": 322, "aarch64": 281}[os.uname().machine]
