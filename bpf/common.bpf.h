@@ -270,11 +270,10 @@ struct {
 	__type(value, __u32);
 } rg_path_offset SEC(".maps");
 
-static __always_inline __u32 rg_file_path(struct file *file, char *out, __u8 *cut, __u8 *unlinked)
+static __always_inline __u32 rg_path(struct dentry *dentry, struct vfsmount *vfsmnt, char *out, __u8 *cut,
+				     __u8 *unlinked)
 {
 	__u32 zero = 0, *off = bpf_map_lookup_elem(&rg_path_offset, &zero);
-	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	struct vfsmount *vfsmnt = BPF_CORE_READ(file, f_path.mnt);
 	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 	/* The walk ends at the current task's root, as d_path's does (a chroot's
@@ -342,6 +341,11 @@ static __always_inline __u32 rg_file_path(struct file *file, char *out, __u8 *cu
 	}
 	*cut = !whole;
 	return at;
+}
+
+static __always_inline __u32 rg_file_path(struct file *file, char *out, __u8 *cut, __u8 *unlinked)
+{
+	return rg_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), out, cut, unlinked);
 }
 
 #define PROC_SUPER_MAGIC 0x9fa0

@@ -23,6 +23,8 @@
 /* A path resolved in the kernel (a dentry walk) goes up at most this many
  * names and mount points; a deeper one is cut at its start. */
 #define RG_PATH_DEPTH 40
+/* A controlling terminal's name (tty->name: "pts3", "ttyS0"), NUL included. */
+#define RG_TTY_LEN 32
 
 /* Every event kind, the one table: X(NAME, id, name, record size,
  * decision). The ids are the stable event ids of the Python registry
@@ -101,6 +103,27 @@ struct rg_header {
 
 #define RG_ID_UNKNOWN 0xffffffffU
 
+/* What a process's descriptors 0-2 were at exec. A shell whose stdin is an
+ * internet socket is a reverse shell; sshd hands sessions without a
+ * terminal a unix socket, so the two are told apart. */
+#define RG_FD_KINDS(X)                 \
+	X(NONE, 0, "none")             \
+	X(FILE, 1, "file")             \
+	X(DIRECTORY, 2, "directory")   \
+	X(PIPE, 3, "pipe")             \
+	X(TTY, 4, "tty")               \
+	X(CHAR_DEVICE, 5, "char_device") \
+	X(INET_SOCKET, 6, "inet_socket") \
+	X(UNIX_SOCKET, 7, "unix_socket") \
+	X(SOCKET, 8, "socket")         \
+	X(OTHER, 9, "other")
+
+enum rg_fd_kind {
+#define RG_FD_KIND_ID(NAME, id, name) RG_FD_##NAME = id,
+	RG_FD_KINDS(RG_FD_KIND_ID)
+#undef RG_FD_KIND_ID
+};
+
 struct rg_exec_record {
 	struct rg_header hdr;
 	unsigned long long parent_start_boottime;
@@ -118,8 +141,21 @@ struct rg_exec_record {
 	unsigned long long exe_dev; /* kernel dev_t */
 	unsigned long long exe_ino;
 	unsigned int exe_path_start; /* exe_path's text starts here, ends at its last byte */
+	unsigned int cwd_path_start; /* as exe_path_start */
+	/* The context the program starts in (a failed exec: the caller's). */
+	unsigned int auid;  /* login uid (audit); RG_ID_UNKNOWN when never set */
+	unsigned int suid;
+	unsigned int fsuid;
 	unsigned int pad;
+	unsigned long long cap_effective; /* capability bit masks */
+	unsigned long long cap_permitted;
+	unsigned char secureexec; /* set-uid, set-gid or file capabilities raised privilege */
+	unsigned char cwd_truncated;
+	unsigned char stdio[3]; /* enum rg_fd_kind of descriptors 0, 1, 2 */
+	unsigned char pad_bytes[3];
+	char tty[RG_TTY_LEN]; /* the controlling terminal's name; empty: none */
 	char exe_path[RG_PATH_LEN];
+	char cwd_path[RG_PATH_LEN]; /* the working directory, written as exe_path is */
 	char filename[RG_PATH_LEN]; /* as the caller passed it */
 	char args[RG_ARGS_LEN];
 };

@@ -15,7 +15,8 @@ struct rg_kind_info {
 };
 extern const struct rg_kind_info rg_kinds[RG_KIND_SLOTS];
 
-/* Room one encoded record may take at most (exec: argv and path, escaped). */
+/* Room one encoded record may take at most (exec: argv and four paths, each
+ * invalid byte escaped as three and sent again as bytes). */
 #define RG_MAX_ENCODED_RECORD 8192
 
 struct rg_options {
@@ -89,6 +90,7 @@ struct rg_table_entry {
 	long long at;                 /* the event's time, ns since the epoch */
 	unsigned int details_offset;  /* an exec's details in the batch's data (the batch API: its record) */
 	unsigned int details_len;
+	unsigned long long boot_ns;   /* since, on the boot clock: an exec's exec_id is made of it */
 };
 
 struct rg_batch {
@@ -150,6 +152,9 @@ int rg_cgroup_path(int mount_fd, unsigned long long cgroup_id, char *path, size_
 unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boottime_ns);
 /* CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns, right now. */
 long long rg_realtime_offset_ns(void);
+/* This boot's id (/proc/sys/kernel/random/boot_id, 128 random bits, as
+ * text): with a pid and a time it names an exec across hosts. */
+const char *rg_boot_id(void);
 
 /* The process table's store (csrc/proctable.c; runtimeguard.processes):
  * each process's versions in time order, learned from the entries of exec,
@@ -169,6 +174,7 @@ struct rg_proc_version {
 	unsigned int details_len;     /* an exec's details, a made Process: they follow */
 	unsigned long long parent_entity_id;
 	long long at;                 /* the event's time */
+	unsigned long long boot_ns;   /* since, on the boot clock (0: not known, a made version) */
 };
 struct rg_proc_table;
 struct rg_proc_table *rg_proc_table_new(unsigned int max_processes, unsigned int keep_exited,

@@ -267,6 +267,84 @@ static void mp_target_head(struct mp_writer *w, const char *type, uint32_t field
 	mp_name(w, type);
 }
 
+static const char *const fd_kind_names[] = {
+#define RG_FD_KIND_NAME(NAME, id, name) [id] = name,
+	RG_FD_KINDS(RG_FD_KIND_NAME)
+#undef RG_FD_KIND_NAME
+};
+
+static const char *fd_kind_name(unsigned char kind)
+{
+	return kind < sizeof(fd_kind_names) / sizeof(fd_kind_names[0]) && fd_kind_names[kind] ? fd_kind_names[kind]
+												: "other";
+}
+
+/* The context an exec's program starts in: who (login uid, saved and
+ * filesystem uids, capabilities), where (terminal, working directory, what
+ * descriptors 0-2 are), and the exec's own id. */
+static void encode_exec_context(struct rg_output *o, const struct rg_exec_record *r)
+{
+	struct mp_writer *w = &o->w;
+	static const char *const stdio_keys[3] = {"stdin", "stdout", "stderr"};
+
+	if (r->auid != RG_ID_UNKNOWN) {
+		key(o, "auid");
+		mp_uint(w, r->auid);
+	}
+	key(o, "suid");
+	mp_uint(w, r->suid);
+	key(o, "fsuid");
+	mp_uint(w, r->fsuid);
+	key(o, "cap_effective");
+	mp_uint(w, r->cap_effective);
+	key(o, "cap_permitted");
+	mp_uint(w, r->cap_permitted);
+	for (int i = 0; i < 3; i++) {
+		o->data_keys++;
+		mp_name(w, stdio_keys[i]);
+		mp_name(w, fd_kind_name(r->stdio[i]));
+	}
+	size_t tty_len = cstr_len(r->tty, sizeof(r->tty));
+	if (tty_len) {
+		/* A pty slave is "pts3" in the kernel, /dev/pts/3 on disk: named as
+		 * the device is (os.ttyname without "/dev/"). */
+		char name[RG_TTY_LEN + 1];
+		size_t n = 0;
+		if (tty_len > 3 && !memcmp(r->tty, "pts", 3) && r->tty[3] >= '0' && r->tty[3] <= '9') {
+			memcpy(name, "pts/", 4);
+			memcpy(name + 4, r->tty + 3, tty_len - 3);
+			n = tty_len + 1;
+		} else {
+			memcpy(name, r->tty, tty_len);
+			n = tty_len;
+		}
+		key(o, "tty");
+		mp_text(w, name, n);
+	}
+	size_t cwd_at = r->cwd_path_start < RG_PATH_LEN - 1 ? r->cwd_path_start : RG_PATH_LEN - 1;
+	const char *cwd = r->cwd_path + cwd_at;
+	size_t cwd_len = cstr_len(cwd, RG_PATH_LEN - cwd_at);
+	if (cwd_len) {
+		int cwd_raw = !utf8_valid(cwd, cwd_len);
+		key(o, "cwd");
+		mp_text_known(w, cwd, cwd_len, !cwd_raw);
+		key(o, "cwd_truncated");
+		mp_bool(w, r->cwd_truncated);
+		if (cwd_raw) {
+			key(o, "cwd_bytes");
+			mp_bin(w, cwd, cwd_len);
+		}
+	}
+	if (r->retval == 0) {
+		key(o, "secureexec");
+		mp_bool(w, r->secureexec);
+		char id[96];
+		int n = snprintf(id, sizeof(id), "%s:%u:%llu", rg_boot_id(), r->hdr.pid, r->hdr.timestamp_ns);
+		key(o, "exec_id");
+		mp_str_raw(w, id, n > 0 && n < (int)sizeof(id) ? (size_t)n : 0);
+	}
+}
+
 static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struct rg_exec_record *r)
 {
 	struct mp_writer *w = &o->w;
@@ -359,6 +437,7 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 		key(o, "resolved_executable_bytes");
 		mp_bin(w, resolved_text, resolved_len);
 	}
+	encode_exec_context(o, r);
 	event_end(o);
 }
 
@@ -804,11 +883,13 @@ static void add_table_entry(struct rg_encoder *enc, struct rg_output *o, const s
 		e->parent_pid = h->pid;
 		e->entity_id = rg_entity_id(r->child_pid, r->child_start_boottime);
 		e->since = (long long)r->child_start_boottime + enc->realtime_offset_ns;
+		e->boot_ns = r->child_start_boottime;
 		e->parent_entity_id = entity;
 	} else {
 		e->pid = h->pid;
 		e->entity_id = entity;
 		e->since = at;
+		e->boot_ns = h->timestamp_ns;
 		if (h->kind == RG_KIND_PROCESS_EXEC) {
 			const struct rg_exec_record *r = (const void *)h;
 			e->parent_pid = r->ppid;

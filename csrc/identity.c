@@ -8,6 +8,7 @@
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static unsigned long long boot_hash;
+static char boot_id[40];
 static unsigned long long ns_per_tick = 10000000ULL;
 
 /* SplitMix64's output function. */
@@ -32,6 +33,9 @@ static void init_identity(void)
 			id[0] = 0;
 		close(fd);
 	}
+	for (int i = 0, j = 0; id[i] && j < (int)sizeof(boot_id) - 1; i++)
+		if (id[i] != '\n')
+			boot_id[j++] = id[i];
 	boot_hash = 0x243f6a8885a308d3ULL;
 	for (const char *p = id; *p; p++)
 		boot_hash = mix64(boot_hash ^ (unsigned char)*p);
@@ -48,6 +52,12 @@ unsigned long long rg_entity_id(unsigned int pid, unsigned long long start_boott
 	 * so processes found in /proc get the same id as those seen by BPF. */
 	unsigned long long ticks = start_boottime_ns / ns_per_tick;
 	return mix64(boot_hash ^ mix64(((unsigned long long)pid << 40) ^ ticks)) >> 1;
+}
+
+const char *rg_boot_id(void)
+{
+	pthread_once(&init_once, init_identity);
+	return boot_id;
 }
 
 long long rg_realtime_offset_ns(void)

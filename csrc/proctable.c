@@ -441,6 +441,7 @@ int rg_proc_table_find(struct rg_proc_table *pt, unsigned long long entity, long
 			.details_len = v->details_len,
 			.parent_entity_id = v->entry.parent_entity_id,
 			.at = v->entry.at,
+			.boot_ns = v->entry.boot_ns,
 		};
 		if (v->details_len > cap - sizeof(found)) {
 			ret = -ENOBUFS;

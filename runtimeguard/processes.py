@@ -16,7 +16,6 @@ host's); ``Event.workload`` reads it through ``schema.set_resolver``.
 from __future__ import annotations
 
 import os
-import re
 import struct
 import time
 import threading
@@ -26,7 +25,9 @@ import msgspec
 
 from . import schema
 from ._native import ffi, lib
-from .schema import Container, Event, Process, ProcessRef, Workload
+from . import containers
+from .containers import ContainerCatalog, Described
+from .schema import Container, Event, Pod, Process, ProcessRef, Workload
 
 MAX_ANCESTORS = 8
 MAX_PROCESSES = 32768
@@ -35,32 +36,13 @@ MAX_VERSIONS = 8  # per process: an exec or a change of credentials or name adds
 CGROUP_RESCAN_INTERVAL_S = 1.0
 _EXEC, _FORK, _EXIT = (schema.EVENT_IDS[n] for n in ("process_exec", "process_fork", "process_exit"))
 _LATEST = (1 << 63) - 1
-_NOT_SEEN = object()
 # struct rg_proc_version (csrc/api.h), and room for it and any details after it.
-_VERSION = struct.Struct("=qqIIIIIIQq")
+_VERSION = struct.Struct("=qqIIIIIIQqQ")
 assert _VERSION.size == ffi.sizeof("struct rg_proc_version")
 _FOUND_SIZE = _VERSION.size + lib.RG_MAX_ENCODED_RECORD
 _process_encoder = msgspec.msgpack.Encoder()
 _process_decoder = msgspec.msgpack.Decoder(Process)
-
-_CONTAINER_PATTERNS = [
-    (re.compile(r"docker-([0-9a-f]{64})\.scope"), "docker"),
-    (re.compile(r"cri-containerd-([0-9a-f]{64})\.scope"), "containerd"),
-    (re.compile(r"crio-([0-9a-f]{64})\.scope"), "cri-o"),
-    (re.compile(r"libpod-([0-9a-f]{64})\.scope"), "podman"),
-    (re.compile(r"/docker/([0-9a-f]{64})(?:/|$)"), "docker"),
-    (re.compile(r"/kubepods[^ ]*/pod[0-9a-f_-]+/([0-9a-f]{64})(?:/|$)"), "kubernetes"),
-]
-
-
-def container_from_cgroup(path: str) -> Optional[Container]:
-    """The container a cgroup path names, if it carries a runtime's id."""
-    for pattern, runtime in _CONTAINER_PATTERNS:
-        m = pattern.search(path)
-        if m:
-            return Container(id=m.group(1), runtime=runtime)
-    return None
-
+container_from_cgroup = containers.container_from_cgroup  # where callers found it before containers.py
 
 def _ref(p: Process) -> ProcessRef:
     return ProcessRef(pid=p.pid, entity_id=p.entity_id, name=p.name, executable=p.executable)
@@ -121,10 +103,14 @@ class ProcessTable:
     no Python when it happens. A Process is built from a version the first
     time it is read (an exec's from its event, a fork's from its parent's
     version then) and kept. Versions made here (a process read from /proc,
-    credentials or a name an event showed) go to the store as msgpack."""
+    credentials or a name an event showed) go to the store as msgpack.
+
+    container_root is where container runtimes' files are read
+    (runtimeguard/containers.py): "/", or the host's root mounted elsewhere."""
 
     def __init__(self, entity_id: Callable[[int, int], int], realtime_offset_ns: Callable[[], int],
-                 cgroup_mount: Optional[str], cgroup_path: Optional[Callable[[int], Optional[str]]] = None):
+                 cgroup_mount: Optional[str], cgroup_path: Optional[Callable[[int], Optional[str]]] = None,
+                 container_root: str = "/"):
         self._entity_id = entity_id
         self._realtime_offset_ns = realtime_offset_ns
         self._ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -143,7 +129,10 @@ class ProcessTable:
         self._recent: dict[tuple[int, int], tuple] = {}
         self._generation = lib.rg_proc_table_generation(self.native)
         self._cgroups = CgroupPaths(cgroup_mount, cgroup_path)
-        self._containers: dict[str, Optional[Container]] = {}
+        # cgroup path -> its container and pod, read once (again after
+        # retry_at while the runtime's files are not there yet).
+        self._catalog = ContainerCatalog(container_root)
+        self._containers: dict[str, Described] = {}
         self._buffers = threading.local()
         # Versions are made here from any thread that reads events.
         self._lock = threading.RLock()
@@ -277,11 +266,11 @@ class ProcessTable:
 
     # Processes are built positionally, in Process's field order: pid,
     # entity_id, name, executable, argv, argv_truncated, uid, euid, gid, ppid,
-    # start_time, parent, ancestors, ns_pid, pid_ns.
+    # start_time, parent, ancestors, ns_pid, pid_ns, exec_id, auid, tty, cwd.
 
     def _build(self, key: tuple[int, int], v: tuple, details: bytes) -> Process:
         entity, since = key
-        _, _, kind, pid, ns_pid, pid_ns, parent_pid, _, parent_entity, at = v
+        _, _, kind, pid, ns_pid, pid_ns, parent_pid, _, parent_entity, at, boot_ns = v
         if kind == lib.RG_VERSION_MADE:
             return _process_decoder.decode(details)
         found = self._version_at(parent_entity, at)
@@ -290,15 +279,18 @@ class ProcessTable:
         ancestors = [ref, *parent.ancestors[: MAX_ANCESTORS - 1]] if parent is not None else []
         if kind == _FORK:
             # The child starts as a copy of its parent then.
+            exec_id = exec_id_of(pid, boot_ns) if boot_ns else None
             if parent is None:
                 # Neither seen nor in /proc any more: what the fork itself says.
                 return Process(pid, entity, "", None, None, False, None, None, None, parent_pid, since, None, [],
-                               ns_pid, pid_ns)
+                               ns_pid, pid_ns, exec_id)
             return Process(pid, entity, parent.name, parent.executable, parent.argv, parent.argv_truncated,
-                           parent.uid, parent.euid, parent.gid, parent.pid, since, ref, ancestors, ns_pid, pid_ns)
+                           parent.uid, parent.euid, parent.gid, parent.pid, since, ref, ancestors, ns_pid, pid_ns,
+                           exec_id, parent.auid, parent.tty, parent.cwd)
         d = schema._details_decoder.decode(details).data
         return Process(pid, entity, d.comm, d.resolved_executable or d.executable, d.argv, d.argv_truncated,
-                       d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid, d.pid_ns)
+                       d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid, d.pid_ns,
+                       d.exec_id, d.auid, d.tty, d.cwd)
 
     def _add(self, since: int, process: Process) -> None:
         """A version made here: a process read from /proc, or one as an event saw it."""
@@ -345,9 +337,10 @@ class ProcessTable:
             # Neither learned nor in /proc: the event says what it can (kept
             # until the store learns something new, not read from /proc again).
             uid, euid, gid, comm = seen
+            container, pod = self._container(cgroup)
             return -_LATEST - 1, _LATEST, Workload(
                 process=Process(pid=ev.pid, entity_id=entity, name=comm, uid=uid, euid=euid, gid=gid),
-                cgroup=self._cgroups.path(cgroup), container=self._container(cgroup))
+                cgroup=self._cgroups.path(cgroup), container=container, pod=pod)
         since, until, process = found
         changed = self._as_seen(process, seen)
         if changed is not None:
@@ -359,7 +352,8 @@ class ProcessTable:
             wl = hit[1]
         else:
             path = self._cgroups.path(cgroup)
-            wl = Workload(process=process, cgroup=path, container=self._container_of(path) if path else None)
+            container, pod = self._container_of(path) if path else (None, None)
+            wl = Workload(process=process, cgroup=path, container=container, pod=pod)
         if len(self._workloads) >= MAX_PROCESSES:
             for old in list(self._workloads)[: MAX_PROCESSES // 4]:
                 del self._workloads[old]
@@ -382,17 +376,26 @@ class ProcessTable:
             changes["name"] = comm
         return msgspec.structs.replace(process, **changes) if changes else None
 
-    def _container(self, cgroup_id: int) -> Optional[Container]:
+    def _container(self, cgroup_id: int) -> tuple[Optional[Container], Optional[Pod]]:
         cgroup = self._cgroups.path(cgroup_id)
-        return self._container_of(cgroup) if cgroup else None
+        return self._container_of(cgroup) if cgroup else (None, None)
 
-    def _container_of(self, path: str) -> Optional[Container]:
-        found = self._containers.get(path, _NOT_SEEN)
-        if found is _NOT_SEEN:
+    def _container_of(self, path: str) -> tuple[Optional[Container], Optional[Pod]]:
+        found = self._containers.get(path)
+        if found is None or (found.retry_at is not None and time.monotonic() >= found.retry_at):
             if len(self._containers) >= CgroupPaths.MAX_KNOWN:
                 self._containers.clear()
-            found = self._containers[path] = container_from_cgroup(path)
-        return found
+            found = self._containers[path] = self._catalog.describe(path)
+        return found.container, found.pod
+
+    def set_container_root(self, root: str) -> None:
+        """Reads container runtimes' files under root from now on; what was
+        resolved under the old root is forgotten, not mixed with the new."""
+        with self._lock:
+            self._catalog = ContainerCatalog(root)
+            self._containers.clear()
+            self._workloads.clear()
+            self._recent.clear()
 
     def name_of(self, pid: int, timestamp: int) -> Optional[str]:
         """The name of the process holding pid (a ptrace target)."""
@@ -414,7 +417,7 @@ class ProcessTable:
             return None
         name = stat[stat.index("(") + 1: stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        ppid, start_ticks = int(fields[1]), int(fields[19])
+        ppid, tty_nr, start_ticks = int(fields[1]), int(fields[4]), int(fields[19])
         start_boot_ns = start_ticks * self._ns_per_tick
         if self._entity_id(pid, start_boot_ns) != entity_id and entity_id:
             return None
@@ -441,6 +444,16 @@ class ProcessTable:
             pid_ns = int(os.readlink(f"{base}/ns/pid").partition("[")[2].rstrip("]"))  # "pid:[4026531836]"
         except (OSError, ValueError):
             pass
+        auid = cwd = None
+        try:
+            with open(f"{base}/loginuid") as f:
+                auid = int(f.read())
+        except (OSError, ValueError):
+            pass
+        try:
+            cwd = os.readlink(f"{base}/cwd")
+        except OSError:
+            pass
         parent = None
         if depth < MAX_ANCESTORS and ppid > 0:
             parent_entity = lib.rg_proc_table_by_pid(self.native, ppid)
@@ -453,9 +466,34 @@ class ProcessTable:
             uid=uids[0] if uids else None, euid=uids[1] if uids else None, gid=gids[0] if gids else None,
             ppid=ppid, start_time=start_boot_ns + self._realtime_offset_ns(),
             parent=ancestors[0] if ancestors else None, ancestors=ancestors, ns_pid=ns_pid, pid_ns=pid_ns,
+            exec_id=exec_id_of(pid, start_boot_ns), auid=None if auid == _AUID_UNSET else auid,
+            tty=_tty_name(tty_nr), cwd=cwd,
         )
         self._add(0, process)  # since 0: it is all we know of its past
         return process
+
+
+def exec_id_of(pid: int, boot_ns: int) -> str:
+    """An image's exec_id: this boot's id, the pid, and the boot-clock time
+    the image started (as the native encoder makes an exec's)."""
+    return f"{_BOOT_ID}:{pid}:{boot_ns}"
+
+
+_BOOT_ID = ffi.string(lib.rg_boot_id()).decode()
+_AUID_UNSET = 0xFFFFFFFF
+
+
+def _tty_name(tty_nr: int) -> Optional[str]:
+    """/proc/<pid>/stat's tty_nr as the exec event names a terminal: pty
+    slaves (majors 136-143) pts/N, virtual consoles ttyN, serial lines ttySN."""
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if 136 <= major <= 143:
+        return f"pts/{(major - 136) * 256 + minor}"
+    if major == 4:
+        return f"tty{minor}" if minor < 64 else f"ttyS{minor - 64}"
+    if major == 5 and minor == 1:
+        return "console"
+    return None
 
 
 def _executable(base: str) -> Optional[str]:
@@ -478,6 +516,19 @@ def _executable(base: str) -> Optional[str]:
 _DELETED = " (deleted)"
 _shared: Optional[ProcessTable] = None
 _shared_lock = threading.Lock()
+_container_root = "/"
+
+
+def set_container_root(root: str) -> None:
+    """Where the shared table (every Tracer's) reads container runtimes'
+    files: "/" unless the host's root is mounted elsewhere (runtimeguard in
+    a container, the host's / at /host), or a test lays out its own. Holds
+    for the table now, and for the one the first Tracer makes."""
+    global _container_root
+    with _shared_lock:
+        _container_root = root
+        if _shared is not None:
+            _shared.set_container_root(root)
 
 
 def shared_table(entity_id: Callable[[int, int], int], realtime_offset_ns: Callable[[], int],
@@ -489,6 +540,6 @@ def shared_table(entity_id: Callable[[int, int], int], realtime_offset_ns: Calla
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = ProcessTable(entity_id, realtime_offset_ns, cgroup_mount, cgroup_path())
+            _shared = ProcessTable(entity_id, realtime_offset_ns, cgroup_mount, cgroup_path(), _container_root)
             schema.set_resolver(_shared)
         return _shared

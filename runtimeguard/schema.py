@@ -45,7 +45,11 @@ from ._native import ffi, lib
 # executable_device, executable_inode, fileless) and the file an open really
 # opened (file_open resolved_path), both resolved in the kernel;
 # workload.process.executable is the executed file's own path.
-SCHEMA_VERSION = "1.5"
+# 1.6: the context an exec starts in (process_exec auid, suid, fsuid,
+# cap_effective, cap_permitted, stdin/stdout/stderr, tty, cwd, secureexec,
+# exec_id; Process exec_id, auid, tty, cwd); containers and pods named from
+# the runtime's files on disk; executables' digests (BinaryDigest).
+SCHEMA_VERSION = "1.6"
 
 # The event registry: name -> stable id, from the one table of kinds
 # (RG_EVENT_KINDS in bpf/events.h, which the kernel records use too).
@@ -59,6 +63,30 @@ EventName = Literal[tuple(EVENT_IDS)]  # type: ignore[valid-type]
 BLOCK_EVENTS = tuple(name for name, k in EVENT_IDS.items() if lib.rg_kinds[k].decision)
 
 Action = Literal["observed", "blocked", "would_block", "killed"]
+
+# What a descriptor is (process_exec's stdin, stdout, stderr), from the
+# kernel's table of kinds (RG_FD_KINDS in bpf/events.h): RG_FD_INET_SOCKET
+# is "inet_socket".
+FD_KINDS: dict[int, str] = {getattr(lib, n): n[len("RG_FD_"):].lower() for n in dir(lib)
+                            if n.startswith("RG_FD_") and isinstance(getattr(lib, n), int)}
+FdKind = Literal[tuple(FD_KINDS[k] for k in sorted(FD_KINDS))]  # type: ignore[valid-type]
+
+# Linux capability numbers (linux/capability.h), for the exec's bit masks.
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+
+
+def capability_names(mask: int) -> list[str]:
+    """The capabilities a bit mask holds, by name; a bit past the known ones
+    as ``CAP_<n>``."""
+    return [CAPABILITIES[n] if n < len(CAPABILITIES) else f"CAP_{n}" for n in range(64) if mask >> n & 1]
 
 
 class ProcessRef(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -95,17 +123,69 @@ class Process(msgspec.Struct, frozen=True, omit_defaults=True):
     """The pid as the process sees it, in its own pid namespace."""
     pid_ns: Optional[int] = None
     """That pid namespace's inode number."""
+    exec_id: Optional[str] = None
+    """This process image's id, unique across hosts and reboots:
+    ``<boot_id>:<pid>:<ns>``, where ns is the boot-clock time the image
+    started: its exec (the exec event's ``exec_id``), or, for a forked child
+    that has not exec'd, its start. A process that predates the tracer
+    gets its start at clock-tick resolution, as /proc gives it."""
+    auid: Optional[int] = None
+    """The login uid (None: never set), as its exec saw it."""
+    tty: Optional[str] = None
+    """The controlling terminal (``pts/3``), as its exec saw it."""
+    cwd: Optional[str] = None
+    """The working directory at its exec."""
 
 
 class Container(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """The container an event's process runs in: what its cgroup path says,
+    and what the runtime's files on disk add (runtimeguard/containers.py)."""
+
     id: str
+    """The runtime's 64-hex container id."""
     runtime: Optional[str] = None
+    """docker, containerd, cri-o or podman; where the path's shape does not
+    say, the runtime whose files name the id, else "kubernetes" (kubelet's
+    cgroupfs layout) or "github-actions" (a job container)."""
+    name: Optional[str] = None
+    """The container's name: Kubernetes' container name in a pod, else the
+    runtime's (docker's without the leading "/")."""
+    image: Optional[str] = None
+    """The image as the container was created from it (e.g.
+    "docker.io/library/nginx:1.27"), as the runtime recorded it."""
 
 
 class Pod(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """The Kubernetes pod a container belongs to."""
+
     name: Optional[str] = None
     namespace: Optional[str] = None
     uid: Optional[str] = None
+    """With dashes, as the API server shows it (cgroup paths under the
+    systemd driver write it with underscores); a static pod's is the 32-hex
+    hash kubelet gives it."""
+    qos_class: Optional[Literal["guaranteed", "burstable", "besteffort"]] = None
+    """From the pod's place in the kubepods cgroup tree."""
+
+
+class BinaryDigest(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """An executable identified by its content (``runtimeguard.digests``
+    computes it): one value per file version, shared by every process that
+    runs it."""
+
+    sha256: Optional[str] = None
+    """The whole file's SHA-256, lowercase hex; None when ``error`` says why."""
+    build_id: Optional[str] = None
+    """The ELF GNU build-id (the first ``NT_GNU_BUILD_ID`` note of a
+    ``PT_NOTE`` segment), lowercase hex, as ``readelf -n`` prints it; None
+    for a script or an ELF file without one."""
+    size: int = 0
+    """The file's size in bytes; 0 when it could not be looked at."""
+    error: Optional[str] = None
+    """Why there is no ``sha256``: ``gone`` (the process exited and its file
+    cannot be found any more), ``permission denied``, ``too large (N bytes >
+    limit L)``, ``changed while being read``, ``not a regular file``, or the
+    system's error text."""
 
 
 class Workload(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -205,6 +285,46 @@ class ProcessExecData(_Data, tag="process_exec"):
     """Only when ``comm`` is not valid UTF-8: its exact bytes."""
     resolved_executable_bytes: Optional[bytes] = None
     """Only when ``resolved_executable`` is not valid UTF-8: its exact bytes."""
+    # The context the new program starts in (for a failed exec, the caller's).
+    auid: Optional[int] = None
+    """The login uid (the audit subsystem's): who logged in, whatever su or
+    sudo did since. None when never set (a daemon started at boot)."""
+    suid: Optional[int] = None
+    """The saved set-user-id."""
+    fsuid: Optional[int] = None
+    """The uid file access is checked against."""
+    cap_effective: Optional[int] = None
+    """The effective capability set, a bit mask (bit ``n`` is capability
+    ``n``, as in ``/proc/<pid>/status``' CapEff); ``capability_names()``
+    names them."""
+    cap_permitted: Optional[int] = None
+    """The permitted capability set (CapPrm)."""
+    stdin: Optional[FdKind] = None
+    """What descriptor 0 was: ``inet_socket`` for a shell is a reverse shell;
+    sshd gives a session without a terminal a ``unix_socket``."""
+    stdout: Optional[FdKind] = None
+    stderr: Optional[FdKind] = None
+    tty: Optional[str] = None
+    """The controlling terminal, named as its device under /dev (``pts/3``,
+    ``tty1``); None without one."""
+    cwd: Optional[str] = None
+    """The working directory, resolved as ``resolved_executable`` is."""
+    cwd_truncated: bool = False
+    """``cwd`` was longer than the limit: its start is cut, its end kept."""
+    cwd_bytes: Optional[bytes] = None
+    """Only when ``cwd`` is not valid UTF-8: its exact bytes."""
+    secureexec: bool = False
+    """The exec raised privilege: a set-user-id or set-group-id file, or
+    file capabilities (the kernel's AT_SECURE)."""
+    exec_id: Optional[str] = None
+    """This exec's id, unique across hosts and reboots: the boot's id, the
+    pid and the exec's boot-clock time, ``<boot_id>:<pid>:<ns>``. None for a
+    failed exec."""
+
+    def capability_names(self, which: Literal["effective", "permitted"] = "effective") -> list[str]:
+        """The capabilities a set holds, by name (``CAP_SYS_ADMIN``)."""
+        mask = self.cap_effective if which == "effective" else self.cap_permitted
+        return capability_names(mask or 0)
 
 
 class ProcessForkData(_Data, tag="process_fork"):

@@ -29,5 +29,6 @@ def test_the_readme_limits_are_the_records():
     assert limits["the arguments of a failed exec"] == (
         f"{lib.RG_MAX_ARGS} arguments of at most {lib.RG_ARG_CHUNK - 1} bytes each")
     assert limits["a name (`comm`)"] == f"{lib.RG_COMM_LEN - 1} bytes"
-    assert limits["a resolved path (`resolved_path`, `resolved_executable`)"].startswith(
+    assert limits["a resolved path (`resolved_path`, `resolved_executable`, `cwd`)"].startswith(
         f"its last {lib.RG_PATH_LEN - 1} bytes, and at most {lib.RG_PATH_DEPTH} names and mounts deep")
+    assert limits["a terminal's name (`tty`)"] == f"{lib.RG_TTY_LEN - 1} bytes"

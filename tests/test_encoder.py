@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -201,6 +202,28 @@ def resolved_text(field, start: int) -> bytes:
     return field_bytes(field)[min(start, lib.RG_PATH_LEN - 1):].split(b"\0", 1)[0]
 
 
+def exec_context(r, h) -> dict:
+    """The exec's context fields, as events.h and the schema document them."""
+    tty = cstr(r.tty)
+    if re.fullmatch(rb"pts[0-9].*", tty, re.S):
+        tty = b"pts/" + tty[3:]
+    cwd = resolved_text(r.cwd_path, r.cwd_path_start)
+    fields = dict(
+        auid=None if r.auid == 0xFFFFFFFF else r.auid, suid=r.suid, fsuid=r.fsuid,
+        cap_effective=r.cap_effective, cap_permitted=r.cap_permitted,
+        stdin=schema.FD_KINDS.get(r.stdio[0], "other"), stdout=schema.FD_KINDS.get(r.stdio[1], "other"),
+        stderr=schema.FD_KINDS.get(r.stdio[2], "other"),
+        tty=kernel_text(tty) if tty else None,
+    )
+    if cwd:
+        fields.update(cwd=kernel_text(cwd), cwd_truncated=bool(r.cwd_truncated),
+                      cwd_bytes=None if utf8(cwd) else cwd)
+    if r.retval == 0:
+        fields.update(secureexec=bool(r.secureexec),
+                      exec_id=f"{BOOT_ID.decode().strip()}:{h.pid}:{h.timestamp_ns}")
+    return fields
+
+
 PROTOCOLS = {0: None, 6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 255: "raw", 262: "mptcp"}
 
 
@@ -241,6 +264,7 @@ def model(rec_bytes: bytes) -> Flat:
                 resolved_executable_truncated=bool(r.exe_path_truncated),
                 executable_device=user_dev(r.exe_dev), executable_inode=r.exe_ino,
                 fileless=bool(r.exe_unlinked))),
+            **exec_context(r, h),
         )
     elif kind == lib.RG_KIND_PROCESS_FORK:
         data = schema.ProcessForkData(
@@ -400,6 +424,14 @@ def exec_records(draw):
     rec.exe_path_truncated, rec.exe_unlinked = draw(st.sampled_from([0, 1])), draw(st.sampled_from([0, 1]))
     rec.exe_dev = draw(st.integers(0, 4095)) << 20 | draw(st.integers(0, 2**20 - 1))
     rec.exe_ino = draw(U64)
+    rec.auid, rec.suid, rec.fsuid = draw(st.one_of(st.just(0xFFFFFFFF), U32)), draw(U32), draw(U32)
+    rec.cap_effective, rec.cap_permitted = draw(U64), draw(U64)
+    rec.secureexec, rec.cwd_truncated = draw(st.sampled_from([0, 1])), draw(st.sampled_from([0, 1]))
+    for i in range(3):
+        rec.stdio[i] = draw(st.integers(0, 255))
+    put(rec.tty, draw(st.one_of(st.just(b"pts" + str(draw(st.integers(0, 4095))).encode() + b"\0"),
+                                cstring_field(lib.RG_TTY_LEN))))
+    put_resolved(draw, rec.cwd_path, "cwd_path_start", rec)
     if draw(st.booleans()):
         # Structured argv: NUL-separated arguments, the last one maybe cut short.
         argv = draw(st.lists(kernel_bytes(40).map(lambda b: b.replace(b"\0", b"")), max_size=12))
@@ -763,9 +795,15 @@ def malformed_records(draw):
     if how == "truncated":
         full = raw(draw(any_record))
         kind = struct.unpack_from("<I", full, KIND_OFFSET)[0]
-        return full[: draw(st.integers(HEADER_SIZE, RECORD_SIZES[kind] - 1))]
-    kind = draw(st.one_of(st.sampled_from([0, lib.RG_KIND_LOST, lib.RG_KIND_SLOTS - 1, lib.RG_KIND_SLOTS]),
-                          st.integers(lib.RG_KIND_PTRACE_DENIED + 1, 2**32 - 1)))
+        end = RECORD_SIZES[kind]
+        if kind == lib.RG_KIND_FILE_OPEN:
+            # Packed: whole as far as its text goes, cut short of that.
+            path_len, resolved_len = struct.unpack_from("<HH", full, ffi.offsetof("struct rg_file_record", "path_len"))
+            end = min(end, ffi.offsetof("struct rg_file_record", "text") + path_len + resolved_len)
+        return full[: draw(st.integers(HEADER_SIZE, end - 1))]
+    # No kernel record has these kinds: none, made in user space, unused.
+    kind = draw(st.one_of(st.sampled_from([k for k in range(lib.RG_KIND_SLOTS) if not lib.rg_kinds[k].record_size]),
+                          st.integers(lib.RG_KIND_SLOTS, 2**32 - 1)))
     body = bytearray(draw(st.binary(min_size=HEADER_SIZE, max_size=1000)))
     struct.pack_into("<I", body, KIND_OFFSET, kind)
     return bytes(body)
@@ -882,6 +920,31 @@ def encode_into_marked_buffer(data: bytes, cap: int):
     _OUT_LEN[0] = 12345
     rc = lib.rg_encode_records(data, len(data), _OUT, cap, _OUT_LEN, _MALFORMED)
     return rc, _OUT_LEN[0], bytes(ffi.buffer(_OUT, 32))
+
+
+def test_the_largest_exec_fits_the_room_one_record_may_take():
+    # Every text byte invalid UTF-8 (each escaped to three bytes, and sent
+    # again as bytes), every argument one byte long, every number at its
+    # widest: the encoder's worst case.
+    rec = ffi.new("struct rg_exec_record *")
+    rec.hdr.kind = lib.RG_KIND_PROCESS_EXEC
+    rec.hdr.timestamp_ns = rec.hdr.seq = rec.hdr.cgroup_id = rec.hdr.start_boottime = 2**64 - 1
+    rec.hdr.pid = rec.hdr.uid = rec.hdr.euid = rec.hdr.gid = rec.ppid = rec.ns_pid = rec.pid_ns = 2**32 - 1
+    rec.retval, rec.parent_start_boottime, rec.exe_dev, rec.exe_ino = 0, 2**64 - 1, 2**64 - 1, 2**64 - 1
+    rec.suid = rec.fsuid = rec.auid = 2**32 - 2
+    rec.cap_effective = rec.cap_permitted = 2**64 - 1
+    ffi.memmove(rec.hdr.comm, b"\xff" * 15 + b"\0", 16)
+    ffi.memmove(rec.filename, b"\xff" * 255 + b"\0", 256)
+    ffi.memmove(rec.exe_path, b"\xff" * 255 + b"\0", 256)
+    ffi.memmove(rec.cwd_path, b"\xff" * 255 + b"\0", 256)
+    ffi.memmove(rec.tty, b"\xff" * (lib.RG_TTY_LEN - 1) + b"\0", lib.RG_TTY_LEN)
+    rec.exe_path_start = rec.cwd_path_start = 0
+    ffi.memmove(rec.args, b"\xff\0" * 256, 512)
+    rec.args_len = 512
+    rc, malformed, events = encode_raw(frame([raw(rec)]))
+    assert (rc, malformed) == (1, 0)
+    assert _OUT_LEN[0] - 5 <= MAX_ENCODED_RECORD
+    assert len(events[0].data.argv) == 256 and events[0].data.cwd_bytes == b"\xff" * 255
 
 
 def test_output_too_small_is_enobufs():
