@@ -150,8 +150,7 @@ def spawn_generator(calls, rate=0, mode="openat", cgroup=None, env=None):
                 f.write("0")
 
     gen = subprocess.Popen([GEN, mode, str(calls)] + ([str(rate)] if rate else []), stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True, preexec_fn=setup,
-                           env=None if env is None else dict(os.environ, **env))
+                           stdout=subprocess.PIPE, text=True, preexec_fn=setup, env=env)
     line = gen.stdout.readline()
     if line.strip() != "ready":
         gen.kill()
@@ -205,10 +204,54 @@ def loop_calls(mode):
     return CALLS if mode == "openat" else LOOP_CALLS[mode]
 
 
-def run_untraced(mode="openat"):
+# Machine identity: an exec storm whose children get a 2 KiB environment
+# (one identity-bearing name among 2 KiB of ordinary ones), traced with the
+# environment scan off and on. The scan's cost is the exec programs' extra
+# run time, against an untraced exec's wall time.
+IDENTITY_TARGET = 0.05
+IDENTITY_OPTIONS = {"identity_env": ["OPENAI_API_KEY", "AWS_*", "*_TOKEN"], "identity_argv": ["openai"]}
+
+
+def identity_environment() -> dict:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "OPENAI_API_KEY": "sk-bench"}
+    i = 0
+    while sum(len(k) + len(v) + 2 for k, v in env.items()) < 2048 - 70:
+        env[f"BENCH_SETTING_{i:02d}"] = "v" * 50
+        i += 1
+    return env
+
+
+def run_identity():
+    from runtimeguard import Tracer
+
+    env = identity_environment()
+    size = sum(len(k) + len(v) + 2 for k, v in env.items())
+    untraced = statistics.median(run_untraced("exec", env=env)["ns_per_call"] for _ in range(REPEATS))
+    with bpf_stats():
+        off = [run_runtimeguard("exec", env=env)["bpf_ns_per_call"] for _ in range(REPEATS)]
+        on = [run_runtimeguard("exec", env=env, tracer_options=IDENTITY_OPTIONS)["bpf_ns_per_call"]
+              for _ in range(REPEATS)]
+    # The scan is on for real: the same environment shows its identity.
+    with BenchCgroup() as cgroup:
+        with Tracer(events=["process_exec"], cgroups=[cgroup.id], **IDENTITY_OPTIONS) as t:
+            gen = spawn_generator(1, mode="exec", cgroup=cgroup, env=env)
+            go(gen)
+            generator_result(gen)
+            seen = []
+            for _ in range(20):
+                seen += [ev.data.identities for ev in t.poll(0.1) if ev.name == "process_exec"]
+                if seen:
+                    break
+    if ["env:OPENAI_API_KEY"] not in seen:
+        raise RuntimeError(f"identity bench: the environment scan found {seen}, not env:OPENAI_API_KEY")
+    return {"env_bytes": size, "untraced_ns": untraced, "off_ns": statistics.median(off),
+            "on_ns": statistics.median(on)}
+
+
+def run_untraced(mode="openat", env=None):
     calls = loop_calls(mode)
     with loop_scope(mode) as cgroup:
-        gen = spawn_generator(calls, mode=mode, cgroup=cgroup)
+        gen = spawn_generator(calls, mode=mode, cgroup=cgroup, env=env)
         go(gen)
         return {"ns_per_call": generator_result(gen) / calls}
 
@@ -312,9 +355,9 @@ def run_bcc():
 CONSUMER_APIS = ("events", "batch", "records")
 
 
-def run_runtimeguard(mode="openat", api="events", rate=0, calls=None):
+def run_runtimeguard(mode="openat", api="events", rate=0, calls=None, env=None, tracer_options=None):
     with loop_scope(mode) as cgroup:
-        return _run_runtimeguard(mode, cgroup, api, rate, calls)
+        return _run_runtimeguard(mode, cgroup, api, rate, calls, env, tracer_options or {})
 
 
 def run_exec_polls(rate=0, calls=None):
@@ -373,12 +416,13 @@ def _take(tracer, api):
     return len(events)
 
 
-def _run_runtimeguard(mode, cgroup, api, rate=0, calls=None):
+def _run_runtimeguard(mode, cgroup, api, rate=0, calls=None, env=None, tracer_options={}):
     from runtimeguard import Tracer
 
     calls, event = calls or loop_calls(mode), LOOP_EVENTS[mode]
-    gen = spawn_generator(calls, rate=rate, mode=mode, cgroup=cgroup)
-    tracer = (Tracer(events=[event], cgroups=[cgroup.id]) if cgroup else Tracer(events=[event], pids=[gen.pid]))
+    gen = spawn_generator(calls, rate=rate, mode=mode, cgroup=cgroup, env=env)
+    tracer = (Tracer(events=[event], cgroups=[cgroup.id], **tracer_options) if cgroup
+              else Tracer(events=[event], pids=[gen.pid], **tracer_options))
     try:
         tracer.start()
         delivered = 0
@@ -581,7 +625,7 @@ def file_guard_tree():
 def open_loop(path, calls, cgroup, latencies=False):
     """The generator's openat loop on path, in cgroup: ns per call, and with
     latencies, p50/p99 ns per open."""
-    env = {"WORKLOAD_PATH": path}
+    env = dict(os.environ, WORKLOAD_PATH=path)
     if latencies:
         env["WORKLOAD_LATENCIES"] = "1"
     gen = spawn_generator(calls, cgroup=cgroup, env=env)
@@ -802,6 +846,10 @@ def main():
           "(220 on the reference machine)",
           flush=True)
 
+    identity = run_identity()
+    identity_added = identity["on_ns"] - identity["off_ns"]
+    print(f"identity: exec with a {identity['env_bytes']:,}-byte environment, untraced {identity['untraced_ns']:,.0f} ns; "
+          f"BPF per exec {identity['off_ns']:,.0f} ns with the scan off, {identity['on_ns']:,.0f} ns on", flush=True)
     file_guard = run_file_guard()
     from runtimeguard.tracer import DEFAULT_MAX_LATENCY_MS
     loss = run_loss()
@@ -855,6 +903,13 @@ def main():
                    "against the C libbpf reference's",
          "runtimeguard": exec_cpu, "reference": exec_ref_cpu, "ratio": exec_cpu / exec_ref_cpu if exec_ref_cpu else None,
          "target": None, "verdict": None},
+        {"metric": f"machine identity: BPF ns the environment scan adds per exec ({identity['env_bytes']:,}-byte "
+                   f"environment, {len(IDENTITY_OPTIONS['identity_env'])} name patterns; kernel.bpf_stats_enabled), "
+                   "against the untraced exec's wall time",
+         "runtimeguard": identity_added, "reference": identity["untraced_ns"],
+         "ratio": identity_added / identity["untraced_ns"], "ratio_label": "x untraced exec",
+         "target": f"<= {IDENTITY_TARGET:.2f}x untraced exec",
+         "verdict": "PASS" if identity_added <= IDENTITY_TARGET * identity["untraced_ns"] else "FALL SHORT"},
         {"metric": "consumer ceiling: events/s one core decodes at that cost", "runtimeguard": 1e9 / rg_cpu,
          "reference": 1e9 / ref_cpu if ref_cpu else None, "ratio": None, "target": None, "verdict": None},
         {"metric": "loss: highest offered events/s with zero loss, default ring", "runtimeguard": loss["best_zero_loss"],

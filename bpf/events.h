@@ -48,7 +48,8 @@
 	X(PTRACE_DENIED, 14, "ptrace_denied", sizeof(struct rg_block_record), 1)           \
 	X(MODE_CHANGED, 15, "mode_changed", 0, 0)                                          \
 	X(PROTECTED_FILE_CHANGED, 16, "protected_file_changed", sizeof(struct rg_block_record), 1) \
-	X(NAMESPACE_DENIED, 17, "namespace_denied", sizeof(struct rg_block_record), 1)
+	X(NAMESPACE_DENIED, 17, "namespace_denied", sizeof(struct rg_block_record), 1) \
+	X(DETECTION, 18, "detection", 0, 0)
 
 enum rg_kind {
 #define RG_KIND_ID(NAME, id, name, size, decision) RG_KIND_##NAME = id,
@@ -63,6 +64,11 @@ enum rg_kind {
 #define RG_FILTER_PID 1
 #define RG_FILTER_COMM 2
 #define RG_FILTER_CGROUP 4
+/* file_open only for watched files (rg_watch_inodes): a file whose own
+ * inode, or whose directory's, is in the map. */
+#define RG_FILTER_FILES 8
+/* Files and directories a tracer watches at most (struct rg_inode_key). */
+#define RG_WATCH_MAX 65536
 
 /* How a process-memory access was made. */
 #define RG_MEM_VM_READV 1
@@ -102,6 +108,34 @@ struct rg_header {
 };
 
 #define RG_ID_UNKNOWN 0xffffffffU
+
+/* Machine identity: the environment variable names an exec's environment
+ * is scanned for (values never leave the kernel). A pattern is a name
+ * (exact), a prefix ("AWS_*") or a suffix ("*_TOKEN"); each has a bit in
+ * the exec record's identity_mask. The kernel looks names up by a 64-bit
+ * FNV-1a hash of the name, or of the prefix or suffix, its kind in the low
+ * two bits, in a map the tracer fills (rg_identity_names). */
+#define RG_IDENTITY_MAX 64        /* patterns, one bit each */
+#define RG_IDENTITY_NAME_MAX 128  /* longer names are not matched */
+#define RG_IDENTITY_AFFIX_MAX 32  /* prefixes and suffixes, at most this long */
+#define RG_ENV_SCAN_MAX 32768     /* environment bytes scanned at most */
+#define RG_ENV_VARS_MAX 512       /* variables scanned at most */
+#define RG_IDENTITY_EXACT 0
+#define RG_IDENTITY_PREFIX 1
+#define RG_IDENTITY_SUFFIX 2
+#define RG_FNV_OFFSET 0xcbf29ce484222325ULL
+#define RG_FNV_PRIME 0x100000001b3ULL
+
+#define RG_IDENTITY_KEY(fnv, kind) (((fnv) & ~3ULL) | (kind))
+
+/* The scan's settings: which prefix and suffix lengths patterns have (bit n:
+ * a pattern n bytes long), and whether any pattern is set. */
+struct rg_identity_config {
+	unsigned long long prefix_lengths;
+	unsigned long long suffix_lengths;
+	unsigned int enabled;
+	unsigned int pad;
+};
 
 /* What a process's descriptors 0-2 were at exec. A shell whose stdin is an
  * internet socket is a reverse shell; sshd hands sessions without a
@@ -152,7 +186,9 @@ struct rg_exec_record {
 	unsigned char secureexec; /* set-uid, set-gid or file capabilities raised privilege */
 	unsigned char cwd_truncated;
 	unsigned char stdio[3]; /* enum rg_fd_kind of descriptors 0, 1, 2 */
-	unsigned char pad_bytes[3];
+	unsigned char env_scan_cut; /* the environment was larger than the scan's bounds */
+	unsigned char pad_bytes[2];
+	unsigned long long identity_mask; /* bit i: identity pattern i is in the environment */
 	char tty[RG_TTY_LEN]; /* the controlling terminal's name; empty: none */
 	char exe_path[RG_PATH_LEN];
 	char cwd_path[RG_PATH_LEN]; /* the working directory, written as exe_path is */

@@ -62,6 +62,30 @@ struct {
 	__type(value, struct rg_file_scratch);
 } rg_file_scratch SEC(".maps");
 
+/* Files watched in place of the firehose (RG_FILTER_FILES): report-only,
+ * as the guard's protected files are refused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RG_WATCH_MAX);
+	__type(key, struct rg_inode_key);
+	__type(value, __u8);
+} rg_watch_inodes SEC(".maps");
+
+static __always_inline bool rg_watched(struct file *file, struct inode *inode)
+{
+	struct rg_inode_key key = { .dev = BPF_CORE_READ(inode, i_sb, s_dev), .ino = BPF_CORE_READ(inode, i_ino) };
+
+	if (bpf_map_lookup_elem(&rg_watch_inodes, &key))
+		return true;
+	/* A watched directory: every file directly in it, made before or after. */
+	struct inode *dir = BPF_CORE_READ(file, f_path.dentry, d_parent, d_inode);
+	if (!dir)
+		return false;
+	key.dev = BPF_CORE_READ(dir, i_sb, s_dev);
+	key.ino = BPF_CORE_READ(dir, i_ino);
+	return bpf_map_lookup_elem(&rg_watch_inodes, &key) != NULL;
+}
+
 static __always_inline int rg_open_exit(long ret, __u32 syscall)
 {
 	struct rg_syscall_args saved, *args = &saved;
@@ -77,6 +101,10 @@ static __always_inline int rg_open_exit(long ret, __u32 syscall)
 			rg_emit_proc_mem(args, ret, target, method);
 	}
 	if (!rg_kind_enabled(RG_KIND_FILE_OPEN))
+		return 0;
+	/* Watching: only opens that reached a watched file (a failed open
+	 * reached none). */
+	if ((rg_filter_flags & RG_FILTER_FILES) && !(file && rg_watched(file, inode)))
 		return 0;
 
 	/* Built in a per-CPU scratch, then sent with only the bytes its text uses. */

@@ -54,6 +54,155 @@ static __always_inline __u8 rg_fd_kind(struct task_struct *task, int fd)
 	}
 }
 
+/* ---- machine identity: which configured variable names the environment holds ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 3 * RG_IDENTITY_MAX);
+	__type(key, __u64); /* RG_IDENTITY_KEY() of a name, prefix or suffix */
+	__type(value, __u32); /* its pattern's bit */
+} rg_identity_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rg_identity_config);
+} rg_identity_cfg SEC(".maps");
+
+/* The environment is read a variable at a time, a chunk at most: a longer
+ * value takes several reads, its name only the first. */
+#define RG_ENV_CHUNK 512
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[RG_ENV_CHUNK]);
+} rg_env_chunk SEC(".maps");
+
+struct rg_env_scan {
+	unsigned long at, end;
+	__u64 mask;
+	__u64 prefix_lengths, suffix_lengths;
+	__u32 in_value; /* at is inside a value longer than a chunk */
+	/* The variable being read: its chunk's length (NUL counted), where its
+	 * '=' is (-1: not yet), and the hash of its name so far. */
+	__u32 len;
+	__s32 eq;
+	__u32 pad;
+	__u64 name_hash;
+};
+
+static __always_inline void rg_identity_hit(struct rg_env_scan *s, __u64 fnv, __u32 kind)
+{
+	__u64 key = RG_IDENTITY_KEY(fnv, kind);
+	__u32 *bit = bpf_map_lookup_elem(&rg_identity_names, &key);
+
+	if (bit)
+		s->mask |= 1ULL << (*bit & (RG_IDENTITY_MAX - 1));
+}
+
+/* The name's characters run through callbacks (bpf_loop), not loops: the
+ * verifier then checks each step once, whatever the name's length, where a
+ * loop would have it follow every length and every '=' position apart. */
+
+static long rg_name_char(__u32 i, void *ctx)
+{
+	struct rg_env_scan *s = ctx;
+	__u32 zero = 0;
+	unsigned char *buf = bpf_map_lookup_elem(&rg_env_chunk, &zero);
+
+	if (!buf || i + 1 >= s->len)
+		return 1;
+	unsigned char c = buf[i & (RG_ENV_CHUNK - 1)];
+	if (c == '=') {
+		s->eq = i;
+		return 1;
+	}
+	s->name_hash = (s->name_hash ^ c) * RG_FNV_PRIME;
+	if (i < RG_IDENTITY_AFFIX_MAX && (s->prefix_lengths >> ((i + 1) & 63) & 1))
+		rg_identity_hit(s, s->name_hash, RG_IDENTITY_PREFIX);
+	return 0;
+}
+
+static long rg_name_suffix(__u32 k0, void *ctx)
+{
+	struct rg_env_scan *s = ctx;
+	__u32 k = k0 + 1, zero = 0;
+
+	if (!(s->suffix_lengths >> (k & 63) & 1) || (__s32)k > s->eq)
+		return 0;
+	unsigned char *buf = bpf_map_lookup_elem(&rg_env_chunk, &zero);
+	if (!buf)
+		return 1;
+	__u64 h = RG_FNV_OFFSET;
+	for (__u32 j = 0; j < RG_IDENTITY_AFFIX_MAX && j < k; j++)
+		h = (h ^ buf[(s->eq - k + j) & (RG_ENV_CHUNK - 1)]) * RG_FNV_PRIME;
+	rg_identity_hit(s, h, RG_IDENTITY_SUFFIX);
+	return 0;
+}
+
+static long rg_env_var(__u32 index, void *ctx)
+{
+	struct rg_env_scan *s = ctx;
+	__u32 zero = 0;
+	char *buf = bpf_map_lookup_elem(&rg_env_chunk, &zero);
+
+	if (!buf || s->at >= s->end)
+		return 1;
+	long n = bpf_probe_read_user_str(buf, RG_ENV_CHUNK, (void *)s->at);
+	if (n <= 0)
+		return 1;
+	if (!s->in_value) {
+		/* The name, up to '=': hashed as it goes, each configured prefix
+		 * length looked up on the way, the whole name and the configured
+		 * suffixes at its end. */
+		s->len = n;
+		s->eq = -1;
+		s->name_hash = RG_FNV_OFFSET;
+		bpf_loop(RG_IDENTITY_NAME_MAX, rg_name_char, s, 0);
+		if (s->eq > 0) {
+			rg_identity_hit(s, s->name_hash, RG_IDENTITY_EXACT);
+			if (s->suffix_lengths)
+				bpf_loop(RG_IDENTITY_AFFIX_MAX, rg_name_suffix, s, 0);
+		}
+	}
+	/* n counts the NUL. A full chunk may have cut the variable: go on from
+	 * its last byte (a variable that just fitted then reads as an empty
+	 * one, which holds no name). */
+	if (n < RG_ENV_CHUNK) {
+		s->at += n;
+		s->in_value = 0;
+	} else {
+		s->at += n - 1;
+		s->in_value = 1;
+	}
+	return 0;
+}
+
+static __always_inline void rg_scan_environment(struct rg_exec_record *e, struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct rg_identity_config *cfg = bpf_map_lookup_elem(&rg_identity_cfg, &zero);
+
+	e->identity_mask = 0;
+	e->env_scan_cut = 0;
+	if (!cfg || !cfg->enabled)
+		return;
+	unsigned long start = BPF_CORE_READ(task, mm, env_start);
+	unsigned long end = BPF_CORE_READ(task, mm, env_end);
+	struct rg_env_scan scan = {
+		.at = start,
+		.end = end - start > RG_ENV_SCAN_MAX ? start + RG_ENV_SCAN_MAX : end,
+		.prefix_lengths = cfg->prefix_lengths,
+		.suffix_lengths = cfg->suffix_lengths,
+	};
+	bpf_loop(RG_ENV_VARS_MAX + RG_ENV_SCAN_MAX / RG_ENV_CHUNK, rg_env_var, &scan, 0);
+	e->identity_mask = scan.mask;
+	e->env_scan_cut = scan.at < end;
+}
+
 static __always_inline void rg_fill_identity(struct rg_exec_record *e, struct task_struct *task)
 {
 	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
@@ -74,7 +223,7 @@ static __always_inline void rg_fill_identity(struct rg_exec_record *e, struct ta
 	bpf_probe_read_kernel(&e->cap_permitted, sizeof(e->cap_permitted), &cred->cap_permitted);
 	for (int fd = 0; fd < 3; fd++)
 		e->stdio[fd] = rg_fd_kind(task, fd);
-	e->pad_bytes[0] = e->pad_bytes[1] = e->pad_bytes[2] = 0;
+	e->pad_bytes[0] = e->pad_bytes[1] = 0;
 	e->tty[0] = 0;
 	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
 	if (tty)
@@ -93,6 +242,9 @@ int BPF_PROG(rg_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 	struct rg_exec_record *e = rg_reserve(struct rg_exec_record, RG_KIND_PROCESS_EXEC);
 	if (!e)
 		return 0;
+	/* First: the verifier walks the scan's loop once per state that reaches
+	 * it, and the path walks below leave many. */
+	rg_scan_environment(e, task);
 	rg_fill_identity(e, task);
 	e->retval = 0;
 	const char *filename = BPF_CORE_READ(bprm, filename);
@@ -136,6 +288,9 @@ static __always_inline int rg_exec_failed(long ret, bool at)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	rg_fill_identity(e, task);
 	e->retval = ret;
+	/* The new environment was never installed. */
+	e->identity_mask = 0;
+	e->env_scan_cut = 0;
 	long n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
 	e->filename_truncated = rg_user_str_cut(n, sizeof(e->filename), filename);
 	/* Nothing was executed: no file. */

@@ -16,8 +16,9 @@ struct rg_kind_info {
 extern const struct rg_kind_info rg_kinds[RG_KIND_SLOTS];
 
 /* Room one encoded record may take at most (exec: argv and four paths, each
- * invalid byte escaped as three and sent again as bytes). */
-#define RG_MAX_ENCODED_RECORD 8192
+ * invalid byte escaped as three and sent again as bytes, and up to
+ * RG_IDENTITY_MAX identity names). */
+#define RG_MAX_ENCODED_RECORD 16384
 
 struct rg_options {
 	unsigned long long event_mask;   /* bit per RG_KIND_* the sensors emit */
@@ -156,6 +157,27 @@ long long rg_realtime_offset_ns(void);
  * text): with a pid and a time it names an exec across hosts. */
 const char *rg_boot_id(void);
 
+/* Machine identity (csrc/identity.c): the patterns processes are recognised
+ * by, one registry per process. An environment pattern ("NAME", "PREFIX*",
+ * "*SUFFIX") holds a bit of the exec record's identity_mask, named
+ * "env:<pattern>"; an argv pattern, a substring of the arguments, a slot
+ * named "argv:<pattern>". Holding returns the bit or slot (the same one for a
+ * pattern held again), or -EINVAL, -ENAMETOOLONG, -ENOSPC (every slot held);
+ * each hold is released once. */
+int rg_identity_hold_env(const char *pattern);
+int rg_identity_hold_argv(const char *pattern);
+void rg_identity_release(unsigned long long env_bits, unsigned long long argv_bits);
+/* The kernel's lookup key for a held environment pattern (rg_identity_names). */
+int rg_identity_env_key(unsigned int bit, unsigned long long *key, unsigned int *kind, unsigned int *len);
+/* The names of the identities an exec shows: its environment bits, then the
+ * argv patterns its arguments hold. */
+unsigned int rg_identity_names(unsigned long long env_mask, const char *args, size_t args_len,
+			       char names[][RG_IDENTITY_NAME_MAX + 8], unsigned int max);
+/* This tracer's exec sensor scans for an environment pattern, or its
+ * arguments are matched against an argv pattern; held until it closes. */
+int rg_tracer_watch_env(struct rg_tracer *t, const char *pattern, char *err, size_t errlen);
+int rg_tracer_watch_argv(struct rg_tracer *t, const char *pattern, char *err, size_t errlen);
+
 /* The process table's store (csrc/proctable.c; runtimeguard.processes):
  * each process's versions in time order, learned from the entries of exec,
  * fork and exit events (a Tracer given one learns as it polls), and versions
@@ -184,6 +206,9 @@ void rg_proc_table_free(struct rg_proc_table *pt);
 void rg_proc_table_learn(struct rg_proc_table *pt, const struct rg_table_entry *entries, unsigned int n,
 			 const unsigned char *data, int raw);
 /* A version made in Python: process is a msgpack Process of len bytes. */
+/* Something the consumer caches beside the store changed (a digest came):
+ * moves the generation, so answers cached while it held are made again. */
+void rg_proc_table_touch(struct rg_proc_table *pt);
 int rg_proc_table_add(struct rg_proc_table *pt, unsigned long long entity, unsigned int pid, long long since,
 		      const unsigned char *process, unsigned int len);
 /* The version of entity in effect at ts (the earliest, when ts precedes

@@ -335,6 +335,21 @@ static void encode_exec_context(struct rg_output *o, const struct rg_exec_record
 			mp_bin(w, cwd, cwd_len);
 		}
 	}
+	/* Which identities the exec shows: environment names the kernel found,
+	 * argv patterns found here. */
+	char names[RG_IDENTITY_MAX][RG_IDENTITY_NAME_MAX + 8];
+	size_t args_len = r->args_len < sizeof(r->args) ? r->args_len : sizeof(r->args);
+	unsigned int found = rg_identity_names(r->identity_mask, r->args, args_len, names, RG_IDENTITY_MAX);
+	if (found) {
+		key(o, "identities");
+		mp_array(w, found);
+		for (unsigned int i = 0; i < found; i++)
+			mp_name(w, names[i]);
+	}
+	if (r->env_scan_cut) {
+		key(o, "environment_scan_truncated");
+		mp_bool(w, 1);
+	}
 	if (r->retval == 0) {
 		key(o, "secureexec");
 		mp_bool(w, r->secureexec);

@@ -1,6 +1,10 @@
 /* Process identity and the clocks events are stamped with. */
+#define _GNU_SOURCE /* memmem */
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,4 +71,144 @@ long long rg_realtime_offset_ns(void)
 	clock_gettime(CLOCK_REALTIME, &real);
 	clock_gettime(CLOCK_BOOTTIME, &boot);
 	return (real.tv_sec - boot.tv_sec) * 1000000000LL + (real.tv_nsec - boot.tv_nsec);
+}
+
+/* ---- machine identity: the patterns processes are recognised by ----
+ *
+ * One registry per process, shared by every tracer and by the encoder: a
+ * pattern's bit (env) or slot (argv) means the same thing wherever a record
+ * is decoded. Each live tracer holds a reference to the patterns it asked
+ * for; a slot is reused only once no tracer holds it, when no tracer's
+ * kernel map can set its bit any more. */
+
+static pthread_mutex_t identity_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct identity_slot {
+	char name[RG_IDENTITY_NAME_MAX + 8]; /* "env:<pattern>" or "argv:<pattern>"; empty: free */
+	unsigned int kind, length;           /* env: the pattern's kind and its name part's length */
+	unsigned int holders;
+};
+
+static struct identity_slot env_slots[RG_IDENTITY_MAX], argv_slots[RG_IDENTITY_MAX];
+
+/* "NAME" exact, "PREFIX*" or "*SUFFIX"; the name part without '=', NUL or '*'. */
+static int parse_env_pattern(const char *pattern, unsigned int *kind, const char **text, size_t *len)
+{
+	size_t n = strlen(pattern);
+
+	*kind = RG_IDENTITY_EXACT;
+	*text = pattern;
+	if (n && pattern[n - 1] == '*') {
+		*kind = RG_IDENTITY_PREFIX;
+		n--;
+	} else if (n && pattern[0] == '*') {
+		*kind = RG_IDENTITY_SUFFIX;
+		(*text)++;
+		n--;
+	}
+	*len = n;
+	if (!n || memchr(*text, '=', n) || memchr(*text, '*', n))
+		return -EINVAL;
+	if (n > (*kind == RG_IDENTITY_EXACT ? RG_IDENTITY_NAME_MAX : RG_IDENTITY_AFFIX_MAX))
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static int hold(struct identity_slot *slots, const char *name, unsigned int kind, unsigned int length)
+{
+	int free_slot = -1;
+
+	pthread_mutex_lock(&identity_lock);
+	for (int i = 0; i < RG_IDENTITY_MAX; i++) {
+		if (slots[i].holders && !strcmp(slots[i].name, name)) {
+			slots[i].holders++;
+			pthread_mutex_unlock(&identity_lock);
+			return i;
+		}
+		if (!slots[i].holders && free_slot < 0)
+			free_slot = i;
+	}
+	if (free_slot >= 0) {
+		snprintf(slots[free_slot].name, sizeof(slots[free_slot].name), "%s", name);
+		slots[free_slot].kind = kind;
+		slots[free_slot].length = length;
+		slots[free_slot].holders = 1;
+	}
+	pthread_mutex_unlock(&identity_lock);
+	return free_slot >= 0 ? free_slot : -ENOSPC;
+}
+
+int rg_identity_hold_env(const char *pattern)
+{
+	unsigned int kind;
+	const char *text;
+	size_t len;
+	char name[RG_IDENTITY_NAME_MAX + 8];
+	int ret = parse_env_pattern(pattern, &kind, &text, &len);
+
+	if (ret)
+		return ret;
+	snprintf(name, sizeof(name), "env:%s", pattern);
+	return hold(env_slots, name, kind, len);
+}
+
+int rg_identity_hold_argv(const char *pattern)
+{
+	char name[RG_IDENTITY_NAME_MAX + 8];
+	size_t n = strlen(pattern);
+
+	if (!n)
+		return -EINVAL;
+	if (n > RG_IDENTITY_NAME_MAX)
+		return -ENAMETOOLONG;
+	snprintf(name, sizeof(name), "argv:%s", pattern);
+	return hold(argv_slots, name, 0, n);
+}
+
+void rg_identity_release(unsigned long long env_bits, unsigned long long argv_bits)
+{
+	pthread_mutex_lock(&identity_lock);
+	for (int i = 0; i < RG_IDENTITY_MAX; i++) {
+		if ((env_bits >> i & 1) && env_slots[i].holders && !--env_slots[i].holders)
+			env_slots[i].name[0] = 0;
+		if ((argv_bits >> i & 1) && argv_slots[i].holders && !--argv_slots[i].holders)
+			argv_slots[i].name[0] = 0;
+	}
+	pthread_mutex_unlock(&identity_lock);
+}
+
+int rg_identity_env_key(unsigned int bit, unsigned long long *key, unsigned int *kind, unsigned int *len)
+{
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&identity_lock);
+	if (bit < RG_IDENTITY_MAX && env_slots[bit].holders) {
+		const struct identity_slot *slot = &env_slots[bit];
+		const char *text = slot->name + 4 + (slot->kind == RG_IDENTITY_SUFFIX);
+		unsigned long long h = RG_FNV_OFFSET;
+		for (unsigned int i = 0; i < slot->length; i++)
+			h = (h ^ (unsigned char)text[i]) * RG_FNV_PRIME;
+		*key = RG_IDENTITY_KEY(h, slot->kind);
+		*kind = slot->kind;
+		*len = slot->length;
+		ret = 0;
+	}
+	pthread_mutex_unlock(&identity_lock);
+	return ret;
+}
+
+unsigned int rg_identity_names(unsigned long long env_mask, const char *args, size_t args_len,
+			       char names[][RG_IDENTITY_NAME_MAX + 8], unsigned int max)
+{
+	unsigned int n = 0;
+
+	pthread_mutex_lock(&identity_lock);
+	for (int i = 0; i < RG_IDENTITY_MAX && n < max; i++)
+		if ((env_mask >> i & 1) && env_slots[i].holders)
+			memcpy(names[n++], env_slots[i].name, sizeof(env_slots[i].name));
+	for (int i = 0; i < RG_IDENTITY_MAX && n < max; i++)
+		if (argv_slots[i].holders && memmem(args, args_len, argv_slots[i].name + 5, argv_slots[i].length))
+			memcpy(names[n++], argv_slots[i].name, sizeof(argv_slots[i].name));
+	pthread_mutex_unlock(&identity_lock);
+	return n;
 }

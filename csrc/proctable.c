@@ -7,8 +7,12 @@
  *
  * Two open-addressing hash tables (entity id -> process, pid -> entity id),
  * linear probing with backward-shift deletion; a ring of exited processes,
- * the oldest forgotten past keep_exited; the oldest quarter forgotten when
- * max_processes is reached. One mutex: tracers poll from their own threads
+ * the oldest forgotten past keep_exited, except those a process in the
+ * table names as its parent: an exited ancestor is kept (parked off the
+ * ring) while a descendant is, so a long-lived process keeps its ancestry.
+ * When max_processes is reached a quarter goes: exited processes first,
+ * then live ones (the oldest first: /proc still has those), parked
+ * ancestors last. One mutex: tracers poll from their own threads
  * and events are read from any. */
 #include <errno.h>
 #include <limits.h>
@@ -28,9 +32,12 @@ struct version {
 struct process {
 	unsigned long long entity;
 	unsigned long long order; /* when first learned: the oldest are forgotten first */
+	unsigned long long parent; /* the parent it names, when that was in the table (0: none) */
+	unsigned int children;     /* processes in the table that name it as their parent */
 	unsigned int pid;
 	unsigned int count;
 	unsigned int exited;
+	unsigned int parked;       /* exited, kept off the ring while it has children */
 	struct version versions[];
 };
 
@@ -198,6 +205,23 @@ static void pid_drop(struct rg_proc_table *pt, unsigned int pid, unsigned long l
 		       (pt->pid_keys[j_] = 0, pt->pid_entities[j_] = 0));
 }
 
+static void exited_push(struct rg_proc_table *pt, unsigned long long entity);
+
+/* p no longer names its parent: a parked parent left childless goes back
+ * on the ring, to be forgotten in turn. */
+static void unlink_parent(struct rg_proc_table *pt, struct process *p)
+{
+	struct process *parent = p->parent ? lookup(pt, p->parent) : NULL;
+
+	p->parent = 0;
+	if (!parent || !parent->children)
+		return;
+	if (!--parent->children && parent->parked) {
+		parent->parked = 0;
+		exited_push(pt, parent->entity);
+	}
+}
+
 static void forget(struct rg_proc_table *pt, unsigned long long entity)
 {
 	unsigned int i = slot_of(pt, entity);
@@ -205,6 +229,8 @@ static void forget(struct rg_proc_table *pt, unsigned long long entity)
 
 	if (!p)
 		return;
+	unlink_parent(pt, p);
+	i = slot_of(pt, entity); /* unlinking may have forgotten others (a parent unparked onto a full ring): slots move */
 	pid_drop(pt, p->pid, entity);
 	BACKWARD_SHIFT(pt, i, pt->slots[j_], hash64(pt->slots[j_]->entity), pt->slots[hole_] = pt->slots[j_],
 		       pt->slots[j_] = NULL);
@@ -219,7 +245,9 @@ static int by_order(const void *a, const void *b)
 	return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
-/* The table is full: the quarter learned first goes. */
+/* The table is full: a quarter goes. Exited processes first (oldest
+ * first), then live ones (/proc still has them), parked ancestors last (no
+ * one else remembers them). */
 static void forget_oldest(struct rg_proc_table *pt)
 {
 	unsigned long long(*all)[2] = malloc(sizeof(*all) * pt->count);
@@ -229,8 +257,10 @@ static void forget_oldest(struct rg_proc_table *pt)
 		return;
 	for (unsigned int i = 0; i < pt->capacity; i++)
 		if (pt->slots[i]) {
-			all[n][0] = pt->slots[i]->order;
-			all[n][1] = pt->slots[i]->entity;
+			const struct process *p = pt->slots[i];
+			unsigned long long rank = p->parked ? 2 : p->exited ? 0 : 1;
+			all[n][0] = rank << 62 | p->order;
+			all[n][1] = p->entity;
 			n++;
 		}
 	qsort(all, n, sizeof(*all), by_order);
@@ -325,6 +355,26 @@ static void note_parent(struct rg_proc_table *pt, unsigned int pid, unsigned lon
 	pt->stranger_entities[pt->stranger_count++] = entity;
 }
 
+/* Onto the ring of exited processes, forgotten in chunks (not one per
+ * exit) past keep_exited; one with children is parked instead. */
+static void exited_push(struct rg_proc_table *pt, unsigned long long entity)
+{
+	pt->exited[(pt->exited_head + pt->exited_count) % pt->exited_capacity] = entity;
+	pt->exited_count++;
+	if (pt->exited_count <= pt->keep_exited + pt->keep_exited / 4 && pt->exited_count < pt->exited_capacity)
+		return;
+	while (pt->exited_count > pt->keep_exited) {
+		unsigned long long oldest = pt->exited[pt->exited_head];
+		pt->exited_head = (pt->exited_head + 1) % pt->exited_capacity;
+		pt->exited_count--;
+		struct process *p = lookup(pt, oldest);
+		if (p && p->children)
+			p->parked = 1;
+		else
+			forget(pt, oldest); /* may push a parent it unparks: the loop takes it too */
+	}
+}
+
 static void mark_exited(struct rg_proc_table *pt, unsigned long long entity)
 {
 	struct process *p = lookup(pt, entity);
@@ -332,16 +382,7 @@ static void mark_exited(struct rg_proc_table *pt, unsigned long long entity)
 	if (!p || p->exited)
 		return;
 	p->exited = 1;
-	pt->exited[(pt->exited_head + pt->exited_count) % pt->exited_capacity] = entity;
-	pt->exited_count++;
-	/* Forgotten in chunks, not one per exit. */
-	if (pt->exited_count > pt->keep_exited + pt->keep_exited / 4 || pt->exited_count == pt->exited_capacity) {
-		while (pt->exited_count > pt->keep_exited) {
-			forget(pt, pt->exited[pt->exited_head]);
-			pt->exited_head = (pt->exited_head + 1) % pt->exited_capacity;
-			pt->exited_count--;
-		}
-	}
+	exited_push(pt, entity);
 }
 
 static void learn_one(struct rg_proc_table *pt, const struct rg_table_entry *e, const unsigned char *details,
@@ -368,6 +409,14 @@ static void learn_one(struct rg_proc_table *pt, const struct rg_table_entry *e, 
 	add_version(pt, p, e->since, e, copy, details_len);
 	p->pid = e->pid;
 	pid_set(pt, e->pid, e->entity_id);
+	if (e->parent_entity_id != p->parent && e->parent_entity_id != e->entity_id) {
+		unlink_parent(pt, p);
+		struct process *parent = lookup(pt, e->parent_entity_id);
+		if (parent) {
+			parent->children++;
+			p->parent = parent->entity;
+		}
+	}
 }
 
 void rg_proc_table_learn(struct rg_proc_table *pt, const struct rg_table_entry *entries, unsigned int n,
@@ -389,6 +438,11 @@ void rg_proc_table_learn(struct rg_proc_table *pt, const struct rg_table_entry *
 		learn_one(pt, e, details, len);
 	}
 	pthread_mutex_unlock(&pt->lock);
+}
+
+void rg_proc_table_touch(struct rg_proc_table *pt)
+{
+	__atomic_add_fetch(&pt->generation, 1, __ATOMIC_RELEASE);
 }
 
 int rg_proc_table_add(struct rg_proc_table *pt, unsigned long long entity, unsigned int pid, long long since,

@@ -160,6 +160,10 @@ struct rg_tracer {
 	/* The guard's fanotify file judge (guard_fanotify), and its decisions
 	 * taken from its queue, merged into the ring's records by time. */
 	struct rg_file_judge *judge;
+	/* The environment scan's settings, as last written to rg_identity_cfg. */
+	struct rg_identity_config identity;
+	/* The identity patterns this tracer holds (released when it closes). */
+	unsigned long long identity_env_bits, identity_argv_bits;
 	struct rg_block_record judged[RG_JUDGED_BATCH];
 	unsigned int judged_pos, judged_count;
 };
@@ -243,6 +247,10 @@ static void tracer_free(struct rg_tracer *t)
 	t->n_links = 0;
 	if (t->ring)
 		ring_buffer__free(t->ring);
+	/* No record of this tracer is decoded any more: its patterns' slots may
+	 * be reused. */
+	rg_identity_release(t->identity_env_bits, t->identity_argv_bits);
+	t->identity_env_bits = t->identity_argv_bits = 0;
 	if (t->consumer_page)
 		munmap(t->consumer_page, t->page_size);
 	if (t->producer_page)
@@ -631,6 +639,51 @@ int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, 
 		return 0;
 	}
 	return fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
+}
+
+static int identity_refused(int ret, const char *pattern, char *err, size_t errlen)
+{
+	if (ret == -ENOSPC)
+		return fail(err, errlen, ret, "identity pattern %s: all %d patterns of its kind are in use by live tracers",
+			    pattern, RG_IDENTITY_MAX);
+	return fail(err, errlen, ret, "identity pattern %s", pattern);
+}
+
+int rg_tracer_watch_env(struct rg_tracer *t, const char *pattern, char *err, size_t errlen)
+{
+	unsigned long long key;
+	unsigned int kind, len, zero = 0;
+	int bit = rg_identity_hold_env(pattern), ret;
+
+	if (bit < 0)
+		return identity_refused(bit, pattern, err, errlen);
+	if (t->identity_env_bits >> bit & 1) {
+		rg_identity_release(1ULL << bit, 0); /* held already */
+		return 0;
+	}
+	t->identity_env_bits |= 1ULL << bit;
+	unsigned int value = bit;
+	if ((ret = rg_identity_env_key(bit, &key, &kind, &len)) ||
+	    (ret = rg_tracer_map_update(t, "rg_identity_names", &key, &value, err, errlen)))
+		return ret;
+	if (kind == RG_IDENTITY_PREFIX)
+		t->identity.prefix_lengths |= 1ULL << len;
+	else if (kind == RG_IDENTITY_SUFFIX)
+		t->identity.suffix_lengths |= 1ULL << len;
+	t->identity.enabled = 1;
+	return rg_tracer_map_update(t, "rg_identity_cfg", &zero, &t->identity, err, errlen);
+}
+
+int rg_tracer_watch_argv(struct rg_tracer *t, const char *pattern, char *err, size_t errlen)
+{
+	int slot = rg_identity_hold_argv(pattern);
+
+	if (slot < 0)
+		return identity_refused(slot, pattern, err, errlen);
+	if (t->identity_argv_bits >> slot & 1)
+		rg_identity_release(0, 1ULL << slot);
+	t->identity_argv_bits |= 1ULL << slot;
+	return 0;
 }
 
 int rg_tracer_protect_path(struct rg_tracer *t, const char *path, unsigned int kind, unsigned int rule_index,

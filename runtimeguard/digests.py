@@ -195,13 +195,17 @@ class _ReadRequest(msgspec.Struct, frozen=True, gc=False):
 _caches: "weakref.WeakSet[DigestCache]" = weakref.WeakSet()
 
 
+WORKER_IDLE_S = 1.0  # a worker with nothing to do for this long ends
+
+
 class DigestCache:
     """Binary digests by file version, computed once each, off the caller's thread.
 
     ``request(pid, device, inode, path)`` asks, without waiting, for the
-    digest of what process pid executes: a tracer calls it when it learns an
-    exec. One background thread (a daemon, started by the first request,
-    ended by ``stop()``) reads the file and keeps the result. Later,
+    digest of what process pid executes: the process table calls it when it
+    builds a process. One background thread (a daemon, started by a request,
+    ended by ``stop()`` or after ``WORKER_IDLE_S`` with nothing to do) reads
+    the file and keeps the result. Later,
     ``lookup_process(pid, device, inode)`` or ``get(device, inode, ctime_ns,
     size)`` answer from memory without waiting, and ``digest_of(...)``
     computes one on the caller's thread, waiting as long as that takes.
@@ -239,6 +243,7 @@ class DigestCache:
         self.chunk_size = chunk_size
         self._reset_after_fork()
         self._requests = self._dropped = self._hashed = self._cached = self._failed = 0
+        self._listeners: list[Callable[[], None]] = []
         _caches.add(self)
 
     def _reset_after_fork(self) -> None:
@@ -316,6 +321,12 @@ class DigestCache:
             found = self._by_exec.get((pid, st.st_dev, st.st_ino))
         return found if found is not None else self.get(st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size)
 
+    def answer(self, pid: int, device: int, inode: int) -> Optional[BinaryDigest]:
+        """The answer to request(pid, device, inode), if the worker has given
+        it; never touches a file (cheap enough to ask on every read)."""
+        with self._lock:
+            return self._by_exec.get((pid, device, inode))
+
     def get(self, device: int, inode: int, ctime_ns: int, size: int) -> Optional[BinaryDigest]:
         """The cached digest of that file version (``os.stat()``'s
         ``st_dev``, ``st_ino``, ``st_ctime_ns``, ``st_size``), or None."""
@@ -337,6 +348,13 @@ class DigestCache:
         return self._digest(target, device, inode, path, background=False)[0]
 
     # ---- the worker ----
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """listener() is called, from the worker's thread, each time a
+        requested digest is answered (a process table then drops the answers
+        it cached without it). It must not block; what it raises is ignored."""
+        with self._lock:
+            self._listeners.append(listener)
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Ends the worker, discarding the requests still waiting; a file
@@ -366,7 +384,10 @@ class DigestCache:
         while True:
             with self._lock:
                 while not self._queue and self._worker is me:
-                    self._wake.wait()
+                    # Idle: the thread ends, and the next request starts another.
+                    if not self._wake.wait(WORKER_IDLE_S) and not self._queue and self._worker is me:
+                        self._worker = None
+                        return
                 if self._worker is not me:
                     return
                 request = self._queue.popleft()
@@ -388,6 +409,12 @@ class DigestCache:
                 elif found is not None:
                     # Asked by pid alone: by the file found, as lookup_process() asks.
                     self._remember_exec((request.pid, found.st_dev, found.st_ino), digest)
+                listeners = list(self._listeners)
+            for listener in listeners:
+                try:
+                    listener()
+                except Exception:  # a listener's failure is not the worker's
+                    pass
 
     def _remember_exec(self, exec_key: tuple, digest: BinaryDigest) -> None:
         by_exec = self._by_exec

@@ -136,3 +136,9 @@ def prepare() -> None:
         raise EnvironmentSetupError(
             "the kernel has no BTF (/sys/kernel/btf/vmlinux missing): CO-RE programs cannot be "
             "relocated; a kernel built with CONFIG_DEBUG_INFO_BTF=y is required")
+
+
+def kernel_dev(st_dev: int) -> int:
+    """os.stat()'s st_dev as BPF programs see a superblock's: the kernel's
+    dev_t, major << 20 | minor."""
+    return os.major(st_dev) << 20 | os.minor(st_dev)

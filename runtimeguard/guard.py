@@ -111,11 +111,6 @@ class GuardResult(msgspec.Struct):
     """Every guard decision, in order."""
 
 
-def _kernel_dev(st_dev: int) -> int:
-    # BPF sees the superblock's kernel dev_t (major << 20 | minor).
-    return os.major(st_dev) << 20 | os.minor(st_dev)
-
-
 def _decoy_content(template: str) -> bytes:
     token = secrets.token_hex
     if template == "aws":
@@ -267,7 +262,7 @@ class Guard:
             if self.backend == "fanotify":
                 tracer.protect_path(path, kind, index)
                 return
-            key = ffi.new("struct rg_inode_key *", {"dev": _kernel_dev(st.st_dev), "ino": st.st_ino})
+            key = ffi.new("struct rg_inode_key *", {"dev": environment.kernel_dev(st.st_dev), "ino": st.st_ino})
             value = ffi.new("struct rg_protected_value *",
                             {"kind": kind, "rule_index": index, "is_dir": os.path.isdir(path)})
             tracer.update_map("rg_protected", key, value)

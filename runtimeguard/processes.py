@@ -19,15 +19,17 @@ import os
 import struct
 import time
 import threading
+import weakref
 from typing import Callable, Iterable, Optional
 
 import msgspec
 
-from . import schema
+from . import digests, schema
 from ._native import ffi, lib
 from . import containers
 from .containers import ContainerCatalog, Described
-from .schema import Container, Event, Pod, Process, ProcessRef, Workload
+from .digests import DigestCache
+from .schema import BinaryDigest, Container, Event, Pod, Process, ProcessRef, Workload
 
 MAX_ANCESTORS = 8
 MAX_PROCESSES = 32768
@@ -110,7 +112,7 @@ class ProcessTable:
 
     def __init__(self, entity_id: Callable[[int, int], int], realtime_offset_ns: Callable[[], int],
                  cgroup_mount: Optional[str], cgroup_path: Optional[Callable[[int], Optional[str]]] = None,
-                 container_root: str = "/"):
+                 container_root: str = "/", digests: Optional[DigestCache] = None):
         self._entity_id = entity_id
         self._realtime_offset_ns = realtime_offset_ns
         self._ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -136,6 +138,21 @@ class ProcessTable:
         self._buffers = threading.local()
         # Versions are made here from any thread that reads events.
         self._lock = threading.RLock()
+        # Executables' digests, computed by the cache's worker: a version
+        # built before its digest was ready waits here, (entity id, since) ->
+        # the request (pid, device, inode), and gets it when next read.
+        self._digests = digests
+        self._digest_pending: dict[tuple[int, int], tuple[int, int, int]] = {}
+        if digests is not None:
+            table = weakref.ref(self)
+
+            def digest_ready() -> None:
+                # Cached workloads were made without it: make them again.
+                alive = table()
+                if alive is not None and alive._digest_pending:
+                    lib.rg_proc_table_touch(alive.native)
+
+            digests.add_listener(digest_ready)
 
     def __len__(self) -> int:
         return lib.rg_proc_table_count(self.native)
@@ -232,7 +249,30 @@ class ProcessTable:
         process = self._built.get((entity, v[0]))
         if process is None:
             process = self._build_chain(entity, v, b)
+        if self._digest_pending and (entity, v[0]) in self._digest_pending:
+            process = self._with_digest((entity, v[0]), process)
         return v[0], v[1], process
+
+    def _digest_of(self, key: tuple[int, int], pid: int, device: Optional[int], inode: Optional[int],
+                   path: Optional[str]) -> Optional[BinaryDigest]:
+        """The digest of the file a version runs, if ready; else asked for
+        (the version then waits for it in _digest_pending)."""
+        if self._digests is None or device is None or inode is None:
+            return None
+        found = self._digests.answer(pid, device, inode)
+        if found is None:
+            self._digests.request(pid, device, inode, path)
+            self._digest_pending[key] = (pid, device, inode)
+        return found
+
+    def _with_digest(self, key: tuple[int, int], process: Process) -> Process:
+        found = self._digests.answer(*self._digest_pending[key])
+        if found is None:
+            return process
+        del self._digest_pending[key]
+        process = msgspec.structs.replace(process, executable_digest=found)
+        self._built[key] = process
+        return process
 
     def _build_chain(self, entity: int, v: tuple, b) -> Process:
         """Builds the version v (just found), after those of its ancestors it
@@ -266,7 +306,8 @@ class ProcessTable:
 
     # Processes are built positionally, in Process's field order: pid,
     # entity_id, name, executable, argv, argv_truncated, uid, euid, gid, ppid,
-    # start_time, parent, ancestors, ns_pid, pid_ns, exec_id, auid, tty, cwd.
+    # start_time, parent, ancestors, ns_pid, pid_ns, exec_id, auid, tty, cwd,
+    # identities, executable_digest.
 
     def _build(self, key: tuple[int, int], v: tuple, details: bytes) -> Process:
         entity, since = key
@@ -280,17 +321,22 @@ class ProcessTable:
         if kind == _FORK:
             # The child starts as a copy of its parent then.
             exec_id = exec_id_of(pid, boot_ns) if boot_ns else None
+            if parent is not None and found and parent.executable_digest is None \
+                    and (parent_entity, found[0]) in self._digest_pending:
+                self._digest_pending[key] = self._digest_pending[(parent_entity, found[0])]
             if parent is None:
                 # Neither seen nor in /proc any more: what the fork itself says.
                 return Process(pid, entity, "", None, None, False, None, None, None, parent_pid, since, None, [],
                                ns_pid, pid_ns, exec_id)
             return Process(pid, entity, parent.name, parent.executable, parent.argv, parent.argv_truncated,
                            parent.uid, parent.euid, parent.gid, parent.pid, since, ref, ancestors, ns_pid, pid_ns,
-                           exec_id, parent.auid, parent.tty, parent.cwd)
+                           exec_id, parent.auid, parent.tty, parent.cwd, parent.identities,
+                           parent.executable_digest)
         d = schema._details_decoder.decode(details).data
+        digest = self._digest_of(key, pid, d.executable_device, d.executable_inode, d.resolved_executable)
         return Process(pid, entity, d.comm, d.resolved_executable or d.executable, d.argv, d.argv_truncated,
                        d.uid, d.euid, d.gid, d.ppid, d.start_time, ref, ancestors, d.ns_pid, d.pid_ns,
-                       d.exec_id, d.auid, d.tty, d.cwd)
+                       d.exec_id, d.auid, d.tty, d.cwd, d.identities, digest)
 
     def _add(self, since: int, process: Process) -> None:
         """A version made here: a process read from /proc, or one as an event saw it."""
@@ -424,6 +470,11 @@ class ProcessTable:
         entity_id = entity_id or self._entity_id(pid, start_boot_ns)
         executable = _executable(base)
         try:
+            exe = os.stat(f"{base}/exe")
+            exe_file = (exe.st_dev, exe.st_ino)
+        except OSError:
+            exe_file = (None, None)
+        try:
             with open(f"{base}/cmdline", "rb") as f:
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
         except OSError:
@@ -469,6 +520,9 @@ class ProcessTable:
             exec_id=exec_id_of(pid, start_boot_ns), auid=None if auid == _AUID_UNSET else auid,
             tty=_tty_name(tty_nr), cwd=cwd,
         )
+        digest = self._digest_of((entity_id, 0), pid, *exe_file, executable)
+        if digest is not None:
+            process = msgspec.structs.replace(process, executable_digest=digest)
         self._add(0, process)  # since 0: it is all we know of its past
         return process
 
@@ -540,6 +594,7 @@ def shared_table(entity_id: Callable[[int, int], int], realtime_offset_ns: Calla
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = ProcessTable(entity_id, realtime_offset_ns, cgroup_mount, cgroup_path(), _container_root)
+            _shared = ProcessTable(entity_id, realtime_offset_ns, cgroup_mount, cgroup_path(), _container_root,
+                                   digests.shared_cache())
             schema.set_resolver(_shared)
         return _shared

@@ -48,7 +48,8 @@ from ._native import ffi, lib
 # 1.6: the context an exec starts in (process_exec auid, suid, fsuid,
 # cap_effective, cap_permitted, stdin/stdout/stderr, tty, cwd, secureexec,
 # exec_id; Process exec_id, auid, tty, cwd); containers and pods named from
-# the runtime's files on disk; executables' digests (BinaryDigest).
+# the runtime's files on disk; executables' digests (BinaryDigest);
+# detection events, Threat MITRE ids, TriggeredBy pid/entity_id.
 SCHEMA_VERSION = "1.6"
 
 # The event registry: name -> stable id, from the one table of kinds
@@ -135,6 +136,16 @@ class Process(msgspec.Struct, frozen=True, omit_defaults=True):
     """The controlling terminal (``pts/3``), as its exec saw it."""
     cwd: Optional[str] = None
     """The working directory at its exec."""
+    identities: list[str] = []
+    """The machine identities it holds (``env:OPENAI_API_KEY``,
+    ``argv:openai``), as its exec showed them; a forked child has its
+    parent's. Empty when none was found, or none looked for: no pattern was
+    registered at its exec, or it predates the tracer (whose environment is
+    never read from user space)."""
+    executable_digest: Optional[BinaryDigest] = None
+    """The executable's content digest (sha256, ELF build-id), computed off
+    the event path the first time the process is read; None until it is
+    ready (a later read of the process has it)."""
 
 
 class Container(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -224,16 +235,29 @@ class PolicyRef(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
 
 
 class Threat(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """Why an event matters: what happened in plain words, how bad, and
+    where it sits in MITRE ATT&CK (ids and names as ATT&CK publishes them)."""
+
     description: str
     severity: Literal["info", "low", "medium", "high", "critical"]
     mitre_tactic: Optional[str] = None
+    """The tactic's name ("Execution")."""
     mitre_technique: Optional[str] = None
+    """The technique's name ("Unix Shell"; a sub-technique's own name)."""
+    mitre_tactic_id: Optional[str] = None
+    """The tactic's id ("TA0002")."""
+    mitre_technique_id: Optional[str] = None
+    """The technique's id ("T1059.004")."""
 
 
 class TriggeredBy(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """An event a detection stands on, named well enough to find its line."""
+
     name: str
     id: int
     timestamp: int
+    pid: Optional[int] = None
+    entity_id: Optional[int] = None
 
 
 # ---- per-event data: a tagged union on "type" (the event name) ----
@@ -313,6 +337,15 @@ class ProcessExecData(_Data, tag="process_exec"):
     """``cwd`` was longer than the limit: its start is cut, its end kept."""
     cwd_bytes: Optional[bytes] = None
     """Only when ``cwd`` is not valid UTF-8: its exact bytes."""
+    identities: list[str] = []
+    """The machine identities the exec showed, of the patterns registered
+    (``Tracer(identity_env=..., identity_argv=...)``): ``env:<pattern>`` for
+    an environment variable name the kernel found in the new program's
+    environment (its value never leaves the kernel), ``argv:<pattern>`` for a
+    pattern found in its arguments."""
+    environment_scan_truncated: bool = False
+    """The environment was larger than the scan reaches (32 KiB, 512
+    variables): names past that were not looked at."""
     secureexec: bool = False
     """The exec raised privilege: a set-user-id or set-group-id file, or
     file capabilities (the kernel's AT_SECURE)."""
@@ -517,6 +550,21 @@ class ModeChangedData(_Data, tag="mode_changed"):
     mode: Literal["audit", "enforce"]
 
 
+class DetectionData(_Data, tag="detection"):
+    """A detection rule (runtimeguard.detections) found something: made in
+    user space from the events it saw. The event's ``threat`` says why it
+    matters, ``triggered_by`` names the event that completed the rule, and
+    the workload is that event's process."""
+
+    rule: str
+    """The rule's id ("reverse_shell")."""
+    summary: str
+    """One line, for people."""
+    events: list[TriggeredBy] = []
+    """Every event involved, oldest first (a sequence's steps); the last is
+    ``triggered_by``."""
+
+
 EventData = Union[
     ProcessExecData,
     ProcessForkData,
@@ -535,6 +583,7 @@ EventData = Union[
     ModeChangedData,
     ProtectedFileChangedData,
     NamespaceDeniedData,
+    DetectionData,
 ]
 
 
@@ -612,6 +661,10 @@ class _Details(msgspec.Struct, array_like=True, frozen=True, gc=False):
     action: Action
     data: EventData
     target: Optional[_Target] = None
+    # Only events made in Python (detections) carry these: the native
+    # encoder stops at target, so they stay last.
+    threat: Optional[Threat] = None
+    triggered_by: Optional[TriggeredBy] = None
 
 
 _details_decoder = msgspec.msgpack.Decoder(_Details)
@@ -725,11 +778,14 @@ class Event(msgspec.Struct, array_like=True, gc=False, repr_omit_defaults=True):
 
     @property
     def threat(self) -> Optional[Threat]:
-        return None
+        """Why it matters (a detection's); None for what the kernel reported."""
+        # A kernel record kept by the batch API never carries one: no decoding for that.
+        return self._details().threat if self.encoded else None
 
     @property
     def triggered_by(self) -> Optional[TriggeredBy]:
-        return None
+        """The event that completed a detection's rule."""
+        return self._details().triggered_by if self.encoded else None
 
     def record(self) -> EventRecord:
         """The whole event, workload and target resolved: the NDJSON line."""
@@ -738,16 +794,19 @@ class Event(msgspec.Struct, array_like=True, gc=False, repr_omit_defaults=True):
         entity = d.entity_id or (wl.process.entity_id if wl is not None else 0)
         # Positional, in EventRecord's field order: the fastest way to build it.
         return EventRecord(self.timestamp, self.id, EVENT_NAMES[self.id], d.data, d.seq, d.cpu, self.pid,
-                           self.tid, entity, d.cgroup_id, wl, d.action, self.target_context)
+                           self.tid, entity, d.cgroup_id, wl, d.action, self.target_context, None, d.threat,
+                           d.triggered_by)
 
     @classmethod
     def make(cls, *, id: int, timestamp: int, data: EventData, pid: int = 0, tid: int = 0, seq: int = 0,
              cpu: int = 0, entity_id: int = 0, cgroup_id: int = 0, uid: Optional[int] = None,
              euid: Optional[int] = None, gid: Optional[int] = None, comm: str = "",
-             action: Action = "observed", target: Optional[_Target] = None) -> "Event":
+             action: Action = "observed", target: Optional[_Target] = None, threat: Optional[Threat] = None,
+             triggered_by: Optional[TriggeredBy] = None) -> "Event":
         """An event made in Python, encoded as the native consumer would."""
         details = _Details(seq=seq, cpu=cpu, entity_id=entity_id, cgroup_id=cgroup_id, uid=uid, euid=euid, gid=gid,
-                           comm=comm, action=action, data=data, target=target)
+                           comm=comm, action=action, data=data, target=target, threat=threat,
+                           triggered_by=triggered_by)
         return cls(id=id, timestamp=timestamp, pid=pid, tid=tid, details=_details_encoder.encode(details))
 
 

@@ -119,6 +119,39 @@ def _cgroup_id(cgroup: Union[int, str]) -> int:
         raise ValueError(f"cgroup {cgroup!r}: {e.strerror}") from None
 
 
+def _watched_inode(path: str) -> tuple[int, int]:
+    """The (kernel dev_t, inode) the kernel knows a watched path by."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"watch_files: {path}: {e.strerror}") from None
+    return environment.kernel_dev(st.st_dev), st.st_ino
+
+
+def _identity_patterns(patterns: Iterable[str], option: str, env: bool) -> tuple[str, ...]:
+    """Machine identity patterns, checked before anything is loaded.
+    Environment: a variable name ("OPENAI_API_KEY"), a prefix ("AWS_*") or a
+    suffix ("*_TOKEN"). Arguments: a substring ("openai")."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = tuple(dict.fromkeys(patterns))
+    for p in out:
+        if not isinstance(p, str) or not p or "\0" in p:
+            raise ValueError(f"{option}: {p!r} is not a pattern (a non-empty string)")
+        if env:
+            name = p[:-1] if p.endswith("*") else p[1:] if p.startswith("*") else p
+            limit = lib.RG_IDENTITY_NAME_MAX if name == p else lib.RG_IDENTITY_AFFIX_MAX
+            if not name or "*" in name or "=" in name:
+                raise ValueError(f"{option}: {p!r} must be a variable name, NAME*, or *NAME (one '*', no '=')")
+            if len(name.encode()) > limit:
+                raise ValueError(f"{option}: {p!r} is longer than {limit} bytes")
+        elif len(p.encode()) > lib.RG_IDENTITY_NAME_MAX:
+            raise ValueError(f"{option}: {p!r} is longer than {lib.RG_IDENTITY_NAME_MAX} bytes")
+    if len(out) > lib.RG_IDENTITY_MAX:
+        raise ValueError(f"{option}: {len(out)} patterns; at most {lib.RG_IDENTITY_MAX}")
+    return out
+
+
 def _native_cgroup_path(mount: Optional[str]) -> Optional[Callable[[int], Optional[str]]]:
     """cgroup id -> path in O(1) through the kernfs file handle (needs
     CAP_DAC_READ_SEARCH); None where the mount cannot be opened."""
@@ -169,6 +202,9 @@ class Tracer:
         guard_lsm: bool = False,
         guard_fanotify: bool = False,
         before_attach: Optional[Callable[["Tracer"], None]] = None,
+        identity_env: Iterable[str] = (),
+        identity_argv: Iterable[str] = (),
+        watch_files: Iterable[Union[str, os.PathLike]] = (),
     ):
         if isinstance(events, str):  # "process_exec", or "process_exec,file_open"
             events = [n.strip() for n in events.split(",") if n.strip()]
@@ -192,6 +228,15 @@ class Tracer:
         self.max_latency_ms = max_latency_ms
         self.callback = callback
         self._batch_limit = batch_limit
+        if isinstance(watch_files, (str, os.PathLike)):
+            watch_files = [watch_files]
+        self.watch_files = tuple(os.fspath(p) for p in watch_files)
+        if self.watch_files and "file_open" not in self.events:
+            raise ValueError("watch_files reports file_open events: add \"file_open\" to events")
+        if len(self.watch_files) > lib.RG_WATCH_MAX:
+            raise ValueError(f"watch_files: {len(self.watch_files)} paths; at most {lib.RG_WATCH_MAX}")
+        self.identity_env = _identity_patterns(identity_env, "identity_env", env=True)
+        self.identity_argv = _identity_patterns(identity_argv, "identity_argv", env=False)
         # The guard's hooks: its socket programs attach to this cgroup, and its
         # policy maps are filled by before_attach, after load, before attach.
         self._guard_cgroup_fd = guard_cgroup_fd
@@ -224,7 +269,8 @@ class Tracer:
         opts.wakeup_bytes = self.ring_buffer_size // 4
         opts.max_latency_ms = self.max_latency_ms
         opts.filter_flags = ((lib.RG_FILTER_PID if self.pids else 0) | (lib.RG_FILTER_COMM if self.comms else 0)
-                             | (lib.RG_FILTER_CGROUP if self.cgroups else 0))
+                             | (lib.RG_FILTER_CGROUP if self.cgroups else 0)
+                             | (lib.RG_FILTER_FILES if self.watch_files else 0))
         opts.self_tgid = os.getpid()
         opts.batch_limit = self._batch_limit
         opts.guard_cgroup_fd = self._guard_cgroup_fd
@@ -247,6 +293,15 @@ class Tracer:
                 self._check(lib.rg_tracer_add_comm(handle, comm.encode(), err, _ERR_LEN), err)
             for cgroup in self.cgroups:
                 self._check(lib.rg_tracer_add_cgroup(handle, cgroup, err, _ERR_LEN), err)
+            watched = ffi.new("struct rg_inode_key *")
+            one = ffi.new("unsigned char *", 1)
+            for path in self.watch_files:
+                watched.dev, watched.ino = _watched_inode(path)
+                self._check(lib.rg_tracer_map_update(handle, b"rg_watch_inodes", watched, one, err, _ERR_LEN), err)
+            for pattern in self.identity_env:
+                self._check(lib.rg_tracer_watch_env(handle, pattern.encode(), err, _ERR_LEN), err)
+            for pattern in self.identity_argv:
+                self._check(lib.rg_tracer_watch_argv(handle, pattern.encode(), err, _ERR_LEN), err)
             if self._before_attach is not None:
                 self._handle = handle
                 try:

@@ -264,6 +264,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_event_model.py",),
         "a parent that predates the tracer and exits before its child's event is read goes unnamed"),
     Mutation(
+        "exited-ancestors-not-parked", "csrc/proctable.c",
+        "\t\tif (p && p->children)\n\t\t\tp->parked = 1;",
+        "\t\tif (0 && p && p->children) /* mutated */\n\t\t\tp->parked = 1;",
+        ("tests/test_proctable.py",),
+        "an exited ancestor of a live process is forgotten with the other exited processes"),
+    Mutation(
+        "identity-suffix-never-looked-up", "bpf/process.bpf.c",
+        "\t\t\tif (s->suffix_lengths)\n",
+        "\t\t\tif (0 && s->suffix_lengths) /* mutated */\n",
+        ("tests/test_identity.py",),
+        "environment names are not matched by suffix patterns"),
+    Mutation(
         "resolved-path-copied-short", "bpf/file.bpf.c",
         "\t\t__u32 len = RG_PATH_LEN - 1 - start;",
         "\t\t__u32 len = RG_PATH_LEN - 2 - start; /* mutated */",

@@ -60,8 +60,8 @@ RECORD_TYPES = {
 RECORD_SIZES = {k: ffi.sizeof(t) for k, t in RECORD_TYPES.items()}
 
 # One output buffer for the whole module: rg_encode_records wants
-# RG_MAX_ENCODED_RECORD (8192) bytes free before each record.
-MAX_ENCODED_RECORD = 8192
+# RG_MAX_ENCODED_RECORD (16384) bytes free before each record.
+MAX_ENCODED_RECORD = 16384
 CAP = 16 * 1024 * 1024
 _OUT = ffi.new("unsigned char[]", CAP)
 _OUT_LEN = ffi.new("size_t *")
@@ -941,10 +941,20 @@ def test_the_largest_exec_fits_the_room_one_record_may_take():
     rec.exe_path_start = rec.cwd_path_start = 0
     ffi.memmove(rec.args, b"\xff\0" * 256, 512)
     rec.args_len = 512
-    rc, malformed, events = encode_raw(frame([raw(rec)]))
+    # Every identity slot held, each by a pattern as long as allowed, and
+    # every one found.
+    rec.identity_mask = 2**64 - 1
+    held = [lib.rg_identity_hold_env(f"{i:03d}".encode() + b"N" * (lib.RG_IDENTITY_NAME_MAX - 3))
+            for i in range(lib.RG_IDENTITY_MAX)]
+    try:
+        assert sorted(held) == list(range(lib.RG_IDENTITY_MAX))
+        rc, malformed, events = encode_raw(frame([raw(rec)]))
+    finally:
+        lib.rg_identity_release(2**64 - 1, 0)
     assert (rc, malformed) == (1, 0)
     assert _OUT_LEN[0] - 5 <= MAX_ENCODED_RECORD
     assert len(events[0].data.argv) == 256 and events[0].data.cwd_bytes == b"\xff" * 255
+    assert len(events[0].data.identities) == lib.RG_IDENTITY_MAX
 
 
 def test_output_too_small_is_enobufs():

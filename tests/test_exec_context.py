@@ -263,3 +263,44 @@ def test_a_process_that_predates_the_tracer_gets_an_exec_id_from_its_start(cgrou
     assert process.exec_id == exec_id_of(child.pid, start_ticks * ticks_ns)
     assert process.exec_id.startswith(f"{BOOT_ID}:{child.pid}:")
     assert process.cwd == workdir
+
+
+def test_a_process_carries_its_executables_digest(cgroup, workdir):
+    import hashlib
+    import time
+
+    # A shell of its own (a copy, made unique), so its digest is computed
+    # here: it opens one file, waits, then opens another.
+    shell = os.path.join(workdir, "rg-sh")
+    shutil.copy("/bin/dash" if os.path.exists("/bin/dash") else "/bin/sh", shell)
+    with open(shell, "ab") as f:
+        f.write(os.urandom(16))
+    for name in ("first", "second"):
+        with open(os.path.join(workdir, name), "w") as f:
+            f.write("x\n")
+    with open(shell, "rb") as f:
+        expected = hashlib.sha256(f.read()).hexdigest()
+    readelf = subprocess.run(["readelf", "-n", shell], capture_output=True, text=True).stdout
+    build_id = re.search(r"Build ID: ([0-9a-f]+)", readelf).group(1)
+    script = f"read x < {workdir}/first; sleep 1; read y < {workdir}/second"
+    with Tracer(events=["file_open"], cgroups=[cgroup]) as t:
+        child = subprocess.Popen([shell, "-c", script],
+                                 preexec_fn=lambda: open(os.path.join(cgroup, "cgroup.procs"), "w").write("0"))
+        try:
+            events = []
+            deadline = time.monotonic() + 15
+            while not [e for e in events if e.data.path.endswith("/second")] and time.monotonic() < deadline:
+                for ev in t.poll(0.2):
+                    events.append(ev)
+                    ev.workload  # read as it comes: the first read asks for the digest
+        finally:
+            child.wait(timeout=10)
+    (first,) = [e for e in events if e.data.path.endswith("/first")]
+    (second,) = [e for e in events if e.data.path.endswith("/second")]
+    assert first.workload.process.executable == second.workload.process.executable == shell
+    # Computed off the event path: not there when the first open was read,
+    # there for the open a second later.
+    assert first.workload.process.executable_digest is None
+    digest = second.workload.process.executable_digest
+    assert digest is not None and digest.sha256 == expected and digest.build_id == build_id
+    assert digest.size == os.path.getsize(shell) and digest.error is None
