@@ -338,6 +338,8 @@ class Guard:
                 guard_lsm=self.backend == "lsm",
                 guard_fanotify=self.backend == "fanotify",
                 before_attach=lambda t: self._fill_maps(t, scope_id, scope_level),
+                identity_env=self.policy.identity.env,
+                identity_argv=self.policy.identity.argv,
             ).start()
             # The LSM backend refuses changes by path in the kernel; without
             # it they can only be seen after the fact.

@@ -164,6 +164,16 @@ class Taint(_Section):
     """A tainted process's egress is blocked (exfil_blocked)."""
 
 
+class Identity(_Section):
+    """Machine identity: what marks a guarded process as holding a secret."""
+
+    env: tuple[str, ...] = ()
+    """Environment variable names the kernel looks for at each exec (a
+    name, NAME* or *NAME); their values never leave the kernel."""
+    argv: tuple[str, ...] = ()
+    """Substrings of an exec's arguments."""
+
+
 class Policy(_Section, weakref=True):
     """A validated policy. Build one with :meth:`load`, :meth:`from_text` or
     :meth:`from_dict`; constructing it directly skips validation."""
@@ -178,6 +188,7 @@ class Policy(_Section, weakref=True):
     ptrace: Ptrace = msgspec.field(default_factory=Ptrace)
     taint: Taint = msgspec.field(default_factory=Taint)
     namespaces: Namespaces = msgspec.field(default_factory=Namespaces)
+    identity: Identity = msgspec.field(default_factory=Identity)
 
     def namespaces_denied(self) -> bool:
         """Whether namespaces and mounts are judged: namespaces.deny, or when
@@ -647,7 +658,21 @@ class _Validator:
         self.ptrace(p.ptrace)
         self.taint(p.taint)
         self.namespaces(p.namespaces, p.scope)
+        self.identity(p.identity)
         return replace(p, network=network, files=files, mirage=mirage)
+
+    def identity(self, ident: Identity) -> None:
+        from . import identity
+
+        for kind, patterns in (("env", ident.env), ("argv", ident.argv)):
+            for i, pattern in enumerate(patterns):
+                problem = identity.pattern_problem(pattern, env=kind == "env")
+                if problem:
+                    self.fail(f"identity.{kind}[{i}]", problem)
+                if pattern in patterns[:i]:
+                    self.fail(f"identity.{kind}[{i}]", f"{pattern!r} is listed twice")
+            if len(patterns) > identity.PATTERNS_MAX:
+                self.fail(f"identity.{kind}", f"{len(patterns)} patterns; at most {identity.PATTERNS_MAX}")
 
     def scope(self, scope: Scope) -> None:
         if scope.type == "cgroup":

@@ -19,7 +19,7 @@ from typing import AsyncIterator, Callable, Iterable, Iterator, Optional, Union
 
 import msgspec
 
-from . import environment
+from . import environment, identity
 from .batch import ROW_SIZE, EventBatch, numpy_module, row_dtype
 from ._native import ffi, lib
 from .errors import BPFError, TracerStateError
@@ -128,30 +128,6 @@ def _watched_inode(path: str) -> tuple[int, int]:
     return environment.kernel_dev(st.st_dev), st.st_ino
 
 
-def _identity_patterns(patterns: Iterable[str], option: str, env: bool) -> tuple[str, ...]:
-    """Machine identity patterns, checked before anything is loaded.
-    Environment: a variable name ("OPENAI_API_KEY"), a prefix ("AWS_*") or a
-    suffix ("*_TOKEN"). Arguments: a substring ("openai")."""
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    out = tuple(dict.fromkeys(patterns))
-    for p in out:
-        if not isinstance(p, str) or not p or "\0" in p:
-            raise ValueError(f"{option}: {p!r} is not a pattern (a non-empty string)")
-        if env:
-            name = p[:-1] if p.endswith("*") else p[1:] if p.startswith("*") else p
-            limit = lib.RG_IDENTITY_NAME_MAX if name == p else lib.RG_IDENTITY_AFFIX_MAX
-            if not name or "*" in name or "=" in name:
-                raise ValueError(f"{option}: {p!r} must be a variable name, NAME*, or *NAME (one '*', no '=')")
-            if len(name.encode()) > limit:
-                raise ValueError(f"{option}: {p!r} is longer than {limit} bytes")
-        elif len(p.encode()) > lib.RG_IDENTITY_NAME_MAX:
-            raise ValueError(f"{option}: {p!r} is longer than {lib.RG_IDENTITY_NAME_MAX} bytes")
-    if len(out) > lib.RG_IDENTITY_MAX:
-        raise ValueError(f"{option}: {len(out)} patterns; at most {lib.RG_IDENTITY_MAX}")
-    return out
-
-
 def _native_cgroup_path(mount: Optional[str]) -> Optional[Callable[[int], Optional[str]]]:
     """cgroup id -> path in O(1) through the kernfs file handle (needs
     CAP_DAC_READ_SEARCH); None where the mount cannot be opened."""
@@ -235,8 +211,8 @@ class Tracer:
             raise ValueError("watch_files reports file_open events: add \"file_open\" to events")
         if len(self.watch_files) > lib.RG_WATCH_MAX:
             raise ValueError(f"watch_files: {len(self.watch_files)} paths; at most {lib.RG_WATCH_MAX}")
-        self.identity_env = _identity_patterns(identity_env, "identity_env", env=True)
-        self.identity_argv = _identity_patterns(identity_argv, "identity_argv", env=False)
+        self.identity_env = identity.checked(identity_env, "identity_env", env=True)
+        self.identity_argv = identity.checked(identity_argv, "identity_argv", env=False)
         # The guard's hooks: its socket programs attach to this cgroup, and its
         # policy maps are filled by before_attach, after load, before attach.
         self._guard_cgroup_fd = guard_cgroup_fd

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+import msgspec
 import pytest
 
 from helpers import compiled, skip_only_without
@@ -974,3 +975,14 @@ def test_policy_scope_host_and_cgroup(tmp_path, listener, scope):
     finally:
         os.rmdir(outer)
 
+
+
+def test_a_decision_names_the_identity_of_the_process_it_stopped(secrets_dir, listener):
+    policy = Policy.from_dict({**msgspec.to_builtins(make_policy(secrets_dir)),
+                               "identity": {"env": ["OPENAI_API_KEY"], "argv": ["rg-agent"]}})
+    command = ["env", "OPENAI_API_KEY=sk-test", *py(CONNECT.format(host=DENIED_V4, port=listener)), "rg-agent"]
+    result = guard(policy, command)
+    assert result.exit_status == 3
+    (ev,) = [e for e in result.events if e.name == "connect_denied"]
+    assert ev.workload.process.name == "python3"
+    assert ev.workload.process.identities == ["env:OPENAI_API_KEY", "argv:rg-agent"]

@@ -692,3 +692,23 @@ def test_valid_dict_loads():
     with mock.patch("socket.getaddrinfo", fake_resolve):
         rules = Policy.from_dict(VALID_DICT).network_rules()
     assert [r.rule_id for r in rules] == ["network.deny[0]", "network.deny[1]", "network.allow[0]"]
+
+
+@pytest.mark.parametrize("identity, field, reason", [
+    ({"env": ["A*B"]}, "identity.env[0]", "one '*'"),
+    ({"env": ["OK", "A=B"]}, "identity.env[1]", "no '='"),
+    ({"env": ["X", "X"]}, "identity.env[1]", "listed twice"),
+    ({"env": ["*" + "S" * 33]}, "identity.env[0]", "longer than 32 bytes"),
+    ({"argv": [""]}, "identity.argv[0]", "non-empty"),
+    ({"argv": ["a"] + [f"p{i}" for i in range(64)]}, "identity.argv", "at most 64"),
+])
+def test_identity_patterns_are_checked(identity, field, reason):
+    with pytest.raises(PolicyError) as caught:
+        Policy.from_dict({"version": 1, "identity": identity})
+    assert caught.value.field == field and reason in str(caught.value)
+
+
+def test_identity_patterns_reach_the_policy():
+    policy = Policy.from_dict({"version": 1, "identity": {"env": ["OPENAI_API_KEY", "AWS_*", "*_TOKEN"],
+                                                          "argv": ["openai"]}})
+    assert policy.identity.env == ("OPENAI_API_KEY", "AWS_*", "*_TOKEN") and policy.identity.argv == ("openai",)
