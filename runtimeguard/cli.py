@@ -1,4 +1,4 @@
-"""The ``runtimeguard`` command: trace, schema, doctor, demo."""
+"""The ``runtimeguard`` command: trace, watch, schema, doctor, demo, run, check-policy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Callable, Iterable, Optional, TextIO
 import msgspec
 
 from .errors import RuntimeGuardError
-from .schema import PTRACE_REQUESTS, TRUNCATED, Event, json_encoder, json_schema
+from .schema import EVENT_IDS, PTRACE_REQUESTS, TRUNCATED, Event, json_encoder, json_schema
 from .tracer import ALL_EVENTS, DEFAULT_EVENTS, DEFAULT_MAX_LATENCY_MS, DEFAULT_RING_BUFFER_SIZE, Tracer
 
 EXIT_INTERRUPTED = 130
@@ -105,17 +106,20 @@ def fit(text: str, room: int) -> str:
 
 
 class Table:
+    columns: tuple[tuple[str, int], ...] = _COLUMNS
+    rest = "DETAILS"
+
     def __init__(self, out: TextIO):
         self.out = out
         self.width = shutil.get_terminal_size(fallback=(160, 24)).columns
 
     def _line(self, cells: Iterable[str], rest: str) -> str:
-        fixed = " ".join(escape(c)[:w].ljust(w) for c, (_, w) in zip(cells, _COLUMNS))
+        fixed = " ".join(escape(c)[:w].ljust(w) for c, (_, w) in zip(cells, self.columns))
         room = max(self.width - len(fixed) - 1, 10)
         return f"{fixed} {fit(escape(rest), room)}"
 
     def header(self) -> None:
-        self.out.write(self._line((h for h, _ in _COLUMNS), "DETAILS") + "\n")
+        self.out.write(self._line((h for h, _ in self.columns), self.rest) + "\n")
 
     def row(self, ev: Event) -> None:
         t = time.localtime(ev.timestamp // 1_000_000_000)
@@ -209,6 +213,111 @@ def cmd_trace(args: argparse.Namespace) -> int:
             if not as_json:
                 s = tracer.stats()
                 print(f"runtimeguard: {s.returned} events delivered, {s.lost_total} lost", file=sys.stderr)
+    return 0
+
+
+_FILE_OPEN = EVENT_IDS["file_open"]
+_CATEGORIES = {"process_exec": "process", "process_fork": "process", "process_exit": "process",
+               "file_open": "file", "net_connect": "network", "net_sendmsg": "network", "ptrace": "memory",
+               "process_memory": "memory", "lost": "notice", "mode_changed": "notice", "detection": "detection"}
+
+
+class WatchTable(Table):
+    """``watch``'s table: each event with its process's context; a
+    detection marked ``!``, its ATT&CK technique id as its category and its
+    rule as its event. The last column says what happened: a detection's
+    technique, tactic, severity and summary, an exec's arguments, a
+    connect's source and destination."""
+
+    columns = (("", 1), ("TIME", 12), ("CATEGORY", 9), ("HOST", 10), ("EVENT", 23), ("PID", 7), ("BINARY", 12),
+               ("PARENT", 12), ("IDENTITY", 14), ("CONTAINER", 12))
+    rest = "ARGS / NETWORK / DETECTION"
+
+    def __init__(self, out: TextIO, host: str):
+        super().__init__(out)
+        self.host = host
+
+    def row(self, ev) -> None:
+        t = time.localtime(ev.timestamp // 1_000_000_000)
+        stamp = time.strftime("%H:%M:%S", t) + f".{ev.timestamp // 1_000_000 % 1000:03d}"
+        wl = ev.workload
+        p = wl.process if wl is not None else None
+        binary = (os.path.basename(p.executable) if p.executable else p.name) if p is not None else ""
+        parent = (p.parent.name or os.path.basename(p.parent.executable or "")) if p and p.parent else ""
+        identity = ",".join(getattr(p, "identities", None) or ()) if p is not None else ""
+        c = wl.container if wl is not None else None
+        container = (c.name or c.id[:12]) if c is not None else ""
+        name = ev.name
+        if name == "detection":
+            # The technique id in a column of its own: it survives a narrow terminal.
+            threat = ev.threat
+            technique = f"{threat.mitre_technique} ({threat.mitre_tactic}) " if threat.mitre_technique else ""
+            text = f"{technique}[{threat.severity}] {ev.data.summary}"
+            cells = ("!", stamp, threat.mitre_technique_id or "detection", self.host, ev.data.rule, str(ev.pid),
+                     binary, parent, identity, container)
+        else:
+            text = details(ev)
+            if name in ("net_connect", "net_sendmsg") and ev.data.local_address is not None:
+                d = ev.data
+                local = f"[{d.local_address}]:{d.local_port}" if d.family == "ipv6" else \
+                    f"{d.local_address}:{d.local_port}"
+                text = f"{local} -> {text}"
+            if ev.action != "observed":
+                text = f"[{ev.action}] {text}"
+            cells = (" ", stamp, _CATEGORIES.get(name, "guard"), self.host, name, str(ev.pid), binary, parent,
+                     identity, container)
+        self.out.write(self._line(cells, text) + "\n")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .detections import Detector
+
+    detector = Detector(args.rules)
+    options = detector.tracer_options(pids=args.pid, comms=args.comm, cgroups=args.cgroup)
+    events = options.pop("events")
+    tracer = _tracer(args, events, **options)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    if not args.json:
+        print(f"runtimeguard: watching with {len(detector.rules)} detection rules ({', '.join(events)}; "
+              "Ctrl-C to stop)", file=sys.stderr)
+        if "file_open" in events and "watch_files" not in options and not (args.pid or args.comm or args.cgroup):
+            print("runtimeguard: every file open on the host is traced (no --pid, --comm or --cgroup): "
+                  "expect load", file=sys.stderr)
+    # A Tracer without watch_files hands the rules every open; only what one
+    # with it would deliver is shown, so the table is the same either way.
+    filtered = "file_open" in events and "watch_files" not in options
+
+    def shown(ev) -> bool:
+        return not filtered or ev.id != _FILE_OPEN or detector.watches(ev.data.resolved_path or ev.data.path)
+
+    with tracer:
+        if args.json:
+            out = sys.stdout.buffer
+
+            def emit(events):
+                lines = [json_encoder.encode(ev.record()) + b"\n" for ev in detector.run(events) if shown(ev)]
+                if lines:
+                    out.write(b"".join(lines))
+                    out.flush()
+        else:
+            table = WatchTable(sys.stdout, socket.gethostname())
+            table.header()
+
+            def emit(events):
+                for ev in detector.run(events):
+                    if shown(ev):
+                        table.row(ev)
+                sys.stdout.flush()
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+                emit(tracer.poll(wait))
+        finally:
+            if not args.json:
+                s, d = tracer.stats(), detector.stats()
+                errors = sum(d.errors.values())
+                print(f"runtimeguard: {s.returned} events, {sum(d.detections.values())} detections, "
+                      f"{s.lost_total} lost" + (f", {errors} rule errors" if errors else ""), file=sys.stderr)
     return 0
 
 
@@ -348,6 +457,17 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     tracer_options(trace)
     trace.set_defaults(func=cmd_trace)
+
+    watch = sub.add_parser("watch", help="stream events with detections (MITRE ATT&CK) as a table or NDJSON")
+    watch.add_argument("--rules", metavar="FILE", help="detection tuning (YAML) over the defaults")
+    watch.add_argument("--json", action="store_true", help="NDJSON: one event line per event, detections included")
+    watch.add_argument("--pid", type=int, action="extend", nargs="+", default=[], metavar="N")
+    watch.add_argument("--comm", action="extend", nargs="+", default=[], metavar="NAME")
+    watch.add_argument("--cgroup", action="extend", nargs="+", default=[], metavar="PATH",
+                       help="a cgroup v2 path (relative to the hierarchy) or id; covers its subtree")
+    watch.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    tracer_options(watch)
+    watch.set_defaults(func=cmd_watch)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of one NDJSON event")
     schema.set_defaults(func=cmd_schema)

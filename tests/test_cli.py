@@ -119,3 +119,88 @@ def test_demo_shows_the_workload():
     assert {"process_exec", "net_connect", "net_sendmsg", "ptrace", "process_memory"} <= kinds, result.stdout
     assert "runtimeguard-demo" in result.stdout
     assert "events from the workload" in result.stdout
+
+
+# ---- watch: events with detections ----
+
+SPAWN_SHELL = "import subprocess, sys; subprocess.run(['/bin/sh', '-c', 'exit 0', sys.argv[1]], check=True)"
+
+
+@pytest.fixture
+def watched_cgroup():
+    from runtimeguard.environment import cgroup2_mount
+
+    name = f"rg-test-watch-{uuid.uuid4().hex[:8]}"
+    path = os.path.join(cgroup2_mount(), name)
+    os.mkdir(path)
+    yield name, path
+    os.rmdir(path)
+
+
+def watch_while_shells_start(args, cgroup_path, token, out_file):
+    """runtimeguard watch ARGS, while a Python in the cgroup keeps starting
+    a shell (argv ending in token) until watch is done."""
+    def enter():
+        with open(os.path.join(cgroup_path, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+    with open(out_file, "w") as out_fh:
+        watch = subprocess.Popen(CLI + ["watch", "--duration", "3", *args], cwd=REPO, stdout=out_fh,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 12
+        while watch.poll() is None and time.monotonic() < deadline:
+            subprocess.run([sys.executable, "-c", SPAWN_SHELL, token], preexec_fn=enter, check=True, timeout=10)
+            time.sleep(0.1)
+        _, err = watch.communicate(timeout=10)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    return watch.returncode, err
+
+
+@needs_root
+def test_watch_json_reports_a_detection_with_its_attack_ids(schema, tmp_path, watched_cgroup):
+    name, path = watched_cgroup
+    token = uuid.uuid4().hex
+    code, err = watch_while_shells_start(["--json", "--cgroup", name], path, token, tmp_path / "watch.ndjson")
+    assert code == 0, err
+    assert "Traceback" not in err
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = [json.loads(line) for line in (tmp_path / "watch.ndjson").read_text().splitlines()]
+    for line in lines:
+        validator.validate(line)
+    shells = {ev["pid"] for ev in lines if ev["name"] == "process_exec" and ev["data"]["argv"][-1:] == [token]
+              and os.path.basename(ev["data"]["argv"][0]) == "sh"}
+    found = [ev for ev in lines if ev["name"] == "detection" and ev["data"]["rule"] == "interpreter_shell"
+             and ev["triggered_by"]["pid"] in shells]
+    assert shells and found, lines[-5:]
+    for ev in found:
+        assert ev["threat"]["mitre_technique_id"] == "T1059.004" and ev["threat"]["mitre_tactic_id"] == "TA0002"
+        assert ev["threat"]["mitre_technique"] == "Unix Shell" and ev["threat"]["mitre_tactic"] == "Execution"
+        assert ev["workload"]["process"]["pid"] == ev["pid"] == ev["triggered_by"]["pid"]
+        assert ev["data"]["events"][-1] == ev["triggered_by"]
+
+
+@needs_root
+def test_watch_table_marks_detections(tmp_path, watched_cgroup):
+    name, path = watched_cgroup
+    token = uuid.uuid4().hex
+    code, err = watch_while_shells_start(["--cgroup", name], path, token, tmp_path / "watch.txt")
+    assert code == 0, err
+    assert "Traceback" not in err and "detections" in err
+    rows = (tmp_path / "watch.txt").read_text().splitlines()
+    assert rows[0].split()[:3] == ["TIME", "CATEGORY", "HOST"]
+    marked = [row for row in rows if row.startswith("!")]
+    assert marked and all("T1059.004" in row and "interpreter_shell" in row for row in marked)
+    assert all(row.startswith(" ") for row in rows[1:] if not row.startswith("!"))
+
+
+def test_watch_refuses_a_bad_tuning_in_one_line(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules:\n  reverse_shell:\n    severity: urgent\n")
+    result = cli("watch", "--rules", str(rules), "--duration", "1")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"{rules}, line 4: rules.reverse_shell.severity: invalid value 'urgent'" in result.stderr

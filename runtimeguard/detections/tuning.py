@@ -1,0 +1,274 @@
+"""The detection tuning: one YAML document, validated into msgspec Structs.
+
+```yaml
+version: 1
+repeat_window_s: 60        # the same finding of one process, reported once per this many seconds
+max_errors: null           # errors after which a rule that raises is switched off (null: never)
+rules:
+  reverse_shell:
+    enabled: true
+    severity: critical
+    exceptions:
+      - executable: [/usr/bin/socat]
+  credential_read:
+    private_keys: ["~/.ssh/id_*"]
+```
+
+A rule left out, and any key of a rule left out, keeps its default (the
+shipped ``default.yaml`` spells every default out). A list given replaces
+the default list. Unknown keys and unknown rule ids are errors, as is any
+value a rule cannot use; the error names the key and its line
+(``DetectionConfigError``), and nothing of a bad document is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import msgspec
+
+from ..errors import RuntimeGuardError
+from .engine import Rule, RuleOptions
+
+__all__ = ["DEFAULT_TUNING", "DetectionConfigError", "TUNING_VERSION", "Tuning", "load_tuning", "parse_tuning"]
+
+TUNING_VERSION = 1
+DEFAULT_TUNING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.yaml")
+_TOP_KEYS = ("version", "repeat_window_s", "max_errors", "rules")
+
+
+class DetectionConfigError(RuntimeGuardError, ValueError):
+    """A tuning that cannot be used: names the key (``rules.reverse_shell.severity``),
+    its line in the file where known, and why."""
+
+    def __init__(self, field: str, reason: str, source: str = "<text>", line: Optional[int] = None):
+        self.field = field
+        self.reason = reason
+        self.source = source
+        self.line = line
+        super().__init__(field, reason, source, line)
+
+    def __str__(self) -> str:
+        where = f"{self.source}, line {self.line}" if self.line else self.source
+        return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
+
+
+class Tuning(msgspec.Struct, frozen=True):
+    """A validated tuning: the detector's settings and each rule's options
+    (only the rules the document names; the others keep their defaults)."""
+
+    version: int = TUNING_VERSION
+    repeat_window_s: float = 60.0
+    """A finding a rule repeats for the same process and the same thing
+    (target, path, address) within this many seconds is counted, not reported
+    again. 0: every one is reported."""
+    max_errors: Optional[int] = None
+    """A rule that raised this many times is switched off; None: never (a
+    rule an attacker can make raise must not be one they can switch off)."""
+    rules: dict[str, RuleOptions] = {}
+    source: str = "<defaults>"
+
+    def options_for(self, rule: type[Rule]) -> RuleOptions:
+        found = self.rules.get(rule.id)
+        return found if found is not None else rule.Options()
+
+
+def load_tuning(path: Union[str, os.PathLike], catalog: Optional[Iterable[type[Rule]]] = None) -> Tuning:
+    """Reads and validates a tuning file (YAML; JSON is YAML too)."""
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DetectionConfigError("", f"cannot read the tuning: {e.strerror or e}", source) from None
+    return parse_tuning(data, source=source, catalog=catalog)
+
+
+def parse_tuning(text: Union[str, bytes], source: str = "<text>",
+                 catalog: Optional[Iterable[type[Rule]]] = None) -> Tuning:
+    from ..policy import _yaml_loader, _yaml_reason
+
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DetectionConfigError("", f"the tuning is not UTF-8 text: {e.reason} at byte {e.start}",
+                                       source) from None
+    yaml, loader = _yaml_loader()
+    try:
+        data = yaml.load(text, Loader=loader)
+    except yaml.MarkedYAMLError as e:
+        raise DetectionConfigError("", "YAML syntax error " + _yaml_reason(e), source) from None
+    except Exception as e:  # noqa: BLE001 - the parser's failures are the document's: report, never crash
+        raise DetectionConfigError("", f"YAML error: {e}", source) from None
+    try:
+        return tuning_from_dict(data, source=source, catalog=catalog)
+    except DetectionConfigError as e:
+        if e.line is None and e.field:
+            e.line = _line_of(text, e.field, yaml, loader)
+        raise
+
+
+def tuning_from_dict(data: Any, source: str = "<text>", catalog: Optional[Iterable[type[Rule]]] = None) -> Tuning:
+    """Validates already-decoded data (what a YAML parser returns)."""
+    if catalog is None:
+        from .rules import DEFAULT_RULES as catalog
+    known = {rule.id: rule for rule in catalog}
+    if not isinstance(data, Mapping):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise DetectionConfigError("", f"the tuning document is {what}", source)
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise DetectionConfigError(str(key), f"unknown key (expected one of: {', '.join(_TOP_KEYS)})", source)
+    if "version" not in data:
+        raise DetectionConfigError("version", f"required (this runtimeguard reads version {TUNING_VERSION})", source)
+    version = data["version"]
+    if type(version) is not int or version != TUNING_VERSION:
+        raise DetectionConfigError("version", f"unsupported version {version!r} (this runtimeguard reads version "
+                                              f"{TUNING_VERSION})", source)
+    window = data.get("repeat_window_s", 60.0)
+    if type(window) not in (int, float) or not 0 <= window <= 86400:
+        raise DetectionConfigError("repeat_window_s", f"expected seconds between 0 and 86400, got {window!r}", source)
+    max_errors = data.get("max_errors")
+    if max_errors is not None and (type(max_errors) is not int or max_errors < 1):
+        raise DetectionConfigError("max_errors", f"expected null or a count of at least 1, got {max_errors!r}",
+                                   source)
+    rules = data.get("rules") or {}
+    if not isinstance(rules, Mapping):
+        raise DetectionConfigError("rules", f"expected a mapping of rule ids, got a {type(rules).__name__}", source)
+    options: dict[str, RuleOptions] = {}
+    for rule_id, value in rules.items():
+        rule = known.get(rule_id)
+        if rule is None:
+            raise DetectionConfigError(f"rules.{rule_id}", f"unknown rule (known: {', '.join(sorted(known))})",
+                                       source)
+        options[rule_id] = _rule_options(rule, {} if value is None else value, source)
+    return Tuning(version=version, repeat_window_s=float(window), max_errors=max_errors, rules=options,
+                  source=source)
+
+
+def _rule_options(rule: type[Rule], value: Any, source: str) -> RuleOptions:
+    at = f"rules.{rule.id}"
+    if not isinstance(value, Mapping):
+        raise DetectionConfigError(at, f"expected a mapping of the rule's options, got a {type(value).__name__}",
+                                   source)
+    for key in value:
+        if not isinstance(key, str):
+            raise DetectionConfigError(f"{at}.{key!r}", "keys must be strings (YAML reads yes, no, on, off, true, "
+                                                        "false and null unquoted as other values: quote them)", source)
+    try:
+        options = msgspec.convert(dict(value), rule.Options)
+    except msgspec.ValidationError as e:
+        field, reason = _validation_error(str(e), rule.Options)
+        raise DetectionConfigError(f"{at}.{field}" if field else at, reason, source) from None
+    except RecursionError:
+        raise DetectionConfigError(at, "the document nests too deeply (or contains itself)", source) from None
+    for field, reason in options.problems():
+        raise DetectionConfigError(f"{at}.{field}", reason, source)
+    return options
+
+
+# ---- msgspec's errors -> the key they are about ----
+
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
+
+
+def _parts(jsonpath: str) -> list[Union[str, int]]:
+    parts: list[Union[str, int]] = []
+    for m in _PATH_PART.finditer(jsonpath[1:] if jsonpath.startswith("$") else jsonpath):
+        if m.group(1) is not None:
+            parts.append(m.group(1))
+        elif m.group(2) is not None:
+            parts.append(int(m.group(2)))
+    return parts
+
+
+def _join(parts: list[Union[str, int]]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
+
+
+def _unwrap(t: Any) -> Any:
+    if typing.get_origin(t) is Union:
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return t
+
+
+def _type_at(root: Any, parts: list[Union[str, int]]) -> Any:
+    t = root
+    for p in parts:
+        t = _unwrap(t)
+        origin = typing.get_origin(t)
+        if isinstance(p, int) and origin is tuple:
+            t = typing.get_args(t)[0]
+        elif origin is dict:
+            t = typing.get_args(t)[1]
+        elif isinstance(t, type) and issubclass(t, msgspec.Struct):
+            hints = typing.get_type_hints(t)
+            t = hints.get(p)
+            if t is None:
+                return None
+        else:
+            return None
+    return _unwrap(t)
+
+
+def _validation_error(message: str, root: Any) -> tuple[str, str]:
+    m = re.fullmatch(r"(.*?)(?: - at `([^`]*)`)?", message, re.S)
+    reason, at = m.group(1), m.group(2) or "$"
+    parts = _parts(at)
+    named = re.fullmatch(r"Object (missing required|contains unknown) field `(.*)`", reason)
+    if named:
+        child = _join(parts + [named.group(2)])
+        if named.group(1) == "missing required":
+            return child, "required key missing"
+        t = _type_at(root, parts)
+        if isinstance(t, type) and issubclass(t, msgspec.Struct):
+            return child, f"unknown key (expected one of: {', '.join(t.__struct_fields__)})"
+        return child, "unknown key"
+    if reason.startswith("Invalid enum value"):
+        t = _type_at(root, parts)
+        if typing.get_origin(t) is typing.Literal:
+            value = reason[len("Invalid enum value "):]
+            return _join(parts), f"invalid value {value} (expected one of: {', '.join(map(str, typing.get_args(t)))})"
+    return _join(parts), reason
+
+
+# ---- where a key is in the text ----
+
+_KEY_PART = re.compile(r"\.?([^.\[]+)|\[(\d+)\]")
+
+
+def _line_of(text: str, field: str, yaml, loader) -> Optional[int]:
+    """The line of the YAML node field names (the deepest that exists)."""
+    try:
+        node = yaml.compose(text, Loader=loader)
+    except Exception:  # noqa: BLE001 - only a hint for the message; the document parsed already
+        return None
+    line = None
+    for m in _KEY_PART.finditer(field):
+        if node is None:
+            break
+        if m.group(2) is not None and isinstance(node, yaml.SequenceNode):
+            i = int(m.group(2))
+            if i >= len(node.value):
+                break
+            node = node.value[i]
+            line = node.start_mark.line + 1
+        elif m.group(1) is not None and isinstance(node, yaml.MappingNode):
+            key = m.group(1)
+            found = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+            if found is None:
+                break
+            line = found[0].start_mark.line + 1
+            node = found[1]
+        else:
+            break
+    return line
