@@ -42,7 +42,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 VM_DIR = ROOT / "build" / "vm"
@@ -188,8 +188,10 @@ def ensure_vm_assets() -> VmAssets:
 
 
 def run_in_vm(script: str, timeout: float = 300, memory_mb: int = 2048,
-              assets: Optional[VmAssets] = None) -> VmResult:
-    """Boots the guest, runs `script` with bash as root in the repository root, powers off."""
+              assets: Optional[VmAssets] = None,
+              started: Optional[Callable[[subprocess.Popen], None]] = None) -> VmResult:
+    """Boots the guest, runs `script` with bash as root in the repository root, powers off.
+    started(proc) is told the qemu process as soon as it runs."""
     assets = assets or ensure_vm_assets()
     fd, script_path = tempfile.mkstemp(dir=VM_DIR, prefix="script-", suffix=".sh")
     with os.fdopen(fd, "w") as f:
@@ -214,6 +216,8 @@ def run_in_vm(script: str, timeout: float = 300, memory_mb: int = 2048,
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
+        if started is not None:
+            started(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
