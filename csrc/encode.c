@@ -267,6 +267,16 @@ static void mp_target_head(struct mp_writer *w, const char *type, uint32_t field
 	mp_name(w, type);
 }
 
+/* A path the kernel's dentry walk wrote backward into field (rg_path):
+ * from start (clamped to the field's last byte) to its NUL. */
+static const char *walked_path(const char *field, unsigned int start, size_t *len)
+{
+	size_t at = start < RG_PATH_LEN - 1 ? start : RG_PATH_LEN - 1;
+
+	*len = cstr_len(field + at, RG_PATH_LEN - at);
+	return field + at;
+}
+
 static const char *const fd_kind_names[] = {
 #define RG_FD_KIND_NAME(NAME, id, name) [id] = name,
 	RG_FD_KINDS(RG_FD_KIND_NAME)
@@ -321,9 +331,8 @@ static void encode_exec_context(struct rg_output *o, const struct rg_exec_record
 		key(o, "tty");
 		mp_text(w, name, n);
 	}
-	size_t cwd_at = r->cwd_path_start < RG_PATH_LEN - 1 ? r->cwd_path_start : RG_PATH_LEN - 1;
-	const char *cwd = r->cwd_path + cwd_at;
-	size_t cwd_len = cstr_len(cwd, RG_PATH_LEN - cwd_at);
+	size_t cwd_len;
+	const char *cwd = walked_path(r->cwd_path, r->cwd_path_start, &cwd_len);
 	if (cwd_len) {
 		int cwd_raw = !utf8_valid(cwd, cwd_len);
 		key(o, "cwd");
@@ -374,9 +383,8 @@ static void encode_exec(struct rg_encoder *enc, struct rg_output *o, const struc
 	int exe_raw = !utf8_valid(r->filename, exe_len), argv_raw = !utf8_valid(r->args, len),
 	    comm_raw = !utf8_valid(r->hdr.comm, comm_len);
 	/* The executed file's path sits at the end of exe_path (written backward). */
-	size_t resolved_at = r->exe_path_start < RG_PATH_LEN - 1 ? r->exe_path_start : RG_PATH_LEN - 1;
-	const char *resolved_text = r->exe_path + resolved_at;
-	size_t resolved_len = cstr_len(resolved_text, RG_PATH_LEN - resolved_at);
+	size_t resolved_len;
+	const char *resolved_text = walked_path(r->exe_path, r->exe_path_start, &resolved_len);
 	int resolved = r->retval == 0 && resolved_len > 0, resolved_raw = resolved && !utf8_valid(resolved_text, resolved_len);
 
 	event_begin(enc, o, &r->hdr, 0, 0);

@@ -90,6 +90,9 @@ struct identity_slot {
 };
 
 static struct identity_slot env_slots[RG_IDENTITY_MAX], argv_slots[RG_IDENTITY_MAX];
+/* Slots held, of both kinds: with none, an exec shows no identity and the
+ * encoder skips the lock. */
+static unsigned int held_slots;
 
 /* "NAME" exact, "PREFIX*" or "*SUFFIX"; the name part without '=', NUL or '*'. */
 static int parse_env_pattern(const char *pattern, unsigned int *kind, const char **text, size_t *len)
@@ -133,6 +136,7 @@ static int hold(struct identity_slot *slots, const char *name, unsigned int kind
 		slots[free_slot].kind = kind;
 		slots[free_slot].length = length;
 		slots[free_slot].holders = 1;
+		__atomic_add_fetch(&held_slots, 1, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&identity_lock);
 	return free_slot >= 0 ? free_slot : -ENOSPC;
@@ -169,10 +173,14 @@ void rg_identity_release(unsigned long long env_bits, unsigned long long argv_bi
 {
 	pthread_mutex_lock(&identity_lock);
 	for (int i = 0; i < RG_IDENTITY_MAX; i++) {
-		if ((env_bits >> i & 1) && env_slots[i].holders && !--env_slots[i].holders)
+		if ((env_bits >> i & 1) && env_slots[i].holders && !--env_slots[i].holders) {
 			env_slots[i].name[0] = 0;
-		if ((argv_bits >> i & 1) && argv_slots[i].holders && !--argv_slots[i].holders)
+			__atomic_sub_fetch(&held_slots, 1, __ATOMIC_RELEASE);
+		}
+		if ((argv_bits >> i & 1) && argv_slots[i].holders && !--argv_slots[i].holders) {
 			argv_slots[i].name[0] = 0;
+			__atomic_sub_fetch(&held_slots, 1, __ATOMIC_RELEASE);
+		}
 	}
 	pthread_mutex_unlock(&identity_lock);
 }
@@ -202,6 +210,8 @@ unsigned int rg_identity_names(unsigned long long env_mask, const char *args, si
 {
 	unsigned int n = 0;
 
+	if (!__atomic_load_n(&held_slots, __ATOMIC_ACQUIRE))
+		return 0;
 	pthread_mutex_lock(&identity_lock);
 	for (int i = 0; i < RG_IDENTITY_MAX && n < max; i++)
 		if ((env_mask >> i & 1) && env_slots[i].holders)

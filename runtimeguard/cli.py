@@ -185,6 +185,14 @@ def _tracer(args: argparse.Namespace, events: Iterable[str], **filters) -> Trace
         raise RuntimeGuardError(str(e)) from None
 
 
+def _poll_until(tracer: Tracer, deadline: Optional[float], emit: Callable[[list[Event]], None]) -> None:
+    """Hands each poll's events to emit until the deadline (None: until
+    interrupted), waking at least once a second."""
+    while deadline is None or time.monotonic() < deadline:
+        wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        emit(tracer.poll(wait))
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     as_json = args.format == "json" or (args.format is None and not sys.stdout.isatty())
     tracer = _tracer(args, args.events, pids=args.pid, comms=args.comm, cgroups=args.cgroup)
@@ -206,9 +214,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                     table.row(ev)
                 sys.stdout.flush()
         try:
-            while deadline is None or time.monotonic() < deadline:
-                wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-                emit(tracer.poll(wait))
+            _poll_until(tracer, deadline, emit)
         finally:
             if not as_json:
                 s = tracer.stats()
@@ -309,9 +315,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         table.row(ev)
                 sys.stdout.flush()
         try:
-            while deadline is None or time.monotonic() < deadline:
-                wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-                emit(tracer.poll(wait))
+            _poll_until(tracer, deadline, emit)
         finally:
             if not args.json:
                 s, d = tracer.stats(), detector.stats()

@@ -496,16 +496,18 @@ def _join(parts: list) -> str:
     return out
 
 
-def _type_at(parts: list) -> Any:
-    """The declared type at a path in the document, or None."""
-    t: Any = Policy
+def _type_at(root: Any, parts: list) -> Any:
+    """The declared type at a path in a document decoded into root, or None."""
+    t: Any = root
     for p in parts:
         t = _unwrap(t)
+        origin, args = typing.get_origin(t), typing.get_args(t)
         if isinstance(p, int):
-            args = typing.get_args(t)
-            if typing.get_origin(t) is not tuple or not args:
+            if origin is not tuple or not args:
                 return None
             t = args[0]
+        elif origin is dict and len(args) == 2:
+            t = args[1]
         elif isinstance(t, type) and issubclass(t, msgspec.Struct):
             t = next((f.type for f in msgspec.structs.fields(t) if f.encode_name == p), None)
             if t is None:
@@ -524,7 +526,11 @@ def _unwrap(t: Any) -> Any:
     return t
 
 
-def _validation_error(message: str) -> tuple[str, str]:
+def _validation_error(message: str, root: Any = None, noun: str = "field") -> tuple[str, str]:
+    """msgspec's ValidationError message about a document decoded into root
+    (a Policy by default): (the field it is about, why), in the document's
+    own names (a policy's fields, a tuning's keys)."""
+    root = Policy if root is None else root
     m = re.fullmatch(r"(.*?)(?: - at `([^`]*)`(?: in `([^`]*)`)?)?", message, re.S)
     reason, at, within = m.group(1), m.group(2) or "$", m.group(3)
     if at == "key" and within is not None:
@@ -535,14 +541,14 @@ def _validation_error(message: str) -> tuple[str, str]:
     if named:
         child = _join(parts + [named.group(2)])
         if named.group(1) == "missing required":
-            return child, "required field missing"
-        t = _type_at(parts)
+            return child, f"required {noun} missing"
+        t = _type_at(root, parts)
         if isinstance(t, type) and issubclass(t, msgspec.Struct):
             known = ", ".join(f.encode_name for f in msgspec.structs.fields(t))
-            return child, f"unknown field (expected one of: {known})"
-        return child, "unknown field"
+            return child, f"unknown {noun} (expected one of: {known})"
+        return child, f"unknown {noun}"
     if reason.startswith("Invalid enum value"):
-        t = _type_at(parts)
+        t = _type_at(root, parts)
         if typing.get_origin(t) is Literal:
             value = reason[len("Invalid enum value "):]
             return field, f"invalid value {value} (expected one of: {', '.join(map(str, typing.get_args(t)))})"

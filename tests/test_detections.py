@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import http.server
-import inspect
 import io
 import logging
 import os
@@ -61,10 +60,10 @@ from runtimeguard.schema import (
     TargetContext,
     Workload,
 )
+from helpers import drain
 from test_event_model import run_in
 
 RULE_IDS = [r.id for r in DEFAULT_RULES]
-HAS_IDENTITIES = "identities" in Process.__struct_fields__
 
 
 # ---------------------------------------------------------------- helpers
@@ -513,29 +512,19 @@ def test_a_repeat_within_the_window_is_counted_not_reported():
     assert detector.stats().repeats == {"process_memory_access": 1}
 
 
-def test_tracer_options_ask_for_the_rules_events_and_watch_files_where_a_tracer_takes_them(monkeypatch, workdir):
-    import runtimeguard.tracer as tracer_module
-
-    open(f"{workdir}/secret", "w").close()
+def test_tracer_options_ask_for_the_rules_events_and_watch_files(cgroup, workdir):
+    for name in ("secret", "other"):
+        open(f"{workdir}/{name}", "w").close()
     detector = Detector(tuning_only("credential_read", credential_files=[f"{workdir}/secret"], private_keys=[]))
-    real = detector.tracer_options(cgroups=["/x"])
-    assert real["events"] == ["file_open"] and real["cgroups"] == ["/x"]
-    takes_it = "watch_files" in inspect.signature(Tracer.__init__).parameters
-    assert ("watch_files" in real) == takes_it
-
-    class Watching:
-        def __init__(self, events=None, *, watch_files=(), cgroups=()):
-            pass
-
-    class Plain:
-        def __init__(self, events=None, *, cgroups=()):
-            pass
-
-    monkeypatch.setattr(tracer_module, "Tracer", Watching)
-    assert detector.tracer_options()["watch_files"] == [f"{workdir}/secret"]
-    monkeypatch.setattr(tracer_module, "Tracer", Plain)
-    assert "watch_files" not in detector.tracer_options()
+    real = detector.tracer_options(cgroups=[cgroup])
+    assert real["events"] == ["file_open"] and real["cgroups"] == [cgroup]
+    assert real["watch_files"] == [f"{workdir}/secret"]
     assert detector.watches(f"{workdir}/secret") and not detector.watches(f"{workdir}/other")
+    # The Tracer those options make reports the watched file's opens alone.
+    with Tracer(**real) as t:
+        run_in(cgroup, ["cat", f"{workdir}/secret", f"{workdir}/other"])
+        events = drain(t)
+    assert [ev.data.resolved_path for ev in events if ev.name == "file_open"] == [f"{workdir}/secret"]
 
 
 def test_the_default_detector_asks_for_every_kind_its_rules_need():
@@ -700,15 +689,7 @@ def test_a_shell_started_by_an_interpreter_and_not_by_a_shell():
 # ---------------------------------------------------------------- unauthorized connections, unit
 
 def identity_process(identities: Optional[list[str]], pid: int = FAKE_PID) -> Process:
-    if HAS_IDENTITIES:
-        return proc(pid=pid, identities=identities)
-
-    class WithIdentities(Process, frozen=True):
-        identities: Optional[list[str]] = None
-
-    base = proc(pid=pid)
-    fields = {f: getattr(base, f) for f in Process.__struct_fields__}
-    return WithIdentities(**fields, identities=identities)
+    return proc(pid=pid, identities=identities if identities is not None else [])
 
 
 UNAUTHORIZED = dict(allowed={"env:OPENAI_API_KEY": [{"cidr": "162.159.140.0/24", "ports": [443]},
@@ -746,12 +727,9 @@ def test_unauthorized_connection_by_identity(identities, address, port, fires):
 
 def test_unauthorized_connection_registers_its_identities_with_the_tracer():
     detector = Detector(tuning_only("unauthorized_connection", **UNAUTHORIZED))
-    params = inspect.signature(Tracer.__init__).parameters
     options = detector.tracer_options()
-    if "identity_env" in params:
-        assert options["identity_env"] == ["OPENAI_API_KEY"]
-    if "identity_argv" in params:
-        assert options["identity_argv"] == ["deploy-token"]
+    assert options["identity_env"] == ["OPENAI_API_KEY"]
+    assert options["identity_argv"] == ["deploy-token"]
 
 
 # ---------------------------------------------------------------- download then execute, unit
@@ -1128,9 +1106,6 @@ def test_cloud_metadata_real(cgroup):
 
 
 def test_unauthorized_connection_real(cgroup):
-    if not HAS_IDENTITIES:
-        pytest.skip("runtimeguard.schema.Process has no identities field yet: the kernel does not report "
-                    "which identities a process holds")
     allowed, elsewhere = listening("127.0.0.1"), listening("127.0.0.2")
     a, b = f"127.0.0.1:{allowed.getsockname()[1]}", f"127.0.0.2:{elsewhere.getsockname()[1]}"
     try:

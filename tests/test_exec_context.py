@@ -304,3 +304,22 @@ def test_a_process_carries_its_executables_digest(cgroup, workdir):
     digest = second.workload.process.executable_digest
     assert digest is not None and digest.sha256 == expected and digest.build_id == build_id
     assert digest.size == os.path.getsize(shell) and digest.error is None
+
+
+def test_a_terminal_read_from_proc_is_named_as_the_exec_event_names_it():
+    # /proc/<pid>/stat's tty_nr is the kernel's new_encode_dev() of the
+    # terminal: checked against a real pty's device and its name.
+    import pty
+
+    from runtimeguard.processes import _tty_name
+
+    master, slave = pty.openpty()
+    try:
+        rdev = os.fstat(slave).st_rdev
+        major, minor = os.major(rdev), os.minor(rdev)
+        tty_nr = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+        assert _tty_name(tty_nr) == os.ttyname(slave).removeprefix("/dev/")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert _tty_name(0) is None

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import collections
-import inspect
 import logging
 import os
 import socket
@@ -141,20 +140,16 @@ class Detector:
     def tracer_options(self, **filters) -> dict:
         """The keyword arguments of a Tracer that delivers what the rules
         need, with filters (pids, comms, cgroups, ...) added: the events,
-        the watched files where the Tracer can report only those
-        (``watch_files``), and the identity patterns the rules name."""
-        from ..tracer import Tracer
-
-        accepted = inspect.signature(Tracer.__init__).parameters
+        the watched files (``watch_files``: only their opens are reported),
+        and the identity patterns the rules name."""
         options: dict = {"events": list(self.events)}
-        paths = self.watch_paths
-        if "file_open" in self.events and paths and "watch_files" in accepted:
-            options["watch_files"] = list(paths)
+        if "file_open" in self.events and self.watch_paths:
+            options["watch_files"] = list(self.watch_paths)
         env = tuple(dict.fromkeys(p for rule in self.rules for p in rule.identity_patterns()[0]))
         argv = tuple(dict.fromkeys(p for rule in self.rules for p in rule.identity_patterns()[1]))
-        if env and "identity_env" in accepted:
+        if env:
             options["identity_env"] = list(env)
-        if argv and "identity_argv" in accepted:
+        if argv:
             options["identity_argv"] = list(argv)
         options.update(filters)
         return options

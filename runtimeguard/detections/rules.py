@@ -422,16 +422,20 @@ class CredentialRead(Rule):
         d = ev.data
         if not _reads(d.flags) or (d.result < 0 and d.result not in _REFUSED):
             return
-        paths = _open_paths(d)
-        for matcher, technique, what in self._sets:
-            path = matcher.first_match(paths)
-            if path is not None:
-                yield Finding(
-                    summary=f"{_who(ev)} opened the {what} {path} for reading{_outcome(d.result)}",
-                    description=f"{_who(ev)} opened the {what} {path} for reading{_outcome(d.result)}: whoever "
-                                f"reads it can act with what it holds.",
-                    events=(ev,), technique=technique, key=path)
-                return
+        yield from _opened_finding(ev, self._sets, "reading", "whoever reads it can act with what it holds.")
+
+
+def _opened_finding(ev: Event, sets, purpose: str, consequence: str) -> Iterator[Finding]:
+    """The finding for an open of the first path set's file the open reached."""
+    d = ev.data
+    paths = _open_paths(d)
+    for matcher, technique, what in sets:
+        path = matcher.first_match(paths)
+        if path is not None:
+            summary = f"{_who(ev)} opened the {what} {path} for {purpose}{_outcome(d.result)}"
+            yield Finding(summary=summary, description=f"{summary}: {consequence}", events=(ev,),
+                          technique=technique, key=path)
+            return
 
 
 class PersistenceWriteOptions(RuleOptions):
@@ -481,16 +485,8 @@ class PersistenceWrite(Rule):
         d = ev.data
         if not _writes(d.flags, d.syscall) or (d.result < 0 and d.result not in _REFUSED):
             return
-        paths = _open_paths(d)
-        for matcher, technique, what in self._sets:
-            path = matcher.first_match(paths)
-            if path is not None:
-                yield Finding(
-                    summary=f"{_who(ev)} opened the {what} {path} for writing{_outcome(d.result)}",
-                    description=f"{_who(ev)} opened the {what} {path} for writing{_outcome(d.result)}: what is "
-                                f"written there runs again later on its own (persistence).",
-                    events=(ev,), technique=technique, key=path)
-                return
+        yield from _opened_finding(ev, self._sets, "writing",
+                                   "what is written there runs again later on its own (persistence).")
 
 
 # ---- downloads ----
@@ -803,8 +799,7 @@ class UnauthorizedConnection(Rule):
         if not self._allowed:
             return
         wl = ev.workload
-        identities = getattr(wl.process, "identities", None) if wl is not None else None
-        held = [i for i in identities or () if i in self._allowed]
+        held = [i for i in (wl.process.identities if wl is not None else ()) if i in self._allowed]
         if not held:
             return
         d = ev.data

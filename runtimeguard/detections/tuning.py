@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import re
-import typing
 from typing import Any, Iterable, Mapping, Optional, Union
 
 import msgspec
@@ -151,6 +150,8 @@ def tuning_from_dict(data: Any, source: str = "<text>", catalog: Optional[Iterab
 
 
 def _rule_options(rule: type[Rule], value: Any, source: str) -> RuleOptions:
+    from ..policy import _validation_error
+
     at = f"rules.{rule.id}"
     if not isinstance(value, Mapping):
         raise DetectionConfigError(at, f"expected a mapping of the rule's options, got a {type(value).__name__}",
@@ -162,83 +163,13 @@ def _rule_options(rule: type[Rule], value: Any, source: str) -> RuleOptions:
     try:
         options = msgspec.convert(dict(value), rule.Options)
     except msgspec.ValidationError as e:
-        field, reason = _validation_error(str(e), rule.Options)
+        field, reason = _validation_error(str(e), rule.Options, noun="key")
         raise DetectionConfigError(f"{at}.{field}" if field else at, reason, source) from None
     except RecursionError:
         raise DetectionConfigError(at, "the document nests too deeply (or contains itself)", source) from None
     for field, reason in options.problems():
         raise DetectionConfigError(f"{at}.{field}", reason, source)
     return options
-
-
-# ---- msgspec's errors -> the key they are about ----
-
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
-
-
-def _parts(jsonpath: str) -> list[Union[str, int]]:
-    parts: list[Union[str, int]] = []
-    for m in _PATH_PART.finditer(jsonpath[1:] if jsonpath.startswith("$") else jsonpath):
-        if m.group(1) is not None:
-            parts.append(m.group(1))
-        elif m.group(2) is not None:
-            parts.append(int(m.group(2)))
-    return parts
-
-
-def _join(parts: list[Union[str, int]]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
-    return out
-
-
-def _unwrap(t: Any) -> Any:
-    if typing.get_origin(t) is Union:
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return t
-
-
-def _type_at(root: Any, parts: list[Union[str, int]]) -> Any:
-    t = root
-    for p in parts:
-        t = _unwrap(t)
-        origin = typing.get_origin(t)
-        if isinstance(p, int) and origin is tuple:
-            t = typing.get_args(t)[0]
-        elif origin is dict:
-            t = typing.get_args(t)[1]
-        elif isinstance(t, type) and issubclass(t, msgspec.Struct):
-            hints = typing.get_type_hints(t)
-            t = hints.get(p)
-            if t is None:
-                return None
-        else:
-            return None
-    return _unwrap(t)
-
-
-def _validation_error(message: str, root: Any) -> tuple[str, str]:
-    m = re.fullmatch(r"(.*?)(?: - at `([^`]*)`)?", message, re.S)
-    reason, at = m.group(1), m.group(2) or "$"
-    parts = _parts(at)
-    named = re.fullmatch(r"Object (missing required|contains unknown) field `(.*)`", reason)
-    if named:
-        child = _join(parts + [named.group(2)])
-        if named.group(1) == "missing required":
-            return child, "required key missing"
-        t = _type_at(root, parts)
-        if isinstance(t, type) and issubclass(t, msgspec.Struct):
-            return child, f"unknown key (expected one of: {', '.join(t.__struct_fields__)})"
-        return child, "unknown key"
-    if reason.startswith("Invalid enum value"):
-        t = _type_at(root, parts)
-        if typing.get_origin(t) is typing.Literal:
-            value = reason[len("Invalid enum value "):]
-            return _join(parts), f"invalid value {value} (expected one of: {', '.join(map(str, typing.get_args(t)))})"
-    return _join(parts), reason
 
 
 # ---- where a key is in the text ----
