@@ -234,8 +234,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a memfd or deleted executable is not flagged fileless"),
     Mutation(
         "process-answer-outlives-an-exec", "csrc/proctable.c",
-        "\t__atomic_add_fetch(&pt->generation, 1, __ATOMIC_RELEASE);",
-        "\t/* mutated: the generation never moves */",
+        "\t__atomic_add_fetch(&pt->generation, 1, __ATOMIC_RELEASE);\n\tmemmove(",
+        "\t/* mutated: the generation never moves */\n\tmemmove(",
         ("tests/test_processes.py",),
         "a workload answered before an exec is still given for events after it"),
     Mutation(
