@@ -49,7 +49,8 @@
 	X(MODE_CHANGED, 15, "mode_changed", 0, 0)                                          \
 	X(PROTECTED_FILE_CHANGED, 16, "protected_file_changed", sizeof(struct rg_block_record), 1) \
 	X(NAMESPACE_DENIED, 17, "namespace_denied", sizeof(struct rg_block_record), 1) \
-	X(DETECTION, 18, "detection", 0, 0)
+	X(DETECTION, 18, "detection", 0, 0)                                                \
+	X(FUNCTION_CALL, 19, "function_call", sizeof(struct rg_call_record), 0)
 
 enum rg_kind {
 #define RG_KIND_ID(NAME, id, name, size, decision) RG_KIND_##NAME = id,
@@ -369,6 +370,98 @@ struct rg_block_record {
 #define RG_RULE_PTRACE_DENY 0xfffffffdU
 #define RG_RULE_RAW_SOCKET 0xfffffffcU
 #define RG_RULE_NAMESPACES 0xfffffffbU
+
+/* Function calls: uprobes and USDT probes the tracer attaches. Each
+ * attachment's BPF cookie names its probe (an index into rg_call_probes) and
+ * whether it is the return probe. */
+#define RG_CALL_PROBES_MAX 256
+#define RG_CALL_COOKIE(probe, is_return) ((unsigned long long)(probe) << 1 | (is_return))
+/* User stacks keep this many frames, innermost first; the stack map this
+ * many stacks (a stack is stored once, however often it is seen). */
+#define RG_CALL_STACK_DEPTH 32
+#define RG_CALL_STACKS 4096
+/* (probe, process, stack) triples counted in the kernel at most. */
+#define RG_CALL_PATHS_MAX 32768
+/* Bytes of a call's buffer (or a USDT probe's strings) a record holds. */
+#define RG_CALL_DATA_MAX 4096
+#define RG_CALL_ARGS 5
+/* A stack frame the kernel named by its file: BPF_STACK_BUILD_ID_VALID.
+ * Otherwise it holds the bare address (BPF_STACK_BUILD_ID_IP). */
+#define RG_STACK_BUILD_ID_SIZE 20
+struct rg_stack_frame {
+	int status; /* 1: build_id and offset; 2: ip; 0: no frame */
+	unsigned char build_id[RG_STACK_BUILD_ID_SIZE];
+	unsigned long long offset_or_ip;
+};
+
+/* What a probe does (rg_call_probe.flags). */
+#define RG_CALL_STACK 1    /* capture the user stack */
+#define RG_CALL_RECORDS 2  /* send a record per call (rate-limited), besides counting it */
+#define RG_CALL_USDT 4     /* a USDT probe: its arguments come from its note */
+#define RG_CALL_CAPTURE 8  /* copy a buffer the call reads or writes */
+#define RG_CALL_RETURNS 16 /* a return probe is attached too */
+
+/* Where a captured buffer's length comes from (rg_call_probe.length_from). */
+#define RG_LENGTH_ARG 0     /* the argument length_arg, at entry: the buffer is read at entry */
+#define RG_LENGTH_RETVAL 1  /* the return value: the buffer is read at return */
+#define RG_LENGTH_POINTER 2 /* the size_t the argument length_arg points to, at return */
+
+struct rg_call_probe {
+	unsigned int flags;          /* RG_CALL_* */
+	unsigned char buffer_arg;    /* RG_CALL_CAPTURE: the argument (0-4) pointing at the buffer */
+	unsigned char length_arg;
+	unsigned char length_from;   /* RG_LENGTH_* */
+	unsigned char string_args;   /* USDT: bit i, argument i is a C string (copied into data) */
+	unsigned int capture_bytes;  /* RG_CALL_CAPTURE: bytes of the buffer kept at most */
+	unsigned int pad;
+	/* RG_CALL_RECORDS: a token bucket, records per second and the burst;
+	 * rate 0 sends every call. Calls past it are counted, not sent. */
+	unsigned long long rate;
+	unsigned long long burst;
+};
+
+/* A probe's token bucket and what it has counted (rg_call_state). */
+struct rg_call_state {
+	long long tokens;              /* in billionths of a record */
+	unsigned long long refilled_ns; /* boot clock */
+	unsigned long long calls;       /* hits in scope */
+	unsigned long long limited;     /* records the bucket held back */
+	unsigned long long unsaved;     /* entries a return probe could not be matched to */
+	unsigned long long stack_errors; /* stacks that could not be stored (map full, hash collision) */
+	unsigned long long paths_full;  /* calls not counted: the path map was full */
+};
+
+/* The kernel's count of a (probe, process, stack): rg_call_paths. */
+struct rg_call_path_key {
+	unsigned long long cgroup_id;
+	unsigned int pid;
+	unsigned int probe;  /* RG_CALL_COOKIE */
+	int stack_id;        /* <0: no stack (-errno of bpf_get_stackid) */
+	unsigned int pad;
+};
+
+struct rg_call_path_count {
+	unsigned long long count;
+	unsigned long long first_ns; /* boot clock */
+	unsigned long long last_ns;
+};
+
+/* One call (sent with only the data bytes it holds). */
+struct rg_call_record {
+	struct rg_header hdr;
+	unsigned long long ip;        /* entry: the function's address; return: where it returns to */
+	long long retval;             /* return probes: the return value */
+	unsigned long long args[RG_CALL_ARGS]; /* the first arguments (USDT: the note's) */
+	int stack_id;                 /* in rg_call_stacks; <0: none (-errno) */
+	unsigned int probe;           /* the probe's index */
+	unsigned char is_return;
+	unsigned char data_truncated; /* the buffer was longer than capture_bytes */
+	unsigned char arg_count;      /* USDT: the note's argument count */
+	unsigned char usdt;           /* a USDT probe's: args are the note's */
+	unsigned int data_len;        /* bytes in data */
+	unsigned long long data_size; /* the buffer's length as the call gave it */
+	char data[RG_CALL_DATA_MAX];  /* the captured buffer, or the USDT strings, each NUL-ended */
+};
 
 /* Per-CPU counters, one array slot. seq numbers every record a program tried
  * to emit; lost counts those the ring buffer could not take, per kind. */

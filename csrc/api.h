@@ -143,6 +143,43 @@ int rg_tracer_destroy_tainted_sockets(struct rg_tracer *t, char *err, size_t err
 /* Detaches and frees everything. */
 void rg_tracer_close(struct rg_tracer *t);
 
+/* ---- function probes: the calls sensor, loaded when the event mask has
+ * RG_KIND_FUNCTION_CALL. A probe is an index below RG_CALL_PROBES_MAX:
+ * configure it, then attach it to one or more places. ---- */
+int rg_tracer_set_probe(struct rg_tracer *t, unsigned int probe, const struct rg_call_probe *config, char *err,
+			size_t errlen);
+/* A uprobe (is_return: a uretprobe) at a file offset of path; pid -1: every
+ * process that maps the file, now or later. */
+int rg_tracer_attach_uprobe(struct rg_tracer *t, unsigned int probe, const char *path, unsigned long long offset,
+			    int is_return, int pid, char *err, size_t errlen);
+/* Every site of the USDT probe provider:name in path (libbpf reads the notes). */
+int rg_tracer_attach_usdt(struct rg_tracer *t, unsigned int probe, const char *path, const char *provider,
+			  const char *name, int pid, char *err, size_t errlen);
+int rg_tracer_probe_state(struct rg_tracer *t, unsigned int probe, struct rg_call_state *out, char *err,
+			  size_t errlen);
+/* Up to cap of the (probe, process, stack) counts; returns how many, or -errno. */
+int rg_tracer_call_paths(struct rg_tracer *t, struct rg_call_path_key *keys, struct rg_call_path_count *counts,
+			 unsigned int cap, char *err, size_t errlen);
+/* A stored stack's frames, innermost first; returns how many, or -errno. */
+int rg_tracer_call_stack(struct rg_tracer *t, int stack_id, struct rg_stack_frame *frames, unsigned int cap,
+			 char *err, size_t errlen);
+/* Bytes the kernel charges for the calls sensor's maps. */
+unsigned long long rg_tracer_calls_memory(struct rg_tracer *t);
+
+/* What a program has cost, while BPF run-time statistics are on. */
+struct rg_program_stats {
+	char name[64];
+	unsigned long long run_time_ns;
+	unsigned long long run_count;
+	unsigned long long recursion_misses; /* runs skipped: the program was already running on that CPU */
+};
+/* The programs of sensor ("calls", "process", ...); returns how many, or -errno. */
+int rg_tracer_program_stats(struct rg_tracer *t, const char *sensor, struct rg_program_stats *out, unsigned int cap,
+			    char *err, size_t errlen);
+/* Turns the kernel's per-program run-time statistics on while the returned
+ * descriptor is open; -errno where refused. */
+int rg_enable_bpf_stats(char *err, size_t errlen);
+
 /* The path of cgroup cgroup_id, as the cgroup2 mount open in mount_fd shows
  * it (the mount's own path first), in O(1): open_by_handle_at with the
  * cgroup's kernfs handle. Length, or -errno (EPERM without

@@ -649,6 +649,51 @@ static void encode_ptrace(struct rg_encoder *enc, struct rg_output *o, const str
 	event_end(o);
 }
 
+/* A probed function's call. Its probe is named by index: the caller that
+ * attached it knows the symbol, file and offset. */
+static void encode_call(struct rg_encoder *enc, struct rg_output *o, const struct rg_call_record *r)
+{
+	struct mp_writer *w = &o->w;
+	unsigned int args = r->usdt ? r->arg_count : RG_CALL_ARGS;
+
+	event_begin(enc, o, &r->hdr, 0, 0);
+	o->row.result = r->retval;
+	data_begin(o, "function_call");
+	key(o, "probe");
+	mp_uint(w, r->probe);
+	key(o, "phase");
+	if (r->is_return)
+		mp_lit(w, "return");
+	else
+		mp_lit(w, "entry");
+	key(o, "address");
+	mp_uint(w, r->ip);
+	key(o, "stack_id");
+	mp_int(w, r->stack_id);
+	if (r->is_return) {
+		key(o, "result");
+		mp_int(w, r->retval);
+	} else {
+		if (args > RG_CALL_ARGS)
+			args = RG_CALL_ARGS;
+		key(o, "arguments");
+		mp_array(w, args);
+		for (unsigned int i = 0; i < args; i++)
+			mp_uint(w, r->args[i]);
+	}
+	if (r->data_len || r->data_size) {
+		key(o, "data");
+		mp_bin(w, r->data, r->data_len);
+		key(o, "data_size");
+		mp_uint(w, r->data_size);
+		if (r->data_truncated) {
+			key(o, "data_truncated");
+			mp_bool(w, 1);
+		}
+	}
+	event_end(o);
+}
+
 /* How a process's memory was reached; 0 (not a memory method) is plain ptrace. */
 static void mp_memory_method(struct mp_writer *w, unsigned int method)
 {
@@ -828,12 +873,20 @@ static void encode_namespace(struct rg_encoder *enc, struct rg_output *o, const 
  * what it uses. */
 static size_t kind_min_size(unsigned int kind)
 {
-	return kind == RG_KIND_FILE_OPEN ? offsetof(struct rg_file_record, text) : rg_kinds[kind].record_size;
+	switch (kind) {
+	case RG_KIND_FILE_OPEN: return offsetof(struct rg_file_record, text);
+	case RG_KIND_FUNCTION_CALL: return offsetof(struct rg_call_record, data);
+	default: return rg_kinds[kind].record_size;
+	}
 }
 
 /* Whether a record's text lengths stay within it (and their limits). */
 static int text_fits(const struct rg_header *h, size_t len)
 {
+	if (h->kind == RG_KIND_FUNCTION_CALL) {
+		const struct rg_call_record *r = (const void *)h;
+		return r->data_len <= RG_CALL_DATA_MAX && offsetof(struct rg_call_record, data) + r->data_len <= len;
+	}
 	if (h->kind != RG_KIND_FILE_OPEN)
 		return 1;
 	const struct rg_file_record *r = (const void *)h;
@@ -851,6 +904,8 @@ static size_t record_used(const struct rg_header *h)
 		const struct rg_file_record *r = (const void *)h;
 		return offsetof(struct rg_file_record, text) + r->path_len + r->resolved_len;
 	}
+	if (h->kind == RG_KIND_FUNCTION_CALL)
+		return offsetof(struct rg_call_record, data) + ((const struct rg_call_record *)h)->data_len;
 	if (h->kind >= RG_KIND_CONNECT_DENIED) {
 		const struct rg_block_record *r = (const void *)h;
 		return offsetof(struct rg_block_record, path) + strnlen(r->path, sizeof(r->path));
@@ -875,6 +930,7 @@ static void keep_record(struct rg_encoder *enc, struct rg_output *o, const struc
 	case RG_KIND_NET_SENDMSG: row->result = ((const struct rg_net_record *)h)->retval; break;
 	case RG_KIND_PTRACE: row->result = ((const struct rg_ptrace_record *)h)->retval; break;
 	case RG_KIND_PROCESS_MEMORY: row->result = ((const struct rg_memory_record *)h)->retval; break;
+	case RG_KIND_FUNCTION_CALL: row->result = ((const struct rg_call_record *)h)->retval; break;
 	}
 	row->details_offset = w->len;
 	row->details_len = used;
@@ -974,6 +1030,7 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 	case RG_KIND_PTRACE: encode_ptrace(enc, o, data); break;
 	case RG_KIND_PROCESS_MEMORY: encode_memory(enc, o, data); break;
 	case RG_KIND_NAMESPACE_DENIED: encode_namespace(enc, o, data); break;
+	case RG_KIND_FUNCTION_CALL: encode_call(enc, o, data); break;
 	default: encode_block(enc, o, data); break;
 	}
 	table_entry_details(o, entries_before);
@@ -986,7 +1043,7 @@ int rg_encode_details(const void *record, size_t len, long long timestamp, unsig
 	struct rg_encoder enc = { .delivered = delivered };
 	struct rg_event_row row;
 	struct rg_output o = { .w = { .buf = out, .cap = cap }, .columnar = 1, .rows = &row };  /* not raw */
-	unsigned char padded[sizeof(struct rg_exec_record) + sizeof(struct rg_block_record)] = {};
+	unsigned char padded[sizeof(struct rg_call_record) + sizeof(struct rg_exec_record)] = {};
 	const struct rg_header *h = record;
 
 	/* Kept records may end before their path buffer does: pad them back. */

@@ -25,6 +25,7 @@
 #include "api.h"
 #include "encode.h"
 #include "filejudge.h"
+#include "loader.h"
 #include "process.skel.h"
 #include "file.skel.h"
 #include "net.skel.h"
@@ -32,6 +33,7 @@
 #include "guard.skel.h"
 #include "probe.skel.h"
 #include "sockdestroy.skel.h"
+#include "calls.skel.h"
 
 /* ---- libbpf's messages, kept for error reports ---- */
 
@@ -79,14 +81,14 @@ static void init_globals(void)
 	libbpf_set_print(capture_libbpf);
 }
 
-static void log_reset(void)
+void rg_log_reset(void)
 {
 	pthread_once(&init_once, init_globals);
 	libbpf_log_len = 0;
 	libbpf_log[0] = 0;
 }
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+int rg_fail(char *err, size_t errlen, int code, const char *fmt, ...)
 {
 	va_list args;
 	size_t n;
@@ -107,9 +109,9 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
 
 /* ---- sensors ---- */
 
-enum { SENSOR_PROCESS, SENSOR_FILE, SENSOR_NET, SENSOR_PTRACE, SENSOR_GUARD, SENSOR_COUNT };
+enum { SENSOR_PROCESS, SENSOR_FILE, SENSOR_NET, SENSOR_PTRACE, SENSOR_GUARD, SENSOR_CALLS, SENSOR_COUNT };
 
-static const char *const sensor_names[SENSOR_COUNT] = { "process", "file", "net", "ptrace", "guard" };
+static const char *const sensor_names[SENSOR_COUNT] = { "process", "file", "net", "ptrace", "guard", "calls" };
 
 static const char *const shared_maps[] = { "rg_events", "rg_counters", "rg_filt_pids", "rg_filt_comms",
 					   "rg_filt_cgroups" };
@@ -134,6 +136,9 @@ struct rg_tracer {
 	struct sensor sensors[SENSOR_COUNT];
 	struct bpf_link *links[MAX_LINKS];
 	int n_links;
+	/* The function probes' links (uprobes, USDT), as many as asked for. */
+	struct bpf_link **probe_links;
+	int n_probe_links, probe_links_cap;
 	int shared_fds[SHARED_MAP_COUNT];
 	struct ring_buffer *ring;
 	int epoll_fd;
@@ -190,9 +195,10 @@ OPEN_SENSOR(file)
 OPEN_SENSOR(net)
 OPEN_SENSOR(ptrace)
 OPEN_SENSOR(guard)
+OPEN_SENSOR(calls)
 
 static int (*const sensor_open[SENSOR_COUNT])(struct rg_tracer *, struct sensor *) = {
-	open_process, open_file, open_net, open_ptrace, open_guard,
+	open_process, open_file, open_net, open_ptrace, open_guard, open_calls,
 };
 
 static unsigned long long sensor_kinds[SENSOR_COUNT] = {
@@ -200,6 +206,7 @@ static unsigned long long sensor_kinds[SENSOR_COUNT] = {
 	[SENSOR_FILE] = 1ULL << RG_KIND_FILE_OPEN | 1ULL << RG_KIND_PROCESS_MEMORY,
 	[SENSOR_NET] = 1ULL << RG_KIND_NET_CONNECT | 1ULL << RG_KIND_NET_SENDMSG,
 	[SENSOR_PTRACE] = 1ULL << RG_KIND_PTRACE | 1ULL << RG_KIND_PROCESS_MEMORY,
+	[SENSOR_CALLS] = 1ULL << RG_KIND_FUNCTION_CALL,
 };
 
 static int handle_record(void *ctx, void *data, size_t len);
@@ -245,6 +252,9 @@ static void tracer_free(struct rg_tracer *t)
 {
 	detach_all(t->links, t->n_links);
 	t->n_links = 0;
+	detach_all(t->probe_links, t->n_probe_links);
+	t->n_probe_links = 0;
+	free(t->probe_links);
 	if (t->ring)
 		ring_buffer__free(t->ring);
 	/* No record of this tracer is decoded any more: its patterns' slots may
@@ -360,7 +370,7 @@ static int choose_guard_backend(struct rg_guard *g, int lsm, char *err, size_t e
 			}
 		}
 		if (lists != 1)
-			return fail(err, errlen, -EINVAL, "guard program %s is in %d backend lists, not exactly one",
+			return rg_fail(err, errlen, -EINVAL, "guard program %s is in %d backend lists, not exactly one",
 				    bpf_program__name(prog), lists);
 	}
 	return 0;
@@ -373,24 +383,24 @@ static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 	int ret = sensor_open[i](t, s);
 
 	if (ret)
-		return fail(err, errlen, ret, "opening the %s sensor", sensor_names[i]);
+		return rg_fail(err, errlen, ret, "opening the %s sensor", sensor_names[i]);
 	for (size_t m = 0; m < SHARED_MAP_COUNT; m++) {
 		struct bpf_map *map = bpf_object__find_map_by_name(s->obj, shared_maps[m]);
 		if (!map)
-			return fail(err, errlen, -ENOENT, "%s sensor: map %s", sensor_names[i], shared_maps[m]);
+			return rg_fail(err, errlen, -ENOENT, "%s sensor: map %s", sensor_names[i], shared_maps[m]);
 		if (first) {
 			if (m == 0 && (ret = bpf_map__set_max_entries(map, t->opts.ring_bytes)))
-				return fail(err, errlen, ret, "sizing ring buffer %s to %llu bytes", shared_maps[m],
+				return rg_fail(err, errlen, ret, "sizing ring buffer %s to %llu bytes", shared_maps[m],
 					    t->opts.ring_bytes);
 		} else if ((ret = bpf_map__reuse_fd(map, t->shared_fds[m]))) {
-			return fail(err, errlen, ret, "%s sensor: sharing map %s", sensor_names[i], shared_maps[m]);
+			return rg_fail(err, errlen, ret, "%s sensor: sharing map %s", sensor_names[i], shared_maps[m]);
 		}
 	}
 	if (i == SENSOR_GUARD && (ret = choose_guard_backend(s->skel, t->opts.guard_lsm, err, errlen)))
 		return ret;
 	skip_missing_hooks(s->obj);
 	if ((ret = bpf_object__load(s->obj)))
-		return fail(err, errlen, ret, "loading the %s sensor's BPF programs", sensor_names[i]);
+		return rg_fail(err, errlen, ret, "loading the %s sensor's BPF programs", sensor_names[i]);
 	if (first)
 		for (size_t m = 0; m < SHARED_MAP_COUNT; m++)
 			t->shared_fds[m] = bpf_map__fd(bpf_object__find_map_by_name(s->obj, shared_maps[m]));
@@ -407,22 +417,22 @@ static int open_destroyer(struct bpf_object *guard, struct rg_sockdestroy **out,
 	struct rg_sockdestroy *skel;
 	int ret;
 
-	log_reset();
+	rg_log_reset();
 	*out = NULL;
 	if (!(skel = rg_sockdestroy__open()))
-		return fail(err, errlen, -errno, "opening the socket destroyer");
+		return rg_fail(err, errlen, -errno, "opening the socket destroyer");
 	for (size_t m = 0; guard && m < sizeof(destroyer_maps) / sizeof(destroyer_maps[0]); m++) {
 		struct bpf_map *theirs = bpf_object__find_map_by_name(guard, destroyer_maps[m]);
 		struct bpf_map *ours = bpf_object__find_map_by_name(skel->obj, destroyer_maps[m]);
 		if (!theirs || !ours || (ret = bpf_map__reuse_fd(ours, bpf_map__fd(theirs)))) {
 			rg_sockdestroy__destroy(skel);
-			return fail(err, errlen, theirs && ours ? ret : -ENOENT, "socket destroyer: sharing map %s",
+			return rg_fail(err, errlen, theirs && ours ? ret : -ENOENT, "socket destroyer: sharing map %s",
 				    destroyer_maps[m]);
 		}
 	}
 	if ((ret = rg_sockdestroy__load(skel))) {
 		rg_sockdestroy__destroy(skel);
-		return fail(err, errlen, ret, "loading the socket destroyer (iter/tcp, kfunc bpf_sock_destroy)");
+		return rg_fail(err, errlen, ret, "loading the socket destroyer (iter/tcp, kfunc bpf_sock_destroy)");
 	}
 	*out = skel;
 	return 0;
@@ -439,9 +449,9 @@ static int run_destroyer(struct rg_sockdestroy *skel, char *err, size_t errlen)
 	ssize_t n;
 
 	if (!link)
-		return fail(err, errlen, -errno, "attaching the socket destroyer's iterator");
+		return rg_fail(err, errlen, -errno, "attaching the socket destroyer's iterator");
 	if ((fd = bpf_iter_create(bpf_link__fd(link))) < 0) {
-		ret = fail(err, errlen, -errno, "creating the socket destroyer's iterator");
+		ret = rg_fail(err, errlen, -errno, "creating the socket destroyer's iterator");
 		bpf_link__destroy(link);
 		return ret;
 	}
@@ -449,7 +459,7 @@ static int run_destroyer(struct rg_sockdestroy *skel, char *err, size_t errlen)
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
-			ret = fail(err, errlen, -errno, "reading the socket destroyer's iterator");
+			ret = rg_fail(err, errlen, -errno, "reading the socket destroyer's iterator");
 			break;
 		}
 		for (ssize_t i = 0; i < n; i++)
@@ -462,7 +472,7 @@ static int run_destroyer(struct rg_sockdestroy *skel, char *err, size_t errlen)
 
 int rg_tracer_destroy_tainted_sockets(struct rg_tracer *t, char *err, size_t errlen)
 {
-	log_reset();
+	rg_log_reset();
 	if (!t->destroyer) {
 		snprintf(err, errlen, "%s", t->destroyer_why[0] ? t->destroyer_why : "no socket destroyer loaded");
 		return t->destroyer_error ? t->destroyer_error : -EOPNOTSUPP;
@@ -491,12 +501,12 @@ static int map_ring_positions(struct rg_tracer *t, char *err, size_t errlen)
 	t->consumer_page = mmap(NULL, t->page_size, PROT_READ, MAP_SHARED, fd, 0);
 	if (t->consumer_page == MAP_FAILED) {
 		t->consumer_page = NULL;
-		return fail(err, errlen, -errno, "mapping the ring buffer's consumer position");
+		return rg_fail(err, errlen, -errno, "mapping the ring buffer's consumer position");
 	}
 	t->producer_page = mmap(NULL, t->page_size, PROT_READ, MAP_SHARED, fd, t->page_size);
 	if (t->producer_page == MAP_FAILED) {
 		t->producer_page = NULL;
-		return fail(err, errlen, -errno, "mapping the ring buffer's producer position");
+		return rg_fail(err, errlen, -errno, "mapping the ring buffer's producer position");
 	}
 	return 0;
 }
@@ -510,7 +520,7 @@ static int open_judge(struct rg_tracer *t, char *err, size_t errlen)
 	char cgroup_root[sizeof(t->opts.cgroup_root) + 1] = "";
 
 	if (!cfg || !tainted)
-		return fail(err, errlen, -ENOENT, "the guard sensor has no rg_guard_cfg or rg_tainted map");
+		return rg_fail(err, errlen, -ENOENT, "the guard sensor has no rg_guard_cfg or rg_tainted map");
 	memcpy(cgroup_root, t->opts.cgroup_root, sizeof(t->opts.cgroup_root));
 	return rg_file_judge_open(bpf_map__fd(cfg), bpf_map__fd(tainted), cgroup_root, &t->judge, err, errlen);
 }
@@ -520,14 +530,14 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 	struct rg_tracer *t;
 	int ret;
 
-	log_reset();
+	rg_log_reset();
 	*out = NULL;
 	if (opts->ring_bytes < 4096 || (opts->ring_bytes & (opts->ring_bytes - 1)))
-		return fail(err, errlen, -EINVAL, "ring buffer size %llu is not a power of two of at least 4096",
+		return rg_fail(err, errlen, -EINVAL, "ring buffer size %llu is not a power of two of at least 4096",
 			    opts->ring_bytes);
 	t = calloc(1, sizeof(*t));
 	if (!t)
-		return fail(err, errlen, -ENOMEM, "allocating the tracer");
+		return rg_fail(err, errlen, -ENOMEM, "allocating the tracer");
 	t->opts = *opts;
 	if (!t->opts.batch_limit)
 		t->opts.batch_limit = 4096;
@@ -549,13 +559,13 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 		/* The LSM backend refuses a tainted process's sends before they queue. */
 		t->destroyer_error = open_destroyer(t->sensors[SENSOR_GUARD].obj, &t->destroyer, t->destroyer_why,
 						    sizeof(t->destroyer_why));
-		log_reset();
+		rg_log_reset();
 	}
 	if (t->sensors[SENSOR_GUARD].obj && opts->guard_fanotify && (ret = open_judge(t, err, errlen)))
 		goto error;
 	t->ring = ring_buffer__new(t->shared_fds[0], handle_record, t, NULL);
 	if (!t->ring) {
-		ret = fail(err, errlen, -errno, "opening ring buffer rg_events");
+		ret = rg_fail(err, errlen, -errno, "opening ring buffer rg_events");
 		goto error;
 	}
 	t->epoll_fd = ring_buffer__epoll_fd(t->ring);
@@ -564,13 +574,13 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 	 * consumer polling in a loop is not handed a few records per call. */
 	struct epoll_event ring_event = { .events = EPOLLIN | EPOLLET, .data.fd = 0 };
 	if (epoll_ctl(t->epoll_fd, EPOLL_CTL_MOD, t->shared_fds[0], &ring_event)) {
-		ret = fail(err, errlen, -errno, "making the ring buffer's wake-up edge-triggered");
+		ret = rg_fail(err, errlen, -errno, "making the ring buffer's wake-up edge-triggered");
 		goto error;
 	}
 	if (t->judge) {
 		struct epoll_event judge_event = { .events = EPOLLIN, .data.fd = 1 };
 		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, rg_file_judge_wake_fd(t->judge), &judge_event)) {
-			ret = fail(err, errlen, -errno, "watching the file judge's queue");
+			ret = rg_fail(err, errlen, -errno, "watching the file judge's queue");
 			goto error;
 		}
 	}
@@ -585,7 +595,7 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 	t->out.rows = calloc(t->opts.batch_limit + 4, sizeof(*t->out.rows));
 	t->out.table = calloc(t->opts.batch_limit + 4, sizeof(*t->out.table));
 	if (t->ncpus <= 0 || !t->percpu || !t->out.w.buf || !t->out.rows || !t->out.table) {
-		ret = fail(err, errlen, -ENOMEM, "allocating the consumer's buffers");
+		ret = rg_fail(err, errlen, -ENOMEM, "allocating the consumer's buffers");
 		goto error;
 	}
 	/* Forks and exits nobody asked for only feed the process table; an
@@ -602,9 +612,9 @@ static int add_filter(struct rg_tracer *t, int map_index, const void *key, char 
 {
 	unsigned char one = 1;
 
-	log_reset();
+	rg_log_reset();
 	if (bpf_map_update_elem(t->shared_fds[map_index], key, &one, BPF_ANY))
-		return fail(err, errlen, -errno, "adding to filter map %s", shared_maps[map_index]);
+		return rg_fail(err, errlen, -errno, "adding to filter map %s", shared_maps[map_index]);
 	return 0;
 }
 
@@ -629,24 +639,24 @@ int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char
 int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
 			 char *err, size_t errlen)
 {
-	log_reset();
+	rg_log_reset();
 	for (int i = 0; i < SENSOR_COUNT; i++) {
 		struct bpf_map *m = t->sensors[i].obj ? bpf_object__find_map_by_name(t->sensors[i].obj, map) : NULL;
 		if (!m)
 			continue;
 		if (bpf_map_update_elem(bpf_map__fd(m), key, value, BPF_ANY))
-			return fail(err, errlen, -errno, "updating map %s", map);
+			return rg_fail(err, errlen, -errno, "updating map %s", map);
 		return 0;
 	}
-	return fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
+	return rg_fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
 }
 
 static int identity_refused(int ret, const char *pattern, char *err, size_t errlen)
 {
 	if (ret == -ENOSPC)
-		return fail(err, errlen, ret, "identity pattern %s: all %d patterns of its kind are in use by live tracers",
+		return rg_fail(err, errlen, ret, "identity pattern %s: all %d patterns of its kind are in use by live tracers",
 			    pattern, RG_IDENTITY_MAX);
-	return fail(err, errlen, ret, "identity pattern %s", pattern);
+	return rg_fail(err, errlen, ret, "identity pattern %s", pattern);
 }
 
 int rg_tracer_watch_env(struct rg_tracer *t, const char *pattern, char *err, size_t errlen)
@@ -690,7 +700,7 @@ int rg_tracer_protect_path(struct rg_tracer *t, const char *path, unsigned int k
 			   char *err, size_t errlen)
 {
 	if (!t->judge)
-		return fail(err, errlen, -EOPNOTSUPP, "protecting %s: the fanotify file judge is not running", path);
+		return rg_fail(err, errlen, -EOPNOTSUPP, "protecting %s: the fanotify file judge is not running", path);
 	return rg_file_judge_mark(t->judge, path, kind, rule_index, err, errlen);
 }
 
@@ -698,13 +708,14 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 {
 	int code = 0;
 
-	log_reset();
+	rg_log_reset();
 	if (t->n_links)
 		return 0;
 	for (int i = 0; i < SENSOR_COUNT && !code; i++) {
 		struct bpf_program *prog;
 
-		if (!t->sensors[i].obj)
+		/* Function probes are attached one by one, to the files they name. */
+		if (!t->sensors[i].obj || i == SENSOR_CALLS)
 			continue;
 		bpf_object__for_each_program(prog, t->sensors[i].obj) {
 			struct bpf_link *link = NULL;
@@ -717,10 +728,10 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 					type == BPF_PROG_TYPE_CGROUP_SKB;
 
 			if (t->n_links == MAX_LINKS)
-				code = fail(err, errlen, -E2BIG, "more than %d programs to attach", MAX_LINKS);
+				code = rg_fail(err, errlen, -E2BIG, "more than %d programs to attach", MAX_LINKS);
 			else if (!(link = on_cgroup ? bpf_program__attach_cgroup(prog, t->opts.guard_cgroup_fd)
 						    : bpf_program__attach(prog)))
-				code = fail(err, errlen, -errno, "attaching BPF program %s (%s) of the %s sensor",
+				code = rg_fail(err, errlen, -errno, "attaching BPF program %s (%s) of the %s sensor",
 					    bpf_program__name(prog), bpf_program__section_name(prog), sensor_names[i]);
 			if (code)
 				break;
@@ -733,6 +744,30 @@ int rg_tracer_attach(struct rg_tracer *t, char *err, size_t errlen)
 		t->n_links = 0;
 	}
 	return code;
+}
+
+struct bpf_object *rg_tracer_sensor_object(struct rg_tracer *t, const char *name)
+{
+	for (int i = 0; i < SENSOR_COUNT; i++)
+		if (!strcmp(sensor_names[i], name))
+			return t->sensors[i].obj;
+	return NULL;
+}
+
+int rg_tracer_keep_link(struct rg_tracer *t, struct bpf_link *link, char *err, size_t errlen)
+{
+	if (t->n_probe_links == t->probe_links_cap) {
+		int cap = t->probe_links_cap ? 2 * t->probe_links_cap : 16;
+		struct bpf_link **grown = realloc(t->probe_links, cap * sizeof(*grown));
+		if (!grown) {
+			bpf_link__destroy(link);
+			return rg_fail(err, errlen, -ENOMEM, "keeping a probe's link");
+		}
+		t->probe_links = grown;
+		t->probe_links_cap = cap;
+	}
+	t->probe_links[t->n_probe_links++] = link;
+	return 0;
 }
 
 /* ---- consuming ---- */
@@ -1057,10 +1092,10 @@ int rg_probe(const char *program, char *err, size_t errlen)
 	struct bpf_program *prog, *target = NULL;
 	int ret;
 
-	log_reset();
+	rg_log_reset();
 	skel = rg_probe__open();
 	if (!skel)
-		return fail(err, errlen, -errno, "opening the probe object");
+		return rg_fail(err, errlen, -errno, "opening the probe object");
 	bpf_object__for_each_program(prog, skel->obj) {
 		int match = strcmp(bpf_program__name(prog), program) == 0;
 		bpf_program__set_autoload(prog, match);
@@ -1069,11 +1104,11 @@ int rg_probe(const char *program, char *err, size_t errlen)
 	}
 	if (!target) {
 		rg_probe__destroy(skel);
-		return fail(err, errlen, -ENOENT, "no probe program %s", program);
+		return rg_fail(err, errlen, -ENOENT, "no probe program %s", program);
 	}
 	ret = bpf_object__load(skel->obj);
 	if (ret) {
-		ret = fail(err, errlen, ret, "loading %s", bpf_program__section_name(target));
+		ret = rg_fail(err, errlen, ret, "loading %s", bpf_program__section_name(target));
 	} else {
 		enum bpf_prog_type type = bpf_program__type(target);
 		/* Cgroup and uprobe programs need a target to attach to: loading is the test. */
@@ -1081,7 +1116,7 @@ int rg_probe(const char *program, char *err, size_t errlen)
 		    type != BPF_PROG_TYPE_CGROUP_SOCK && strcmp(program, "rg_probe_uprobe") != 0) {
 			struct bpf_link *link = bpf_program__attach(target);
 			if (!link)
-				ret = fail(err, errlen, -errno, "attaching %s", bpf_program__section_name(target));
+				ret = rg_fail(err, errlen, -errno, "attaching %s", bpf_program__section_name(target));
 			else
 				bpf_link__destroy(link);
 		}

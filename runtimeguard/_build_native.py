@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 DEPS = os.path.join(BUILD, "deps")
 SKELETONS = os.path.join(BUILD, "bpf")
-SOURCES = ["csrc/tracer.c", "csrc/encode.c", "csrc/filejudge.c", "csrc/proctable.c", "csrc/identity.c"]
+SOURCES = ["csrc/tracer.c", "csrc/encode.c", "csrc/filejudge.c", "csrc/proctable.c", "csrc/identity.c",
+           "csrc/calls.c"]
 
 
 def _run(argv):
@@ -58,8 +59,8 @@ ffibuilder.set_source(
     # Relative to the project root: setuptools refuses absolute source paths.
     sources=SOURCES,
     # Rebuild when a skeleton or a shared header changes, not only a .c file.
-    depends=[f"build/bpf/{s}.skel.h" for s in ("process", "file", "net", "ptrace", "guard", "probe", "sockdestroy")]
-    + ["bpf/events.h", "bpf/sockowner.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h", "csrc/filejudge.h"],
+    depends=[f"build/bpf/{s}.skel.h" for s in ("process", "file", "net", "ptrace", "guard", "probe", "sockdestroy", "calls")]
+    + ["bpf/events.h", "bpf/sockowner.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h", "csrc/filejudge.h", "csrc/loader.h"],
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
     extra_compile_args=["-O2", "-g0", "-std=gnu11", "-Wall", "-Wno-unused-function"],

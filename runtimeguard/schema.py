@@ -50,7 +50,8 @@ from ._native import ffi, lib
 # exec_id; Process exec_id, auid, tty, cwd); containers and pods named from
 # the runtime's files on disk; executables' digests (BinaryDigest);
 # detection events, Threat MITRE ids, TriggeredBy pid/entity_id.
-SCHEMA_VERSION = "1.6"
+# 1.7: function_call (a uprobe's or USDT probe's hit, runtimeguard.calls).
+SCHEMA_VERSION = "1.7"
 
 # The event registry: name -> stable id, from the one table of kinds
 # (RG_EVENT_KINDS in bpf/events.h, which the kernel records use too).
@@ -565,6 +566,30 @@ class DetectionData(_Data, tag="detection"):
     ``triggered_by``."""
 
 
+class FunctionCallData(_Data, tag="function_call"):
+    """A probed function's entry or return, as the kernel saw it. The probe is
+    named by its index (the ``runtimeguard.calls`` probe that attached it
+    knows its symbol, file and offset): ``CallTracer`` turns these into
+    ``RuntimeCallEvent``s with symbols, stacks and hashes."""
+
+    probe: int
+    phase: Literal["entry", "return"]
+    address: int
+    """Entry: the function's address in the process; return: where it returned to."""
+    stack_id: int
+    """The user stack's id in the kernel's stack map; negative (-errno): none."""
+    arguments: list[int] = []
+    """Entry: the first five arguments as raw register values (USDT: the note's arguments)."""
+    result: Optional[int] = None
+    """Return: the return value (the register's raw value, as a signed integer)."""
+    data: Optional[bytes] = None
+    """The buffer the probe was set to copy (at most its capture size), or a
+    USDT probe's string arguments, each NUL-ended."""
+    data_size: Optional[int] = None
+    """The buffer's length as the call gave it."""
+    data_truncated: bool = False
+
+
 EventData = Union[
     ProcessExecData,
     ProcessForkData,
@@ -584,6 +609,7 @@ EventData = Union[
     ProtectedFileChangedData,
     NamespaceDeniedData,
     DetectionData,
+    FunctionCallData,
 ]
 
 

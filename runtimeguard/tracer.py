@@ -29,8 +29,9 @@ from .schema import BLOCK_EVENTS, EVENT_IDS, Event, batch_decoder
 #: Every event a Tracer can deliver ("lost" notices are always delivered):
 #: the kinds the sensors record that are not a guard's decisions.
 ALL_EVENTS = tuple(name for name, k in EVENT_IDS.items() if lib.rg_kinds[k].record_size and name not in BLOCK_EVENTS)
-#: The default set: file_open is a firehose host-wide, so it is opt-in.
-DEFAULT_EVENTS = tuple(e for e in ALL_EVENTS if e != "file_open")
+#: The default set: file_open is a firehose host-wide, so it is opt-in;
+#: function_call needs probes (``runtimeguard.calls.CallTracer`` attaches them).
+DEFAULT_EVENTS = tuple(e for e in ALL_EVENTS if e not in ("file_open", "function_call"))
 # The process table needs these whatever the caller asked for.
 _TABLE_EVENTS = ("process_exec", "process_fork", "process_exit")
 
@@ -386,6 +387,20 @@ class Tracer:
         err = ffi.new("char[]", _ERR_LEN)
         with self._native_lock():
             ret = lib.rg_tracer_destroy_tainted_sockets(self._handle, err, _ERR_LEN)
+        self._check(ret, err)
+        return ret
+
+    def _native_call(self, fn, *args) -> int:
+        """Calls a native function that takes the tracer, then ``args``, then
+        an error buffer (``lib.rg_tracer_attach_uprobe``), under the lock that
+        keeps the tracer alive; BPFError with its message on failure."""
+        if self._handle is None:
+            raise TracerStateError("this Tracer is not loaded")
+        err = ffi.new("char[]", _ERR_LEN)
+        with self._native_lock():
+            if self._handle is None:
+                raise TracerStateError("this Tracer is closed")
+            ret = fn(self._handle, *args, err, _ERR_LEN)
         self._check(ret, err)
         return ret
 

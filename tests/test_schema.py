@@ -281,14 +281,15 @@ PUBLISHED_IDS = {
     "process_exec": 1, "process_fork": 2, "process_exit": 3, "file_open": 4, "net_connect": 5,
     "net_sendmsg": 6, "ptrace": 7, "process_memory": 8, "lost": 9, "connect_denied": 10, "exfil_blocked": 11,
     "open_inode": 12, "mirage_trap": 13, "ptrace_denied": 14, "mode_changed": 15, "protected_file_changed": 16,
-    "namespace_denied": 17, "detection": 18,
+    "namespace_denied": 17, "detection": 18, "function_call": 19,
 }
 # Made in user space: no BPF program writes a record of them.
 USER_SPACE_EVENTS = {"lost", "mode_changed", "detection"}
 RECORD_TYPES = {"process_exec": "struct rg_exec_record", "process_fork": "struct rg_fork_record",
                 "process_exit": "struct rg_exit_record", "file_open": "struct rg_file_record",
                 "net_connect": "struct rg_net_record", "net_sendmsg": "struct rg_net_record",
-                "ptrace": "struct rg_ptrace_record", "process_memory": "struct rg_memory_record"}
+                "ptrace": "struct rg_ptrace_record", "process_memory": "struct rg_memory_record",
+                "function_call": "struct rg_call_record"}
 
 
 def test_event_ids_are_unique_and_positive():

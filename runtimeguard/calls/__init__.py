@@ -1,0 +1,1 @@
+"""Function calls: uprobes and USDT probes, symbols, call paths and their hashes."""
