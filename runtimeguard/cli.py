@@ -1,4 +1,4 @@
-"""The ``runtimeguard`` command: trace, watch, schema, doctor, demo, run, check-policy."""
+"""The ``runtimeguard`` command: trace, watch, calls, schema, doctor, demo, run, check-policy."""
 
 from __future__ import annotations
 
@@ -325,6 +325,81 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call_line(call) -> str:
+    t = time.localtime(call.timestamp // 1_000_000_000)
+    stamp = time.strftime("%H:%M:%S", t) + f".{call.timestamp // 1_000_000 % 1000:03d}"
+    what = call.symbol + (" returned" if call.phase == "return" else "")
+    if call.phase == "return" and call.result is not None:
+        what += f" {call.result}"
+    if call.usdt_strings:
+        what += " " + " ".join(call.usdt_strings)
+    if call.plaintext is not None:
+        shown = call.plaintext[:120]
+        more = "…" if call.plaintext_truncated or len(call.plaintext) > len(shown) else ""
+        what += f" [{call.plaintext_size} bytes] {shown!r}{more}"
+    return f"{stamp} {call.pid:>7} {call.comm:<15} {what}"
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from .calls import CallTracer
+
+    if not args.probe and not args.tls:
+        raise RuntimeGuardError("calls: give at least one --probe BINARY:SYMBOL, or --tls")
+    if args.plaintext and not args.tls and not any(p.rsplit(":", 1)[-1] in ("SSL_write", "SSL_write_ex", "SSL_read",
+                                                                            "SSL_read_ex") for p in args.probe):
+        raise RuntimeGuardError("calls: --plaintext copies TLS buffers: probe libssl's SSL_write/SSL_read "
+                                "(or give --tls)")
+    try:
+        tracer = CallTracer(args.probe, returns=args.returns, pids=args.pid, cgroups=args.cgroup,
+                            records=not args.no_records, rate=args.rate, plaintext=args.plaintext, tls=args.tls,
+                            redact_env=args.redact_env, redact=args.redact)
+    except ValueError as e:
+        raise RuntimeGuardError(str(e)) from None
+    out = sys.stdout.buffer
+
+    def show(call) -> None:
+        if args.json:
+            out.write(msgspec.json.encode({"type": "call", **msgspec.to_builtins(call)}) + b"\n")
+            out.flush()
+        else:
+            print(_call_line(call), flush=True)
+
+    if not args.json:
+        print(f"runtimeguard: probing {', '.join(p.spec for p in tracer.probes)}", file=sys.stderr)
+    status = 0
+    if args.argv:
+        status = tracer.run(args.argv, on_call=show)
+    else:
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        with tracer:
+            try:
+                while deadline is None or time.monotonic() < deadline:
+                    wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+                    for call in tracer.poll(wait):
+                        show(call)
+            except KeyboardInterrupt:
+                pass
+    paths, summaries, statistics = tracer.call_paths(), tracer.summaries(), tracer.statistics()
+    if args.json:
+        for kind, items in (("call_path", paths), ("summary", summaries), ("statistics", [statistics])):
+            for item in items:
+                out.write(msgspec.json.encode({"type": kind, **msgspec.to_builtins(item)}) + b"\n")
+        out.flush()
+        return status
+    print(f"\ncall paths ({len(paths)}):", file=sys.stderr)
+    for p in paths:
+        print(f"  {p.count:>8}  {' -> '.join(p.symbols)}{'  (return)' if p.phase == 'return' else ''}  "
+              f"{p.path_hash[:19]}", file=sys.stderr)
+    for sm in summaries:
+        print(f"{sm.container_id or 'host'}: {sm.total_events} calls, {sm.call_paths} paths, "
+              f"{sm.dropped_events} dropped, runtimes {', '.join(sm.detected_runtimes) or '-'}, "
+              f"combined {sm.combined_hash[:19]}", file=sys.stderr)
+    cpu = "n/a" if statistics.cpu_overhead_percent is None else f"{statistics.cpu_overhead_percent:.3f} %"
+    print(f"{statistics.events_per_second:.0f} calls/s, probes' CPU {cpu}, "
+          f"{statistics.kernel_memory_bytes // 1024} KiB of maps", file=sys.stderr)
+    return status
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(json_schema(), indent=2))
     return 0
@@ -472,6 +547,30 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     tracer_options(watch)
     watch.set_defaults(func=cmd_watch)
+
+    calls = sub.add_parser("calls", help="probe functions (uprobes, USDT) and report the call paths that ran",
+                           description="Probes are BINARY:SYMBOL (libssl.so.3:SSL_write, ./app:handler), "
+                           "uretprobe:BINARY:SYMBOL, or usdt:BINARY:PROVIDER:NAME "
+                           "(usdt:/usr/bin/python3.11:python:function__entry). With -- CMD, only the command "
+                           "and its descendants are probed, and the report follows its end.")
+    calls.add_argument("--probe", action="append", default=[], metavar="SPEC")
+    calls.add_argument("--returns", action="store_true", help="a return probe beside each entry probe")
+    calls.add_argument("--tls", action="store_true", help="probe libssl's SSL_write/SSL_read (and _ex forms)")
+    calls.add_argument("--plaintext", type=int, default=0, metavar="N",
+                       help="keep up to N bytes of each TLS write's and read's plaintext (default: none)")
+    calls.add_argument("--redact-env", action="append", default=[], metavar="NAME|PATTERN",
+                       help="environment variables (fnmatch patterns) whose values are redacted from plaintext")
+    calls.add_argument("--redact", action="append", default=[], metavar="REGEX",
+                       help="a regular expression redacted from plaintext")
+    calls.add_argument("--rate", type=int, default=10_000, metavar="N",
+                       help="call records per second per probe at most (0: all); calls are counted regardless")
+    calls.add_argument("--no-records", action="store_true", help="count call paths only, no record per call")
+    calls.add_argument("--json", action="store_true", help="NDJSON: calls, then call paths, summaries, statistics")
+    calls.add_argument("--pid", type=int, action="extend", nargs="+", default=[], metavar="N")
+    calls.add_argument("--cgroup", action="extend", nargs="+", default=[], metavar="PATH")
+    calls.add_argument("--duration", type=float, metavar="S", help="without a command: stop after S seconds")
+    calls.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    calls.set_defaults(func=cmd_calls)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of one NDJSON event")
     schema.set_defaults(func=cmd_schema)

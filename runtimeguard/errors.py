@@ -32,3 +32,8 @@ class BPFError(RuntimeGuardError):
 
 class TracerStateError(RuntimeGuardError):
     """The tracer was used in a state that does not allow it (closed, forked)."""
+
+
+class ProbeError(RuntimeGuardError, ValueError):
+    """A function probe cannot be attached as written: its file, symbol or
+    USDT note is missing, or the spec is malformed. Nothing was attached."""
