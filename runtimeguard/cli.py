@@ -408,7 +408,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .capabilities import capabilities
 
+    from .calls.tracer import user_stack_mode
+    from .capabilities import Feature
+
     caps = capabilities()
+    mode, why = user_stack_mode()
+    caps = msgspec.structs.replace(caps, features=caps.features + [
+        Feature("uprobe_user_stacks", mode != "none", f"{mode}: {why}")])
     if args.json:
         print(json.dumps(msgspec.to_builtins(caps), indent=2))
     else:

@@ -73,6 +73,10 @@ class CallFrame(msgspec.Struct, frozen=True, omit_defaults=True):
     """The binary's sha256 (hex) where its file could be read."""
     symbol: Optional[str] = None
     """The ELF symbol as written in the file (mangled)."""
+    named_by: str = "build_id"
+    """How the kernel gave the frame: "build_id" (the file's build id and
+    offset: it outlives the process), or "address" (named through the
+    process's mappings, read while it ran)."""
 
     @property
     def node_hash(self) -> str:

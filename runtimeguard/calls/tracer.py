@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 from .. import environment
 from .._native import ffi, lib
 from ..containers import container_from_cgroup
-from ..errors import BPFError, ProbeError
+from ..errors import BPFError, ProbeError, RuntimeGuardError
 from ..guard import _kill_cgroup
 from ..tracer import Tracer
 from . import probes as probes_module
@@ -332,6 +333,8 @@ class CallTracer:
     def _signature(self, probe: Probe) -> str:
         if probe.kind == "usdt":
             return f"usdt:{probe.provider}:{probe.name}"
+        if probe.symbol is None:
+            return f"?+{probe.offset:#x}"
         return function_signature(probe.symbol.name)
 
     def _snapshot(self, pid: int) -> Optional[MapsSnapshot]:
@@ -371,13 +374,14 @@ class CallTracer:
             else:
                 snap = self._snapshots.get(pid) or self._snapshot(pid)
                 if snap is None:
-                    out.append(CallFrame(function="?", signature=f"?+{f.offset_or_ip:#x}", offset=f.offset_or_ip))
+                    out.append(CallFrame(function="?", signature=f"?+{f.offset_or_ip:#x}", offset=f.offset_or_ip,
+                                         named_by="address"))
                     continue
                 frame = self._symbolizer.frame_from_ip(snap, f.offset_or_ip, is_return_address=is_return_address)
-            out.append(self._call_frame(frame))
+            out.append(self._call_frame(frame, "build_id" if f.status == 1 else "address"))
         return out
 
-    def _call_frame(self, frame) -> CallFrame:
+    def _call_frame(self, frame, named_by: str) -> CallFrame:
         sha, purl = self._facts.of(frame.module)
         if frame.symbol is not None:
             function = frame.function or frame.symbol
@@ -387,7 +391,8 @@ class CallTracer:
             signature = f"?+{frame.offset:#x}"
         return CallFrame(function=function, signature=signature, offset=frame.offset,
                          function_offset=frame.symbol_offset if frame.symbol is not None else 0,
-                         binary=frame.module, build_id=frame.build_id, purl=purl, sha256=sha, symbol=frame.symbol)
+                         binary=frame.module, build_id=frame.build_id, purl=purl, sha256=sha, symbol=frame.symbol,
+                         named_by=named_by)
 
     # ---- what the kernel counted ----
 
@@ -517,6 +522,32 @@ class CallTracer:
         keys = ffi.new("struct rg_call_path_key[]", _PATHS_READ_MAX)
         counts = ffi.new("struct rg_call_path_count[]", _PATHS_READ_MAX)
         return self._tracer._native_call(lib.rg_tracer_call_paths, keys, counts, _PATHS_READ_MAX)
+
+
+def user_stack_mode() -> tuple[str, str]:
+    """Which user stacks ``bpf_get_stackid`` gives inside a uprobe on this
+    kernel, measured: a uprobe at the entry point of ``true``, run once.
+    Returns ("build_id" | "address" | "none", a sentence saying what it means)."""
+    true = shutil.which("true") or "/bin/true"
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(true, "rb") as f:
+            entry = ELFFile(f).header["e_entry"]
+        offset = ElfCache().open(true).file_offset_of(entry)
+        probe = Probe(spec=f"{true}:<entry point>", path=os.path.realpath(true), kind="uprobe", offset=offset)
+        calls: list[RuntimeCallEvent] = []
+        CallTracer([probe]).run([true], on_call=calls.append)
+    except (OSError, ValueError, RuntimeGuardError) as exc:
+        return "none", f"a uprobe could not be run: {exc}"
+    stacks = [c.user_stack for c in calls if c.user_stack]
+    if not stacks:
+        return "none", f"a uprobe on {true} fired {len(calls)} times with no user stack"
+    if stacks[0][0].named_by == "build_id":
+        return "build_id", ("frames as build id + file offset: stacks are symbolized after the process "
+                            "exited, from the files' build ids")
+    return "address", ("frames as addresses only: symbolized through each process's mappings, read at first "
+                       "sight (a process gone before then keeps unnamed frames)")
 
 
 def _with_return(probe: Probe) -> Probe:
