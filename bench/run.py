@@ -15,7 +15,9 @@ Measured (each 3 times, median):
   3. loss: the highest offered rate at which a default Tracer delivers every
      event (paced generator, stepping up);
   4. latency: syscall to Struct in Python, p50/p99 at a low and a high rate;
-  5. memory: RSS of this process over 60 s at 200 k events/s, after warm-up.
+  5. memory: RSS of this process over 60 s at 200 k events/s, after warm-up;
+  6. function probes (bench/calls.py): ns a probed call gains, counting in
+     the kernel against a record per call at 1 M calls/s, symbolization.
 The generator runs pinned to one CPU, the consumers to the other.
 
 Prints a table and writes the same as JSON to build/bench/results.json.
@@ -31,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from calls import call_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "bench")
@@ -768,6 +772,9 @@ def main():
     if sys.argv[1:] == ["files"]:
         print_table(file_guard_rows(run_file_guard()))
         return
+    if sys.argv[1:] == ["calls"]:
+        print_table(call_rows(REPEATS, GEN_CPUS))
+        return
     started = time.monotonic()
     ensure_bcc()
     ensure_libbpf_tools()
@@ -851,6 +858,7 @@ def main():
     print(f"identity: exec with a {identity['env_bytes']:,}-byte environment, untraced {identity['untraced_ns']:,.0f} ns; "
           f"BPF per exec {identity['off_ns']:,.0f} ns with the scan off, {identity['on_ns']:,.0f} ns on", flush=True)
     file_guard = run_file_guard()
+    calls = call_rows(REPEATS, GEN_CPUS)
     from runtimeguard.tracer import DEFAULT_MAX_LATENCY_MS
     loss = run_loss()
     latency = run_latency(DEFAULT_MAX_LATENCY_MS)
@@ -933,6 +941,7 @@ def main():
          "verdict": "PASS" if rss["growth"] is not None and abs(rss["growth"]) <= RSS_TARGET_GROWTH else "FALL SHORT"},
     ]
     rows += file_guard_rows(file_guard)
+    rows += calls
     # The other loops, and the programs' run time, right after the openat row.
     at = 4
     for mode, times in prog_time.items():
@@ -990,6 +999,7 @@ def main():
         "latency": latency,
         "rss": rss,
         "file_guard": file_guard,
+        "calls": calls,
         "seconds": time.monotonic() - started,
     }
     os.makedirs(OUT, exist_ok=True)

@@ -191,3 +191,43 @@ def test_a_library_probe_resolves_by_soname():
     assert probe.path.endswith("libssl.so.3") and probe.offset > 0
     out = subprocess.run(["readelf", "-sW", "--dyn-syms", probe.path], capture_output=True, text=True).stdout
     assert any(line.split()[-1].startswith("SSL_write@@") for line in out.splitlines() if line.strip())
+
+
+def test_the_calls_command_runs_a_command_and_reports_its_paths(chains):
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "runtimeguard", "calls", "--probe", f"{chains}:target", "--json",
+                          "--", chains, "2", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    kinds = [line["type"] for line in lines]
+    assert kinds.count("call") == 3 and kinds.count("summary") == 1 and kinds[-1] == "statistics"
+    paths = sorted((p["symbols"], p["count"]) for p in lines if p["type"] == "call_path")
+    assert paths == [(["main", "a", "b", "target"], 2), (["main", "c", "target"], 1)]
+    table = subprocess.run([sys.executable, "-m", "runtimeguard", "calls", "--probe", f"{chains}:target", "--",
+                            chains, "1", "0"], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "main -> a -> b -> target" in table.stderr
+    bad = subprocess.run([sys.executable, "-m", "runtimeguard", "calls", "--probe", f"{chains}:targt", "--", chains],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("runtimeguard: ") and "target" in bad.stderr
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=st.binary(max_size=64), after=st.binary(max_size=64),
+       secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=6, max_size=40),
+       cut=st.integers(min_value=0, max_value=200))
+def test_redaction_never_lets_a_secret_or_its_cut_start_through(before, after, secret, cut):
+    from runtimeguard.calls.redact import Redactor
+
+    r = Redactor(["API_KEY"], environ={"API_KEY": secret})
+    whole = before + secret.encode() + after
+    captured = whole[:cut]
+    out, _ = r.redact(captured, truncated=len(captured) < len(whole))
+    assert secret.encode() not in out
+    visible = min(len(secret), max(0, cut - len(before)))
+    if 4 <= visible < len(secret):
+        # The capture ended inside the secret: its start is gone too.
+        assert not out.endswith(secret.encode()[:visible])

@@ -1086,7 +1086,9 @@ class PackageIndex:
         with self._lock:
             if path in self._answers:
                 return self._answers[path]
-            answer = self._deb_purl(path) or self._pypi_purl(path)
+            # Packages own directories too (base-files owns /tmp): only a file is a component.
+            is_file = os.path.isfile(os.path.join(self.root, path.lstrip("/")))
+            answer = (self._deb_purl(path) or self._pypi_purl(path)) if is_file else None
             self._answers[path] = answer
             return answer
 
