@@ -127,7 +127,8 @@ static __always_inline __u64 rg_arg(const struct rg_call_record *e, __u32 i)
 }
 
 /* Copies up to capture_bytes of the buffer at src, size bytes long, into
- * the record; returns the bytes copied. */
+ * the record; returns the bytes copied. The bounds are plain comparisons:
+ * older verifiers lose a masked length's range. */
 static __always_inline __u32 rg_capture(struct rg_call_record *e, const struct rg_call_probe *cfg, __u64 src,
 					 __u64 size)
 {
@@ -137,7 +138,7 @@ static __always_inline __u32 rg_capture(struct rg_call_record *e, const struct r
 	if (n > RG_CALL_DATA_MAX)
 		n = RG_CALL_DATA_MAX;
 	e->data_truncated = n < size;
-	if (!n || bpf_probe_read_user(e->data, n & (RG_CALL_DATA_MAX - 1) ?: RG_CALL_DATA_MAX, (void *)src) < 0)
+	if (bpf_probe_read_user(e->data, n, (void *)src) < 0)
 		return 0;
 	return n;
 }
@@ -248,9 +249,10 @@ static __always_inline int rg_call(struct pt_regs *ctx, __u64 cookie, bool usdt)
 			size = 0;
 		len = rg_capture(e, cfg, saved.buffer, size);
 	}
+	if (len > RG_CALL_DATA_MAX)
+		len = RG_CALL_DATA_MAX;
 	e->data_len = len;
-	rg_send(e, RG_KIND_FUNCTION_CALL, offsetof(struct rg_call_record, data) + (len & (RG_CALL_DATA_MAX - 1)) +
-						  (len == RG_CALL_DATA_MAX ? RG_CALL_DATA_MAX : 0));
+	rg_send(e, RG_KIND_FUNCTION_CALL, offsetof(struct rg_call_record, data) + len);
 	return 0;
 }
 
