@@ -622,6 +622,7 @@ def test_pypi_purl_of_an_installed_distribution(packages):
 
 def test_unknown_file_has_no_purl(packages, tmp_path):
     assert packages.purl_of("/tmp/whatever") is None
+    assert packages.purl_of("/tmp") is None  # base-files owns the directory; a directory is no component
     (tmp_path / "mine.so").write_bytes(b"")
     assert packages.purl_of(str(tmp_path / "mine.so")) is None
 

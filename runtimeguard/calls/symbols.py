@@ -1086,9 +1086,9 @@ class PackageIndex:
         with self._lock:
             if path in self._answers:
                 return self._answers[path]
-            # Packages own directories too (base-files owns /tmp): only a file is a component.
-            is_file = os.path.isfile(os.path.join(self.root, path.lstrip("/")))
-            answer = (self._deb_purl(path) or self._pypi_purl(path)) if is_file else None
+            # Packages own directories too (base-files owns /tmp): a directory is no component.
+            is_dir = os.path.isdir(os.path.join(self.root, path.lstrip("/")))
+            answer = None if is_dir else self._deb_purl(path) or self._pypi_purl(path)
             self._answers[path] = answer
             return answer
 
