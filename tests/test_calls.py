@@ -85,6 +85,9 @@ def test_call_records_carry_the_symbolized_stack(chains):
     assert e.arguments[0] == 0  # target(0)
     assert ret[0].result == 1  # target(0) returns 1
     assert e.function_address & 0xfff == e.binary_offset & 0xfff  # same page offset: the function's own address
+    # The record's stack hashes as its call path does.
+    path = next(p for p in tracer.call_paths() if p.phase == "entry")
+    assert e.callstack_hash == path.callstack_hash
 
 
 def test_the_token_bucket_limits_records_while_the_kernel_counts_every_call(chains):

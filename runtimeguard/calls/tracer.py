@@ -26,7 +26,7 @@ from ..guard import _kill_cgroup
 from ..tracer import Tracer
 from . import probes as probes_module
 from .paths import (CallFrame, ObservedCallPath, RuntimeCallEvent, RuntimeSignalSummary, SignalStatistics,
-                    callstack_hash, combined_hash, path_hash, trim_to_entry)
+                    callstack_hash, combined_hash, node_hash, path_hash, trim_to_entry)
 from .probes import Probe
 from .redact import Redactor
 from .symbols import ElfCache, MapsSnapshot, PackageIndex, Symbolizer, detect_runtime, function_signature
@@ -154,6 +154,9 @@ class CallTracer:
         self._final_paths: Optional[list[ObservedCallPath]] = None
         self._final_states = None
         self._records_seen = 0
+        self._stacks: dict[tuple[int, bool], list[CallFrame]] = {}
+        self._probe_cache: dict[int, tuple] = {}
+        self._stack_hashes: dict[tuple[int, bool], str] = {}
         self._containers = _Containers()
 
     def _make_tracer(self) -> Tracer:
@@ -300,8 +303,7 @@ class CallTracer:
         probe = self.probes[d.probe]
         self._snapshot(ev.pid)
         stack = self._stack(d.stack_id, ev.pid, d.phase == "return") if d.stack_id >= 0 else []
-        sha, purl = self._facts.of(probe.path)
-        signature = self._signature(probe)
+        sha, purl, signature, node = self._probe_facts(d.probe)
         strings: list[str] = []
         plaintext = None
         redactions = 0
@@ -316,19 +318,39 @@ class CallTracer:
         if ev.pid not in self._runtimes and workload is not None and workload.process.executable:
             # Gone before its mappings were read: its executable (from its exec) still tells most runtimes.
             self._runtimes[ev.pid] = detect_runtime(workload.process.executable, [], self._elf)
-        from .paths import node_hash
         return RuntimeCallEvent(
             event_id=f"{ev.timestamp:x}-{ev.cpu}-{ev.seq}", timestamp=ev.timestamp, pid=ev.pid, tid=ev.tid,
             probe=probe.spec, phase=d.phase, symbol=probe.function, function_address=d.address,
             binary_offset=probe.offset, library=probe.path, runtime=self._runtime(ev.pid),
-            function_signature=signature, node_hash=node_hash(purl or "", signature), container_id=container,
+            function_signature=signature, node_hash=node, container_id=container,
             comm=ev.comm, user_stack=stack,
-            callstack_hash=callstack_hash([f.key for f in reversed(stack)]) if stack else None,
+            callstack_hash=self._callstack_hash(d.stack_id, d.phase == "return", stack) if stack else None,
             purl=purl, binary_sha256=sha, arguments=list(d.arguments), result=d.result, usdt_strings=strings,
             plaintext=plaintext, plaintext_size=d.data_size if plaintext is not None else None,
             plaintext_truncated=bool(d.data_truncated) and plaintext is not None, redactions=redactions)
 
     # ---- symbols ----
+
+    def _callstack_hash(self, stack_id: int, from_return: bool, stack: list[CallFrame]) -> str:
+        """As its ObservedCallPath's: over the frames from the entry (main) on."""
+        key = (stack_id, from_return)
+        found = self._stack_hashes.get(key) if key in self._stacks else None
+        if found is None:
+            found = callstack_hash([f.key for f in trim_to_entry(stack)])
+            if key in self._stacks:
+                self._stack_hashes[key] = found
+        return found
+
+    def _probe_facts(self, index: int) -> tuple[Optional[str], Optional[str], str, str]:
+        """(sha256, purl, signature, node hash) of a probe's function: its
+        file is the one attached (by inode), so they are read once."""
+        facts = self._probe_cache.get(index)
+        if facts is None:
+            probe = self.probes[index]
+            sha, purl = self._facts.of(probe.path)
+            signature = self._signature(probe)
+            facts = self._probe_cache[index] = (sha, purl, signature, node_hash(purl or "", signature))
+        return facts
 
     def _signature(self, probe: Probe) -> str:
         if probe.kind == "usdt":
@@ -359,6 +381,21 @@ class CallTracer:
         return self._runtimes.get(pid, "unknown")
 
     def _stack(self, stack_id: int, pid: int, from_return: bool) -> list[CallFrame]:
+        # The kernel never removes a stored stack while the tracer runs: a
+        # stack of build-id frames is the same for every process and call.
+        key = (stack_id, from_return)
+        cached = self._stacks.get(key)
+        if cached is not None:
+            return cached
+        stack = self._read_stack(stack_id, pid, from_return)
+        if stack and all(f.named_by == "build_id" for f in stack):
+            if len(self._stacks) >= lib.RG_CALL_STACKS * 2:
+                self._stacks.clear()
+                self._stack_hashes.clear()
+            self._stacks[key] = stack
+        return stack
+
+    def _read_stack(self, stack_id: int, pid: int, from_return: bool) -> list[CallFrame]:
         frames = ffi.new("struct rg_stack_frame[]", lib.RG_CALL_STACK_DEPTH)
         try:
             n = self._tracer._native_call(lib.rg_tracer_call_stack, stack_id, frames, lib.RG_CALL_STACK_DEPTH)
