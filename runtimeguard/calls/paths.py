@@ -135,7 +135,9 @@ class RuntimeSignalSummary(msgspec.Struct, frozen=True, omit_defaults=True):
     observed_symbols: list[str]
     """Sorted."""
     dropped_events: int
-    """Records the token bucket held back, the ring lost, or the path map could not count."""
+    """Records the token bucket held back, the ring lost, or the path map
+    could not count, over the whole run: the kernel does not count them by
+    container, so the host's summary (or the only one) carries them."""
     detected_runtimes: list[str]
     observed_node_hashes: list[str]
     """Sorted."""

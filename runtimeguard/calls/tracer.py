@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
@@ -150,10 +149,9 @@ class CallTracer:
         self._snapshots: dict[int, Optional[MapsSnapshot]] = {}
         self._runtimes: dict[int, str] = {}
         self._facts = _FileFacts()
-        self._lock = threading.Lock()
         self._final_paths: Optional[list[ObservedCallPath]] = None
         self._final_states = None
-        self._records_seen = 0
+        self._final_statistics: Optional[SignalStatistics] = None
         self._stacks: dict[tuple[int, bool], list[CallFrame]] = {}
         self._probe_cache: dict[int, tuple] = {}
         self._stack_hashes: dict[tuple[int, bool], str] = {}
@@ -291,7 +289,6 @@ class CallTracer:
         for ev in self._tracer.poll(timeout):
             if ev.name == "function_call":
                 out.append(self._call_event(ev))
-        self._records_seen += len(out)
         return out
 
     def __iter__(self) -> Iterator[RuntimeCallEvent]:
@@ -527,7 +524,7 @@ class CallTracer:
         return out
 
     def statistics(self) -> SignalStatistics:
-        if not self._tracer.running and getattr(self, "_final_statistics", None) is not None:
+        if not self._tracer.running and self._final_statistics is not None:
             return self._final_statistics
         return self._statistics_now()
 
