@@ -12,6 +12,9 @@ import ctypes.util
 import functools
 import os
 import resource
+import secrets
+import signal
+import time
 from dataclasses import dataclass
 
 from .errors import EnvironmentSetupError, PrivilegeError
@@ -142,3 +145,39 @@ def kernel_dev(st_dev: int) -> int:
     """os.stat()'s st_dev as BPF programs see a superblock's: the kernel's
     dev_t, major << 20 | minor."""
     return os.major(st_dev) << 20 | os.minor(st_dev)
+
+
+def kill_cgroup(path: str, timeout: float = 5.0) -> None:
+    """Kills whatever the command left running in its cgroup, and waits."""
+    procs = os.path.join(path, "cgroup.procs")
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except FileNotFoundError:  # kernels before 5.14: one by one
+        with open(procs) as f:
+            for pid in f.read().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(procs) as f:
+            if not f.read().strip():
+                return
+        time.sleep(0.01)
+
+
+def make_cgroup(parent: str, prefix: str) -> str:
+    """A new, empty cgroup under parent (a cgroup v2 directory) for one
+    command: its path."""
+    path = os.path.join(parent, f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(path)
+    return path
+
+
+def join_cgroup(path: str) -> None:
+    """Moves the calling process into the cgroup: in a child, before exec,
+    so the command's first instruction already runs in it."""
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write("0")

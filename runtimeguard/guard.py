@@ -575,21 +575,18 @@ class Guard:
         parent = root
         if scope.type == "cgroup":
             parent = scope.cgroup if os.path.isabs(scope.cgroup) else os.path.join(root, scope.cgroup)
-        cgroup = os.path.join(parent, f"runtimeguard-{os.getpid()}-{secrets.token_hex(4)}")
-        os.mkdir(cgroup)
+        cgroup = environment.make_cgroup(parent, "runtimeguard")
         if scope.type == "command":
             self._cgroup = cgroup
         proc = None
         try:
             self.start()
-            procs_file = os.path.join(cgroup, "cgroup.procs")
 
             def enter_cgroup() -> None:
                 # In the child, before exec: the guard is attached before the
                 # command's first instruction runs. Privileges are dropped
                 # after, since only root may move a process into the cgroup.
-                with open(procs_file, "w") as f:
-                    f.write("0")
+                environment.join_cgroup(cgroup)
                 if identity is not None:
                     _drop_privileges(*identity)
 
@@ -613,7 +610,7 @@ class Guard:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            _kill_cgroup(cgroup)
+            environment.kill_cgroup(cgroup)
             if self._tracer is not None:
                 self._drain()
             self.close()
@@ -702,27 +699,6 @@ def _drop_privileges(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-
-
-def _kill_cgroup(path: str, timeout: float = 5.0) -> None:
-    """Kills whatever the command left running in its cgroup, and waits."""
-    procs = os.path.join(path, "cgroup.procs")
-    try:
-        with open(os.path.join(path, "cgroup.kill"), "w") as f:
-            f.write("1")
-    except FileNotFoundError:  # kernels before 5.14: one by one
-        with open(procs) as f:
-            for pid in f.read().split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(procs) as f:
-            if not f.read().strip():
-                return
-        time.sleep(0.01)
 
 
 def format_decision(ev: EventRecord) -> str:

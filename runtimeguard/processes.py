@@ -422,6 +422,11 @@ class ProcessTable:
             changes["name"] = comm
         return msgspec.structs.replace(process, **changes) if changes else None
 
+    def container(self, cgroup_id: int) -> Optional[Container]:
+        """The container a cgroup belongs to, or None."""
+        with self._lock:
+            return self._container(cgroup_id)[0]
+
     def _container(self, cgroup_id: int) -> tuple[Optional[Container], Optional[Pod]]:
         cgroup = self._cgroups.path(cgroup_id)
         return self._container_of(cgroup) if cgroup else (None, None)

@@ -51,6 +51,32 @@ def test_known_chains_give_exactly_their_paths_and_counts(chains):
         assert len(p.node_hashes) == len(p.symbols) and p.path_hash.startswith("sha256:")
     stats = tracer.statistics()
     assert stats.unique_call_paths == 2 and stats.dropped_events == 0
+    (summary,) = tracer.summaries()
+    assert summary.container_id is None and summary.total_events == 5 and summary.call_paths == 2
+    assert summary.observed_symbols == ["a", "b", "c", "main", "target"]
+    assert summary.detected_runtimes == ["native"]
+    assert summary.observed_path_hashes == sorted(p.path_hash for p in paths)
+    assert summary.combined_hash == "sha256:" + hashlib.sha256(
+        "\n".join(["runtimeguard-summary-v1", *summary.observed_path_hashes]).encode()).hexdigest()
+    assert summary.started <= min(p.first_seen for p in paths) <= max(p.last_seen for p in paths) <= summary.stopped
+
+
+def test_run_scopes_the_probes_to_the_command(chains):
+    # Calls the same function all through the traced run, from outside its cgroup.
+    outside = subprocess.Popen(["sh", "-c", f"for i in $(seq 60); do {chains} 1 1 >/dev/null; sleep 0.05; done"])
+    try:
+        tracer = CallTracer([f"{chains}:target"], records=False)
+        _run(tracer, ["sh", "-c", f"sleep 1; {chains} 2 0"])
+    finally:
+        outside.wait()
+    assert [(p.symbols, p.count) for p in tracer.call_paths()] == [(["main", "a", "b", "target"], 2)]
+
+
+def test_doctor_measures_the_stacks_a_uprobe_gets():
+    from runtimeguard.calls.tracer import user_stack_mode
+
+    mode, why = user_stack_mode()
+    assert mode in ("build_id", "address"), why  # this kernel gives stacks in uprobes
 
 
 def test_hashes_are_stable_across_runs_and_follow_their_documented_form(chains):
@@ -99,6 +125,7 @@ def test_the_token_bucket_limits_records_while_the_kernel_counts_every_call(chai
     assert 5 <= len(calls) < 200
     assert stats.limited == 20000 - len(calls)
     assert stats.events_per_second > 0 and stats.kernel_memory_bytes > 0
+    assert stats.probe_runs >= 20000 and stats.probe_run_time_ns > 0 and stats.cpu_overhead_percent > 0
 
 
 @pytest.mark.skipif(not os.path.exists(PYTHON_WITH_USDT), reason="Debian's python3.11 (with USDT notes) is absent")

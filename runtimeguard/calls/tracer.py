@@ -9,9 +9,7 @@ symbolized here, off the hot path, also after the process exited.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -19,9 +17,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from .. import environment
 from .._native import ffi, lib
-from ..containers import container_from_cgroup
+from ..digests import shared_cache
 from ..errors import BPFError, ProbeError, RuntimeGuardError
-from ..guard import _kill_cgroup
 from ..tracer import Tracer
 from . import probes as probes_module
 from .paths import (CallFrame, ObservedCallPath, RuntimeCallEvent, RuntimeSignalSummary, SignalStatistics,
@@ -34,7 +31,7 @@ from .symbols import ElfCache, MapsSnapshot, PackageIndex, Symbolizer, detect_ru
 #: counting in the kernel covers every call; records are samples of them.
 DEFAULT_RATE = 10_000
 DEFAULT_BURST = 1_000
-_PATHS_READ_MAX = 65536
+_PATHS_READ_MAX = lib.RG_CALL_PATHS_MAX
 
 #: Where the buffer of a TLS library's write or read is, and when it holds
 #: the plaintext: a write's at entry (its length an argument), a read's at
@@ -56,37 +53,22 @@ def tls_probes(library: str = TLS_LIBRARY) -> list[str]:
 
 
 class _FileFacts:
-    """Per binary: sha256 and Package URL, computed once per file version."""
+    """Per binary: sha256 (the shared digest cache, one answer per file
+    version) and Package URL."""
 
     def __init__(self):
         self._packages = PackageIndex()
-        self._known: dict[tuple, tuple[Optional[str], str]] = {}
 
     def of(self, path: Optional[str]) -> tuple[Optional[str], Optional[str]]:
         """(sha256 hex, purl); the purl of a file no package owns is a
         generic one carrying its digest."""
         if not path:
             return None, None
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None, None
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        found = self._known.get(key)
-        if found is None:
-            digest = hashlib.sha256()
-            try:
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
-                sha = digest.hexdigest()
-            except OSError:
-                sha = None
-            purl = self._packages.purl_of(path)
-            if purl is None and sha is not None:
-                purl = f"pkg:generic/{os.path.basename(path)}?checksum=sha256:{sha}"
-            found = self._known[key] = (sha, purl)
-        return found
+        sha = shared_cache().digest_of(path).sha256
+        purl = self._packages.purl_of(path)
+        if purl is None and sha is not None:
+            purl = f"pkg:generic/{os.path.basename(path)}?checksum=sha256:{sha}"
+        return sha, purl
 
 
 class CallTracer:
@@ -155,7 +137,6 @@ class CallTracer:
         self._stacks: dict[tuple[int, bool], list[CallFrame]] = {}
         self._probe_cache: dict[int, tuple] = {}
         self._stack_hashes: dict[tuple[int, bool], str] = {}
-        self._containers = _Containers()
 
     def _make_tracer(self) -> Tracer:
         return Tracer(events=["function_call"], ring_buffer_size=self._ring_buffer_size,
@@ -215,22 +196,14 @@ class CallTracer:
         if self._tracer.running or any(self._scope.values()):
             raise ProbeError("run() scopes the probes to the command: use a CallTracer that is neither "
                              "started nor given pids, cgroups or comms")
-        root = environment.cgroup2_mount()
-        cgroup = os.path.join(root, f"runtimeguard-calls-{os.getpid()}-{secrets.token_hex(4)}")
-        os.mkdir(cgroup)
+        cgroup = environment.make_cgroup(environment.cgroup2_mount(), "runtimeguard-calls")
         proc = None
         try:
             self._scope = {**self._scope, "cgroups": (os.stat(cgroup).st_ino,)}
             self._tracer = self._make_tracer()
             self.start()
-            procs_file = os.path.join(cgroup, "cgroup.procs")
-
-            def enter_cgroup() -> None:
-                with open(procs_file, "w") as f:
-                    f.write("0")
-
             try:
-                proc = subprocess.Popen(list(argv), preexec_fn=enter_cgroup)
+                proc = subprocess.Popen(list(argv), preexec_fn=lambda: environment.join_cgroup(cgroup))
             except OSError as e:
                 raise ProbeError(f"cannot run {argv[0]!r}: {e.strerror}") from None
             while proc.poll() is None:
@@ -251,7 +224,7 @@ class CallTracer:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            _kill_cgroup(cgroup)
+            environment.kill_cgroup(cgroup)
             self.close()
             os.rmdir(cgroup)
 
@@ -264,7 +237,6 @@ class CallTracer:
             self._final_statistics = self._statistics_now()
         self._tracer.close()
         self._close_stats()
-        self._containers.close()
 
     def _close_stats(self) -> None:
         if self._stats_fd >= 0:
@@ -431,9 +403,7 @@ class CallTracer:
     # ---- what the kernel counted ----
 
     def _read_paths(self) -> list[ObservedCallPath]:
-        keys = ffi.new("struct rg_call_path_key[]", _PATHS_READ_MAX)
-        counts = ffi.new("struct rg_call_path_count[]", _PATHS_READ_MAX)
-        n = self._tracer._native_call(lib.rg_tracer_call_paths, keys, counts, _PATHS_READ_MAX)
+        keys, counts, n = self._counted()
         offset = lib.rg_realtime_offset_ns()
         merged: dict[tuple, dict] = {}
         stacks: dict[tuple[int, int, bool], list[CallFrame]] = {}
@@ -458,9 +428,9 @@ class CallTracer:
             group["first"] = first if group["first"] is None else min(group["first"], first)
             group["last"] = last if group["last"] is None else max(group["last"], last)
             group["pids"].add(k.pid)
-            container = self._containers.of(k.cgroup_id)
-            if container:
-                group["containers"].add(container)
+            container = self._tracer._table.container(k.cgroup_id)
+            if container is not None:
+                group["containers"].add(container.id)
         out = []
         for (_spec, _phase, chash), g in merged.items():
             path = g["path"]
@@ -541,8 +511,8 @@ class CallTracer:
         paths_full = sum(s.paths_full for s in states)
         lost = stats.lost.get("function_call", 0)
         memory = self._tracer._native_call(lambda t, err, n: lib.rg_tracer_calls_memory(t))
-        paths = self._final_paths if self._final_paths is not None else None
-        unique = len(paths) if paths is not None else self._count_paths()
+        # Merged as call_paths() merges them: processes and stack ids apart are one path.
+        unique = len(self._final_paths if self._final_paths is not None else self._read_paths())
         return SignalStatistics(
             events_per_second=calls / elapsed, records_per_second=stats.delivered.get("function_call", 0) / elapsed,
             unique_call_paths=unique, ring_buffer_utilization=stats.ring_buffer_fill,
@@ -552,10 +522,11 @@ class CallTracer:
             probe_run_time_ns=run_ns, probe_runs=runs, limited=limited, lost=lost, paths_not_counted=paths_full,
             stack_errors=sum(s.stack_errors for s in states))
 
-    def _count_paths(self) -> int:
+    def _counted(self):
+        """The kernel's (probe, process, stack) counts: keys, counts, how many."""
         keys = ffi.new("struct rg_call_path_key[]", _PATHS_READ_MAX)
         counts = ffi.new("struct rg_call_path_count[]", _PATHS_READ_MAX)
-        return self._tracer._native_call(lib.rg_tracer_call_paths, keys, counts, _PATHS_READ_MAX)
+        return keys, counts, self._tracer._native_call(lib.rg_tracer_call_paths, keys, counts, _PATHS_READ_MAX)
 
 
 def user_stack_mode() -> tuple[str, str]:
@@ -588,36 +559,6 @@ def _with_return(probe: Probe) -> Probe:
     import msgspec
 
     return msgspec.structs.replace(probe, returns=True)
-
-
-class _Containers:
-    """cgroup id -> container id, through the cgroup2 mount's file handles."""
-
-    def __init__(self):
-        self._fd = -1
-        self._prefix = ""
-        self._known: dict[int, Optional[str]] = {}
-        try:
-            mount = environment.cgroup2_mount()
-            self._fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            self._prefix = os.path.realpath(mount).rstrip("/")
-        except (OSError, environment.EnvironmentSetupError):
-            pass
-
-    def of(self, cgroup_id: int) -> Optional[str]:
-        if cgroup_id in self._known or self._fd < 0:
-            return self._known.get(cgroup_id)
-        buf = ffi.new("char[]", 4096)
-        n = lib.rg_cgroup_path(self._fd, cgroup_id, buf, 4096)
-        path = ffi.string(buf, n).decode(errors="replace")[len(self._prefix):] if n > 0 else ""
-        container = container_from_cgroup(path) if path else None
-        found = self._known[cgroup_id] = container.id if container is not None else None
-        return found
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def _rss_bytes() -> int:
