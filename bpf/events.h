@@ -50,7 +50,8 @@
 	X(PROTECTED_FILE_CHANGED, 16, "protected_file_changed", sizeof(struct rg_block_record), 1) \
 	X(NAMESPACE_DENIED, 17, "namespace_denied", sizeof(struct rg_block_record), 1) \
 	X(DETECTION, 18, "detection", 0, 0)                                                \
-	X(FUNCTION_CALL, 19, "function_call", sizeof(struct rg_call_record), 0)
+	X(FUNCTION_CALL, 19, "function_call", sizeof(struct rg_call_record), 0)          \
+	X(DNS_ANSWER, 20, "dns_answer", sizeof(struct rg_dns_record), 0)
 
 enum rg_kind {
 #define RG_KIND_ID(NAME, id, name, size, decision) RG_KIND_##NAME = id,
@@ -321,6 +322,10 @@ struct rg_guard_config {
 	unsigned int files_by_fanotify; /* protected files and decoys are judged by fanotify, not here */
 	unsigned int ns_deny_flags;     /* CLONE_NEW* kinds no guarded process may make or join */
 	unsigned int mount_deny;        /* no guarded process may mount */
+	unsigned int dns_observe;       /* read DNS answers: hostname rules, target hostnames */
+	unsigned int dns_refuse_untrusted; /* port 53 of servers outside rg_dns_servers is refused */
+	unsigned long long dns_min_ttl_ns; /* an answer's addresses are held at least this long */
+	unsigned long long dns_max_ttl_ns; /* and at most this long */
 };
 
 /* One egress rule, matched in order by the cgroup socket hooks. */
@@ -333,6 +338,68 @@ struct rg_net_rule {
 	unsigned short protocol;         /* IPPROTO_TCP, IPPROTO_UDP, 0: any */
 	unsigned short action;           /* RG_NET_* */
 	unsigned int rule_index;         /* into the policy's compiled rule list */
+	unsigned short pattern;          /* 0: addr/prefix_len decide; n: host pattern bit n - 1 does
+					  * (the destination was an answer for a name it matches) */
+	unsigned short pad;
+};
+
+/* Hostname rules. A DNS answer to a guarded process is read by a cgroup_skb
+ * ingress program before the process can read it: if it answers a query the
+ * process's cgroup sent (the same id, name, server and port, seen at
+ * egress), its A and AAAA addresses enter rg_resolved, marked with the host
+ * patterns the question's name matches, until their TTL (bounded) runs out.
+ * The connect and send hooks then match host rules by those marks. */
+#define RG_DNS_NAME_LEN 256     /* a name as text, NUL included (253 bytes at most) */
+#define RG_DNS_ADDRESSES 16     /* addresses one dns_answer record carries */
+#define RG_HOST_PATTERNS 64     /* distinct host patterns (exact names and *.globs) */
+
+/* What became of an answer (rg_dns_record.status). */
+#define RG_DNS_COUNTED 1          /* its addresses entered rg_resolved */
+#define RG_DNS_NO_QUERY 2         /* no query of this cgroup matches it (id, name, server, port) */
+#define RG_DNS_UNTRUSTED_SERVER 3 /* from a server outside rg_dns_servers */
+#define RG_DNS_MALFORMED 4        /* not a DNS answer the parser could read */
+
+/* A query in flight, keyed by who sent it where. */
+struct rg_dns_query_key {
+	unsigned long long cgroup_id;
+	unsigned char server[RG_ADDR_LEN]; /* network order; IPv4 in the first 4 bytes */
+	unsigned short family;
+	unsigned short local_port;         /* host order */
+	unsigned short id;                 /* the message id */
+	unsigned char protocol;            /* IPPROTO_UDP or IPPROTO_TCP */
+	unsigned char pad;
+};
+
+struct rg_dns_query {
+	unsigned long long name_hash; /* rg_name_hash() of the question's name */
+	unsigned long long sent_ns;   /* boot clock */
+	unsigned int tgid;            /* the socket's process (its last connect or addressed send) */
+	unsigned short qtype;
+	unsigned short pad;
+};
+
+struct rg_resolved_key {
+	unsigned char addr[RG_ADDR_LEN]; /* network order; IPv4 in the first 4 bytes */
+	unsigned int family;
+};
+
+struct rg_resolved_value {
+	unsigned long long expires_ns; /* boot clock */
+	unsigned long long patterns;   /* bit per host pattern a name answered with it matches */
+	unsigned long long name_hash;  /* the last such name (rg_names) */
+};
+
+/* rg_host_patterns: rg_name_hash(text) -> the pattern. The text is compared
+ * on a hit, so a name whose hash collides matches nothing. */
+struct rg_host_pattern {
+	unsigned long long bits; /* its bit (one per distinct text) */
+	unsigned int len;        /* of text, without its NUL */
+	unsigned int pad;
+	char text[RG_DNS_NAME_LEN]; /* "api.example.com" or "*.example.com", lower case */
+};
+
+struct rg_dns_name {
+	char text[RG_DNS_NAME_LEN];
 };
 
 struct rg_inode_key {
@@ -362,6 +429,7 @@ struct rg_block_record {
 	unsigned char addr[RG_ADDR_LEN];
 	unsigned long long dev;
 	unsigned long long ino;
+	unsigned long long name_hash; /* egress: the name answered with addr (rg_names), 0: none seen */
 	char path[RG_PATH_LEN];
 };
 
@@ -370,6 +438,7 @@ struct rg_block_record {
 #define RG_RULE_PTRACE_DENY 0xfffffffdU
 #define RG_RULE_RAW_SOCKET 0xfffffffcU
 #define RG_RULE_NAMESPACES 0xfffffffbU
+#define RG_RULE_DNS_UNTRUSTED 0xfffffffaU
 
 /* Function calls: uprobes and USDT probes the tracer attaches. Each
  * attachment's BPF cookie names its probe (an index into rg_call_probes) and
@@ -461,6 +530,28 @@ struct rg_call_record {
 	unsigned int data_len;        /* bytes in data */
 	unsigned long long data_size; /* the buffer's length as the call gave it */
 	char data[RG_CALL_DATA_MAX];  /* the captured buffer, or the USDT strings, each NUL-ended */
+};
+
+/* A DNS answer to a guarded process (sent with only the name bytes it holds). */
+struct rg_dns_record {
+	struct rg_header hdr;          /* the querying process (pid only; 0 when no query matched) */
+	unsigned long long patterns;   /* host patterns the name matched */
+	unsigned long long name_hash;
+	unsigned char server[RG_ADDR_LEN];
+	unsigned short server_family;
+	unsigned short server_port;
+	unsigned short protocol;
+	unsigned short qtype;
+	unsigned short rcode;
+	unsigned short status;         /* RG_DNS_* */
+	unsigned short address_count;  /* in addresses */
+	unsigned short addresses_total; /* A and AAAA records in the answer section */
+	unsigned int ttl;              /* seconds the addresses are held (the lowest TTL, bounded) */
+	unsigned short name_len;
+	unsigned short pad;
+	unsigned char addresses[RG_DNS_ADDRESSES][RG_ADDR_LEN];
+	unsigned short families[RG_DNS_ADDRESSES];
+	char name[RG_DNS_NAME_LEN];    /* the question's name, lower case, no final dot */
 };
 
 /* Per-CPU counters, one array slot. seq numbers every record a program tried

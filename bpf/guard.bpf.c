@@ -51,6 +51,8 @@ static __always_inline struct rg_guard_config *rg_config(void)
 	return bpf_map_lookup_elem(&rg_guard_cfg, &zero);
 }
 
+#include "dns.bpf.h" /* hostname rules: rg_resolved and the DNS programs */
+
 /* Tracepoint programs see every task: only the guarded ones are judged.
  * Never the guard, nor the host's init (a kill would panic the kernel; it
  * is guarded only in the whole-host scope, where it mounts and makes
@@ -116,6 +118,7 @@ struct rg_net_match {
 	const __u8 *addr;
 	__u16 family, port, protocol;
 	__u32 deny_rule, allow_rule;
+	__u64 patterns; /* host patterns the destination was answered for */
 };
 
 static __always_inline bool rg_prefix_matches(const struct rg_net_rule *r, const __u8 *addr)
@@ -145,12 +148,16 @@ static long rg_match_rule(__u64 index, void *ctx)
 	r = bpf_map_lookup_elem(&rg_net_rules, &i);
 	if (!r)
 		return 1;
-	if (r->family != m->family || m->port < r->port_lo || m->port > r->port_hi)
+	if (m->port < r->port_lo || m->port > r->port_hi)
 		return 0;
 	if (r->protocol && r->protocol != m->protocol)
 		return 0;
-	if (!rg_prefix_matches(r, m->addr))
+	if (r->pattern) {
+		if (!(m->patterns >> ((r->pattern - 1) & 63) & 1))
+			return 0;
+	} else if (r->family != m->family || !rg_prefix_matches(r, m->addr)) {
 		return 0;
+	}
 	if (r->action == RG_NET_DENY) {
 		m->deny_rule = r->rule_index;
 		return 1; /* a deny decides */
@@ -192,9 +199,15 @@ static __always_inline int rg_egress(struct bpf_sock_addr *ctx, bool v6, __u32 k
 
 	__u32 rule;
 	bool denied;
+	__u64 name_hash = 0;
+	if (cfg->dns_observe)
+		m.patterns = rg_resolved_patterns(addr, m.family, &name_hash);
 	if (cfg->taint_blocks_egress && bpf_map_lookup_elem(&rg_tainted, &tgid)) {
 		kind = RG_KIND_EXFIL_BLOCKED;
 		rule = RG_RULE_TAINT;
+		denied = true;
+	} else if (cfg->dns_refuse_untrusted && m.port == 53 && !rg_dns_trusted(addr, m.family)) {
+		rule = RG_RULE_DNS_UNTRUSTED;
 		denied = true;
 	} else {
 		bpf_loop(RG_MAX_NET_RULES, rg_match_rule, &m, 0);
@@ -211,7 +224,7 @@ static __always_inline int rg_egress(struct bpf_sock_addr *ctx, bool v6, __u32 k
 	}
 	if (!denied) {
 		/* For rg_guard_tainted_egress: the process that addressed the socket last. */
-		struct rg_sock_owner *owner = cfg->taint_blocks_egress ?
+		struct rg_sock_owner *owner = cfg->taint_blocks_egress || cfg->dns_observe ?
 			bpf_sk_storage_get(&rg_sock_owners, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : NULL;
 		if (owner && owner->tgid != tgid) {
 			owner->tgid = tgid;
@@ -229,6 +242,7 @@ static __always_inline int rg_egress(struct bpf_sock_addr *ctx, bool v6, __u32 k
 		e->family = m.family;
 		e->port = m.port;
 		e->protocol = m.protocol;
+		e->name_hash = name_hash;
 		__builtin_memcpy(e->addr, addr, sizeof(addr));
 		rg_submit(e);
 	}

@@ -122,6 +122,9 @@ int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char
  * before attach or while running (switching mode). */
 int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
 			 char *err, size_t errlen);
+/* Reads one element: 1 found (value filled), 0 absent, <0 -errno. */
+int rg_tracer_map_lookup(struct rg_tracer *t, const char *map, const void *key, void *value, char *err,
+			 size_t errlen);
 /* The fanotify judge (guard_fanotify): marks path, a file or a directory
  * and every entry beneath it, as protected by rule rule_index of kind
  * RG_PROTECT_*. */

@@ -694,6 +694,57 @@ static void encode_call(struct rg_encoder *enc, struct rg_output *o, const struc
 	event_end(o);
 }
 
+static const char *const dns_statuses[] = {
+	[RG_DNS_COUNTED] = "counted",
+	[RG_DNS_NO_QUERY] = "no_query",
+	[RG_DNS_UNTRUSTED_SERVER] = "untrusted_server",
+	[RG_DNS_MALFORMED] = "malformed",
+};
+
+/* A DNS answer a guarded process received. Its name was checked in the
+ * kernel (lower-case letters, digits, '-', '_' and dots only). */
+static void encode_dns(struct rg_encoder *enc, struct rg_output *o, const struct rg_dns_record *r)
+{
+	struct mp_writer *w = &o->w;
+	unsigned int count = r->address_count < RG_DNS_ADDRESSES ? r->address_count : RG_DNS_ADDRESSES;
+	char type[16];
+
+	event_begin(enc, o, &r->hdr, 0, 0);
+	data_begin(o, "dns_answer");
+	key(o, "name");
+	mp_text(w, r->name, r->name_len);
+	key(o, "query_type");
+	if (r->qtype == 1)
+		mp_lit(w, "A");
+	else if (r->qtype == 28)
+		mp_lit(w, "AAAA");
+	else
+		mp_str_raw(w, type, snprintf(type, sizeof(type), "TYPE%u", r->qtype));
+	key(o, "server");
+	mp_address(w, r->server_family, r->server);
+	key(o, "server_port");
+	mp_uint(w, r->server_port);
+	key(o, "protocol");
+	if (r->protocol == IPPROTO_TCP)
+		mp_lit(w, "tcp");
+	else
+		mp_lit(w, "udp");
+	key(o, "rcode");
+	mp_uint(w, r->rcode);
+	key(o, "status");
+	mp_name(w, r->status >= RG_DNS_COUNTED && r->status <= RG_DNS_MALFORMED ? dns_statuses[r->status]
+										   : "malformed");
+	key(o, "addresses");
+	mp_array(w, count);
+	for (unsigned int i = 0; i < count; i++)
+		mp_address(w, r->families[i], r->addresses[i]);
+	key(o, "addresses_total");
+	mp_uint(w, r->addresses_total);
+	key(o, "ttl");
+	mp_uint(w, r->ttl);
+	event_end(o);
+}
+
 /* How a process's memory was reached; 0 (not a memory method) is plain ptrace. */
 static void mp_memory_method(struct mp_writer *w, unsigned int method)
 {
@@ -767,7 +818,8 @@ static void encode_block(struct rg_encoder *enc, struct rg_output *o, const stru
 	event_begin(enc, o, &r->hdr, r->action, 1);
 	data_begin(o, rg_kinds[kind].name);
 	encode_decision_fields(o, r, r->rule_index == RG_RULE_NET_DEFAULT ? -1 : r->rule_index == RG_RULE_TAINT ? -2
-				     : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : raw ? -4 : (long long)r->rule_index);
+				     : r->rule_index == RG_RULE_PTRACE_DENY ? -3 : raw ? -4
+				     : r->rule_index == RG_RULE_DNS_UNTRUSTED ? -6 : (long long)r->rule_index);
 	if (raw || net) {
 		key(o, "family");
 		if (raw)
@@ -805,9 +857,16 @@ static void encode_block(struct rg_encoder *enc, struct rg_output *o, const stru
 		mp_name(w, what);
 		mp_uint(w, r->protocol);
 	} else if (net) {
-		mp_target_head(w, r->family == AF_INET6 ? "ipv6" : "ipv4", 3);
+		/* The name hash, when the destination was answered for one, is
+		 * the tenth field: the guard names the target from it. */
+		mp_target_head(w, r->family == AF_INET6 ? "ipv6" : "ipv4", r->name_hash ? 10 : 3);
 		mp_address(w, r->family, r->addr);
 		mp_uint(w, r->port);
+		if (r->name_hash) {
+			for (int i = 0; i < 6; i++)
+				mp_nil(w);
+			mp_uint(w, r->name_hash);
+		}
 	} else if (file) {
 		size_t path_len = strnlen(r->path, sizeof(r->path));
 		mp_target_head(w, "inode", path_len ? 6 : 5);
@@ -876,6 +935,7 @@ static size_t kind_min_size(unsigned int kind)
 	switch (kind) {
 	case RG_KIND_FILE_OPEN: return offsetof(struct rg_file_record, text);
 	case RG_KIND_FUNCTION_CALL: return offsetof(struct rg_call_record, data);
+	case RG_KIND_DNS_ANSWER: return offsetof(struct rg_dns_record, name) + 1;
 	default: return rg_kinds[kind].record_size;
 	}
 }
@@ -886,6 +946,10 @@ static int text_fits(const struct rg_header *h, size_t len)
 	if (h->kind == RG_KIND_FUNCTION_CALL) {
 		const struct rg_call_record *r = (const void *)h;
 		return r->data_len <= RG_CALL_DATA_MAX && offsetof(struct rg_call_record, data) + r->data_len <= len;
+	}
+	if (h->kind == RG_KIND_DNS_ANSWER) {
+		const struct rg_dns_record *r = (const void *)h;
+		return r->name_len < RG_DNS_NAME_LEN && offsetof(struct rg_dns_record, name) + r->name_len <= len;
 	}
 	if (h->kind != RG_KIND_FILE_OPEN)
 		return 1;
@@ -906,7 +970,9 @@ static size_t record_used(const struct rg_header *h)
 	}
 	if (h->kind == RG_KIND_FUNCTION_CALL)
 		return offsetof(struct rg_call_record, data) + ((const struct rg_call_record *)h)->data_len;
-	if (h->kind >= RG_KIND_CONNECT_DENIED) {
+	if (h->kind == RG_KIND_DNS_ANSWER)
+		return offsetof(struct rg_dns_record, name) + ((const struct rg_dns_record *)h)->name_len + 1;
+	if (rg_kinds[h->kind].decision) {
 		const struct rg_block_record *r = (const void *)h;
 		return offsetof(struct rg_block_record, path) + strnlen(r->path, sizeof(r->path));
 	}
@@ -1031,6 +1097,7 @@ int rg_encode_record(struct rg_encoder *enc, struct rg_output *o, const void *da
 	case RG_KIND_PROCESS_MEMORY: encode_memory(enc, o, data); break;
 	case RG_KIND_NAMESPACE_DENIED: encode_namespace(enc, o, data); break;
 	case RG_KIND_FUNCTION_CALL: encode_call(enc, o, data); break;
+	case RG_KIND_DNS_ANSWER: encode_dns(enc, o, data); break;
 	default: encode_block(enc, o, data); break;
 	}
 	table_entry_details(o, entries_before);

@@ -326,7 +326,7 @@ static int choose_guard_backend(struct rg_guard *g, int lsm, char *err, size_t e
 	struct bpf_program *both[] = {
 		g->progs.rg_guard_connect4, g->progs.rg_guard_connect6, g->progs.rg_guard_sendmsg4,
 		g->progs.rg_guard_sendmsg6, g->progs.rg_guard_sock_create, g->progs.rg_guard_fork,
-		g->progs.rg_guard_exit,
+		g->progs.rg_guard_exit, g->progs.rg_guard_dns_query, g->progs.rg_guard_dns_answer,
 		/* No LSM hook sees these: killed at syscall entry in every backend. */
 		g->progs.rg_guard_unshare, g->progs.rg_guard_setns, g->progs.rg_guard_fsmount,
 		g->progs.rg_guard_open_tree, g->progs.rg_guard_mount_setattr,
@@ -647,6 +647,23 @@ int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, 
 		if (bpf_map_update_elem(bpf_map__fd(m), key, value, BPF_ANY))
 			return rg_fail(err, errlen, -errno, "updating map %s", map);
 		return 0;
+	}
+	return rg_fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
+}
+
+int rg_tracer_map_lookup(struct rg_tracer *t, const char *map, const void *key, void *value, char *err,
+			 size_t errlen)
+{
+	rg_log_reset();
+	for (int i = 0; i < SENSOR_COUNT; i++) {
+		struct bpf_map *m = t->sensors[i].obj ? bpf_object__find_map_by_name(t->sensors[i].obj, map) : NULL;
+		if (!m)
+			continue;
+		if (!bpf_map_lookup_elem(bpf_map__fd(m), key, value))
+			return 1;
+		if (errno == ENOENT)
+			return 0;
+		return rg_fail(err, errlen, -errno, "reading map %s", map);
 	}
 	return rg_fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
 }

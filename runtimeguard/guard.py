@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import ipaddress
 import os
 import pwd
 import secrets
@@ -40,7 +41,7 @@ from typing import Callable, Optional, Sequence
 
 import msgspec
 
-from . import environment
+from . import environment, hostnames
 from ._native import ffi, lib
 from .audit import DEFAULT_COALESCE_S, DEFAULT_KEEP_FIRST, DEFAULT_MAX_BYTES, AuditLogger
 from .capabilities import fanotify_permission, guard_mechanisms, lsm_enforcement
@@ -58,6 +59,7 @@ from .schema import (
     TargetContext,
     Workload,
 )
+from .reverse_dns import ReverseLookup, ReverseName
 from .tracer import DEFAULT_RING_BUFFER_SIZE, Tracer, TracerStats
 
 _RULE_NET_DEFAULT = -1
@@ -65,6 +67,7 @@ _RULE_TAINT = -2
 _RULE_PTRACE_DENY = -3
 _RULE_RAW_SOCKET = -4
 _RULE_NAMESPACES = -5
+_RULE_DNS_UNTRUSTED = -6
 # The CLONE_NEW* bit of each namespace kind (policy: namespaces.allow).
 _NAMESPACE_FLAGS = {"time": 0x80, "mnt": 0x20000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08000000,
                     "user": 0x10000000, "pid": 0x20000000, "net": 0x40000000}
@@ -102,6 +105,13 @@ class GuardStats(TracerStats, frozen=True):
     """Of them, those whose filesystem takes fanotify pre-content events
     (Linux 6.14+; ext4 here, measured; not tmpfs): ``truncate(2)`` by path is
     refused there too."""
+    dns_answers: dict[str, int] = {}
+    """DNS answers to guarded processes, per status (``counted``,
+    ``no_query``, ``untrusted_server``, ``malformed``)."""
+    reverse_lookups_skipped: int = 0
+    """Refused destinations given no reverse name: too many lookups were waiting."""
+    sink_errors: int = 0
+    """Exceptions a sink raised (each event still went to the others)."""
 
 
 class GuardResult(msgspec.Struct):
@@ -137,11 +147,21 @@ class Guard:
                  on_event: Optional[Callable[[EventRecord], None]] = None,
                  ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE, backend: str = "auto",
                  audit_coalesce_s: float = DEFAULT_COALESCE_S, audit_max_bytes: int = DEFAULT_MAX_BYTES,
-                 audit_backups: int = 5, audit_keep_first: int = DEFAULT_KEEP_FIRST):
+                 audit_backups: int = 5, audit_keep_first: int = DEFAULT_KEEP_FIRST, sinks: Sequence = (),
+                 observe: Sequence[str] = ()):
         """audit_coalesce_s, audit_max_bytes, audit_backups, audit_keep_first:
         the audit log's ``coalesce_s``, ``max_bytes``, ``backups`` and
         ``keep_first`` (see AuditLogger). The log counts write failures
-        (``on_error="count"``): the guard keeps guarding when its log fails."""
+        (``on_error="count"``): the guard keeps guarding when its log fails.
+
+        sinks: exporters (``runtimeguard.export``) handed every event the
+        guard receives as an EventRecord: its decisions, the DNS answers it
+        reads, the scope's process events and loss notices. The guard does
+        not close them.
+
+        observe: more event kinds for the sinks, from the scope only
+        ("net_connect", "net_sendmsg", "file_open", ...); an observed connect
+        or send carries the name last answered with its peer."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} must be one of {', '.join(BACKENDS)}")
         self.policy = policy
@@ -157,6 +177,19 @@ class Guard:
         self._audit_path = audit_log
         self._audit_options = dict(coalesce_s=audit_coalesce_s, max_bytes=audit_max_bytes, backups=audit_backups,
                                    keep_first=audit_keep_first)
+        self._sinks = list(sinks)
+        self._observe = tuple(observe)
+        self._sink_errors = 0
+        self._names: dict[int, str] = {}
+        """Name hash -> name, from the DNS answers read (the kernel's rg_names)."""
+        self._dns_answers: dict[str, int] = {}
+        self._peers: dict[str, str] = {}
+        """Address -> the name last answered with it, for observed connects."""
+        self._host_patterns: tuple[str, ...] = ()
+        self._dns_servers: tuple[str, ...] = ()
+        self._reverse: Optional[ReverseLookup] = None
+        self._held: list[tuple[EventRecord, object, float]] = []
+        """Decisions waiting (briefly) for their destination's reverse name."""
         self._ring_lost_logged: dict[str, int] = {}
         """Ring buffer losses, per kind, already written to the audit log."""
         self._polled = 0
@@ -210,6 +243,8 @@ class Guard:
             return "network.raw_sockets"
         if index == _RULE_NAMESPACES:
             return "namespaces.deny"
+        if index == _RULE_DNS_UNTRUSTED:
+            return "network.dns.refuse_unobserved"
         return self._rules[index] if 0 <= index < len(self._rules) else f"rule #{index}"
 
     def _config(self, scope_id: int, scope_level: int):
@@ -230,20 +265,32 @@ class Guard:
         allowed, deny = p.namespaces.allow, p.namespaces_denied()
         cfg.ns_deny_flags = sum(bit for kind, bit in _NAMESPACE_FLAGS.items() if kind not in allowed) if deny else 0
         cfg.mount_deny = deny and "mount" not in allowed
+        dns = p.network.dns
+        cfg.dns_observe = True
+        cfg.dns_refuse_untrusted = dns.refuse_unobserved
+        cfg.dns_min_ttl_ns = int(dns.min_ttl * 1e9)
+        cfg.dns_max_ttl_ns = int(dns.max_ttl * 1e9)
         return cfg
 
     def _fill_maps(self, tracer: Tracer, scope_id: int, scope_level: int) -> None:
         zero = ffi.new("unsigned int *", 0)
         rules = []
+        indexes: dict[str, int] = {}
+        bits = {host: bit for bit, host in enumerate(self._host_patterns)}
         for compiled in self.policy.network_rules():
-            index = self._rule(compiled.rule_id)
+            index = indexes.get(compiled.rule_id)
+            if index is None:  # a rule the policy implies may compile to several
+                index = indexes[compiled.rule_id] = self._rule(compiled.rule_id)
             for lo, hi in compiled.port_ranges:
                 r = ffi.new("struct rg_net_rule *")
-                net = compiled.network
-                r.family = 2 if net.version == 4 else 10
-                r.prefix_len = net.prefixlen
-                packed = net.network_address.packed
-                ffi.memmove(r.addr, packed, len(packed))
+                if compiled.host is not None:
+                    r.pattern = bits[compiled.host] + 1
+                else:
+                    net = compiled.network
+                    r.family = 2 if net.version == 4 else 10
+                    r.prefix_len = net.prefixlen
+                    packed = net.network_address.packed
+                    ffi.memmove(r.addr, packed, len(packed))
                 r.port_lo, r.port_hi = lo, hi
                 r.protocol = _PROTOCOLS[compiled.protocol]
                 r.action = lib.RG_NET_DENY if compiled.action == "deny" else lib.RG_NET_ALLOW
@@ -254,6 +301,12 @@ class Guard:
                                     f"{lib.RG_MAX_NET_RULES} are supported")
         for i, r in enumerate(rules):
             tracer.update_map("rg_net_rules", ffi.new("unsigned int *", i), r)
+        for host, bit in bits.items():
+            text = host.encode()
+            tracer.update_map("rg_host_patterns", ffi.new("unsigned long long *", hostnames.name_hash(host)),
+                              ffi.new("struct rg_host_pattern *", {"bits": 1 << bit, "len": len(text), "text": text}))
+        for server in self._dns_servers:
+            tracer.update_map("rg_dns_servers", _address_key(server), ffi.new("unsigned char *", 1))
 
         def protect(path: str, rule_id: str, kind: int) -> None:
             st = os.stat(path)
@@ -325,13 +378,21 @@ class Guard:
         else:  # the whole host, the hierarchy's root included
             path, scope_id, scope_level = root, 0, 0
         self.backend = choose_backend(self._backend)
+        self._host_patterns = self.policy.host_patterns()
+        self._dns_servers = self.policy.dns_servers()
+        if self._host_patterns and not self._dns_servers:
+            raise RuntimeGuardError("network: host rules need DNS servers whose answers count: set "
+                                    "network.dns.servers (/etc/resolv.conf names none)")
         try:
+            if self.policy.network.dns.reverse_lookup and self._dns_servers:
+                dns = self.policy.network.dns
+                self._reverse = ReverseLookup(self._dns_servers, min_ttl=dns.min_ttl, max_ttl=dns.max_ttl)
             self._create_decoys()
             self._cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             if self._audit_path:
                 self._audit = AuditLogger(self._audit_path, on_error="count", **self._audit_options)
             self._tracer = Tracer(
-                events=["process_exec", "process_fork", "process_exit"],
+                events=["process_exec", "process_fork", "process_exit", *self._observe],
                 cgroups=[scope_id] if scope_id else (),
                 ring_buffer_size=self._ring_buffer_size,
                 guard_cgroup_fd=self._cgroup_fd,
@@ -366,6 +427,7 @@ class Guard:
             if tracer is not None and tracer.running:
                 self._destroy_tainted_sockets()
                 self._drain(self._CLOSE_DRAIN_S)
+                self._flush_held()
                 self._log_unreported_loss()
         finally:
             if self._mutations is not None:
@@ -373,18 +435,22 @@ class Guard:
                 self._mutations = None
             if tracer is not None:
                 judge = tracer.file_judge_stats() if tracer.running else (0, 0, 0, 0)
+                extra = self._extra_stats()
                 tracer.close()
                 self._tracer = None
             if self._cgroup_fd >= 0:
                 os.close(self._cgroup_fd)
                 self._cgroup_fd = -1
+            if self._reverse is not None:
+                self._reverse.close()
+                self._reverse = None
             if audit is not None:
                 audit.close()
                 self._audit = None
             self._remove_decoys()
             if tracer is not None and not tracer.running:
                 try:
-                    self._final_stats = self._make_stats(tracer.stats(), audit, judge)
+                    self._final_stats = self._make_stats(tracer.stats(), audit, judge, extra)
                 except RuntimeGuardError:
                     pass
 
@@ -433,11 +499,17 @@ class Guard:
             if self._final_stats is not None:
                 return self._final_stats
             raise RuntimeGuardError("this guard has not been started")
-        return self._make_stats(self._tracer.stats(), self._audit, self._tracer.file_judge_stats())
+        return self._make_stats(self._tracer.stats(), self._audit, self._tracer.file_judge_stats(), self._extra_stats())
+
+    def _extra_stats(self) -> dict:
+        return {"dns_answers": dict(self._dns_answers), "sink_errors": self._sink_errors,
+                "reverse_lookups_skipped": self._reverse.skipped if self._reverse is not None else 0}
 
     @staticmethod
-    def _make_stats(ts: TracerStats, audit: Optional[AuditLogger], judge: tuple[int, int, int, int]) -> GuardStats:
+    def _make_stats(ts: TracerStats, audit: Optional[AuditLogger], judge: tuple[int, int, int, int],
+                    extra: dict) -> GuardStats:
         fields = msgspec.structs.asdict(ts)
+        fields.update(extra)
         fields.update(zip(("file_judge_asked", "file_judge_denied", "file_judge_marks",
                            "file_judge_marks_refusing_truncate"), judge))
         if audit is None:
@@ -464,15 +536,29 @@ class Guard:
         decisions = []
         to_log = []
         received = self._tracer.poll(timeout)
+        sinks = self._sinks
         for ev in received:
             name = ev.name
             if name == "lost":
                 logged = self._ring_lost_logged
                 for kind, n in ev.data.by_kind.items():
                     logged[kind] = logged.get(kind, 0) + n
-                to_log.append(ev.record())
+                rec = ev.record()
+                to_log.append(rec)
+                if sinks:
+                    self._to_sinks(rec)
+                continue
+            if name == "dns_answer":
+                rec = self._read_answer(ev)
+                if sinks:
+                    self._to_sinks(rec)
                 continue
             if name not in BLOCK_EVENTS:
+                if sinks:
+                    rec = ev.record()
+                    if name in ("net_connect", "net_sendmsg"):
+                        self._name_peer(rec)
+                    self._to_sinks(rec)
                 continue
             # Resolved now, while the process table still knows the process.
             rec = ev.record()
@@ -480,8 +566,13 @@ class Guard:
             rec.policy = PolicyRef(rule=self.rule_id(rec.data.rule_index), mode=mode, name=self.policy.name)
             if name in ("open_inode", "mirage_trap", "protected_file_changed"):
                 self._name_file(rec)
+            elif name in ("connect_denied", "exfil_blocked") and self._name_destination(ev, rec):
+                continue  # held until its reverse name is known
             decisions.append(rec)
             to_log.append(rec)
+        released = self._release_held()
+        decisions += released
+        to_log += released
         self._polled = len(received)
         if self._mutations is not None:
             changed = self._judge_mutations()
@@ -494,10 +585,137 @@ class Guard:
             self._audit.tick()
         if decisions:
             self.events += decisions
+            if sinks:
+                for rec in decisions:
+                    self._to_sinks(rec)
             if self._on_event is not None:
                 for ev in decisions:
                     self._on_event(ev)
         return decisions
+
+    def _to_sinks(self, rec: EventRecord) -> None:
+        for sink in self._sinks:
+            try:
+                sink.write(rec)
+            except Exception:
+                self._sink_errors += 1
+
+    # ---- host names ----
+
+    def _read_answer(self, ev) -> EventRecord:
+        """A DNS answer: its name learnt for the decisions that follow (the
+        ring delivers it before any connect it answered), and the policy's
+        patterns it matched."""
+        rec = ev.record()
+        data = rec.data
+        self._dns_answers[data.status] = self._dns_answers.get(data.status, 0) + 1
+        if data.status == "counted" and data.name:
+            if len(self._names) >= 8192:
+                self._names.clear()
+            self._names[hostnames.name_hash(data.name)] = data.name
+            if len(self._peers) >= 16384:
+                self._peers.clear()
+            for address in data.addresses:
+                self._peers[address] = data.name
+            matched = hostnames.matched(self._host_patterns, data.name)
+            if matched:
+                rec.data = msgspec.structs.replace(data, matched=matched)
+        return rec
+
+    def _name_peer(self, rec: EventRecord) -> None:
+        """An observed connect or send: the name last answered with its peer."""
+        tc = rec.target_context
+        name = self._peers.get(tc.address) if tc is not None and tc.address else None
+        if name:
+            rec.target_context = msgspec.structs.replace(tc, hostname=name)
+
+    def _name_destination(self, ev, rec: EventRecord) -> bool:
+        """Names a refused destination: the name the process resolved for it,
+        else (reverse_lookup) its PTR name, for which the decision is held
+        (True) until the lookup ends or times out."""
+        tc = rec.target_context
+        if tc is None or tc.type not in ("ipv4", "ipv6"):
+            return False
+        target = ev._details().target
+        name_hash = target.name_hash if target is not None else None
+        if name_hash:
+            name = self._names.get(name_hash) or self._kernel_name(name_hash)
+            if name:
+                rec.target_context = msgspec.structs.replace(tc, hostname=name)
+                return False
+        if self._reverse is None:
+            return False
+        future = self._reverse.lookup(tc.address)
+        if future is None:
+            return False
+        self._held.append((rec, future, time.monotonic() + self._reverse.timeout * 2 + 0.5))
+        return True
+
+    def _kernel_name(self, name_hash: int) -> Optional[str]:
+        """The name from the kernel's own table, when its dns_answer record was lost."""
+        value = ffi.new("struct rg_dns_name *")
+        try:
+            found = self._tracer.lookup_map("rg_names", ffi.new("unsigned long long *", name_hash), value)
+        except RuntimeGuardError:
+            return None
+        return ffi.string(value.text).decode() if found else None
+
+    def _release_held(self, wait: bool = False) -> list[EventRecord]:
+        """The held decisions whose reverse name is known or overdue, in order."""
+        out: list[EventRecord] = []
+        keep = []
+        now = time.monotonic()
+        for rec, future, deadline in self._held:
+            if wait and not future.done():
+                try:
+                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except Exception:
+                    pass
+            if not future.done() and now < deadline and not wait:
+                keep.append((rec, future, deadline))
+                continue
+            reverse = None
+            if future.done() and not future.cancelled() and future.exception() is None:
+                reverse = future.result()
+            if reverse is not None and reverse.name:
+                rec.target_context = msgspec.structs.replace(rec.target_context, reverse_name=reverse.name,
+                                                             reverse_confirmed=reverse.confirmed)
+                self._late_allow(rec.target_context.address, reverse)
+            out.append(rec)
+        self._held = keep
+        return out
+
+    def _flush_held(self) -> None:
+        """At close: the held decisions, their lookups waited for (bounded)."""
+        if not self._held:
+            return
+        released = self._release_held(wait=True)
+        if self._audit is not None:
+            self._audit.write_many(released)
+        self.events += released
+        for rec in released:
+            if self._sinks:
+                self._to_sinks(rec)
+            if self._on_event is not None:
+                self._on_event(rec)
+
+    def _late_allow(self, address: str, reverse: ReverseName) -> None:
+        """network.dns.allow_confirmed_ptr: a confirmed PTR name an allow rule
+        names opens the address to that rule for the name's TTL, as an
+        observed answer would have."""
+        if not reverse.confirmed or not self.policy.network.dns.allow_confirmed_ptr:
+            return
+        allowed = {r.host for r in self.policy.network_rules() if r.action == "allow" and r.host}
+        bits = sum(1 << i for i, host in enumerate(self._host_patterns)
+                   if host in allowed and hostnames.host_matches(host, reverse.name))
+        if not bits:
+            return
+        value = ffi.new("struct rg_resolved_value *", {
+            "expires_ns": time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int(reverse.ttl * 1e9),
+            "patterns": bits, "name_hash": hostnames.name_hash(reverse.name)})
+        self._tracer.update_map("rg_resolved", _address_key(address), value)
+        self._tracer.update_map("rg_names", ffi.new("unsigned long long *", hostnames.name_hash(reverse.name)),
+                                ffi.new("struct rg_dns_name *", {"text": reverse.name.encode()}))
 
     def _in_scope(self, pid: int) -> Optional[bool]:
         """Whether pid is guarded; None when it is gone and nobody can tell."""
@@ -643,6 +861,17 @@ class Guard:
         self._audit.write(EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost",
                                       pid=os.getpid(), tid=threading.get_native_id(),
                                       data=LostData(count=sum(unseen.values()), by_kind=unseen)))
+
+
+def _address_key(address: str):
+    """The kernel's key for an address (rg_resolved, rg_dns_servers): IPv4
+    in the first four bytes, an IPv4-mapped IPv6 address as the IPv4 one."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    key = ffi.new("struct rg_resolved_key *", {"family": 2 if ip.version == 4 else 10})
+    ffi.memmove(key.addr, ip.packed, len(ip.packed))
+    return key
 
 
 def choose_backend(requested: str = "auto") -> str:

@@ -20,7 +20,6 @@ import ipaddress
 import json
 import os
 import re
-import socket
 import stat
 import typing
 import weakref
@@ -28,6 +27,7 @@ from typing import Any, Iterable, Literal, Mapping, Optional, Union
 
 import msgspec
 
+from . import hostnames
 from .errors import RuntimeGuardError
 
 __all__ = [
@@ -94,7 +94,11 @@ class NetRule(_Section):
 
     cidr: Optional[str] = None
     host: Optional[str] = None
-    """Resolved when the policy is compiled, one rule per address."""
+    """A host name (``api.example.com``) or a glob (``*.example.com``: any
+    name under example.com, not example.com itself). Matched against the
+    names the guarded processes ask DNS for: the addresses of an answer the
+    guard saw (see ``network.dns``) carry the rule until their TTL runs out.
+    Nothing is resolved in advance."""
     ports: Optional[tuple[Union[int, str], ...]] = None
     """Ports (443) and inclusive ranges ("8000-8100"); absent: every port."""
     protocol: Literal["tcp", "udp", "any"] = "any"
@@ -106,10 +110,38 @@ class NetRule(_Section):
         return _merge([_port_range(p) for p in self.ports])
 
 
+class Dns(_Section):
+    """How the guard reads the DNS answers host rules depend on."""
+
+    servers: Optional[tuple[str, ...]] = None
+    """The servers whose answers count. Absent: the nameservers of
+    /etc/resolv.conf as the guard sees it when it starts. With a default of
+    deny and host rules, port 53 of these servers is allowed
+    (``network.dns.servers``)."""
+    min_ttl: float = 5.0
+    """Seconds an answer's addresses are held at least (a TTL of 0 must
+    still let the connect that follows through)."""
+    max_ttl: float = 3600.0
+    """Seconds they are held at most, whatever the answer's TTL."""
+    reverse_lookup: bool = True
+    """A refused connect to an address no answer named carries its PTR name
+    (``target_context.reverse_name``), checked forward (``reverse_confirmed``)."""
+    allow_confirmed_ptr: bool = False
+    """Late allow: when such an address's PTR name resolves back to it and an
+    allow rule names it, later connects to it are allowed (the first was
+    already refused, or reported in audit mode)."""
+    refuse_unobserved: bool = False
+    """Refuse DNS the guard cannot read or does not trust: port 853 (DNS
+    over TLS and QUIC) everywhere, HTTPS to well-known DNS-over-HTTPS
+    resolvers (by address and by name), and port 53 of any server but
+    ``servers`` (rule ``network.dns.refuse_unobserved``)."""
+
+
 class Network(_Section):
     default: Literal["allow", "deny"] = "allow"
     allow: tuple[NetRule, ...] = ()
     deny: tuple[NetRule, ...] = ()
+    dns: Dns = msgspec.field(default_factory=Dns)
     # Raw and packet sockets write their own headers, past every address
     # rule: refused unless the policy allows them.
     raw_sockets: Literal["allow", "deny"] = "deny"
@@ -253,24 +285,47 @@ class Policy(_Section, weakref=True):
     # ---- compiling (pure: no BPF) ----
 
     def network_rules(self) -> list["CompiledNetRule"]:
-        """The network rules, deny rules first (each list in document order).
+        """The network rules, deny rules first (each list in document order),
+        then those ``network.dns`` implies.
 
-        Host rules are resolved now, into one rule per address. IPv4-mapped
-        IPv6 networks become the IPv4 network they carry, so one family
-        matches them (see :func:`decide_network`).
+        IPv4-mapped IPv6 networks become the IPv4 network they carry, so one
+        family matches them (see :func:`decide_network`). A host rule stays a
+        pattern: the kernel matches it by the DNS answers it reads.
         """
         compiled = []
+        dns = self.network.dns
+        if dns.refuse_unobserved:
+            refused = "network.dns.refuse_unobserved"
+            compiled.append(CompiledNetRule(refused, "deny", ipaddress.ip_network("0.0.0.0/0"), ((853, 853),), "any"))
+            compiled.append(CompiledNetRule(refused, "deny", ipaddress.ip_network("::/0"), ((853, 853),), "any"))
+            for cidr in hostnames.DOH_ADDRESSES:
+                compiled.append(CompiledNetRule(refused, "deny", ipaddress.ip_network(cidr), ((443, 443),), "any"))
+            for host in hostnames.DOH_HOSTS:
+                compiled.append(CompiledNetRule(refused, "deny", None, ((443, 443),), "any", host=host))
         for action in ("deny", "allow"):
             for i, rule in enumerate(getattr(self.network, action)):
                 rule_id = f"network.{action}[{i}]"
                 ranges = rule.port_ranges()
                 if rule.cidr is not None:
-                    networks = [_unmap_network(ipaddress.ip_network(rule.cidr, strict=False))]
-                else:
-                    networks = [ipaddress.ip_network(a) for a in _resolve(rule.host, rule_id, self.source)]
-                for net in networks:
+                    net = _unmap_network(ipaddress.ip_network(rule.cidr, strict=False))
                     compiled.append(CompiledNetRule(rule_id, action, net, ranges, rule.protocol))
+                else:
+                    compiled.append(CompiledNetRule(rule_id, action, None, ranges, rule.protocol, host=rule.host))
+        if self.network.default == "deny" and any(r.host for r in compiled):
+            for address in self.dns_servers():
+                compiled.append(CompiledNetRule("network.dns.servers", "allow", ipaddress.ip_network(address),
+                                                ((53, 53),), "any"))
         return compiled
+
+    def host_patterns(self) -> tuple[str, ...]:
+        """The distinct host patterns of the rules (each gets one bit in the kernel)."""
+        return tuple(dict.fromkeys(r.host for r in self.network_rules() if r.host))
+
+    def dns_servers(self) -> tuple[str, ...]:
+        """The DNS servers whose answers count: network.dns.servers, else
+        the nameservers of /etc/resolv.conf now."""
+        servers = self.network.dns.servers
+        return servers if servers is not None else hostnames.nameservers()
 
     def protected_paths(self) -> list["ProtectedPath"]:
         """``files.protect`` resolved to device + inode, following symlinks:
@@ -287,10 +342,13 @@ class CompiledNetRule(msgspec.Struct, frozen=True):
     rule_id: str
     """The rule in the document: ``network.deny[1]``."""
     action: Literal["allow", "deny"]
-    network: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    network: Optional[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]]
+    """None for a host rule."""
     port_ranges: tuple[tuple[int, int], ...]
     """Inclusive, sorted, merged; ``((0, 65535),)`` for a rule without ports."""
     protocol: Literal["tcp", "udp", "any"]
+    host: Optional[str] = None
+    """A host rule's pattern (``api.example.com``, ``*.example.com``)."""
 
 
 class ProtectedPath(msgspec.Struct, frozen=True):
@@ -304,8 +362,9 @@ class ProtectedPath(msgspec.Struct, frozen=True):
 
 
 def check_policy(path: Union[str, os.PathLike], format: Optional[Format] = None) -> Policy:
-    """Everything ``runtimeguard check-policy`` checks: load, validate, resolve
-    the host rules and the protected paths. Loads nothing into the kernel."""
+    """Everything ``runtimeguard check-policy`` checks: load, validate,
+    compile the network rules, resolve the protected paths. Loads nothing
+    into the kernel."""
     policy = Policy.load(path, format)
     policy.network_rules()
     policy.protected_paths()
@@ -313,21 +372,27 @@ def check_policy(path: Union[str, os.PathLike], format: Optional[Format] = None)
 
 
 def decide_network(rules: Iterable[CompiledNetRule], default: str, address: Any, port: int,
-                   protocol: str) -> tuple[str, str]:
+                   protocol: str, names: Iterable[str] = ()) -> tuple[str, str]:
     """The policy's verdict on a destination: ``(action, rule_id)``.
 
     Any matching deny rule denies (the first one names the rule); otherwise
     any matching allow rule allows; otherwise the default decides, with rule
     id ``network.default``. An IPv4-mapped IPv6 address (``::ffff:1.2.3.4``)
     is matched as the IPv4 address it carries. A rule with protocol ``any``
-    matches every protocol.
+    matches every protocol. A host rule matches when one of ``names`` (the
+    names DNS answered with this address, whose answers are still held)
+    falls under its pattern.
     """
     ip = ipaddress.ip_address(address)
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    names = tuple(names)
     allowed_by = None
     for r in rules:
-        if r.network.version != ip.version or ip not in r.network:
+        if r.host is not None:
+            if not any(hostnames.host_matches(r.host, n) for n in names):
+                continue
+        elif r.network.version != ip.version or ip not in r.network:
             continue
         if r.protocol != "any" and r.protocol != protocol:
             continue
@@ -570,6 +635,11 @@ def _check_version(data: Mapping, source: str) -> None:
 
 # ---- semantic validation ----
 
+# Limits the kernel sets (bpf/events.h RG_HOST_PATTERNS; rg_dns_servers' size).
+HOST_PATTERNS_MAX = 64
+_DNS_SERVERS_MAX = 64
+_TTL_MAX = 7 * 86400
+
 def _port(value: int) -> int:
     if not 1 <= value <= 65535:
         raise ValueError(f"port {value} out of range 1-65535")
@@ -610,26 +680,6 @@ def _unmap_network(net):
     return net
 
 
-def _resolve(host: str, rule_id: str, source: str) -> list[str]:
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise PolicyError(f"{rule_id}.host", f"cannot resolve {host!r}: {reason}", source) from None
-    addresses: list[str] = []
-    for family, *_, sockaddr in infos:
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if str(ip) not in addresses:
-            addresses.append(str(ip))
-    if not addresses:
-        raise PolicyError(f"{rule_id}.host", f"{host!r} resolves to no IPv4 or IPv6 address", source)
-    return addresses
-
-
 def _stat(path: str, field: str, source: str) -> os.stat_result:
     try:
         return os.stat(path)
@@ -657,8 +707,9 @@ class _Validator:
         replace = msgspec.structs.replace
         self.scope(p.scope)
         network = replace(p.network, allow=self.rules(p.network.allow, "allow"),
-                          deny=self.rules(p.network.deny, "deny"))
+                          deny=self.rules(p.network.deny, "deny"), dns=self.dns(p.network.dns))
         self.contradictions(network)
+        self.host_limit(network)
         files = replace(p.files, protect=self.protect(p.files.protect))
         mirage = replace(p.mirage, decoys=self.decoys(p.mirage.decoys, files.protect))
         self.ptrace(p.ptrace)
@@ -666,6 +717,43 @@ class _Validator:
         self.namespaces(p.namespaces, p.scope)
         self.identity(p.identity)
         return replace(p, network=network, files=files, mirage=mirage)
+
+    def dns(self, dns: Dns) -> Dns:
+        servers = None
+        if dns.servers is not None:
+            servers = []
+            for i, raw in enumerate(dns.servers):
+                try:
+                    ip = ipaddress.ip_address(raw.strip())
+                except ValueError:
+                    self.fail(f"network.dns.servers[{i}]", f"{raw!r} is not an IP address")
+                if ip.version == 6 and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                if str(ip) in servers:
+                    self.fail(f"network.dns.servers[{i}]", f"duplicate of network.dns.servers[{servers.index(str(ip))}]")
+                servers.append(str(ip))
+            if len(servers) > _DNS_SERVERS_MAX:
+                self.fail("network.dns.servers", f"{len(servers)} servers; at most {_DNS_SERVERS_MAX}")
+            servers = tuple(servers)
+        if not 0 < dns.min_ttl <= _TTL_MAX:
+            self.fail("network.dns.min_ttl", f"must be above 0 and at most {_TTL_MAX} seconds")
+        if not dns.min_ttl <= dns.max_ttl <= _TTL_MAX:
+            self.fail("network.dns.max_ttl", f"must be at least min_ttl ({dns.min_ttl}) and at most {_TTL_MAX} "
+                                             "seconds")
+        return msgspec.structs.replace(dns, servers=servers)
+
+    def host_limit(self, network: Network) -> None:
+        hosts = {r.host for r in network.allow + network.deny if r.host}
+        if network.dns.refuse_unobserved:
+            hosts.update(hostnames.DOH_HOSTS)
+        if len(hosts) > HOST_PATTERNS_MAX:
+            self.fail("network", f"{len(hosts)} distinct host names and globs; at most {HOST_PATTERNS_MAX} "
+                                 "(network.dns.refuse_unobserved adds its own)")
+        keys: dict[int, str] = {}
+        for host in sorted(hosts):
+            other = keys.setdefault(hostnames.name_hash(host), host)
+            if other != host:  # 64-bit: never seen, but the kernel keys patterns by it
+                self.fail("network", f"host patterns {other!r} and {host!r} share a hash; rename one")
 
     def identity(self, ident: Identity) -> None:
         from . import identity
@@ -705,11 +793,9 @@ class _Validator:
                     self.fail(f"{field}.cidr", f"invalid CIDR: {e}")
                 rule = msgspec.structs.replace(rule, cidr=str(net))
             else:
-                host = rule.host.strip()
-                if not host or len(host) > 253 or any(c.isspace() or c == "\0" for c in host):
-                    self.fail(f"{field}.host", f"invalid host name {rule.host!r}")
-                if "/" in host:
-                    self.fail(f"{field}.host", "a host name, not a CIDR (use cidr: for networks)")
+                host, why = hostnames.normalize_host(rule.host)
+                if host is None:
+                    self.fail(f"{field}.host", f"invalid host name {rule.host!r}: {why}")
                 rule = msgspec.structs.replace(rule, host=host)
             if rule.ports is not None:
                 if not rule.ports:
@@ -822,5 +908,5 @@ def _rule_key(rule: NetRule) -> tuple:
     if rule.cidr is not None:
         dest: Any = _unmap_network(ipaddress.ip_network(rule.cidr))
     else:
-        dest = ("host", rule.host.lower().rstrip("."))
+        dest = ("host", rule.host)
     return dest, rule.port_ranges(), rule.protocol

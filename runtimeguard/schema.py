@@ -51,7 +51,10 @@ from ._native import ffi, lib
 # the runtime's files on disk; executables' digests (BinaryDigest);
 # detection events, Threat MITRE ids, TriggeredBy pid/entity_id.
 # 1.7: function_call (a uprobe's or USDT probe's hit, runtimeguard.calls).
-SCHEMA_VERSION = "1.7"
+# 1.8: dns_answer (a DNS answer a guarded process received); TargetContext
+# hostname (the name the process resolved for the destination), reverse_name
+# and reverse_confirmed (its PTR name, when no answer was seen).
+SCHEMA_VERSION = "1.8"
 
 # The event registry: name -> stable id, from the one table of kinds
 # (RG_EVENT_KINDS in bpf/events.h, which the kernel records use too).
@@ -227,6 +230,15 @@ class TargetContext(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     path: Optional[str] = None
     pid: Optional[int] = None
     comm: Optional[str] = None
+    hostname: Optional[str] = None
+    """A network target: the name the process asked DNS for when it was
+    answered with this address (a guard's observed answer), lower case."""
+    reverse_name: Optional[str] = None
+    """A network target no observed answer named: its PTR name, when the
+    guard looked it up."""
+    reverse_confirmed: Optional[bool] = None
+    """Whether reverse_name resolves forward to this address again (a PTR
+    record alone proves nothing: whoever owns the address writes it)."""
 
 
 class PolicyRef(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -469,11 +481,37 @@ class LostData(_Data, tag="lost"):
     """source "audit_log": the last write error, an errno name such as "ENOSPC"."""
 
 
+class DnsAnswerData(_Data, tag="dns_answer"):
+    """A DNS answer to a guarded process, read by the guard before the
+    process could read it. Only a ``counted`` answer (one that matches a
+    query the process's cgroup sent: the same id, name, server and port, from
+    a trusted server) opens anything to hostname rules."""
+
+    name: str
+    """The question's name, lower case, without the final dot."""
+    query_type: str
+    """"A", "AAAA", or "TYPE<n>"."""
+    server: str
+    server_port: int
+    protocol: Literal["udp", "tcp"]
+    rcode: int
+    """0: NOERROR, 3: NXDOMAIN, ..."""
+    status: Literal["counted", "no_query", "untrusted_server", "malformed"]
+    addresses: tuple[str, ...] = ()
+    """The A and AAAA addresses of the answer section (the first 16)."""
+    addresses_total: int = 0
+    """A and AAAA records in the answer section."""
+    ttl: int = 0
+    """Seconds its addresses are held: the lowest TTL, within the policy's bounds."""
+    matched: tuple[str, ...] = ()
+    """The policy's host patterns the name matched."""
+
+
 class _Decision(_Data):
     """A guard decision. ``rule_index`` points into the policy's compiled
     rules (-1: the network default, -2: taint, -3: the blanket ptrace deny,
-    -4: raw sockets);
-    the event's ``policy`` names the rule."""
+    -4: raw sockets, -5: namespaces, -6: DNS to a server the policy does not
+    trust); the event's ``policy`` names the rule."""
 
     rule_index: int
     blocked: bool
@@ -610,6 +648,7 @@ EventData = Union[
     NamespaceDeniedData,
     DetectionData,
     FunctionCallData,
+    DnsAnswerData,
 ]
 
 
@@ -671,6 +710,9 @@ class _Target(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """socket targets: "raw", "ping" or "packet"."""
     protocol: Optional[int] = None
     """socket targets: the protocol number the socket was asked for."""
+    name_hash: Optional[int] = None
+    """Network targets: the hash of the name the destination was answered
+    for (the guard's rg_names), when one was."""
 
 
 class _Details(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -26,9 +26,14 @@ from .errors import BPFError, TracerStateError
 from .processes import ProcessTable, shared_table
 from .schema import BLOCK_EVENTS, EVENT_IDS, Event, batch_decoder
 
+#: What a guard's sensor reports besides its decisions: the DNS answers its
+#: hostname rules read. A Tracer delivers them (and the decisions) whenever
+#: it carries the guard.
+GUARD_EVENTS = ("dns_answer",)
 #: Every event a Tracer can deliver ("lost" notices are always delivered):
-#: the kinds the sensors record that are not a guard's decisions.
-ALL_EVENTS = tuple(name for name, k in EVENT_IDS.items() if lib.rg_kinds[k].record_size and name not in BLOCK_EVENTS)
+#: the kinds the sensors record that are not the guard's.
+ALL_EVENTS = tuple(name for name, k in EVENT_IDS.items()
+                   if lib.rg_kinds[k].record_size and name not in BLOCK_EVENTS and name not in GUARD_EVENTS)
 #: The default set: file_open is a firehose host-wide, so it is opt-in;
 #: function_call needs probes (``runtimeguard.calls.CallTracer`` attaches them).
 DEFAULT_EVENTS = tuple(e for e in ALL_EVENTS if e not in ("file_open", "function_call"))
@@ -196,7 +201,8 @@ class Tracer:
         if not 1 <= max_latency_ms <= 10_000:
             raise ValueError(f"max_latency_ms {max_latency_ms} must be between 1 and 10000")
         # Loss notices always; guard decisions whenever the guard is loaded.
-        self.events = frozenset(names) | {"lost"} | (frozenset(BLOCK_EVENTS) if guard_cgroup_fd >= 0 else frozenset())
+        guard_events = frozenset(BLOCK_EVENTS) | frozenset(GUARD_EVENTS) if guard_cgroup_fd >= 0 else frozenset()
+        self.events = frozenset(names) | {"lost"} | guard_events
         self._wanted_ids = frozenset(EVENT_IDS[name] for name in self.events)
         self.pids = tuple(int(p) for p in pids)
         self.comms = tuple(c.encode()[:15].decode(errors="ignore") for c in comms)
@@ -364,6 +370,18 @@ class Tracer:
         err = ffi.new("char[]", _ERR_LEN)
         with self._native_lock():
             self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
+
+    def lookup_map(self, name: str, key, value) -> bool:
+        """Reads one element of a loaded sensor's map into value (cffi);
+        False when the key is absent."""
+        if self._handle is None:
+            raise TracerStateError("this Tracer is not loaded")
+        err = ffi.new("char[]", _ERR_LEN)
+        with self._native_lock():
+            ret = lib.rg_tracer_map_lookup(self._handle, name.encode(), key, value, err, _ERR_LEN)
+        if ret < 0:
+            self._check(ret, err)
+        return ret == 1
 
     def protect_path(self, path: str, kind: int, rule_index: int) -> None:
         """The guard's fanotify file judge: marks path (a file, or a directory
@@ -560,6 +578,37 @@ class Tracer:
         self._usable()
         s = self._native_stats()
         return s.file_judge_asked, s.file_judge_denied, s.file_judge_marks, s.file_judge_pre_content_marks
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """Every loaded BPF program of every loaded sensor, by program name
+        (``rg_exec``): (run time in ns, runs), as the kernel counts them. It
+        counts only while BPF statistics are on (``rg_enable_bpf_stats``'s
+        descriptor is open somewhere, or sysctl kernel.bpf_stats_enabled=1),
+        so both are 0 otherwise. Unlike stats(), never starts the tracer:
+        TracerStateError when it is not running."""
+        # csrc/tracer.c sensor_names; one that is not loaded has no programs.
+        sensors = (b"process", b"file", b"net", b"ptrace", b"guard", b"calls")
+        found: dict[str, tuple[int, int]] = {}
+        cap = 64
+
+        def read(handle, err, errlen) -> int:
+            nonlocal cap
+            for sensor in sensors:
+                while True:
+                    progs = ffi.new("struct rg_program_stats[]", cap)
+                    n = lib.rg_tracer_program_stats(handle, sensor, progs, cap, err, errlen)
+                    if n < 0:
+                        return n
+                    if n < cap:  # n == cap: the native side stopped at cap, maybe short
+                        break
+                    cap *= 2
+                for i in range(n):
+                    found[ffi.string(progs[i].name).decode()] = (progs[i].run_time_ns, progs[i].run_count)
+            return 0
+
+        # One call, so a scrape takes the lock a concurrent poll holds once, not once per sensor.
+        self._native_call(read)
+        return found
 
     def _read_stats(self) -> TracerStats:
         s = self._native_stats()
