@@ -384,7 +384,7 @@ class Guard:
             raise RuntimeGuardError("network: host rules need DNS servers whose answers count: set "
                                     "network.dns.servers (/etc/resolv.conf names none)")
         try:
-            if self.policy.network.dns.reverse_lookup and self._dns_servers:
+            if self.policy.reverse_lookups() and self._dns_servers:
                 dns = self.policy.network.dns
                 self._reverse = ReverseLookup(self._dns_servers, min_ttl=dns.min_ttl, max_ttl=dns.max_ttl)
             self._create_decoys()
@@ -619,7 +619,7 @@ class Guard:
                 self._peers[address] = data.name
             matched = hostnames.matched(self._host_patterns, data.name)
             if matched:
-                rec.data = msgspec.structs.replace(data, matched=matched)
+                rec.data = msgspec.structs.replace(data, matched=list(matched))
         return rec
 
     def _name_peer(self, rec: EventRecord) -> None:

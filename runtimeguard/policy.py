@@ -123,9 +123,11 @@ class Dns(_Section):
     still let the connect that follows through)."""
     max_ttl: float = 3600.0
     """Seconds they are held at most, whatever the answer's TTL."""
-    reverse_lookup: bool = True
+    reverse_lookup: Optional[bool] = None
     """A refused connect to an address no answer named carries its PTR name
-    (``target_context.reverse_name``), checked forward (``reverse_confirmed``)."""
+    (``target_context.reverse_name``), checked forward (``reverse_confirmed``),
+    asked of ``servers``; the decision is logged once the lookup ends (at
+    most about 2.5 s later). Absent: on when the policy has host rules."""
     allow_confirmed_ptr: bool = False
     """Late allow: when such an address's PTR name resolves back to it and an
     allow rule names it, later connects to it are allowed (the first was
@@ -320,6 +322,11 @@ class Policy(_Section, weakref=True):
     def host_patterns(self) -> tuple[str, ...]:
         """The distinct host patterns of the rules (each gets one bit in the kernel)."""
         return tuple(dict.fromkeys(r.host for r in self.network_rules() if r.host))
+
+    def reverse_lookups(self) -> bool:
+        """Whether refused destinations get their PTR names (network.dns.reverse_lookup)."""
+        wanted = self.network.dns.reverse_lookup
+        return wanted if wanted is not None else bool(self.host_patterns())
 
     def dns_servers(self) -> tuple[str, ...]:
         """The DNS servers whose answers count: network.dns.servers, else

@@ -497,13 +497,13 @@ class DnsAnswerData(_Data, tag="dns_answer"):
     rcode: int
     """0: NOERROR, 3: NXDOMAIN, ..."""
     status: Literal["counted", "no_query", "untrusted_server", "malformed"]
-    addresses: tuple[str, ...] = ()
+    addresses: list[str] = []
     """The A and AAAA addresses of the answer section (the first 16)."""
     addresses_total: int = 0
     """A and AAAA records in the answer section."""
     ttl: int = 0
     """Seconds its addresses are held: the lowest TTL, within the policy's bounds."""
-    matched: tuple[str, ...] = ()
+    matched: list[str] = []
     """The policy's host patterns the name matched."""
 
 

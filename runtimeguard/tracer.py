@@ -599,7 +599,7 @@ class Tracer:
                     n = lib.rg_tracer_program_stats(handle, sensor, progs, cap, err, errlen)
                     if n < 0:
                         return n
-                    if n < cap:  # n == cap: the native side stopped at cap, maybe short
+                    if n < cap:  # a full array may be cut short: the native side stops at cap
                         break
                     cap *= 2
                 for i in range(n):

@@ -328,35 +328,84 @@ def test_guess_template(path, template):
 # ---- compiling ----
 
 def test_network_rules_compile():
-    def resolve(host, port, *args, **kwargs):
-        assert host == "localhost"
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
-                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
-
-    with mock.patch("socket.getaddrinfo", resolve):
-        rules = Policy.from_text(VALID_YAML).network_rules()
-    assert [(r.rule_id, r.action, str(r.network), r.port_ranges, r.protocol) for r in rules] == [
-        ("network.deny[0]", "deny", "::1/128", ((0, 65535),), "any"),
-        ("network.deny[1]", "deny", "10.0.0.0/8", ((22, 22),), "any"),
-        ("network.allow[0]", "allow", "127.0.0.0/8", ((80, 80), (8000, 8100)), "tcp"),
-        ("network.allow[1]", "allow", "127.0.0.1/32", ((53, 53),), "udp"),
-        ("network.allow[1]", "allow", "::1/128", ((53, 53),), "udp"),
+    p = Policy.from_text(VALID_YAML.replace("default: deny", "default: deny\n  dns: {servers: [127.0.0.53]}"))
+    rules = p.network_rules()
+    assert [(r.rule_id, r.action, str(r.network), r.host, r.port_ranges, r.protocol) for r in rules] == [
+        ("network.deny[0]", "deny", "::1/128", None, ((0, 65535),), "any"),
+        ("network.deny[1]", "deny", "10.0.0.0/8", None, ((22, 22),), "any"),
+        ("network.allow[0]", "allow", "127.0.0.0/8", None, ((80, 80), (8000, 8100)), "tcp"),
+        # A host rule stays a pattern: nothing is resolved in advance.
+        ("network.allow[1]", "allow", "None", "localhost", ((53, 53),), "udp"),
+        # Default deny with host rules: the servers whose answers count are reachable.
+        ("network.dns.servers", "allow", "127.0.0.53/32", None, ((53, 53),), "any"),
     ]
+    assert p.host_patterns() == ("localhost",)
 
 
-def test_unresolvable_host_names_the_field():
+def test_host_rules_match_the_names_answered():
     p = load("""
         version: 1
-        network: {deny: [{cidr: 10.0.0.0/8}, {host: rg-test.invalid}]}
+        network:
+          default: deny
+          allow: [{host: "*.Example.com.", ports: [443]}, {host: api.other.test}]
+          deny: [{host: bad.example.com}]
+          dns: {servers: [127.0.0.53]}
     """)
+    assert p.network.allow[0].host == "*.example.com"
+    rules = p.network_rules()
+    assert decide_network(rules, "deny", "192.0.2.1", 443, "tcp", ["a.example.com"]) == ("allow", "network.allow[0]")
+    assert decide_network(rules, "deny", "192.0.2.1", 443, "tcp", ["example.com"]) == ("deny", "network.default")
+    assert decide_network(rules, "deny", "192.0.2.1", 80, "tcp", ["a.example.com"]) == ("deny", "network.default")
+    assert decide_network(rules, "deny", "192.0.2.1", 443, "tcp",
+                          ["bad.example.com", "a.example.com"]) == ("deny", "network.deny[0]")
+    assert decide_network(rules, "deny", "192.0.2.1", 9, "udp", ["api.other.test"]) == ("allow", "network.allow[1]")
+    assert decide_network(rules, "deny", "192.0.2.1", 443, "tcp") == ("deny", "network.default")
 
-    def fail(*args, **kwargs):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    with mock.patch("socket.getaddrinfo", fail), pytest.raises(PolicyError) as info:
-        p.network_rules()
-    assert info.value.field == "network.deny[1].host" and "cannot resolve" in info.value.reason
+@pytest.mark.parametrize("host, reason", [
+    ("10.0.0.1", "an address, not a host name"),
+    ("::1", "an address, not a host name"),
+    ("a.*.example.com", "only a leading '*.'"),
+    ("*example.com", "only a leading '*.'"),
+    ("a..b", "empty label"),
+    ("bad name.test", "is not 1 to 63"),
+    ("x" * 64 + ".test", "is not 1 to 63"),
+    (".".join(["abcdefgh"] * 29), "longer than 253"),
+])
+def test_invalid_host_names(host, reason):
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict({"version": 1, "network": {"allow": [{"host": host}]}})
+    assert info.value.field == "network.allow[0].host" and reason in info.value.reason
+
+
+@pytest.mark.parametrize("dns, field, reason", [
+    ({"servers": ["not-an-ip"]}, "network.dns.servers[0]", "not an IP address"),
+    ({"servers": ["127.0.0.53", "::ffff:127.0.0.53"]}, "network.dns.servers[1]", "duplicate"),
+    ({"min_ttl": 0}, "network.dns.min_ttl", "above 0"),
+    ({"min_ttl": 10, "max_ttl": 5}, "network.dns.max_ttl", "at least min_ttl"),
+    ({"max_ttl": 10 ** 7}, "network.dns.max_ttl", "at most"),
+])
+def test_invalid_dns_settings(dns, field, reason):
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict({"version": 1, "network": {"dns": dns}})
+    assert info.value.field == field and reason in info.value.reason
+
+
+def test_too_many_host_patterns():
+    hosts = [{"host": f"h{i}.test"} for i in range(65)]
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict({"version": 1, "network": {"allow": hosts}})
+    assert "at most 64" in info.value.reason
+
+
+def test_refuse_unobserved_compiles_to_deny_rules():
+    p = Policy.from_dict({"version": 1, "network": {"dns": {"servers": ["127.0.0.53"], "refuse_unobserved": True}}})
+    rules = p.network_rules()
+    assert decide_network(rules, "allow", "192.0.2.7", 853, "tcp") == ("deny", "network.dns.refuse_unobserved")
+    assert decide_network(rules, "allow", "1.1.1.1", 443, "tcp") == ("deny", "network.dns.refuse_unobserved")
+    assert decide_network(rules, "allow", "192.0.2.7", 443, "tcp", ["dns.google"]) == (
+        "deny", "network.dns.refuse_unobserved")
+    assert decide_network(rules, "allow", "192.0.2.7", 443, "tcp") == ("allow", "network.default")
 
 
 def test_mapped_cidr_compiles_to_ipv4():

@@ -285,7 +285,7 @@ PUBLISHED_IDS = {
 }
 # Made in user space: no BPF program writes a record of them.
 USER_SPACE_EVENTS = {"lost", "mode_changed", "detection"}
-RECORD_TYPES = {"process_exec": "struct rg_exec_record", "process_fork": "struct rg_fork_record",
+RECORD_TYPES = {"dns_answer": "struct rg_dns_record", "process_exec": "struct rg_exec_record", "process_fork": "struct rg_fork_record",
                 "process_exit": "struct rg_exit_record", "file_open": "struct rg_file_record",
                 "net_connect": "struct rg_net_record", "net_sendmsg": "struct rg_net_record",
                 "ptrace": "struct rg_ptrace_record", "process_memory": "struct rg_memory_record",
