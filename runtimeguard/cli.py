@@ -19,6 +19,7 @@ import msgspec
 
 from .errors import RuntimeGuardError
 from .schema import EVENT_IDS, PTRACE_REQUESTS, TRUNCATED, Event, json_encoder, json_schema
+from .audit import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
 from .tracer import ALL_EVENTS, DEFAULT_EVENTS, DEFAULT_MAX_LATENCY_MS, DEFAULT_RING_BUFFER_SIZE, Tracer
 
 EXIT_INTERRUPTED = 130
@@ -185,6 +186,61 @@ def _tracer(args: argparse.Namespace, events: Iterable[str], **filters) -> Trace
         raise RuntimeGuardError(str(e)) from None
 
 
+# ---- exports ----
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"not a header: {value!r} (NAME=VALUE)")
+    return name.strip(), text.strip()
+
+
+class _Exports:
+    """The exporters a command was asked for (--otlp-endpoint, --metrics-port):
+    every event goes to each; metrics read the counters on each scrape."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.sinks: list = []
+        self.metrics = None
+        try:
+            if getattr(args, "otlp_endpoint", None):
+                from .export.otlp import OtlpLogs
+
+                self.sinks.append(OtlpLogs(args.otlp_endpoint, headers=dict(args.otlp_header or ()) or None))
+            if getattr(args, "metrics_port", None) is not None:
+                from .export.metrics import Metrics
+
+                self.metrics = Metrics(bpf_run_time=not args.no_bpf_run_time)
+                self.sinks.append(self.metrics)
+        except ValueError as e:
+            self.close()
+            raise RuntimeGuardError(str(e)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def serve(self, args: argparse.Namespace, stats, program_stats=None) -> None:
+        """Binds the metrics to their counters and starts serving them."""
+        if self.metrics is None:
+            return
+        self.metrics.bind(stats, program_stats)
+        port = self.metrics.serve(args.metrics_port, args.metrics_address)
+        print(f"runtimeguard: metrics on http://{args.metrics_address}:{port}/metrics", file=sys.stderr, flush=True)
+
+    def write(self, events: Iterable[Event]) -> None:
+        if not self.sinks:
+            return
+        for ev in events:
+            rec = ev.record()
+            for sink in self.sinks:
+                sink.write(rec)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+
 def _poll_until(tracer: Tracer, deadline: Optional[float], emit: Callable[[list[Event]], None]) -> None:
     """Hands each poll's events to emit until the deadline (None: until
     interrupted), waking at least once a second."""
@@ -197,28 +253,38 @@ def cmd_trace(args: argparse.Namespace) -> int:
     as_json = args.format == "json" or (args.format is None and not sys.stdout.isatty())
     tracer = _tracer(args, args.events, pids=args.pid, comms=args.comm, cgroups=args.cgroup)
     deadline = None if args.duration is None else time.monotonic() + args.duration
-    with tracer:
-        if as_json:
-            out = sys.stdout.buffer
+    exports = _Exports(args)
+    try:
+        with tracer:
+            exports.serve(args, tracer.stats, tracer.program_stats)
+            if as_json:
+                out = sys.stdout.buffer
+
+                def show(events):
+                    out.write(b"".join(json_encoder.encode(ev.record()) + b"\n" for ev in events))
+                    out.flush()
+            else:
+                table = Table(sys.stdout)
+                print(f"runtimeguard: tracing {', '.join(args.events)} (Ctrl-C to stop)", file=sys.stderr)
+                table.header()
+
+                def show(events):
+                    for ev in events:
+                        table.row(ev)
+                    sys.stdout.flush()
 
             def emit(events):
-                out.write(b"".join(json_encoder.encode(ev.record()) + b"\n" for ev in events))
-                out.flush()
-        else:
-            table = Table(sys.stdout)
-            print(f"runtimeguard: tracing {', '.join(args.events)} (Ctrl-C to stop)", file=sys.stderr)
-            table.header()
+                show(events)
+                exports.write(events)
 
-            def emit(events):
-                for ev in events:
-                    table.row(ev)
-                sys.stdout.flush()
-        try:
-            _poll_until(tracer, deadline, emit)
-        finally:
-            if not as_json:
-                s = tracer.stats()
-                print(f"runtimeguard: {s.returned} events delivered, {s.lost_total} lost", file=sys.stderr)
+            try:
+                _poll_until(tracer, deadline, emit)
+            finally:
+                if not as_json:
+                    s = tracer.stats()
+                    print(f"runtimeguard: {s.returned} events delivered, {s.lost_total} lost", file=sys.stderr)
+    finally:
+        exports.close()
     return 0
 
 
@@ -296,32 +362,39 @@ def cmd_watch(args: argparse.Namespace) -> int:
     def shown(ev) -> bool:
         return not filtered or ev.id != _FILE_OPEN or detector.watches(ev.data.resolved_path or ev.data.path)
 
-    with tracer:
-        if args.json:
-            out = sys.stdout.buffer
+    exports = _Exports(args)
+    try:
+        with tracer:
+            exports.serve(args, tracer.stats, tracer.program_stats)
+            if args.json:
+                out = sys.stdout.buffer
 
-            def emit(events):
-                lines = [json_encoder.encode(ev.record()) + b"\n" for ev in detector.run(events) if shown(ev)]
-                if lines:
-                    out.write(b"".join(lines))
-                    out.flush()
-        else:
-            table = WatchTable(sys.stdout, socket.gethostname())
-            table.header()
+                def emit(events):
+                    kept = [ev for ev in detector.run(events) if shown(ev)]
+                    if kept:
+                        out.write(b"".join(json_encoder.encode(ev.record()) + b"\n" for ev in kept))
+                        out.flush()
+                        exports.write(kept)
+            else:
+                table = WatchTable(sys.stdout, socket.gethostname())
+                table.header()
 
-            def emit(events):
-                for ev in detector.run(events):
-                    if shown(ev):
+                def emit(events):
+                    kept = [ev for ev in detector.run(events) if shown(ev)]
+                    for ev in kept:
                         table.row(ev)
-                sys.stdout.flush()
-        try:
-            _poll_until(tracer, deadline, emit)
-        finally:
-            if not args.json:
-                s, d = tracer.stats(), detector.stats()
-                errors = sum(d.errors.values())
-                print(f"runtimeguard: {s.returned} events, {sum(d.detections.values())} detections, "
-                      f"{s.lost_total} lost" + (f", {errors} rule errors" if errors else ""), file=sys.stderr)
+                    sys.stdout.flush()
+                    exports.write(kept)
+            try:
+                _poll_until(tracer, deadline, emit)
+            finally:
+                if not args.json:
+                    s, d = tracer.stats(), detector.stats()
+                    errors = sum(d.errors.values())
+                    print(f"runtimeguard: {s.returned} events, {sum(d.detections.values())} detections, "
+                          f"{s.lost_total} lost" + (f", {errors} rule errors" if errors else ""), file=sys.stderr)
+    finally:
+        exports.close()
     return 0
 
 
@@ -510,14 +583,45 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.mode is not None:
         policy = policy.with_mode(args.mode)
-    g = Guard(policy, audit_log=args.audit_log, on_event=show, backend=args.backend)
-    # The same (cached) probes the guard's start() consults, so this line names what it will use.
-    how = describe_backend(choose_backend(args.backend))
-    print(f"runtimeguard: {policy.mode} mode; egress by cgroup hooks (EPERM); {how}", file=sys.stderr, flush=True)
-    # Switching mode on the running guard: SIGUSR1 enforces, SIGUSR2 audits.
-    signal.signal(signal.SIGUSR1, lambda *_: g.request_mode("enforce"))
-    signal.signal(signal.SIGUSR2, lambda *_: g.request_mode("audit"))
-    return g.run(args.argv, user=args.user).exit_status
+    exports = _Exports(args)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY") if not args.no_step_summary else None
+    summary = None
+    if args.summary or step_summary:
+        from .export.summary import RunSummary
+
+        summary = RunSummary()
+        exports.sinks.append(summary)
+    # Observed connects and sends name the destinations a summary lists and
+    # the exporters count.
+    observe = ("net_connect", "net_sendmsg") if exports.sinks else ()
+    audit = dict(audit_max_bytes=args.audit_max_bytes, audit_backups=args.audit_backups,
+                 audit_rotate_every_s=args.audit_rotate_every, audit_compress=args.audit_compress)
+    try:
+        g = Guard(policy, audit_log=args.audit_log, on_event=show, backend=args.backend, sinks=exports.sinks,
+                  observe=observe, **audit)
+        # The same (cached) probes the guard's start() consults, so this line names what it will use.
+        how = describe_backend(choose_backend(args.backend))
+        print(f"runtimeguard: {policy.mode} mode; egress by cgroup hooks (EPERM); {how}", file=sys.stderr, flush=True)
+        # Switching mode on the running guard: SIGUSR1 enforces, SIGUSR2 audits.
+        signal.signal(signal.SIGUSR1, lambda *_: g.request_mode("enforce"))
+        signal.signal(signal.SIGUSR2, lambda *_: g.request_mode("audit"))
+        started = time.time()
+        exit_status = None
+        try:
+            exports.serve(args, g.stats, g.program_stats)
+            exit_status = g.run(args.argv, user=args.user).exit_status
+            return exit_status
+        finally:
+            if summary is not None:
+                report = dict(argv=args.argv, policy_name=policy.name, mode=g.mode, exit_status=exit_status,
+                              started=started, ended=time.time(), stats=g.final_stats())
+                if args.summary:
+                    summary.write_file(args.summary, **report)
+                    print(f"runtimeguard: summary in {args.summary}", file=sys.stderr)
+                if step_summary:
+                    summary.append_github_step_summary(**report)
+    finally:
+        exports.close()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -530,6 +634,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-latency-ms", type=int, default=DEFAULT_MAX_LATENCY_MS, metavar="MS",
                        help="longest an event waits unread in the kernel; default %(default)s")
 
+    def export_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--otlp-endpoint", metavar="URL",
+                       help="send every event as an OpenTelemetry log record over OTLP/HTTP "
+                            "(http://collector:4318; extra runtimeguard[otlp])")
+        p.add_argument("--otlp-header", type=_header, action="append", metavar="NAME=VALUE",
+                       help="an HTTP header for the OTLP endpoint (authentication)")
+        p.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on PORT (0: any free port; extra runtimeguard[metrics])")
+        p.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR",
+                       help="the address metrics are served on; default %(default)s")
+        p.add_argument("--no-bpf-run-time", action="store_true",
+                       help="no per-program BPF run time in the metrics (it turns on the kernel's BPF statistics, "
+                            "which every BPF program on the host then pays for)")
+
     trace = sub.add_parser("trace", help="stream live events as a table or NDJSON")
     trace.add_argument("--events", type=_event_list, default=DEFAULT_EVENTS, metavar="E1,E2|all",
                        help=f"default: {','.join(DEFAULT_EVENTS)}")
@@ -541,6 +659,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="default: table on a terminal, NDJSON otherwise")
     trace.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     tracer_options(trace)
+    export_options(trace)
     trace.set_defaults(func=cmd_trace)
 
     watch = sub.add_parser("watch", help="stream events with detections (MITRE ATT&CK) as a table or NDJSON")
@@ -552,6 +671,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="a cgroup v2 path (relative to the hierarchy) or id; covers its subtree")
     watch.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     tracer_options(watch)
+    export_options(watch)
     watch.set_defaults(func=cmd_watch)
 
     calls = sub.add_parser("calls", help="probe functions (uprobes, USDT) and report the call paths that ran",
@@ -590,6 +710,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", required=True, metavar="FILE", help="YAML, TOML or JSON policy")
     run.add_argument("--mode", choices=("audit", "enforce"), help="override the policy's mode")
     run.add_argument("--audit-log", metavar="PATH", help="NDJSON log of every decision")
+    run.add_argument("--audit-max-bytes", type=_size, default=DEFAULT_AUDIT_MAX_BYTES, metavar="BYTES",
+                     help="rotate the audit log past this size (K/M/G suffixes allowed); default %(default)s")
+    run.add_argument("--audit-rotate-every", type=float, metavar="S", help="rotate the audit log every S seconds too")
+    run.add_argument("--audit-backups", type=int, default=5, metavar="N", help="rotated files kept; default %(default)s")
+    run.add_argument("--audit-compress", action="store_true", help="gzip rotated audit log files")
+    run.add_argument("--summary", metavar="FILE.md", help="write a Markdown report of the run (also appended to "
+                                                          "$GITHUB_STEP_SUMMARY when it is set)")
+    run.add_argument("--no-step-summary", action="store_true", help="do not append to $GITHUB_STEP_SUMMARY")
+    export_options(run)
     run.add_argument("--backend", choices=("auto", "lsm", "fanotify", "tracepoint"), default="auto",
                      help="what holds files, ptrace and process memory: auto (default: the strongest this kernel "
                      "runs), lsm (EPERM before each), fanotify (EPERM before opening a protected file or decoy; "

@@ -147,11 +147,13 @@ class Guard:
                  on_event: Optional[Callable[[EventRecord], None]] = None,
                  ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE, backend: str = "auto",
                  audit_coalesce_s: float = DEFAULT_COALESCE_S, audit_max_bytes: int = DEFAULT_MAX_BYTES,
-                 audit_backups: int = 5, audit_keep_first: int = DEFAULT_KEEP_FIRST, sinks: Sequence = (),
+                 audit_backups: int = 5, audit_keep_first: int = DEFAULT_KEEP_FIRST,
+                 audit_rotate_every_s: Optional[float] = None, audit_compress: bool = False, sinks: Sequence = (),
                  observe: Sequence[str] = ()):
-        """audit_coalesce_s, audit_max_bytes, audit_backups, audit_keep_first:
-        the audit log's ``coalesce_s``, ``max_bytes``, ``backups`` and
-        ``keep_first`` (see AuditLogger). The log counts write failures
+        """audit_coalesce_s, audit_max_bytes, audit_backups, audit_keep_first,
+        audit_rotate_every_s, audit_compress: the audit log's ``coalesce_s``,
+        ``max_bytes``, ``backups``, ``keep_first``, ``rotate_every_s`` and
+        ``compress`` (see AuditLogger). The log counts write failures
         (``on_error="count"``): the guard keeps guarding when its log fails.
 
         sinks: exporters (``runtimeguard.export``) handed every event the
@@ -176,7 +178,8 @@ class Guard:
         self._cgroup = cgroup
         self._audit_path = audit_log
         self._audit_options = dict(coalesce_s=audit_coalesce_s, max_bytes=audit_max_bytes, backups=audit_backups,
-                                   keep_first=audit_keep_first)
+                                   keep_first=audit_keep_first, rotate_every_s=audit_rotate_every_s,
+                                   compress=audit_compress)
         self._sinks = list(sinks)
         self._observe = tuple(observe)
         self._sink_errors = 0
@@ -492,6 +495,16 @@ class Guard:
         self.events.append(note)
         if self._audit is not None:
             self._audit.write(note)
+
+    def final_stats(self) -> Optional[GuardStats]:
+        """The counters after close(); None when the guard never started."""
+        return self._final_stats
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """BPF run time per program of the running guard's sensors (see Tracer.program_stats)."""
+        if self._tracer is None:
+            raise RuntimeGuardError("this guard is not running")
+        return self._tracer.program_stats()
 
     def stats(self) -> GuardStats:
         """Counters so far; after close(), the final ones."""
