@@ -17,7 +17,9 @@ Measured (each 3 times, median):
   4. latency: syscall to Struct in Python, p50/p99 at a low and a high rate;
   5. memory: RSS of this process over 60 s at 200 k events/s, after warm-up;
   6. function probes (bench/calls.py): ns a probed call gains, counting in
-     the kernel against a record per call at 1 M calls/s, symbolization.
+     the kernel against a record per call at 1 M calls/s, symbolization;
+  7. hostname rules (bench/hostnames.py): ns they add to a connect against
+     CIDR rules only, and what reading DNS answers adds to a round trip.
 The generator runs pinned to one CPU, the consumers to the other.
 
 Prints a table and writes the same as JSON to build/bench/results.json.
@@ -35,6 +37,7 @@ import sys
 import time
 
 from calls import call_rows
+from hostnames import hostname_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "bench")
@@ -775,6 +778,9 @@ def main():
     if sys.argv[1:] == ["calls"]:
         print_table(call_rows(REPEATS, GEN_CPUS))
         return
+    if sys.argv[1:] == ["hostnames"]:
+        print_table(hostname_rows(REPEATS, GEN_CPUS))
+        return
     started = time.monotonic()
     ensure_bcc()
     ensure_libbpf_tools()
@@ -859,6 +865,7 @@ def main():
           f"BPF per exec {identity['off_ns']:,.0f} ns with the scan off, {identity['on_ns']:,.0f} ns on", flush=True)
     file_guard = run_file_guard()
     calls = call_rows(REPEATS, GEN_CPUS)
+    hostnames = hostname_rows(REPEATS, GEN_CPUS)
     from runtimeguard.tracer import DEFAULT_MAX_LATENCY_MS
     loss = run_loss()
     latency = run_latency(DEFAULT_MAX_LATENCY_MS)
@@ -942,6 +949,7 @@ def main():
     ]
     rows += file_guard_rows(file_guard)
     rows += calls
+    rows += hostnames
     # The other loops, and the programs' run time, right after the openat row.
     at = 4
     for mode, times in prog_time.items():
