@@ -40,7 +40,64 @@ renamed file appends its next lines there (in ``PATH.1``, not lost); that
 file is full, so its next size check sends it through the lock to the new
 ``PATH``. A file may therefore end a few concurrent lines past
 ``max_bytes``. Lines are lost only when more than ``backups`` rotations
-happen while some writer still holds the oldest file.
+happen while some writer still holds the oldest file. An empty file is
+never rotated.
+
+Rotation by time (``rotate_every_s``, off by default): a file is also
+rotated once it is ``rotate_every_s`` seconds old, by the next write or
+``tick()`` (so an idle log rolls too), through the same lock and the same
+check as above, so concurrent writers agree on who rotates. Its age counts
+from its birth: the wall-clock time (``time.time_ns()``, so it survives
+restarts; a clock step moves rotation with it) at which a time-rotating
+logger first saw the file hold a line; in practice the write of its first
+line, whose writer records it at once. The birth is kept in ``PATH.lock``
+as one text line, ``runtimeguard-audit-birth 1 DEV INO CRC BORN_NS``: the
+file's device and inode and the CRC-32 of its first line (at most 256
+bytes), so a record never applies to another file that reuses the inode
+number; every process and every restart reads the same one. A file with no
+valid record (the lock file was removed, or only loggers without
+``rotate_every_s`` wrote it) gets one when a time-rotating logger first sees
+it: its age then counts from that moment, so time rotation may come up to
+one interval late, never early. A rotation by time that fails (say, the
+directory is not writable) is counted in ``errors`` and retried a second
+later; the line still goes to the current file.
+
+Compression (``compress``, off by default): rotated files are gzipped to
+``PATH.<n>.gz``, all but ``PATH.1``, which stays plain for one rotation
+(as with logrotate's ``delaycompress``): a shipper that follows the renamed
+file reads its tail there, and late lines of other writers land there. A
+file is compressed in a background thread of the logger that rotated,
+after it has shifted to ``PATH.2`` or beyond, never under the rotation lock
+(writers never wait for it), into a temporary ``PATH.gz-tmp-*`` that is
+synced, then, under the rotation lock, renamed to ``PATH.<n>.gz`` where
+``n`` is the file's position then (it may have shifted meanwhile; if it was
+dropped, the copy is discarded), and only then is the plain file unlinked.
+The guarantee: no line is ever lost to compression. Every logger holds a
+shared ``flock`` on the file it appends to, taken when it opens the file
+and checked to be still linked after it is taken; the compressor takes an
+exclusive ``flock`` without waiting, and a file a writer holds is left
+plain for a later pass (at the next rotation). So while a file is read for
+compression no writer can append to it, and once it is unlinked no writer
+can take it again. The plain file is unlinked only once its ``.gz``,
+holding exactly its bytes (checked by size under the rotation lock), is in
+place: a crash in between leaves both, and readers then read the plain one.
+A writer lets go of a renamed file at its next size or time check that
+finds it due, or at ``tick()``, which notices the rotation; an idle writer
+that never ticks keeps its file plain. Where ``flock`` is not supported,
+nothing is compressed. The guarantee covers writers that take the shared
+``flock`` (every ``AuditLogger`` does); for one that takes none, the size
+check still keeps the plain file when lines were added during the copy,
+but a line added in the instant between that check and the unlink would
+be lost. ``close()`` waits for a compression under way. With ``backups``
+below 2 nothing is compressed. ``PATH.kept`` is never compressed.
+
+Permissions: every file of the log (``PATH``, its rotated and compressed
+files, ``PATH.kept``, ``PATH.lock``) is mode 0600, whatever the umask: a file
+the logger creates is made 0600, and a file of the log it opens with other
+bits (wider, or narrower) is set back to 0600 when the logger may change it
+(it owns it, or runs as root): the log holds command lines, paths and
+addresses. A shipper must run as the log's owner or be able to read any
+file (root, or ``CAP_DAC_READ_SEARCH``).
 
 Coalescing (``coalesce_s``, off by default; the guard turns it on): a workload
 must not be able to flush the log by repeating one denied operation.
@@ -61,9 +118,10 @@ the run (events without a rule: per event name; ``lost`` records: per
 source and event kind counted). When rotation is about to drop a file
 holding such records, it copies them to ``PATH.kept`` first, which is
 never rotated. So every first record stays somewhere in the log's files,
-once: in the file it was written to while that file exists, in
-``PATH.kept`` after. ``audit_log_files()`` lists ``PATH.kept`` first (it
-holds the oldest records). ``keep_first`` caps the targets kept per rule, so
+once: in the file it was written to while that file exists (or its
+``.gz``, when this logger compressed it), in ``PATH.kept`` after.
+``audit_log_files()`` lists ``PATH.kept`` first (it holds the oldest
+records). ``keep_first`` caps the targets kept per rule, so
 a workload that makes ever new targets (a port scan) cannot grow
 ``PATH.kept`` without bound or starve another rule; firsts beyond the cap
 are counted in ``keep_skipped``. Only records this logger wrote and whose
@@ -83,11 +141,16 @@ from __future__ import annotations
 import collections
 import errno as _errno
 import fcntl
+import gzip
 import os
+import re
+import secrets
 import signal
+import stat
 import threading
 import time
 import warnings
+import zlib
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Union
 
 import msgspec
@@ -109,12 +172,28 @@ DEFAULT_KEEP_FIRST = 1000
 """The guard's cap on first records kept from rotation, per rule."""
 KEPT_SUFFIX = ".kept"
 """``PATH.kept``: first records whose file was rotated away; never rotated."""
+GZ_SUFFIX = ".gz"
+"""``PATH.<n>.gz``: a rotated file, compressed (``compress=True``)."""
+LOCK_SUFFIX = ".lock"
+"""``PATH.lock``: the rotation lock, and the birth of ``PATH`` (``rotate_every_s``)."""
+COMPRESS_LEVEL = 6
+"""gzip level of rotated files: zlib's default trade of speed for size."""
+
+_TMP_MARK = ".gz-tmp-"
+# The birth record in PATH.lock: one fixed-size line, so a rewrite in place
+# never leaves the tail of a longer one behind.
+_BIRTH_TAG = b"runtimeguard-audit-birth"
+_BIRTH_SIZE = 128
+_HEAD_BYTES = 256
+# PATH.<n> or PATH.<n>.gz, n from 1; ASCII digits only (str.isdigit takes "²").
+_BACKUP_NAME = re.compile(r"([1-9][0-9]*)(\.gz)?\Z")
 
 # Several lines go out in one write up to this size: large enough to make
 # write_many cheap, small enough that a batch never dwarfs max_bytes.
 _BATCH_BYTES = 256 * 1024
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+# Read too: the first line dates the file (rotate_every_s).
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 class AuditLogError(RuntimeGuardError):
@@ -135,6 +214,51 @@ def _error(path: str, doing: str, exc: OSError) -> AuditLogError:
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     return AuditLogError(f"audit log {path}: {doing} failed: {reason}" + (f" ({name})" if name else ""),
                          path, exc.errno or 0)
+
+
+# ---- files ----
+
+def _fix_mode(fd: int) -> None:
+    """Set an open file of the log to 0600 if it is anything else."""
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        pass  # not ours to change (another owner, a read-only filesystem): it still works
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open (creating if need be) a file of the log, mode 0600 whatever the umask."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    _fix_mode(fd)
+    return fd
+
+
+def _first_line(fd: int) -> Optional[bytes]:
+    """A file's first line, or its first _HEAD_BYTES bytes when the line is
+    longer; None while not even that is there (a first write in progress)."""
+    head = os.pread(fd, _HEAD_BYTES, 0)
+    end = head.find(b"\n")
+    if end >= 0:
+        return head[:end + 1]
+    return head if len(head) == _HEAD_BYTES else None
+
+
+def _birth_record(dev: int, ino: int, crc: int, born_ns: int) -> bytes:
+    text = b"%s 1 %d %d %d %d" % (_BIRTH_TAG, dev, ino, crc, born_ns)
+    return text.ljust(_BIRTH_SIZE - 1) + b"\n"
+
+
+def _parse_birth(raw: bytes) -> Optional[tuple[int, int, int, int]]:
+    """(dev, ino, crc, born_ns) of a birth record; None if there is none."""
+    parts = raw.split()
+    if len(parts) != 6 or parts[0] != _BIRTH_TAG or parts[1] != b"1":
+        return None
+    try:
+        dev, ino, crc, born = (int(p) for p in parts[2:])
+    except ValueError:
+        return None
+    return dev, ino, crc, born
 
 
 # ---- coalescing ----
@@ -293,16 +417,24 @@ class AuditLogger:
     up to this many targets per rule, from rotation in ``PATH.kept`` (0:
     off). ``clock``: the monotonic clock coalescing uses.
 
+    ``rotate_every_s``: also rotate a non-empty file once it is this many
+    seconds old (None: by size only), on the next write or ``tick()``.
+    ``compress``: gzip rotated files from ``PATH.2`` on, in the background.
+    See the module docstring for both.
+
     Thread-safe. Processes may each open their own logger on the same path.
     """
 
     def __init__(self, path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = 5,
                  on_error: Literal["raise", "count"] = "raise", coalesce_s: float = 0.0, keep_first: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, rotate_every_s: Optional[float] = None,
+                 compress: bool = False):
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, not {max_bytes}")
         if backups < 0:
             raise ValueError(f"backups must be 0 or more, not {backups}")
+        if rotate_every_s is not None and not rotate_every_s > 0:
+            raise ValueError(f"rotate_every_s must be None (off) or positive, not {rotate_every_s}")
         if on_error not in ("raise", "count"):
             raise ValueError(f'on_error must be "raise" or "count", not {on_error!r}')
         if coalesce_s < 0:
@@ -316,6 +448,8 @@ class AuditLogger:
         self.coalesce_s = coalesce_s
         self.keep_first = keep_first
         self.clock = clock
+        self.rotate_every_s = rotate_every_s
+        self.compress = bool(compress)
         self.lines_written = 0
         self.bytes_written = 0
         self.errors = 0
@@ -334,6 +468,12 @@ class AuditLogger:
         self.keep_lost = 0
         """First records that could not be kept (their file rotated away by another process,
         unreadable, or ``PATH.kept`` unwritable until close)."""
+        self.rotations = 0
+        """Rotations this logger made (by size or time; not those it followed)."""
+        self.files_compressed = 0
+        """Rotated files this logger's compressor replaced by their ``.gz``."""
+        self.compress_errors = 0
+        """Compressions that failed (the plain file stays, nothing is lost; retried at the next rotation)."""
         # Reentrant so that close() from a signal handler that interrupted this
         # thread's own write() does not deadlock; _busy makes it wait for that write.
         self._lock = threading.RLock()
@@ -355,9 +495,21 @@ class AuditLogger:
         self._first_per_rule: collections.Counter = collections.Counter()
         self._pinned: dict[tuple[int, int], list] = {}
         self._kept_backlog: list[bytes] = []
+        # The compressor thread moves the first records of a file it compressed:
+        # _pinned is shared with it (a leaf lock: nothing is waited for under it).
+        self._pin_lock = threading.Lock()
         self._lock_fd = -1
+        # Time rotation: the birth of the file known last, by (st_dev, st_ino).
+        self._every_ns = None if rotate_every_s is None else max(1, int(rotate_every_s * 1e9))
+        self._birth_key: Optional[tuple[int, int]] = None
+        self._birth_ns = 0
+        self._rotate_retry_at = 0.0
+        # The compressor: one thread at a time, started by a rotation, gone when idle.
+        self._compress_lock = threading.Lock()
+        self._compress_wanted = False
+        self._compressor: Optional[threading.Thread] = None
         try:
-            self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+            self._fd = self._open_log()
         except OSError as exc:
             raise _error(self.path, "open", exc) from exc
 
@@ -422,8 +574,12 @@ class AuditLogger:
 
     def tick(self) -> int:
         """Write the coalesced counts whose interval has ended; retry queued
-        events (at most once per second while the log cannot be written).
-        Call it now and then (the guard does, on every poll). Lines written."""
+        events (at most once per second while the log cannot be written);
+        rotate the file if it is due by time (``rotate_every_s``: so an idle
+        log rolls too); move to the new ``PATH`` if another writer rotated
+        the file away (so a file this logger no longer needs can be
+        compressed). Call it now and then (the guard does, on every poll).
+        Lines written."""
         with self._lock:
             self._busy = True
             try:
@@ -434,6 +590,7 @@ class AuditLogger:
                 if (self._retry or self._unreported) and self.clock() >= self._retry_at:
                     self._retry_at = self.clock() + 1.0
                     self._catch_up()
+                self._tick_rotate()
                 return 0
             finally:
                 self._finish()
@@ -465,7 +622,8 @@ class AuditLogger:
 
     def close(self) -> None:
         """Write pending coalesced counts, retry queued events once more,
-        then release the descriptors. Idempotent.
+        wait for a compression under way, then release the descriptors.
+        Idempotent.
 
         Safe in a signal handler: if the handler interrupted a write of this
         logger, the close happens when that write is done.
@@ -525,6 +683,7 @@ class AuditLogger:
                 self._write_kept()
         finally:
             self.on_error = on_error
+        self._wait_compressor()
         self._closed = True
         if self._retry:
             lost = len(self._retry)
@@ -714,13 +873,14 @@ class AuditLogger:
             # Nowhere to look them up later: keep a copy now (it may end up twice in the files).
             self._kept_backlog.extend(bytes(data[start:start + n]) for start, n in pins)
             return
-        where = self._pinned.setdefault((st.st_dev, st.st_ino), [])
-        if short:
-            # A write finished in parts may have others' lines in between: hold the lines themselves.
-            where.extend(bytes(data[start:start + n]) for start, n in pins)
-        else:
-            base = end - len(data)
-            where.extend((base + start, n) for start, n in pins)
+        with self._pin_lock:
+            where = self._pinned.setdefault((st.st_dev, st.st_ino), [])
+            if short:
+                # A write finished in parts may have others' lines in between: hold the lines themselves.
+                where.extend(bytes(data[start:start + n]) for start, n in pins)
+            else:
+                base = end - len(data)
+                where.extend((base + start, n) for start, n in pins)
 
     def _take_pinned(self, victim: str) -> bytes:
         """The kept lines of a file about to be dropped; forgets them."""
@@ -730,31 +890,39 @@ class AuditLogger:
             fd = os.open(victim, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return b""
-        chunks = []
         try:
             st = os.fstat(fd)
-            entries = self._pinned.pop((st.st_dev, st.st_ino), [])
-            for entry in entries:
-                if isinstance(entry, bytes):
-                    chunks.append(entry)
-                    continue
-                offset, n = entry
-                try:
-                    chunk = os.pread(fd, n, offset)
-                except OSError:
-                    chunk = b""
-                if len(chunk) == n and chunk.endswith(b"\n"):
-                    chunks.append(chunk)
-                else:
-                    self.keep_lost += 1
+            with self._pin_lock:
+                return b"".join(self._pinned_lines(fd, self._pinned.pop((st.st_dev, st.st_ino), [])))
         finally:
             os.close(fd)
-        return b"".join(chunks)
+
+    def _pinned_lines(self, fd: int, entries: list) -> list[bytes]:
+        """The kept lines entries point at in the open file fd (with the pin lock held)."""
+        lines = []
+        for entry in entries:
+            if isinstance(entry, bytes):
+                lines.append(entry)
+                continue
+            offset, n = entry
+            try:
+                chunk = os.pread(fd, n, offset)
+            except OSError:
+                chunk = b""
+            if len(chunk) == n and chunk.endswith(b"\n"):
+                lines.append(chunk)
+            else:
+                self.keep_lost += 1
+        return lines
 
     def _forget_vanished(self) -> None:
         """Kept lines whose file another writer rotated away: lost, counted."""
         live = set()
-        for name in [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]:
+        try:
+            present = self._backups_present() if self.backups else {}
+        except OSError:
+            present = {}
+        for name in [self.path] + [self._slot(i)[j] for i, forms in present.items() for j in forms]:
             try:
                 st = os.stat(name)
             except OSError:
@@ -765,8 +933,9 @@ class AuditLogger:
             live.add((st.st_dev, st.st_ino))  # a file this writer still appends to, even if renamed away
         except OSError:
             pass
-        for key in [k for k in self._pinned if k not in live]:
-            self.keep_lost += len(self._pinned.pop(key))
+        with self._pin_lock:
+            for key in [k for k in self._pinned if k not in live]:
+                self.keep_lost += len(self._pinned.pop(key))
 
     def _write_kept(self) -> None:
         """Append the kept lines waiting to PATH.kept; they wait for the next try on failure."""
@@ -775,7 +944,7 @@ class AuditLogger:
             self._kept_backlog.clear()
             return
         try:
-            fd = os.open(self.path + KEPT_SUFFIX, _OPEN_FLAGS, 0o600)
+            fd = _open_private(self.path + KEPT_SUFFIX, _OPEN_FLAGS)
         except OSError as exc:
             self._failed(exc)
             return
@@ -799,18 +968,58 @@ class AuditLogger:
 
     # ---- the file ----
 
+    def _open_log(self) -> int:
+        """Open PATH to append, holding a shared flock on it as long as it is open:
+        the compressor never takes a file that a writer holds."""
+        for attempt in range(10):
+            fd = _open_private(self.path, _OPEN_FLAGS)
+            try:
+                # Without waiting: only a compressor holds it exclusively, and then it is an
+                # old file we opened just before rotations moved it away; PATH is another now.
+                fcntl.flock(fd, fcntl.LOCK_SH | (fcntl.LOCK_NB if attempt < 9 else 0))
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            except OSError:
+                return fd  # no flock on this filesystem: no compressor can take the file either
+            try:
+                if os.fstat(fd).st_nlink:
+                    return fd
+            except OSError:
+                pass
+            # Compressed or dropped before we held it: open the new PATH.
+            os.close(fd)
+        raise OSError(_errno.EAGAIN, "the audit log file keeps disappearing while being opened")
+
+    def _lock_file(self) -> int:
+        if self._lock_fd < 0:
+            self._lock_fd = _open_private(self.path + LOCK_SUFFIX, os.O_RDWR)
+        return self._lock_fd
+
     def _append(self, data: bytes | bytearray) -> bool:
         """Rotate if needed, then write all of data at the end of the file.
         True when the write went out in more than one part."""
         if self._fd < 0:
             # A reopen after rotation failed earlier: try again.
-            self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
-        size = os.fstat(self._fd).st_size
+            self._fd = self._open_log()
+        fd = self._fd
+        st = os.fstat(fd)
+        size = st.st_size
         if size and size + len(data) > self.max_bytes:
             self._rotate(len(data))
-        fd = self._fd
+        elif self._time_check(st):
+            try:
+                self._rotate(len(data))
+            except OSError as exc:
+                # A rotation missed must not cost the line: it goes to the current file.
+                self._failed(exc)
+                self._rotate_retry_at = time.monotonic() + 1.0
+        rotated, fd = fd != self._fd, self._fd
         done = os.write(fd, data)
         if done == len(data):
+            if self._every_ns is not None and (rotated or self._birth_key != (st.st_dev, st.st_ino)):
+                # Perhaps the file's first line: its birth is recorded now, not at the next write.
+                self._note_birth()
             return False
         # A short write: finish it at once, so as little as possible can land
         # between the two parts.
@@ -838,10 +1047,29 @@ class AuditLogger:
         except OSError:
             pass
 
-    def _rotate(self, incoming: int) -> None:
-        if self._lock_fd < 0:
-            self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+    def _tick_rotate(self) -> None:
+        if self._fd < 0 or time.monotonic() < self._rotate_retry_at:
+            return
+        try:
+            st = os.fstat(self._fd)
+            try:
+                current = os.stat(self.path)
+                moved = (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino)
+            except FileNotFoundError:
+                moved = True
+            if moved or self._time_check(st):
+                self._rotate(None)
+        except OSError as exc:
+            self._failed(exc)
+            self._rotate_retry_at = time.monotonic() + 1.0
+
+    def _rotate(self, incoming: Optional[int]) -> None:
+        """Under the lock: follow another writer's rotation, then rotate if the file
+        is still due, by size for a write of incoming bytes or by time (incoming
+        None: by time only). An empty file is never rotated."""
+        lock_fd = self._lock_file()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        shifted = False
         try:
             mine = os.fstat(self._fd)
             try:
@@ -851,42 +1079,293 @@ class AuditLogger:
             if current is None or (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
                 # Another writer rotated while we waited or wrote: follow it.
                 self._reopen()
-                size = os.fstat(self._fd).st_size
-                if not size or size + incoming <= self.max_bytes:
-                    return
+                mine = os.fstat(self._fd)
+            if not mine.st_size:
+                return
+            full = incoming is not None and mine.st_size + incoming > self.max_bytes
+            if not full and not self._due(mine, locked=True):
+                return
             self._shift_backups()
+            shifted = True
+            self.rotations += 1
             self._reopen()
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            if shifted and self.compress and self.backups >= 2:
+                self._start_compressor()
+
+    def _slot(self, i: int) -> list[str]:
+        """The names place i of the rotation may hold: PATH; or PATH.i, then PATH.i.gz."""
+        return [self.path] if i == 0 else [f"{self.path}.{i}", f"{self.path}.{i}{GZ_SUFFIX}"]
+
+    def _backups_present(self) -> dict[int, list[int]]:
+        """Place (1..backups) -> the forms there (0: plain, 1: .gz); one listing,
+        not a stat per place: backups may be large."""
+        directory, base = os.path.split(self.path)
+        present: dict[int, list[int]] = {}
+        for name in os.listdir(directory or "."):
+            if name.startswith(base + "."):
+                match = _BACKUP_NAME.match(name, len(base) + 1)
+                if match is not None and int(match.group(1)) <= self.backups:
+                    present.setdefault(int(match.group(1)), []).append(0 if match.group(2) is None else 1)
+        return present
 
     def _shift_backups(self) -> None:
-        path = self.path
-        # The file about to be dropped: its first records go to PATH.kept.
-        victim = f"{path}.{self.backups}" if self.backups else path
+        # The compressor renames only under the same lock, so what is seen here stays.
+        backups = self.backups
+        present = self._backups_present() if backups else {}
+        present[0] = [0]  # PATH, being rotated
+        if backups == 0:
+            victims = [self.path]
+        elif backups - 1 in present:
+            # The oldest is dropped only when a file moves onto its place.
+            victims = [self._slot(backups)[j] for j in present.get(backups, [])]
+        else:
+            victims = []
         if self._pinned:
             # Held before the drop: if the drop then fails, a copy too many, never one too few.
-            kept = self._take_pinned(victim)
-            if kept:
-                self._kept_backlog.append(kept)
-        if self.backups == 0:
-            os.unlink(path)
+            for victim in victims:
+                kept = self._take_pinned(victim)
+                if kept:
+                    self._kept_backlog.append(kept)
+        if backups == 0:
+            os.unlink(self.path)
         else:
-            # os.replace onto PATH.<backups> drops the oldest.
-            for i in range(self.backups - 1, 0, -1):
-                try:
-                    os.replace(f"{path}.{i}", f"{path}.{i + 1}")
-                except FileNotFoundError:
-                    pass
-            os.replace(path, f"{path}.1")
+            # From the oldest on, so each place is empty when a file moves onto it, but the last.
+            for i in sorted((i for i in present if i < backups), reverse=True):
+                names, targets, forms = self._slot(i), self._slot(i + 1), present[i]
+                for j in present.get(i + 1, []) if i + 1 == backups else []:
+                    if j not in forms:
+                        # The oldest in the other form (plain or .gz) than what moves onto it.
+                        try:
+                            os.unlink(targets[j])
+                        except FileNotFoundError:
+                            pass
+                for j in forms:
+                    # os.replace onto the last place drops the oldest.
+                    os.replace(names[j], targets[j])
         if self._kept_backlog:
             self._write_kept()
         if self._pinned:
             self._forget_vanished()
 
     def _reopen(self) -> None:
-        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        fd = self._open_log()
         old, self._fd = self._fd, fd
         os.close(old)
+
+    # ---- rotation by time ----
+
+    def _time_check(self, st: os.stat_result) -> bool:
+        """Whether the file may be due by time: so the locked path must look
+        (its birth is not known here yet, or it is due)."""
+        if self._every_ns is None or not st.st_size or time.monotonic() < self._rotate_retry_at:
+            return False
+        if self._birth_key != (st.st_dev, st.st_ino):
+            return True
+        return time.time_ns() - self._birth_ns >= self._every_ns
+
+    def _due(self, st: os.stat_result, locked: bool) -> bool:
+        if self._every_ns is None or not st.st_size:
+            return False
+        born = self._birth(st, locked)
+        return born is not None and time.time_ns() - born >= self._every_ns
+
+    def _note_birth(self) -> None:
+        """After a write: learn (or record, if this was the file's first line) the birth of the file."""
+        try:
+            self._birth(os.fstat(self._fd), locked=False)
+        except OSError:
+            pass
+
+    def _birth(self, st: os.stat_result, locked: bool) -> Optional[int]:
+        """The birth of the file this logger has open (st: its fstat), in ns since
+        the epoch: the record in PATH.lock, or now, recorded there, if it has none.
+        None while the file holds no whole first line (nothing to date yet)."""
+        key = (st.st_dev, st.st_ino)
+        if self._birth_key == key:
+            return self._birth_ns
+        if not st.st_size:
+            return None
+        try:
+            head = _first_line(self._fd)
+        except OSError:
+            return None
+        if head is None:
+            return None
+        crc = zlib.crc32(head)
+        born = None
+        try:
+            lock_fd = self._lock_file()
+            if not locked:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                record = _parse_birth(os.pread(lock_fd, _BIRTH_SIZE, 0))
+                if record is not None and record[:3] == (*key, crc):
+                    born = record[3]
+                else:
+                    born = time.time_ns()
+                    os.pwrite(lock_fd, _birth_record(*key, crc, born), 0)
+            finally:
+                if not locked:
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        except OSError:
+            if born is None:
+                born = time.time_ns()  # not shared: this logger alone goes by it
+        self._birth_key, self._birth_ns = key, born
+        return born
+
+    # ---- compression: a background thread, which never takes self._lock ----
+
+    def _start_compressor(self) -> None:
+        with self._compress_lock:
+            self._compress_wanted = True
+            if self._compressor is not None and self._compressor.is_alive():
+                return
+            thread = threading.Thread(target=self._compress_loop, name="runtimeguard-audit-gzip", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                self.compress_errors += 1  # no thread to be had: the next rotation tries again
+                return
+            self._compressor = thread
+
+    def _wait_compressor(self) -> None:
+        with self._compress_lock:
+            thread = self._compressor
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _compress_loop(self) -> None:
+        while True:
+            with self._compress_lock:
+                if not self._compress_wanted:
+                    self._compressor = None
+                    return
+                self._compress_wanted = False
+            try:
+                self._compress_pass()
+            except Exception:
+                # Nothing is lost: the plain files stay, for the next pass.
+                self.compress_errors += 1
+
+    def _compress_pass(self) -> None:
+        """Compress every plain rotated file from PATH.2 on that no writer holds."""
+        self._sweep_temporaries()
+        seen: set[tuple[int, int]] = set()
+        for k in sorted(k for k, forms in self._backups_present().items() if k >= 2 and 0 in forms):
+            try:
+                fd = os.open(f"{self.path}.{k}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) not in seen:  # rotations may move it ahead of us
+                    seen.add((st.st_dev, st.st_ino))
+                    self._compress_one(fd, k)
+            except OSError:
+                self.compress_errors += 1
+            finally:
+                os.close(fd)
+
+    def _compress_one(self, fd: int, k: int) -> None:
+        """Replace the plain file fd, opened as PATH.k, by its .gz; leave it if a writer holds it."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a writer still appends to it (or no flock here): left plain
+        st = os.fstat(fd)
+        if not st.st_nlink:
+            return  # compressed or dropped since it was opened
+        tmp = f"{self.path}{_TMP_MARK}{secrets.token_hex(8)}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        installed = False
+        try:
+            _fix_mode(out)
+            fcntl.flock(out, fcntl.LOCK_EX)  # a live temporary: other compressors' sweeps leave it
+            size = _gzip_copy(fd, out, st.st_mtime)
+            os.fsync(out)  # before the plain file goes
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))  # its age is its last line's, as the plain file's
+            installed = self._install_compressed(fd, out, tmp, size, k)
+        finally:
+            os.close(out)
+            if not installed:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        if installed:
+            self.files_compressed += 1
+
+    def _install_compressed(self, fd: int, out: int, tmp: str, size: int, k: int) -> bool:
+        """Under the rotation lock: the .gz in place of the plain file, wherever rotations moved it."""
+        lock_fd = _open_private(self.path + LOCK_SUFFIX, os.O_RDWR)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            if st.st_size != size or not st.st_nlink:
+                return False  # written to by a writer that takes no flock, or gone: keep it as it is
+            key = (st.st_dev, st.st_ino)
+            present = self._backups_present()
+            for n in sorted(n for n, forms in present.items() if n >= k and 0 in forms):  # files only move on
+                plain = f"{self.path}.{n}"
+                try:
+                    here = os.stat(plain)
+                except FileNotFoundError:
+                    continue
+                if (here.st_dev, here.st_ino) == key:
+                    break
+            else:
+                return False  # dropped meanwhile: so is its copy
+            os.replace(tmp, plain + GZ_SUFFIX)
+            os.unlink(plain)
+            if self._pinned:
+                # Its first records, as lines (its offsets mean nothing in the .gz), under the .gz's inode.
+                gz = os.fstat(out)
+                with self._pin_lock:
+                    entries = self._pinned.pop(key, None)
+                    if entries:
+                        self._pinned[(gz.st_dev, gz.st_ino)] = self._pinned_lines(fd, entries)
+            return True
+        finally:
+            os.close(lock_fd)  # and with it the flock
+
+    def _sweep_temporaries(self) -> None:
+        """Remove the temporaries of compressors that died: a live one holds a flock on its own."""
+        directory, base = os.path.split(self.path)
+        try:
+            names = os.listdir(directory or ".")
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith(base + _TMP_MARK):
+                continue
+            full = os.path.join(directory, name)
+            try:
+                fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(full)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
+def _gzip_copy(src: int, dst: int, mtime: float) -> int:
+    """gzip all of the file src into dst; the bytes read."""
+    done = 0
+    with open(dst, "wb", closefd=False) as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=COMPRESS_LEVEL, mtime=int(mtime)) as gz:
+        while True:
+            chunk = os.pread(src, 1 << 20, done)
+            if not chunk:
+                break
+            gz.write(chunk)
+            done += len(chunk)
+    return done
 
 
 def install_sigterm_flush(logger: AuditLogger) -> Any:
@@ -915,12 +1394,13 @@ def install_sigterm_flush(logger: AuditLogger) -> Any:
 # ---- reading ----
 
 class AuditLogReader:
-    """Reads one audit log file back as ``EventRecord``s.
+    """Reads one audit log file back as ``EventRecord``s; a gzip file (a
+    compressed rotated file, ``PATH.<n>.gz``) is decompressed on the fly.
 
     A torn last line (no final newline, or undecodable: a writer killed
     mid-line, a disk that filled) is skipped and counted in ``torn_lines``.
     An undecodable line anywhere else is corruption: ``AuditLogError`` with
-    its line number.
+    its line number; so is a gzip file that is not whole.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -935,27 +1415,38 @@ class AuditLogReader:
         except OSError as exc:
             raise _error(self.path, "open", exc) from exc
         with f:
-            # One line of lookahead: only the last line may be torn.
-            held: Optional[bytes] = None
-            number = 0
-            for number, line in enumerate(f, 1):
-                if held is not None:
-                    yield self._decode(held, number - 1)
-                held = line
-            if held is None:
+            # By content, not name: an NDJSON line starts with "{", never with gzip's magic.
+            if f.peek(2)[:2] != b"\x1f\x8b":
+                yield from self._lines(f)
                 return
-            if not held.endswith(b"\n"):
-                self.torn_lines += 1
-                return
-            try:
-                event = json_decoder.decode(held)
-            except msgspec.DecodeError:
-                self.torn_lines += 1
-                return
-            self.lines_read += 1
-            yield event
+            with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                try:
+                    yield from self._lines(gz)
+                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                    raise AuditLogError(f"audit log {self.path}: not a whole gzip file: {exc}", self.path) from None
 
     __iter__ = events
+
+    def _lines(self, f: Iterable[bytes]) -> Iterator[EventRecord]:
+        # One line of lookahead: only the last line may be torn.
+        held: Optional[bytes] = None
+        number = 0
+        for number, line in enumerate(f, 1):
+            if held is not None:
+                yield self._decode(held, number - 1)
+            held = line
+        if held is None:
+            return
+        if not held.endswith(b"\n"):
+            self.torn_lines += 1
+            return
+        try:
+            event = json_decoder.decode(held)
+        except msgspec.DecodeError:
+            self.torn_lines += 1
+            return
+        self.lines_read += 1
+        yield event
 
     def _decode(self, line: bytes, number: int) -> EventRecord:
         try:
@@ -976,19 +1467,37 @@ def read_audit_log(path: str | os.PathLike) -> Iterator[EventRecord]:
 
 def audit_log_files(path: str | os.PathLike) -> list[str]:
     """An audit log and its rotated backups that exist, oldest first; first
-    ``PATH.kept``, if any (first records kept from rotated-away files)."""
+    ``PATH.kept``, if any (first records kept from rotated-away files).
+    A backup is ``PATH.<n>`` or ``PATH.<n>.gz`` (``AuditLogReader`` reads
+    both); where both are there (a compression cut short) the plain one."""
     path = os.fspath(path)
     directory, base = os.path.split(path)
-    numbered = []
-    for name in os.listdir(directory or "."):
-        suffix = name[len(base) + 1:]
-        if name.startswith(base + ".") and suffix.isdigit():
-            numbered.append((int(suffix), os.path.join(directory, name)))
-    files = [p for _, p in sorted(numbered, reverse=True)]
-    if os.path.exists(path + KEPT_SUFFIX):
-        files.insert(0, path + KEPT_SUFFIX)
-    if os.path.exists(path):
-        files.append(path)
+    return [os.path.join(directory, name) for name in _log_file_order(base, os.listdir(directory or "."))]
+
+
+def _log_file_order(base: str, names: Iterable[str]) -> list[str]:
+    """Of the names in a directory, those of the log named base, oldest first:
+    ``base.kept``, the backups from the highest number down (``base.<n>``, or
+    ``base.<n>.gz`` when there is no plain one), then ``base``. Other names
+    (``base.lock``, temporaries, other logs) are left out."""
+    backups: dict[int, str] = {}
+    kept = current = False
+    for name in names:
+        if name == base:
+            current = True
+        elif name == base + KEPT_SUFFIX:
+            kept = True
+        elif name.startswith(base + "."):
+            match = _BACKUP_NAME.match(name, len(base) + 1)
+            if match is not None:
+                n = int(match.group(1))
+                if match.group(2) is None or n not in backups:
+                    backups[n] = name
+    files = [backups[n] for n in sorted(backups, reverse=True)]
+    if kept:
+        files.insert(0, base + KEPT_SUFFIX)
+    if current:
+        files.append(base)
     return files
 
 
