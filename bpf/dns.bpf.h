@@ -26,6 +26,10 @@
 /* Pattern hits one name may have (suffixes at label boundaries that a
  * pattern names); more are ignored. */
 #define RG_DNS_HITS 8
+/* An index masked in a way the compiler keeps: it drops a mask that an
+ * earlier bounds check makes redundant, and older verifiers (6.1) cannot
+ * always carry that check's bound to the access. */
+#define RG_MASKED(v, mask) ({ __u32 __m = (v); barrier_var(__m); __m & (mask); })
 #define RG_DNS_TYPE_A 1
 #define RG_DNS_TYPE_AAAA 28
 
@@ -249,7 +253,7 @@ static long rg_dns_name_step(__u64 i, void *ctx)
 		}
 		st->label_left = b;
 		if (i)
-			s->rec.name[(i - 1) & RG_DNS_NAME_MASK] = '.';
+			s->rec.name[RG_MASKED(i - 1, RG_DNS_NAME_MASK)] = '.';
 		return 0;
 	}
 	if (b >= 'A' && b <= 'Z')
@@ -258,7 +262,7 @@ static long rg_dns_name_step(__u64 i, void *ctx)
 		st->name_state = -1;
 		return 1;
 	}
-	s->rec.name[(i - 1) & RG_DNS_NAME_MASK] = b;
+	s->rec.name[RG_MASKED(i - 1, RG_DNS_NAME_MASK)] = b;
 	st->label_left--;
 	return 0;
 }
@@ -285,7 +289,7 @@ static __always_inline __u32 rg_dns_question(struct rg_dns_ctx *c, const __u8 *h
 	if (at + 4 > st->end || bpf_skb_load_bytes(c->skb, st->base + at, tail, 4))
 		return 0;
 	s->rec.name_len = len;
-	s->rec.name[len & RG_DNS_NAME_MASK] = 0;
+	s->rec.name[RG_MASKED(len, RG_DNS_NAME_MASK)] = 0;
 	*qtype = rg_be16(tail);
 	if (rg_be16(tail + 2) != 1) /* class IN */
 		return 0;
@@ -301,9 +305,10 @@ static __always_inline void rg_dns_note_hit(struct rg_dns_state *st, __u64 key, 
 	__u32 h = st->hits;
 	if (h >= RG_DNS_HITS)
 		return;
-	st->hit[h & (RG_DNS_HITS - 1)].key = key;
-	st->hit[h & (RG_DNS_HITS - 1)].at = at;
-	st->hit[h & (RG_DNS_HITS - 1)].glob = glob;
+	struct rg_dns_hit *hit = &st->hit[RG_MASKED(h, RG_DNS_HITS - 1)];
+	hit->key = key;
+	hit->at = at;
+	hit->glob = glob;
 	st->hits = h + 1;
 }
 
@@ -322,7 +327,7 @@ static long rg_dns_hash_step(__u64 i, void *ctx)
 	if (i >= len)
 		return 1;
 	__u32 j = len - 1 - (__u32)i;
-	__u8 c = s->rec.name[j & RG_DNS_NAME_MASK];
+	__u8 c = s->rec.name[RG_MASKED(j, RG_DNS_NAME_MASK)];
 	st->hash = (st->hash ^ c) * RG_FNV_PRIME;
 	if (c == '.' && ctx)
 		rg_dns_note_hit(st, (st->hash ^ '*') * RG_FNV_PRIME, j, 1);
@@ -340,7 +345,8 @@ static long rg_dns_compare_step(__u64 i, void *ctx)
 	const struct rg_host_pattern *p = bpf_map_lookup_elem(&rg_host_patterns, &key);
 	if (i >= st->cmp_len)
 		return 1;
-	if (!p || p->text[(st->cmp_from + i) & RG_DNS_NAME_MASK] != s->rec.name[(st->cmp_at + i) & RG_DNS_NAME_MASK]) {
+	if (!p || p->text[RG_MASKED(st->cmp_from + i, RG_DNS_NAME_MASK)] !=
+			  s->rec.name[RG_MASKED(st->cmp_at + i, RG_DNS_NAME_MASK)]) {
 		st->cmp_differs = 1;
 		return 1;
 	}
@@ -357,7 +363,7 @@ static long rg_dns_confirm_step(__u64 i, void *ctx)
 	struct rg_dns_state *st = &s->st;
 	if (i >= st->hits || i >= RG_DNS_HITS)
 		return 1;
-	struct rg_dns_hit *h = &st->hit[i & (RG_DNS_HITS - 1)];
+	struct rg_dns_hit *h = &st->hit[RG_MASKED(i, RG_DNS_HITS - 1)];
 	__u64 key = h->key;
 	const struct rg_host_pattern *p = bpf_map_lookup_elem(&rg_host_patterns, &key);
 	if (!p)
@@ -535,8 +541,9 @@ static long rg_dns_copy_address(__u64 i, void *ctx)
 
 	if (!s || !found)
 		return 1;
-	__builtin_memcpy(s->rec.addresses[k & (RG_DNS_ADDRESSES - 1)], found->addr, RG_ADDR_LEN);
-	s->rec.families[k & (RG_DNS_ADDRESSES - 1)] = found->family;
+	__u32 at = RG_MASKED(k, RG_DNS_ADDRESSES - 1);
+	__builtin_memcpy(s->rec.addresses[at], found->addr, RG_ADDR_LEN);
+	s->rec.families[at] = found->family;
 	return 0;
 }
 

@@ -4,7 +4,9 @@ protobuf definitions, as a Collector's receiver does."""
 
 from __future__ import annotations
 
+import gc
 import gzip
+import inspect
 import os
 import secrets
 import socket
@@ -53,7 +55,8 @@ from runtimeguard.schema import (
 )
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
-SDK_THREADS = ("OtelBatchLogRecordProcessor", "runtimeguard-otlp-close")
+# The SDK's batch thread and the sink's worker.
+SDK_THREADS = ("OtelBatchLogRecordProcessor", "runtimeguard-otlp")
 
 
 # ---- the endpoint ----
@@ -373,6 +376,112 @@ def test_endpoint_down_raises_nothing_and_counts_failures(refused_endpoint, make
     assert sink.failed_batches >= 3  # 20 records in batches of at most 8
 
 
+class Stalled:
+    """Stands in for otlp.body: holds the sink's worker inside it until
+    released, as a slow conversion would."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, record):
+        self.entered.set()
+        self.release.wait(10)
+        return {"stalled": True}
+
+
+def test_records_waiting_for_the_worker_count_against_max_queue(collector, make_sink, monkeypatch):
+    """One budget: records not yet converted are held like those the SDK
+    holds, and a record refused for it is counted in dropped at once."""
+    stalled = Stalled()
+    monkeypatch.setattr(otlp, "body", stalled)
+    queue, offered = 32, 100
+    sink = make_sink(collector.url, max_queue=queue, max_batch=8, schedule_delay_s=0.05, export_timeout_s=5)
+    try:
+        sink.write(sample(0))
+        assert stalled.entered.wait(5)
+        worst = 0.0
+        for n in range(1, offered):
+            t0 = time.perf_counter()
+            sink.write(sample(n))
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.05, f"a write() took {worst * 1000:.1f} ms"
+        # The worker converted none of them, and the counts are already exact.
+        assert (sink.written, sink.dropped, sink.exported) == (queue, offered - queue, 0)
+    finally:
+        stalled.release.set()
+    sink.close()
+    settle(sink, offered)
+    assert (sink.written, sink.exported, sink.dropped, sink.failed_records) == (queue, queue, offered - queue, 0)
+    assert len(collector.logs) == queue
+
+
+def test_close_is_bounded_when_the_worker_is_stuck(collector, make_sink, monkeypatch):
+    stalled = Stalled()
+    monkeypatch.setattr(otlp, "body", stalled)
+    sink = make_sink(collector.url, max_batch=4, schedule_delay_s=0.05, export_timeout_s=0.5)
+    try:
+        for n in range(10):
+            sink.write(sample(n))
+        assert stalled.entered.wait(5)
+        started = time.monotonic()
+        sink.close()
+        assert time.monotonic() - started < 1.0
+        # Nothing reached the exporter: all ten are dropped, counted by close().
+        assert (sink.written, sink.dropped, sink.exported) == (10, 10, 0)
+        sink.write(sample(10))
+        assert sink.dropped == 11
+    finally:
+        stalled.release.set()
+    # The worker, let go, exports nothing more (and its thread ends: the
+    # autouse fixture checks).
+    settle(sink, 11)
+    time.sleep(0.2)
+    assert (sink.exported, sink.failed_records, sink.dropped) == (0, 0, 11)
+    assert collector.logs == []
+
+
+def test_records_are_exported_in_write_order(collector, make_sink):
+    # Several requests (max_batch), every record written before close().
+    sink = make_sink(collector.url, max_batch=7, schedule_delay_s=0.05, export_timeout_s=5)
+    offered = 100
+    for n in range(offered):
+        sink.write(sample(n))
+    sink.close()
+    assert (sink.written, sink.exported, sink.dropped, sink.failed_batches) == (offered, offered, 0, 0)
+    assert collector.requests >= offered // 7
+    ports = [key_values(log.attributes)["network.peer.port"] for _, _, log in collector.logs]
+    assert ports == [443 + n for n in range(offered)]
+
+
+def test_a_record_that_cannot_be_converted_is_dropped_and_counted(collector, make_sink, monkeypatch):
+    real = otlp.attributes
+
+    def failing(record):
+        if record.data.port == 443 + 2:
+            raise ValueError("cannot be an attribute")
+        return real(record)
+
+    monkeypatch.setattr(otlp, "attributes", failing)
+    sink = make_sink(collector.url, schedule_delay_s=0.05, export_timeout_s=5)
+    for n in range(5):
+        sink.write(sample(n))  # raises nothing: the failure is the worker's
+    sink.close()
+    assert (sink.written, sink.dropped, sink.exported, sink.failed_records) == (4, 1, 4, 0)
+    ports = [key_values(log.attributes)["network.peer.port"] for _, _, log in collector.logs]
+    assert ports == [443, 444, 446, 447]
+
+
+def test_a_sink_never_closed_exports_when_collected(collector):
+    # The worker must not keep the sink alive: collecting it closes it.
+    sink = OtlpLogs(collector.url, schedule_delay_s=30, export_timeout_s=5)
+    for n in range(3):
+        sink.write(sample(n))
+    del sink
+    gc.collect()
+    assert len(collector.logs) == 3
+
+
 def test_missing_sdk_names_the_extra(monkeypatch):
     # A None entry in sys.modules makes the import fail as if not installed.
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http._log_exporter", None)
@@ -432,7 +541,19 @@ _workloads = st.builds(
 _targets = st.builds(
     TargetContext, type=st.sampled_from(["ipv4", "ipv6", "inode", "pid", "socket", "namespace"]), formatted=_text,
     address=_opt(_text), port=_opt(_uint64_or_more()), path=_opt(_text), hostname=_opt(_text))
-_datas = st.one_of([st.from_type(cls) for cls in typing.get_args(schema.EventData)])
+
+
+def _without_factory_sentinels(data):
+    """from_type may pass a parameter's signature default, and msgspec shows
+    a default_factory there as a Factory object, which no real record holds:
+    such a field gets what the factory makes instead."""
+    params = inspect.signature(type(data)).parameters
+    made = {f.name: f.default_factory() for f in msgspec.structs.fields(data)
+            if f.default_factory is not msgspec.NODEFAULT and getattr(data, f.name) is params[f.name].default}
+    return msgspec.structs.replace(data, **made) if made else data
+
+
+_datas = st.one_of([st.from_type(cls) for cls in typing.get_args(schema.EventData)]).map(_without_factory_sentinels)
 
 
 @st.composite

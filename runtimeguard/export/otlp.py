@@ -85,14 +85,20 @@ Each LogRecord carries:
 
 An integer attribute beyond 64 bits signed is sent as its decimal text.
 
-What is counted: ``written`` (records ``write()`` took), ``dropped``
-(records that never reached the exporter: refused because ``max_queue``
-records were already waiting or being sent, given after ``close()``, or
-still waiting when ``close()`` gave up), ``exported`` (records in batches
-the endpoint accepted), ``failed_records`` and ``failed_batches`` (batches
-the exporter was given that failed: endpoint down, an error status, a
-timeout). Once ``close()`` has returned and an export it left under way has
-ended, every record given to ``write()`` is in exactly one of ``exported``,
+``write()`` only counts the record and appends it to a queue: a worker
+thread of the sink's own builds the LogRecord and hands it to the SDK, so
+the caller (the thread that drains the ring buffer) does not pay for either.
+
+What is counted: ``written`` (records ``write()`` took, less those that
+could not be made into a LogRecord), ``dropped`` (records that never reached
+the exporter: refused because ``max_queue`` records were already held,
+given after ``close()``, that could not be made into a LogRecord, or still
+held when ``close()`` gave up), ``exported`` (records in batches the
+endpoint accepted), ``failed_records`` and ``failed_batches`` (batches the
+exporter was given that failed: endpoint down, an error status, a timeout).
+``written + dropped`` is the number of ``write()`` calls at every moment.
+Once ``close()`` has returned and an export it left under way has ended,
+every record given to ``write()`` is in exactly one of ``exported``,
 ``failed_records`` and ``dropped``.
 """
 
@@ -100,6 +106,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import queue
 import socket
 import threading
 import time
@@ -395,16 +402,20 @@ def _version() -> Optional[str]:
 
 
 class _State:
-    """What the sink, its exporter wrapper and its finalizer share (the
-    finalizer must not hold the sink itself, or the sink would never be
+    """What the sink, its worker, its exporter wrapper and its finalizer
+    share (none of them may hold the sink itself, or the sink would never be
     collected)."""
 
     def __init__(self, max_queue: int, export_timeout_s: float):
         self.lock = threading.Lock()
         self.max_queue = max_queue
         self.export_timeout_s = export_timeout_s
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        """(record, observed time) from write(), in order, for the worker;
+        then _STOP from close()."""
         self.pending = 0
-        """Accepted and not yet through export(): never above max_queue, so
+        """Accepted and not yet through export(), wherever it is (the inbox,
+        the worker, the SDK's queue, a request): never above max_queue, so
         the SDK's queue (as long as max_queue) never evicts a record."""
         self.written = 0
         self.dropped = 0
@@ -419,6 +430,10 @@ class _State:
         self.provider: Any = None
         self.logger: Any = None
         self.exporter: Any = None
+        self.worker: Optional[threading.Thread] = None
+
+
+_STOP = object()
 
 
 def _load_sdk():
@@ -486,8 +501,37 @@ def _counting_exporter(base, result_type, inner, state: _State):
 def _shutdown_provider(state: _State) -> None:
     try:
         state.provider.shutdown()
-    except Exception:  # a failing shutdown must not escape a daemon thread or close()
+    except Exception:  # a failing shutdown must not escape the worker or close()
         pass
+
+
+def _work(state: _State, severities: dict) -> None:
+    """The worker: makes each record write() accepted into a LogRecord and
+    gives it to the SDK, in write() order; at _STOP, shuts the provider down
+    (the SDK then exports what it holds)."""
+    get, emit = state.inbox.get, state.logger.emit
+    while True:
+        item = get()
+        if item is _STOP:
+            break
+        if state.abandoned:
+            # close() has counted it as dropped: the inbox is only emptied.
+            continue
+        record, observed = item
+        try:
+            number, text = severity(record)
+            emit(timestamp=record.timestamp, observed_timestamp=observed, severity_number=severities[number],
+                 severity_text=text, body=body(record), attributes=attributes(record),
+                 event_name="runtimeguard." + record.name)
+        except Exception:
+            # A record that cannot be made into a LogRecord is a record not
+            # exported, and must not end the worker.
+            with state.lock:
+                if not state.abandoned:  # else close() has counted it already
+                    state.pending -= 1
+                    state.written -= 1
+                    state.dropped += 1
+    _shutdown_provider(state)
 
 
 def _close(state: _State) -> None:
@@ -495,16 +539,14 @@ def _close(state: _State) -> None:
         if state.closed:
             return
         state.closed = True
+        # Under the lock that write() takes: every accepted record is ahead of it.
+        state.inbox.put(_STOP)
     deadline = time.monotonic() + state.export_timeout_s
-    # The SDK's shutdown exports what is queued but waits up to 30 s for its
-    # worker whatever it is told: it runs aside, and close() waits for it only
-    # until the deadline.
-    worker = threading.Thread(target=_shutdown_provider, args=(state,), name="runtimeguard-otlp-close", daemon=True)
-    try:
-        worker.start()
-    except RuntimeError:  # no new threads at interpreter exit
-        _shutdown_provider(state)
-    else:
+    # The worker converts what is left, then the SDK's shutdown exports what
+    # is queued but waits up to 30 s for its own thread whatever it is told:
+    # close() waits for the worker only until the deadline.
+    worker = state.worker
+    if worker is not threading.current_thread():  # a gc pass on the worker may run the finalizer there
         worker.join(max(0.0, deadline - time.monotonic()))
     with state.lock:
         state.abandoned = True
@@ -519,10 +561,11 @@ class OtlpLogs:
     without a path, ``/v1/logs`` is added). ``headers``: sent with every
     request (authentication). ``service_name`` and ``resource``: the
     Resource's ``service.name`` and further attributes. ``max_queue``: at
-    most this many records wait or are being sent; more are dropped and
-    counted. ``max_batch``: records per request. ``schedule_delay_s``: how
-    long a partial batch waits. ``export_timeout_s``: one request's time,
-    retries included, and what ``close()`` waits at most.
+    most this many records are held (waiting for the worker, waiting for a
+    batch, or being sent); more are dropped and counted. ``max_batch``:
+    records per request. ``schedule_delay_s``: how long a partial batch
+    waits. ``export_timeout_s``: one request's time, retries included, and
+    what ``close()`` waits at most.
     """
 
     def __init__(self, endpoint: str, *, headers: Optional[dict] = None, service_name: str = "runtimeguard",
@@ -539,7 +582,6 @@ class OtlpLogs:
         self.endpoint = logs_url(endpoint)
         (OTLPLogExporter, LoggerProvider, BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult,
          Resource, SeverityNumber) = _load_sdk()
-        self._severities = {number: SeverityNumber(number) for number in _SEVERITY_NUMBERS.values()}
 
         version = _version()
         base = {"service.name": service_name, "host.name": socket.gethostname()}
@@ -558,19 +600,30 @@ class OtlpLogs:
             state.exporter, schedule_delay_millis=schedule_delay_s * 1000, max_export_batch_size=max_batch,
             export_timeout_millis=export_timeout_s * 1000, max_queue_size=max_queue))
         state.logger = state.provider.get_logger("runtimeguard", version)
+        severities = {number: SeverityNumber(number) for number in _SEVERITY_NUMBERS.values()}
+        state.worker = threading.Thread(target=_work, args=(state, severities), name="runtimeguard-otlp",
+                                        daemon=True)
+        try:
+            state.worker.start()
+        except BaseException:
+            _shutdown_provider(state)
+            raise
         self._finalizer = weakref.finalize(self, _close, state)
 
     # ---- counters ----
 
     @property
     def written(self) -> int:
-        """Records write() accepted."""
+        """Records write() accepted, less those that could not be made into
+        a LogRecord (counted in dropped instead): written + dropped is the
+        number of write() calls."""
         return self._state.written
 
     @property
     def dropped(self) -> int:
         """Records never given to the exporter: refused (queue full, or after
-        close()), or still queued when close() gave up."""
+        close()), not convertible to a LogRecord, or still held when close()
+        gave up."""
         return self._state.dropped
 
     @property
@@ -591,10 +644,13 @@ class OtlpLogs:
     # ---- the sink ----
 
     def write(self, record: EventRecord) -> None:
-        """Queues one event for export; never waits on the network. Dropped
-        (and counted) when max_queue records are already waiting."""
+        """Queues one event for export and returns: the LogRecord is built
+        and emitted on the sink's worker thread. Dropped (and counted at
+        once) when max_queue records are already held."""
         if not isinstance(record, EventRecord):
             record = as_record(record)
+        # Taken here: ObservedTimestamp is when the sink was given the event.
+        observed = time.time_ns()
         state = self._state
         with state.lock:
             if state.closed or state.pending >= state.max_queue:
@@ -602,23 +658,14 @@ class OtlpLogs:
                 return
             state.pending += 1
             state.written += 1
-        try:
-            number, text = severity(record)
-            state.logger.emit(timestamp=record.timestamp, observed_timestamp=time.time_ns(),
-                              severity_number=self._severities[number], severity_text=text, body=body(record),
-                              attributes=attributes(record), event_name="runtimeguard." + record.name)
-        except Exception:
-            # A record that cannot be made into a LogRecord is a record not exported, not the caller's failure.
-            with state.lock:
-                if not state.abandoned:  # else close() has counted it already
-                    state.pending -= 1
-                    state.written -= 1
-                    state.dropped += 1
+            # Under the lock, so the inbox's order is the counters' order and
+            # nothing lands behind close()'s _STOP.
+            state.inbox.put((record, observed))
 
     def close(self) -> None:
-        """Exports what is queued, for at most export_timeout_s, and shuts the
-        provider down; what is still queued then is counted as dropped.
-        Idempotent."""
+        """Converts and exports what is held, for at most export_timeout_s,
+        and shuts the provider down; what is still held then is counted as
+        dropped. Idempotent."""
         self._finalizer()
 
     def __enter__(self) -> "OtlpLogs":
