@@ -226,7 +226,8 @@ def test_process_exec_from_a_real_tracer(collector, make_sink):
     assert log.time_unix_nano == record.timestamp
     assert record.timestamp <= log.observed_time_unix_nano <= time.time_ns()
     assert (log.severity_number, log.severity_text) == (9, "INFO")
-    assert any_value(log.body) == msgspec.json.decode(schema.json_encoder.encode(record))
+    assert msgspec.json.decode(any_value(log.body)) == msgspec.json.decode(schema.json_encoder.encode(record))
+    assert schema.json_decoder.decode(any_value(log.body)) == record
 
     a = key_values(log.attributes)
     assert a["event.name"] == "runtimeguard.process_exec"
@@ -300,7 +301,7 @@ def test_guard_decision_is_a_warning_with_peer_and_rule(collector, make_sink):
     assert a["runtimeguard.target"] == f"127.0.0.1:{port}"
     assert a["process.pid"] == decision.pid
     assert a["process.executable.path"] == decision.workload.process.executable
-    body = any_value(log.body)
+    body = msgspec.json.decode(any_value(log.body))
     assert body["policy"] == {"rule": "network.deny[0]", "mode": "enforce", "name": "otlp-test"}
     assert body["data"]["type"] == "connect_denied"
 
@@ -317,7 +318,7 @@ def test_integers_beyond_int64_do_not_sink_the_batch(collector, make_sink):
     sink.close()
     assert (sink.exported, sink.failed_batches, sink.dropped) == (3, 0, 0)
     (log,) = collector.records("runtimeguard.function_call")
-    assert any_value(log.body)["data"]["arguments"] == [str(2**64 - 1), 7]
+    assert msgspec.json.decode(any_value(log.body))["data"]["arguments"] == [2**64 - 1, 7]
     assert key_values(log.attributes)["runtimeguard.entity_id"] == str(2**63 + 5)
 
 
