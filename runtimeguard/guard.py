@@ -189,6 +189,8 @@ class Guard:
         self._peers: dict[str, str] = {}
         """Address -> the name last answered with it, for observed connects."""
         self._host_patterns: tuple[str, ...] = ()
+        """Each gets the bit of its index in the kernel's marks."""
+        self._allowed_hosts: frozenset[str] = frozenset()
         self._dns_servers: tuple[str, ...] = ()
         self._reverse: Optional[ReverseLookup] = None
         self._held: list[tuple[EventRecord, object, float]] = []
@@ -381,7 +383,9 @@ class Guard:
         else:  # the whole host, the hierarchy's root included
             path, scope_id, scope_level = root, 0, 0
         self.backend = choose_backend(self._backend)
-        self._host_patterns = self.policy.host_patterns()
+        rules = self.policy.network_rules()
+        self._host_patterns = tuple(dict.fromkeys(r.host for r in rules if r.host))
+        self._allowed_hosts = frozenset(r.host for r in rules if r.host and r.action == "allow")
         self._dns_servers = self.policy.dns_servers()
         if self._host_patterns and not self._dns_servers:
             raise RuntimeGuardError("network: host rules need DNS servers whose answers count: set "
@@ -718,9 +722,8 @@ class Guard:
         observed answer would have."""
         if not reverse.confirmed or not self.policy.network.dns.allow_confirmed_ptr:
             return
-        allowed = {r.host for r in self.policy.network_rules() if r.action == "allow" and r.host}
         bits = sum(1 << i for i, host in enumerate(self._host_patterns)
-                   if host in allowed and hostnames.host_matches(host, reverse.name))
+                   if host in self._allowed_hosts and hostnames.host_matches(host, reverse.name))
         if not bits:
             return
         value = ffi.new("struct rg_resolved_value *", {
