@@ -13,10 +13,17 @@ process being killed, SIGKILL included, though not a power cut unless
 ``close()`` only releases descriptors, but for one thing: with coalescing
 (below), the counts of folded repeats wait in memory for at most one
 interval; ``close()`` writes them, a SIGKILL loses them (never a first
-occurrence: that is written at once). A SIGTERM handler may call
-``close()``, even one that interrupts this thread's own ``write()``: the
-close then happens as soon as that write has finished.
-``install_sigterm_flush()`` installs such a handler.
+occurrence: that is written at once). A signal handler may call
+``close()``, even one that interrupts a call of this logger (a ``write()``,
+or ``close()`` itself) in its own thread: the close then happens as soon as
+that call has finished. If the handler then raises (to end the program),
+the exception cuts that call short, but the logger still closes on the
+way out (with CPython 3.11 or later: earlier ones may also run the handler
+at the very start of a ``finally``, before it can do anything); only a line
+the call had not written yet is lost, which with coalescing may be a count
+of earlier decisions. ``install_sigterm_flush()`` installs a handler that
+loses nothing: it raises only once the call it interrupted has finished and
+the logger is closed.
 
 Concurrent writers: the log is opened with ``O_APPEND`` and each line, or
 each batch of whole lines, goes out in one ``os.write``. On Linux a write to
@@ -225,6 +232,14 @@ def _fix_mode(fd: int) -> None:
             os.fchmod(fd, 0o600)
     except OSError:
         pass  # not ours to change (another owner, a read-only filesystem): it still works
+
+
+def _close_quietly(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _open_private(path: str, flags: int) -> int:
@@ -479,6 +494,8 @@ class AuditLogger:
         self._lock = threading.RLock()
         self._busy = False
         self._close_pending = False
+        self._after_close: Optional[Callable[[], None]] = None
+        """What a signal handler that found the logger busy wants done once it is closed."""
         self._closed = False
         self._line = bytearray()
         """Reused encode buffer: no allocation per event."""
@@ -552,6 +569,7 @@ class AuditLogger:
                 lines = self._coalescer.add(event)
                 return self._write_lines(lines) == len(lines)
             finally:
+                self._busy = False  # here, not in _finish: see there
                 self._finish()
 
     def write_many(self, events: Iterable[Union[Event, EventRecord]]) -> int:
@@ -570,6 +588,7 @@ class AuditLogger:
                     events = self._coalesced(events)
                 return self._write_lines(events)
             finally:
+                self._busy = False  # here, not in _finish: see there
                 self._finish()
 
     def tick(self) -> int:
@@ -593,6 +612,7 @@ class AuditLogger:
                 self._tick_rotate()
                 return 0
             finally:
+                self._busy = False  # here, not in _finish: see there
                 self._finish()
 
     def flush(self, fsync: bool = False) -> bool:
@@ -618,6 +638,7 @@ class AuditLogger:
                         ok = False
                 return ok
             finally:
+                self._busy = False  # here, not in _finish: see there
                 self._finish()
 
     def close(self) -> None:
@@ -625,14 +646,14 @@ class AuditLogger:
         wait for a compression under way, then release the descriptors.
         Idempotent.
 
-        Safe in a signal handler: if the handler interrupted a write of this
-        logger, the close happens when that write is done.
+        Safe in a signal handler: if the handler interrupted a call of this
+        logger in its thread (a write, or a close), the close happens when
+        that call is done.
         """
         with self._lock:
-            if self._busy:
-                self._close_pending = True
-                return
-            self._close_now()
+            self._close_pending = True
+            if not self._busy:
+                self._finish()
 
     def __enter__(self) -> AuditLogger:
         return self
@@ -661,14 +682,51 @@ class AuditLogger:
             raise AuditLogError(f"audit log {self.path} is closed", self.path)
 
     def _finish(self) -> None:
-        self._busy = False
-        if self._close_pending:
-            self._close_now()
+        """At the end of a call, with _busy cleared: the close a signal handler
+        asked for while the call ran, then what the handler wanted after it."""
+        # Signal handlers run between bytecodes of this thread, at the
+        # interpreter's checks (CPython 3.11+): on entering a function (this one
+        # too), after a call, inside a call retried after EINTR; never between
+        # a plain load and store. So each call clears _busy in
+        # its own finally, before calling anything, and not here: a handler
+        # that closes and then raises (a SIGTERM handler's SystemExit) may run
+        # on entering this method, and with _busy still set its close() would
+        # only mark the close pending, then its exception would leave before
+        # anything cleared _busy or looked at _close_pending; the logger would
+        # stay open, and busy for good (every later close() only marking it
+        # pending again). Cleared first, a handler that runs from here on finds
+        # the logger idle and closes it itself.
+        #
+        # The close runs with _busy set: a handler that interrupts it only asks
+        # again, instead of starting a second close in the middle of this one,
+        # which would release the descriptors and mark the logger closed while
+        # this one still has lines in hand (the counts it took out of the
+        # coalescer): lost, or written to the file reopened after the close,
+        # and that descriptor leaked.
+        if self._close_pending and not self._closed:
+            self._busy = True
+            try:
+                self._close_now()
+            finally:
+                self._busy = False
+        then, self._after_close = self._after_close, None
+        if then is not None:
+            then()
+
+    def _close_then(self, then: Callable[[], None]) -> None:
+        """close(), then then(): both now, or, when called from a signal handler
+        that interrupted a call of this logger in this thread, both once that
+        call has finished (so then() may raise without cutting it short)."""
+        with self._lock:
+            self._close_pending = True
+            self._after_close = then
+            if not self._busy:
+                self._finish()
 
     def _close_now(self) -> None:
+        """The close itself, with _busy set (see _finish)."""
         if self._closed:
             return
-        self._close_pending = False
         # Closing never raises for a write that fails: what cannot be written
         # is counted in dropped, with a warning.
         on_error, self.on_error = self.on_error, "count"
@@ -684,26 +742,28 @@ class AuditLogger:
         finally:
             self.on_error = on_error
         self._wait_compressor()
+        lost = list(self._retry)
+        self._retry.clear()
+        for line, _ in lost:
+            self._count_dropped(line)
+        unkept = bool(self._kept_backlog)
+        self.keep_lost += sum(chunk.count(b"\n") for chunk in self._kept_backlog)
+        self._kept_backlog.clear()
+        # Each descriptor is forgotten before it is closed: if an exception cuts
+        # this close short, the next one never closes a number reused since.
+        fd, self._fd = self._fd, -1
+        _close_quietly(fd)
+        fd, self._lock_fd = self._lock_fd, -1
+        _close_quietly(fd)
         self._closed = True
-        if self._retry:
-            lost = len(self._retry)
-            for line, _ in self._retry:
-                self._count_dropped(line)
-            self._retry.clear()
-            warnings.warn(f"audit log {self.path}: {lost} events could not be written and are lost",
-                          RuntimeWarning, stacklevel=3)
-        if self._kept_backlog:
-            self.keep_lost += sum(chunk.count(b"\n") for chunk in self._kept_backlog)
-            self._kept_backlog.clear()
+        self._close_pending = False
+        # Last: a warning may raise (-W error), and the logger is closed by then.
+        if lost:
+            warnings.warn(f"audit log {self.path}: {len(lost)} events could not be written and are lost",
+                          RuntimeWarning, stacklevel=4)
+        if unkept:
             warnings.warn(f"audit log {self.path}: first records could not be kept in {self.path}{KEPT_SUFFIX}",
-                          RuntimeWarning, stacklevel=3)
-        for fd in (self._fd, self._lock_fd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._fd = self._lock_fd = -1
+                          RuntimeWarning, stacklevel=4)
 
     def _coalesced(self, events: Iterable[EventRecord]) -> Iterator[EventRecord]:
         add = self._coalescer.add
@@ -1375,17 +1435,26 @@ def install_sigterm_flush(logger: AuditLogger) -> Any:
     ignored, nothing more happens; otherwise ``SystemExit(128 + SIGTERM)`` is
     raised so ``finally`` blocks run. Closing loses nothing (see the module
     docstring): it writes pending repeat counts, retries queued events and
-    releases the descriptors. Call from the main thread. Returns the previous
-    handler.
+    releases the descriptors. If the signal interrupts a call of ``logger``
+    (a ``write()``, say), the close and what comes after it wait until that
+    call has finished, which they then end: the ``SystemExit`` comes out of
+    that call. Call from the main thread. Returns the previous handler.
     """
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        logger.close()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise SystemExit(128 + signum)
+        def after_close() -> None:
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                raise SystemExit(128 + signum)
+
+        # Not close() then raise: raised in the middle of a write, the SystemExit
+        # would cut it short, and with it any line it had in hand (a coalesced
+        # count of decisions already accepted); in the middle of close(), it would
+        # leave the close half done. The logger runs after_close itself when the
+        # call it is in has finished and closed it.
+        logger._close_then(after_close)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     return previous

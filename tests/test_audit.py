@@ -5,12 +5,15 @@ a full tmpfs and an ext4 that the kernel turned read-only."""
 from __future__ import annotations
 
 import contextlib
+import dis
 import errno
+import itertools
 import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -417,7 +420,8 @@ def test_sigterm_mid_stream_loses_nothing_accepted(tmp_path, install_helper, for
                 os.close(fd)
     assert proc.exitcode == (128 + signal.SIGTERM if install_helper else 0)
     if install_helper:
-        # SystemExit left write() first, which then closed the logger.
+        # The handler found write() under way: the SystemExit came out of it
+        # once it had finished and closed the logger.
         assert closed == 1
     # (A handler that interrupted write() itself only asked for the close; it
     # happens when that write() is done, or not at all if the handler exits
@@ -428,6 +432,207 @@ def test_sigterm_mid_stream_loses_nothing_accepted(tmp_path, install_helper, for
     # interrupted after its os.write.
     assert accepted <= len(events) <= accepted + 1
     assert [e.seq for e in events] == list(range(len(events)))
+
+
+# A signal at every point of a call, deterministically: sys.settrace with
+# per-opcode events raises the signal just before the n-th bytecode the audit
+# module runs, and Python runs the handler right there (after the raise_signal
+# call in the trace function); an exception from it is raised at that
+# bytecode. every=True: before any bytecode at all, stricter than CPython,
+# which looks for signals only at some; every=False: only where CPython 3.11+
+# looks (a function's entry, after a call or during one, a backward jump).
+
+def _check_points(code) -> frozenset:
+    """The offsets in code before which CPython 3.11+ may run a signal handler."""
+    points = set()
+    ins = list(dis.get_instructions(code))
+    for prev, cur in zip(ins, ins[1:]):
+        if prev.opname == "RESUME" or prev.opname.startswith(("CALL", "PRECALL")):
+            points.add(cur.offset)
+        if cur.opname.startswith(("CALL", "PRECALL")):
+            points.add(cur.offset)  # in the call: an EINTR retry, then the call raises
+        if prev.opname.startswith("JUMP_BACKWARD"):
+            points.add(prev.argval)
+    return frozenset(points)
+
+
+@contextlib.contextmanager
+def _signal_at(n: int, every: bool, signum: int = signal.SIGTERM):
+    """Raise signum at the n-th point of the audit module's code run in the
+    block; yields a list that says where, once it has been raised."""
+    fired: list[tuple[str, int]] = []
+    left = n
+    points: dict = {}
+
+    def local(frame, event, arg):
+        nonlocal left
+        if event != "opcode" or fired:
+            return local
+        code = frame.f_code
+        if not every:
+            if code not in points:
+                points[code] = _check_points(code)
+            if frame.f_lasti not in points[code]:
+                return local
+        if left == 0:
+            fired.append((code.co_name, frame.f_lineno))
+            signal.raise_signal(signum)
+        left -= 1
+        return local
+
+    def tracer(frame, event, arg):
+        if fired or frame.f_code.co_filename != audit.__file__ or frame.f_code is AuditLogger.__del__.__code__:
+            return None  # not a finalizer of an earlier logger that the collector happened to run
+        frame.f_trace_opcodes = True
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        yield fired
+    finally:
+        sys.settrace(previous)
+
+
+def _fds_under(directory) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            found.append(target)
+    return found
+
+
+def _sigterm_at_every_point(tmp_path, logger_args: dict, before, call, check, every: bool = True,
+                            handler=install_sigterm_flush, template=None) -> int:
+    """For each point n of call(log) in turn, until one that the call does not
+    reach: a new logger in its own directory (a copy of template, if any),
+    before(log), then call(log) with SIGTERM at point n, caught; then
+    check(log, path, where). The points."""
+    for n in itertools.count():
+        directory = tmp_path / str(n)
+        if template is not None:
+            shutil.copytree(template, directory)
+        else:
+            directory.mkdir()
+        path = str(directory / "audit.ndjson")
+        log = AuditLogger(path, **logger_args)
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            before(log)
+            handler(log)
+            try:
+                with _signal_at(n, every) as fired:
+                    call(log)
+            except SystemExit as exc:
+                assert fired and exc.code == 128 + signal.SIGTERM, fired
+            else:
+                assert not fired, f"SIGTERM at {fired[0]} did not end the call"
+                log.close()
+                return n
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        assert log.closed, f"SIGTERM at {fired[0]} left the logger open"
+        assert not _fds_under(directory), f"SIGTERM at {fired[0]} left descriptors open"
+        check(log, path, fired[0])
+        shutil.rmtree(directory)
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("rotate", [False, True], ids=["plain", "rotating-compressing"])
+def test_sigterm_at_any_point_of_a_write_closes_the_logger_and_loses_nothing(tmp_path, rotate):
+    # The handler of install_sigterm_flush at every bytecode of a write: the
+    # logger ends closed, with every accepted line and at most the interrupted one.
+    args = dict(max_bytes=2000, backups=10, compress=True) if rotate else {}
+    accepted, pad = (4, 600) if rotate else (2, 0)
+    template = tmp_path / "template"
+    template.mkdir()
+    with AuditLogger(template / "audit.ndjson", max_bytes=2000, backups=10) as log:
+        for seq in range(accepted):  # rotating: PATH.1 and PATH full, so the next write rotates and compresses
+            assert log.write(make_event(1, seq, pad=pad))
+
+    def check(log, path, where):
+        events, torn = read_all(path)
+        assert torn == 0, where
+        assert [e.seq for e in events] in (list(range(accepted)), list(range(accepted + 1))), where
+        if rotate and len(events) > accepted:
+            assert os.path.exists(path + ".2.gz"), where
+
+    points = _sigterm_at_every_point(tmp_path, args, lambda log: None,
+                                     lambda log: log.write(make_event(1, accepted, pad=pad)), check,
+                                     template=template)
+    assert points > (500 if rotate else 100)  # the sweep did run through the write
+
+
+def test_sigterm_at_any_point_of_a_coalescing_write_keeps_every_count(tmp_path):
+    # The write takes the count of earlier repeats out of the coalescer to write
+    # it with its own event: a SIGTERM that cut it short lost that count.
+    clock = FakeClock()
+    repeats = 5
+
+    def before(log):
+        clock.now = 1000.0
+        for seq in range(1 + repeats):
+            assert log.write(decision(seq=seq))
+        assert log.repeats_pending == repeats
+        clock.now += 2.0  # the interval is over: the next write carries the count
+
+    def check(log, path, where):
+        events = list(read_audit_log(path))
+        denied = [e for e in events if e.name == "connect_denied"]
+        assert len(denied) + sum(e.repeated for e in denied) == 1 + repeats, where
+        assert len(events) - len(denied) <= 1  # the interrupted write's own event, or not
+
+    args = dict(coalesce_s=1.0, clock=clock, keep_first=10)
+    points = _sigterm_at_every_point(tmp_path, args, before, lambda log: log.write(make_event(1, 3)), check)
+    assert points > 100
+
+
+def test_sigterm_at_any_point_of_close_lets_it_finish(tmp_path):
+    # A SIGTERM in the middle of close() (here: while it writes the pending
+    # counts) started a second close inside it, which closed the file under the
+    # first one: the counts it had in hand were lost, or went to the file
+    # reopened after the close, whose descriptor then leaked.
+    clock = FakeClock()
+
+    def before(log):
+        for target in ("[::1]:1", "[::1]:2"):
+            for seq in range(3):
+                log.write(decision(target=target, seq=seq))
+
+    def check(log, path, where):
+        events = list(read_audit_log(path))
+        assert [(e.target_context.formatted, e.seq, e.repeated) for e in events] == [
+            ("[::1]:1", 0, 0), ("[::1]:2", 0, 0), ("[::1]:1", 2, 1), ("[::1]:2", 2, 1)], where
+
+    args = dict(coalesce_s=1.0, clock=clock, keep_first=10)
+    points = _sigterm_at_every_point(tmp_path, args, before, lambda log: log.close(), check)
+    assert points > 50
+
+
+def test_a_handler_that_raises_after_close_still_leaves_the_logger_closed(tmp_path):
+    # The SIGTERM handler many programs have: close, then raise at once. Where
+    # CPython runs it (on entering _finish, notably), the write it cuts short
+    # must still close the logger on its way out.
+    def close_and_exit(log):
+        def on_sigterm(signum, frame):
+            log.close()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def before(log):
+        assert log.write(make_event(1, 0))
+
+    def check(log, path, where):
+        assert [e.seq for e in read_audit_log(path)] in ([0], [0, 1]), where
+
+    points = _sigterm_at_every_point(tmp_path, {}, before, lambda log: log.write(make_event(1, 1)), check,
+                                     every=False, handler=close_and_exit)
+    assert points > 20
 
 
 def _write_big_lines_forever(path: str) -> None:
