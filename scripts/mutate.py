@@ -96,10 +96,29 @@ MUTATIONS: tuple[Mutation, ...] = (
         "an IPv4 address's bytes are reversed before formatting (127.0.0.2 -> 2.0.0.127)"),
     Mutation(
         "net-port-hi-ignored", "bpf/guard.bpf.c",
-        "if (r->family != m->family || m->port < r->port_lo || m->port > r->port_hi)",
-        "if (r->family != m->family || m->port < r->port_lo)",
+        "if (m->port < r->port_lo || m->port > r->port_hi)",
+        "if (m->port < r->port_lo)",
         NETWORK_TESTS,
         "the kernel's network matcher ignores a rule's upper port bound"),
+    Mutation(
+        "dns-answer-for-another-name-counted", "bpf/dns.bpf.h",
+        "if (!q || q->name_hash != st->hash || q->qtype != qtype) {",
+        "if (!q || q->qtype != qtype) {",
+        ("tests/test_guard_hostnames.py::test_an_answer_for_another_name_opens_nothing",),
+        "an answer counts for a query of another name (the question is not checked against the query)"),
+    Mutation(
+        "dns-untrusted-server-counted", "bpf/dns.bpf.h",
+        "if (!bpf_map_lookup_elem(&rg_dns_servers, &server))",
+        "if (0 && !bpf_map_lookup_elem(&rg_dns_servers, &server))",
+        ("tests/test_guard_hostnames.py::test_an_answer_from_an_untrusted_server_opens_nothing",),
+        "answers from any server count, not only network.dns.servers'"),
+    Mutation(
+        "host-exact-name-not-looked-up", "bpf/dns.bpf.h",
+        "\trg_dns_note_hit(st, st->hash, 0, 0);",
+        "\t(void)0; /* mutated: the whole name is not looked up */",
+        ("tests/test_guard_hostnames.py::test_allowed_name_connects_first_time_and_others_are_refused",
+         "tests/test_host_matcher.py"),
+        "a name matches globs only, never an exact host rule"),
     Mutation(
         "taint-not-inherited-on-fork", "bpf/guard.bpf.c",
         "\t\tbpf_map_update_elem(&rg_tainted, &ctgid, &one, BPF_ANY);",
