@@ -615,11 +615,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             if summary is not None:
                 report = dict(argv=args.argv, policy_name=policy.name, mode=g.mode, exit_status=exit_status,
                               started=started, ended=time.time(), stats=g.final_stats())
-                if args.summary:
-                    summary.write_file(args.summary, **report)
-                    print(f"runtimeguard: summary in {args.summary}", file=sys.stderr)
-                if step_summary:
-                    summary.append_github_step_summary(**report)
+                # The command's status stands whatever happens to its report.
+                for where, write in ((args.summary, summary.write_file),
+                                     (step_summary, lambda _, **kw: summary.append_github_step_summary(**kw))):
+                    if not where:
+                        continue
+                    try:
+                        write(where, **report)
+                    except OSError as e:
+                        print(f"runtimeguard: cannot write the summary to {where}: {e.strerror or e}",
+                              file=sys.stderr)
+                    else:
+                        if where == args.summary:
+                            print(f"runtimeguard: summary in {where}", file=sys.stderr)
     finally:
         exports.close()
 
