@@ -415,6 +415,29 @@ static __always_inline void rg_dns_query_key(struct __sk_buff *skb, const struct
 	key->protocol = p->protocol;
 }
 
+/* 0 when skb carries a DNS message the guard reads: its place, its header
+ * (12 bytes) in head, and the parse's bounds set. */
+static __always_inline int rg_dns_message(struct __sk_buff *skb, bool ingress, struct rg_guard_config *cfg,
+					  struct rg_dns_scratch *s, struct rg_dns_packet *p, __u8 *head)
+{
+	if (!cfg || !cfg->dns_observe || !s || rg_dns_locate(skb, ingress, p) || p->len < 12 ||
+	    bpf_skb_load_bytes(skb, p->offset, head, 12))
+		return -1;
+	s->st.base = p->offset;
+	s->st.end = p->len;
+	return 0;
+}
+
+/* Whether a server's answers count (network.dns.servers); also the egress
+ * hooks' check of port 53 under network.dns.refuse_unobserved. */
+static __always_inline bool rg_dns_trusted(const __u8 *addr, __u32 family)
+{
+	struct rg_resolved_key key = { .family = family };
+
+	__builtin_memcpy(key.addr, addr, RG_ADDR_LEN);
+	return bpf_map_lookup_elem(&rg_dns_servers, &key) != NULL;
+}
+
 SEC("cgroup_skb/egress")
 int rg_guard_dns_query(struct __sk_buff *skb)
 {
@@ -425,11 +448,8 @@ int rg_guard_dns_query(struct __sk_buff *skb)
 	__u16 qtype = 0;
 	__u8 head[12];
 
-	if (!cfg || !cfg->dns_observe || !s || rg_dns_locate(skb, false, &p) || p.len < 12 ||
-	    bpf_skb_load_bytes(skb, p.offset, head, 12))
+	if (rg_dns_message(skb, false, cfg, s, &p, head))
 		return 1;
-	s->st.base = p.offset;
-	s->st.end = p.len;
 	/* A standard query (QR 0, opcode 0). */
 	if ((head[2] & 0xf8) || !rg_dns_question(&c, head, s, &qtype))
 		return 1;
@@ -557,8 +577,7 @@ int rg_guard_dns_answer(struct __sk_buff *skb)
 	__u16 qtype = 0;
 	__u8 head[12];
 
-	if (!cfg || !cfg->dns_observe || !s || rg_dns_locate(skb, true, &p) || p.len < 12 ||
-	    bpf_skb_load_bytes(skb, p.offset, head, 12))
+	if (rg_dns_message(skb, true, cfg, s, &p, head))
 		return 1;
 	/* A response (QR 1) to a standard query (opcode 0); anything else on
 	 * port 53 is not an answer this guard reads. */
@@ -566,8 +585,6 @@ int rg_guard_dns_answer(struct __sk_buff *skb)
 		return 1;
 	struct rg_dns_record *rec = &s->rec;
 	struct rg_dns_state *st = &s->st;
-	st->base = p.offset;
-	st->end = p.len;
 	__u32 after = rg_dns_question(&c, head, s, &qtype);
 	struct rg_dns_query_key key = {};
 	struct rg_who who = { .cgroup_id = bpf_skb_cgroup_id(skb) };
@@ -584,15 +601,13 @@ int rg_guard_dns_answer(struct __sk_buff *skb)
 		rg_dns_match_name(s, true);
 		rg_dns_query_key(skb, &p, rg_be16(head), &key);
 		struct rg_dns_query *q = bpf_map_lookup_elem(&rg_dns_queries, &key);
-		struct rg_resolved_key server = { .family = p.family };
-		__builtin_memcpy(server.addr, p.server, RG_ADDR_LEN);
 		if (!q || q->name_hash != st->hash || q->qtype != qtype) {
 			status = RG_DNS_NO_QUERY;
 		} else {
 			who.pid = q->tgid;
 			/* One answer per query: a second one (forged, or a copy) finds none. */
 			bpf_map_delete_elem(&rg_dns_queries, &key);
-			if (!bpf_map_lookup_elem(&rg_dns_servers, &server))
+			if (!rg_dns_trusted(p.server, p.family))
 				status = RG_DNS_UNTRUSTED_SERVER;
 			else
 				status = RG_DNS_COUNTED;
@@ -633,15 +648,6 @@ int rg_guard_dns_answer(struct __sk_buff *skb)
 		name_len = RG_DNS_NAME_LEN - 1;
 	rg_send(rec, RG_KIND_DNS_ANSWER, offsetof(struct rg_dns_record, name) + name_len + 1);
 	return 1;
-}
-
-/* Whether an egress destination is a server whose answers count. */
-static __always_inline bool rg_dns_trusted(const __u8 *addr, __u32 family)
-{
-	struct rg_resolved_key key = { .family = family };
-
-	__builtin_memcpy(key.addr, addr, RG_ADDR_LEN);
-	return bpf_map_lookup_elem(&rg_dns_servers, &key) != NULL;
 }
 
 /* The host patterns an egress destination carries, and the name it was

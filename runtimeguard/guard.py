@@ -188,6 +188,8 @@ class Guard:
         self._dns_answers: dict[str, int] = {}
         self._peers: dict[str, str] = {}
         """Address -> the name last answered with it, for observed connects."""
+        self._net_rules: list = []
+        """The policy's network rules, compiled once at start."""
         self._host_patterns: tuple[str, ...] = ()
         """Each gets the bit of its index in the kernel's marks."""
         self._allowed_hosts: frozenset[str] = frozenset()
@@ -282,7 +284,7 @@ class Guard:
         rules = []
         indexes: dict[str, int] = {}
         bits = {host: bit for bit, host in enumerate(self._host_patterns)}
-        for compiled in self.policy.network_rules():
+        for compiled in self._net_rules:
             index = indexes.get(compiled.rule_id)
             if index is None:  # a rule the policy implies may compile to several
                 index = indexes[compiled.rule_id] = self._rule(compiled.rule_id)
@@ -383,7 +385,7 @@ class Guard:
         else:  # the whole host, the hierarchy's root included
             path, scope_id, scope_level = root, 0, 0
         self.backend = choose_backend(self._backend)
-        rules = self.policy.network_rules()
+        self._net_rules = rules = self.policy.network_rules()
         self._host_patterns = tuple(dict.fromkeys(r.host for r in rules if r.host))
         self._allowed_hosts = frozenset(r.host for r in rules if r.host and r.action == "allow")
         self._dns_servers = self.policy.dns_servers()

@@ -108,8 +108,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "an answer counts for a query of another name (the question is not checked against the query)"),
     Mutation(
         "dns-untrusted-server-counted", "bpf/dns.bpf.h",
-        "if (!bpf_map_lookup_elem(&rg_dns_servers, &server))",
-        "if (0 && !bpf_map_lookup_elem(&rg_dns_servers, &server))",
+        "if (!rg_dns_trusted(p.server, p.family))",
+        "if (0 && !rg_dns_trusted(p.server, p.family))",
         ("tests/test_guard_hostnames.py::test_an_answer_from_an_untrusted_server_opens_nothing",),
         "answers from any server count, not only network.dns.servers'"),
     Mutation(

@@ -3,6 +3,7 @@ programs, maps, links or perf events, and no child processes."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -178,3 +179,23 @@ def pytest_sessionfinish(session, exitstatus):
     if left:
         session.exitstatus = 1
         print(f"\nruntimeguard programs left loaded by the tests: {sorted(left)}", file=sys.stderr)
+
+
+@pytest.fixture
+def fork():
+    """Starts a process running a function (a fork of this one); kills
+    whatever is still running at the end."""
+    context = multiprocessing.get_context("fork")
+    started = []
+
+    def start(target, *args, **kwargs):
+        proc = context.Process(target=target, args=args, kwargs=kwargs)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()

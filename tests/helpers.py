@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import subprocess
 import sys
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Sequence
 
 from runtimeguard import Event, Tracer
 
@@ -93,3 +95,27 @@ def skip_only_without(present: bool, what: str) -> None:
     if present:
         pytest.fail(f"{what}: this kernel has it, yet it does not work")
     pytest.skip(f"{what}: not in this kernel")
+
+
+@contextmanager
+def worker_in_a_cgroup(code: str, prefix: Sequence[str] = ()):
+    """A fresh cgroup, and a Python worker running code inside it (started
+    through prefix, e.g. ``unshare --net``), talking over its stdin and
+    stdout; (cgroup path, process). The worker ends when its stdin closes."""
+    from runtimeguard import environment
+
+    cgroup = os.path.join(environment.cgroup2_mount(), f"rg-worker-{secrets.token_hex(3)}")
+    os.mkdir(cgroup)
+
+    def enter():
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", code], preexec_fn=enter, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        yield cgroup, proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+        os.rmdir(cgroup)

@@ -8,7 +8,6 @@ import contextlib
 import dis
 import errno
 import itertools
-import multiprocessing
 import os
 import shutil
 import signal
@@ -50,7 +49,6 @@ from runtimeguard.schema import (
 )
 
 # Fork: children start in milliseconds and share make_event with the test.
-FORK = multiprocessing.get_context("fork")
 
 CURL = Process(pid=4321, entity_id=99, name="curl", executable="/usr/bin/curl",
                argv=["curl", "http://127.0.0.1/"], uid=1000, ppid=4000,
@@ -118,24 +116,6 @@ def join_all(procs) -> None:
     for p in procs:
         p.join(30)
         assert p.exitcode == 0, f"writer {p.pid} exited with {p.exitcode}"
-
-
-@pytest.fixture
-def fork():
-    """Starts a process running a function; kills whatever is still running at the end."""
-    started = []
-
-    def start(target, *args, **kwargs):
-        proc = FORK.Process(target=target, args=args, kwargs=kwargs)
-        proc.start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
 
 
 # ---- writing and reading back ----

@@ -6,7 +6,6 @@ umask, and reading a mix of compressed and plain files in order."""
 from __future__ import annotations
 
 import gzip
-import multiprocessing
 import os
 import stat
 import time
@@ -15,6 +14,8 @@ import zlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from test_guard_audit import read_log as read_all
 
 from runtimeguard import audit
 from runtimeguard.audit import AuditLogError, AuditLogger, AuditLogReader, audit_log_files, read_audit_log
@@ -26,7 +27,6 @@ from runtimeguard.schema import (
     TargetContext,
 )
 
-FORK = multiprocessing.get_context("fork")
 
 
 def event(writer: int, seq: int, pad: int = 0) -> EventRecord:
@@ -45,14 +45,6 @@ def denied(target: str, seq: int) -> EventRecord:
                        target_context=TargetContext(type="ipv4", formatted=target, address="127.0.0.2", port=80))
 
 
-def read_all(path) -> list[EventRecord]:
-    """Every event of a log's files, oldest first; no torn line anywhere."""
-    events = []
-    for name in audit_log_files(path):
-        reader = AuditLogReader(name)
-        events += reader.events()
-        assert reader.torn_lines == 0, name
-    return events
 
 
 def assert_exactly_once(events: list[EventRecord], counts: dict[int, int]) -> None:
@@ -66,23 +58,6 @@ def assert_exactly_once(events: list[EventRecord], counts: dict[int, int]) -> No
 
 def names(path) -> list[str]:
     return [os.path.basename(p) for p in audit_log_files(path)]
-
-
-@pytest.fixture
-def fork():
-    started = []
-
-    def start(target, *args, **kwargs):
-        proc = FORK.Process(target=target, args=args, kwargs=kwargs)
-        proc.start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
 
 
 def test_options_are_checked():

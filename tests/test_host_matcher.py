@@ -14,10 +14,6 @@ names answered with that address.
 from __future__ import annotations
 
 import errno
-import os
-import secrets
-import subprocess
-import sys
 import textwrap
 import zlib
 from contextlib import contextmanager
@@ -28,7 +24,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dns_server import DnsServer
-from runtimeguard import environment, hostnames
+from helpers import worker_in_a_cgroup
+from runtimeguard import hostnames
 from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy, PolicyError, decide_network
 
@@ -69,25 +66,14 @@ def answer_anything(query, client, send):
 
 
 @contextmanager
-def worker_in_a_cgroup():
-    cgroup = os.path.join(environment.cgroup2_mount(), f"rg-hosts-{secrets.token_hex(3)}")
-    os.mkdir(cgroup)
-
-    def enter():
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write("0")
-
+def answering_worker():
     server = DnsServer(SERVER)
     server.on_query = answer_anything
-    proc = subprocess.Popen([sys.executable, "-c", WORKER], preexec_fn=enter, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
     try:
-        yield cgroup, proc
+        with worker_in_a_cgroup(WORKER) as (cgroup, proc):
+            yield cgroup, proc
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=10)
         server.close()
-        os.rmdir(cgroup)
 
 
 label = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=12)
@@ -133,7 +119,7 @@ def names_near(draw, pool):
 
 
 def test_kernel_host_decisions_match_decide_network():
-    with worker_in_a_cgroup() as (cgroup, proc):
+    with answering_worker() as (cgroup, proc):
         check(cgroup, proc)
 
 

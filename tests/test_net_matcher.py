@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
-import secrets
-import subprocess
-import sys
 import textwrap
 import time
-from contextlib import contextmanager
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtimeguard import environment
+from helpers import worker_in_a_cgroup
 from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy, PolicyError, decide_network
 
@@ -46,26 +41,6 @@ WORKER = textwrap.dedent("""
             s.close()
         print(result, flush=True)
 """)
-
-
-@contextmanager
-def worker_in_a_cgroup():
-    """A cgroup, and a worker inside it in a network namespace of its own."""
-    cgroup = os.path.join(environment.cgroup2_mount(), f"rg-matcher-{secrets.token_hex(3)}")
-    os.mkdir(cgroup)
-
-    def enter():
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write("0")
-
-    proc = subprocess.Popen(["unshare", "--net", sys.executable, "-c", WORKER], preexec_fn=enter,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        yield cgroup, proc
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=10)
-        os.rmdir(cgroup)
 
 
 def ask(proc, queries) -> list[int]:
@@ -154,7 +129,8 @@ def unmapped(ip):
 
 def test_kernel_egress_decisions_match_decide_network():
     # One worker for every example: a fresh guard per policy judges it.
-    with worker_in_a_cgroup() as (cgroup, proc):
+    # In a network namespace of its own, whose only interface is down.
+    with worker_in_a_cgroup(WORKER, ["unshare", "--net"]) as (cgroup, proc):
         check_policies_against_the_reference(cgroup, proc)
 
 
