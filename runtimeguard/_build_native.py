@@ -7,6 +7,7 @@ The wire structs reach cdef by preprocessing bpf/events.h itself: one
 definition, shared by the BPF programs, the C consumer and Python.
 """
 
+import glob
 import os
 import re
 import subprocess
@@ -18,8 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 DEPS = os.path.join(BUILD, "deps")
 SKELETONS = os.path.join(BUILD, "bpf")
-SOURCES = ["csrc/tracer.c", "csrc/encode.c", "csrc/filejudge.c", "csrc/proctable.c", "csrc/identity.c",
-           "csrc/calls.c"]
+# Relative to the project root: setuptools refuses absolute source paths.
+SOURCES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "*.c")))
+HEADERS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "*.h"))
+                 + glob.glob(os.path.join(ROOT, "bpf", "*.h")))
+SKELETON_NAMES = sorted(os.path.basename(p)[:-len(".bpf.c")] for p in glob.glob(os.path.join(ROOT, "bpf", "*.bpf.c")))
 
 
 def _run(argv):
@@ -56,11 +60,9 @@ ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "runtimeguard._native",
     '#include "api.h"\n',
-    # Relative to the project root: setuptools refuses absolute source paths.
     sources=SOURCES,
     # Rebuild when a skeleton or a shared header changes, not only a .c file.
-    depends=[f"build/bpf/{s}.skel.h" for s in ("process", "file", "net", "ptrace", "guard", "probe", "sockdestroy", "calls")]
-    + ["bpf/events.h", "bpf/sockowner.h", "csrc/api.h", "csrc/encode.h", "csrc/msgpack.h", "csrc/filejudge.h", "csrc/loader.h"],
+    depends=[f"build/bpf/{s}.skel.h" for s in SKELETON_NAMES] + HEADERS,
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
     extra_compile_args=["-O2", "-g0", "-std=gnu11", "-Wall", "-Wno-unused-function"],
