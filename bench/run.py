@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""runtimeguard benchmarks (issue 4), the `make bench` entry point.
+"""runtimeguard benchmarks, the `make bench` entry point.
 
 Measured (each 3 times, median):
   1. cost to the traced workload: ns added per operation of a C loop

@@ -1,4 +1,4 @@
-/* Minimal C libbpf reference for runtimeguard's hot paths (issue 4).
+/* Minimal C libbpf reference for runtimeguard's hot paths.
  *
  * The same tracepoints runtimeguard's sensors use for each measured event:
  * openat (syscalls/sys_exit_openat), connect (syscalls/sys_exit_connect) and
