@@ -54,12 +54,19 @@ def _cdef():
     return "".join(defines) + expanded
 
 
+def _syscalls_cdef():
+    """The system calls Python makes through the extension (csrc/syscalls.h)."""
+    with open(os.path.join(ROOT, "csrc", "syscalls.cdef")) as f:
+        return f.read()
+
+
 _prepare()
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
+ffibuilder.cdef(_syscalls_cdef())
 ffibuilder.set_source(
     "runtimeguard._native",
-    '#include "api.h"\n',
+    '#include "api.h"\n#include "syscalls.h"\n',
     sources=SOURCES,
     # Rebuild when a skeleton or a shared header changes, not only a .c file.
     depends=[f"build/bpf/{s}.skel.h" for s in SKELETON_NAMES] + HEADERS,

@@ -7,9 +7,6 @@ assumed to be at /sys/fs/cgroup.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import os
 import resource
 import secrets
@@ -17,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from ._native import ffi, lib
 from .errors import EnvironmentSetupError, PrivilegeError
 
 CAP_SYS_ADMIN = 21
@@ -79,14 +77,9 @@ def check_privileges() -> None:
     raise PrivilegeError(missing, f"effective capabilities are {caps:#x}")
 
 
-@functools.lru_cache(maxsize=None)
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def _mount(source: str, target: str, fs_type: str) -> None:
-    if _libc().mount(source.encode(), target.encode(), fs_type.encode(), 0, None) != 0:
-        err = ctypes.get_errno()
+    if lib.mount(source.encode(), target.encode(), fs_type.encode(), 0, ffi.NULL) != 0:
+        err = ffi.errno
         raise EnvironmentSetupError(f"mounting {fs_type} at {target} failed: {os.strerror(err)}")
 
 

@@ -28,7 +28,6 @@ What each mechanism guarantees (see README, "Security"):
 from __future__ import annotations
 
 import base64
-import ctypes
 import ipaddress
 import os
 import pwd
@@ -937,12 +936,9 @@ def _identity(user: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-_PR_SET_NO_NEW_PRIVS = 38
-
-
 def _drop_privileges(uid: int, gid: int) -> None:
-    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if lib.prctl(lib.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ffi.errno, "prctl(PR_SET_NO_NEW_PRIVS)")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)

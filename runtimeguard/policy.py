@@ -1,13 +1,13 @@
 """The policy: one YAML, TOML or JSON document, validated into frozen Structs.
 
-A policy is refused whole: decoding (msgspec, ``forbid_unknown_fields``) and
-then the semantic checks run before anything is returned, and the first
-problem raises :class:`PolicyError` naming the field (``network.allow[1].ports[0]``)
-and the reason. Nothing is half-applied because nothing is applied here at
-all: this module is pure (no BPF). The guard compiles a validated policy with
-:meth:`Policy.network_rules` and :meth:`Policy.protected_paths`, and
-:func:`decide_network` is the reference the kernel's network decision is
-tested against.
+A policy is refused whole: decoding (:mod:`runtimeguard.configfile`: msgspec,
+``forbid_unknown_fields``) and then the semantic checks run before anything
+is returned, and the first problem raises :class:`PolicyError` naming the
+field (``network.allow[1].ports[0]``) and the reason. Nothing is half-applied
+because nothing is applied here at all: this module is pure (no BPF). The
+guard compiles a validated policy with :meth:`Policy.network_rules` and
+:meth:`Policy.protected_paths`, and :func:`decide_network` is the reference
+the kernel's network decision is tested against.
 
 Values are normalized on load, so equal policies compare equal whatever their
 format: CIDRs are rewritten as their network (``10.1.2.3/8`` -> ``10.0.0.0/8``),
@@ -16,18 +16,18 @@ paths are expanded (``~``) and absolute, and a decoy's template is filled in.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import json
 import os
 import re
 import stat
-import typing
 import weakref
-from typing import Any, Iterable, Literal, Mapping, Optional, Union
+from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Union
 
 import msgspec
 
-from . import hostnames
+from . import configfile, hostnames
+from .configfile import Format
 from .errors import RuntimeGuardError
 
 __all__ = [
@@ -47,9 +47,6 @@ _REFUSED_PROTECT = ("/",)
 
 # The kernel's largest pid_max (PID_MAX_LIMIT on 64-bit).
 _PID_MAX_LIMIT = 4194304
-
-Format = Literal["yaml", "toml", "json"]
-_EXTENSIONS: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
 Template = Literal["aws", "env", "ssh_key", "generic"]
 
@@ -72,6 +69,15 @@ class PolicyError(RuntimeGuardError, ValueError):
         if self.field:
             return f"{self.source}: {self.field}: {self.reason}"
         return f"{self.source}: {self.reason}"
+
+
+@contextlib.contextmanager
+def _policy_errors() -> Iterator[None]:
+    """A document's errors (runtimeguard.configfile) as PolicyError."""
+    try:
+        yield
+    except configfile.ConfigError as e:
+        raise PolicyError(e.field, e.reason, e.source) from None
 
 
 # ---- the document ----
@@ -237,37 +243,25 @@ class Policy(_Section, weakref=True):
         """Reads, decodes and validates a policy file. The format comes from
         the extension (.yaml, .yml, .toml, .json) unless given."""
         source = os.fspath(path)
-        if format is None:
-            format = _EXTENSIONS.get(os.path.splitext(source)[1].lower())
+        with _policy_errors():
             if format is None:
-                raise PolicyError("", "cannot tell the format from the file name: use .yaml, .yml, .toml or "
-                                      ".json, or give the format", source)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise PolicyError("", f"cannot read the policy: {e.strerror or e}", source) from None
+                format = configfile.format_from_name(source)
+            data = configfile.read(path, "policy")
         return cls.from_text(data, format, source=source)
 
     @classmethod
     def from_text(cls, text: Union[str, bytes], format: Format = "yaml", source: str = "<text>") -> "Policy":
-        return cls.from_dict(_parse(text, format, source), source=source)
+        with _policy_errors():
+            data = configfile.decode(text, format, source, "policy")
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<text>") -> "Policy":
         """Validates already-decoded data (what a YAML/TOML/JSON parser returns)."""
-        if not isinstance(data, Mapping):
-            what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
-            raise PolicyError("", f"the policy document is {what}", source)
-        _check_version(data, source)
-        try:
-            policy = msgspec.convert(dict(data), cls)
-        except msgspec.ValidationError as e:
-            field, reason = _validation_error(str(e))
-            raise PolicyError(field, reason, source) from None
-        except RecursionError:
-            # A YAML alias can make a document contain itself.
-            raise PolicyError("", "the document nests too deeply (or contains itself)", source) from None
+        with _policy_errors():
+            data = configfile.mapping(data, source, "policy")
+            _check_version(data, source)
+            policy = configfile.convert(data, cls, source)
         policy = _Validator(policy, source).run()
         _remember_source(policy, source)
         return policy
@@ -440,192 +434,7 @@ def _remember_source(policy: Policy, source: str) -> None:
     weakref.finalize(policy, _SOURCES.pop, id(policy), None)
 
 
-# ---- parsing ----
-
-def _yaml_loader():
-    import yaml
-
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-    class Loader(base):  # type: ignore[misc, valid-type]
-        """The safe loader, refusing duplicate keys: the last one would
-        silently replace the first (a whole ``network:`` section, say)."""
-
-    def construct_mapping(loader, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key = loader.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
-                    key_node.start_mark)
-            seen.add(key)
-        return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
-
-    Loader.add_constructor("tag:yaml.org,2002:map", construct_mapping)
-    return yaml, Loader
-
-
-_YAML = None
-
-
-def _parse(text: Union[str, bytes], format: str, source: str) -> Any:
-    global _YAML
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PolicyError("", f"the policy is not UTF-8 text: {e.reason} at byte {e.start}", source) from None
-    if format == "yaml":
-        if _YAML is None:
-            _YAML = _yaml_loader()
-        yaml, loader = _YAML
-        try:
-            return yaml.load(text, Loader=loader)
-        except yaml.MarkedYAMLError as e:
-            raise PolicyError("", "YAML syntax error " + _yaml_reason(e), source) from None
-        except Exception as e:  # noqa: BLE001 - the parser's failures are the document's: report, never crash
-            raise PolicyError("", f"YAML error: {e}", source) from None
-    if format == "toml":
-        try:
-            return msgspec.toml.decode(text)
-        except Exception as e:  # noqa: BLE001 - as above
-            raise PolicyError("", f"TOML syntax error: {e}", source) from None
-    if format == "json":
-        try:
-            data = msgspec.json.decode(text)
-        except Exception as e:  # noqa: BLE001 - as above
-            raise PolicyError("", f"JSON syntax error: {_json_reason(str(e), text)}", source) from None
-        _json_duplicates(text, source)
-        return data
-    raise PolicyError("", f"unknown policy format {format!r} (expected yaml, toml or json)", source)
-
-
-def _yaml_reason(e) -> str:
-    mark = e.problem_mark or e.context_mark
-    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ": "
-    what = e.problem or e.context or "invalid document"
-    if e.context and e.problem:
-        what += f" ({e.context}"
-        if e.context_mark is not None and e.context_mark is not mark:
-            what += f" at line {e.context_mark.line + 1}"
-        what += ")"
-    return where + what
-
-
-def _json_reason(message: str, text: str) -> str:
-    # msgspec reports a byte offset; people read line and column.
-    m = re.search(r"\(byte (\d+)\)$", message)
-    if not m:
-        return message
-    before = text.encode("utf-8")[: int(m.group(1))].decode("utf-8", "replace")
-    line = before.count("\n") + 1
-    column = len(before) - (before.rfind("\n") + 1) + 1
-    return message[: m.start()].rstrip() + f" (line {line}, column {column})"
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _json_duplicates(text: str, source: str) -> None:
-    # msgspec keeps the last of duplicate keys silently; refuse them as YAML does.
-    def pairs(items):
-        seen = set()
-        for key, _ in items:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-        return None
-
-    try:
-        json.loads(text, object_pairs_hook=pairs)
-    except _DuplicateKey as e:
-        raise PolicyError("", f"JSON error: duplicate key {e.args[0]!r}", source) from None
-    except Exception:  # noqa: BLE001 - msgspec accepted the document; this pass only looks for duplicates
-        pass
-
-
-# ---- decoding errors -> field paths ----
-
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
-
-def _field_path(jsonpath: str) -> tuple[str, list[Union[str, int]]]:
-    """``$.network.allow[1].cidr`` -> ``network.allow[1].cidr`` and its parts."""
-    parts: list[Union[str, int]] = []
-    for m in _PATH_PART.finditer(jsonpath[1:] if jsonpath.startswith("$") else jsonpath):
-        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
-    return _join(parts), parts
-
-
-def _join(parts: list) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
-    return out
-
-
-def _type_at(root: Any, parts: list) -> Any:
-    """The declared type at a path in a document decoded into root, or None."""
-    t: Any = root
-    for p in parts:
-        t = _unwrap(t)
-        origin, args = typing.get_origin(t), typing.get_args(t)
-        if isinstance(p, int):
-            if origin is not tuple or not args:
-                return None
-            t = args[0]
-        elif origin is dict and len(args) == 2:
-            t = args[1]
-        elif isinstance(t, type) and issubclass(t, msgspec.Struct):
-            t = next((f.type for f in msgspec.structs.fields(t) if f.encode_name == p), None)
-            if t is None:
-                return None
-        else:
-            return None
-    return _unwrap(t)
-
-
-def _unwrap(t: Any) -> Any:
-    # Optional[X] -> X
-    if typing.get_origin(t) is Union:
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return t
-
-
-def _validation_error(message: str, root: Any = None, noun: str = "field") -> tuple[str, str]:
-    """msgspec's ValidationError message about a document decoded into root
-    (a Policy by default): (the field it is about, why), in the document's
-    own names (a policy's fields, a tuning's keys)."""
-    root = Policy if root is None else root
-    m = re.fullmatch(r"(.*?)(?: - at `([^`]*)`(?: in `([^`]*)`)?)?", message, re.S)
-    reason, at, within = m.group(1), m.group(2) or "$", m.group(3)
-    if at == "key" and within is not None:
-        field, _ = _field_path(within)
-        return field, f"keys must be strings ({reason[0].lower() + reason[1:]})"
-    field, parts = _field_path(at)
-    named = re.fullmatch(r"Object (missing required|contains unknown) field `(.*)`", reason)
-    if named:
-        child = _join(parts + [named.group(2)])
-        if named.group(1) == "missing required":
-            return child, f"required {noun} missing"
-        t = _type_at(root, parts)
-        if isinstance(t, type) and issubclass(t, msgspec.Struct):
-            known = ", ".join(f.encode_name for f in msgspec.structs.fields(t))
-            return child, f"unknown {noun} (expected one of: {known})"
-        return child, f"unknown {noun}"
-    if reason.startswith("Invalid enum value"):
-        t = _type_at(root, parts)
-        if typing.get_origin(t) is Literal:
-            value = reason[len("Invalid enum value "):]
-            return field, f"invalid value {value} (expected one of: {', '.join(map(str, typing.get_args(t)))})"
-    return field, reason
-
+# ---- the version ----
 
 def _check_version(data: Mapping, source: str) -> None:
     # Checked before decoding so that a newer document is refused for its

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import ROOT
 from runtimeguard import environment
+from runtimeguard.errors import EnvironmentSetupError
 
 FRESH_NAMESPACE = textwrap.dedent("""
     import subprocess, sys
@@ -41,3 +45,11 @@ def test_mountinfo_escapes_are_decoded(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text("36 35 98:0 / /mnt/with\\040space rw - ext4 /dev/x rw\n")
     assert environment.mounts(str(info))[0].mount_point == "/mnt/with space"
+
+
+@pytest.mark.root
+def test_a_mount_the_kernel_refuses_is_an_error_saying_why(tmp_path):
+    with pytest.raises(EnvironmentSetupError,
+                       match=rf"^mounting no-such-filesystem at {tmp_path} failed: No such device$"):
+        environment.ensure_mounted("no-such-filesystem", str(tmp_path))
+    assert not os.path.ismount(tmp_path)

@@ -23,12 +23,13 @@ value a rule cannot use; the error names the key and its line
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import msgspec
 
+from .. import configfile
 from ..errors import RuntimeGuardError
 from .engine import Rule, RuleOptions
 
@@ -75,39 +76,32 @@ class Tuning(msgspec.Struct, frozen=True):
         return found if found is not None else rule.Options()
 
 
+@contextlib.contextmanager
+def _tuning_errors() -> Iterator[None]:
+    """A document's errors (runtimeguard.configfile) as DetectionConfigError."""
+    try:
+        yield
+    except configfile.ConfigError as e:
+        raise DetectionConfigError(e.field, e.reason, e.source, e.line) from None
+
+
 def load_tuning(path: Union[str, os.PathLike], catalog: Optional[Iterable[type[Rule]]] = None) -> Tuning:
     """Reads and validates a tuning file (YAML; JSON is YAML too)."""
-    source = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise DetectionConfigError("", f"cannot read the tuning: {e.strerror or e}", source) from None
-    return parse_tuning(data, source=source, catalog=catalog)
+    with _tuning_errors():
+        data = configfile.read(path, "tuning")
+    return parse_tuning(data, source=os.fspath(path), catalog=catalog)
 
 
 def parse_tuning(text: Union[str, bytes], source: str = "<text>",
                  catalog: Optional[Iterable[type[Rule]]] = None) -> Tuning:
-    from ..policy import _yaml_loader, _yaml_reason
-
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DetectionConfigError("", f"the tuning is not UTF-8 text: {e.reason} at byte {e.start}",
-                                       source) from None
-    yaml, loader = _yaml_loader()
-    try:
-        data = yaml.load(text, Loader=loader)
-    except yaml.MarkedYAMLError as e:
-        raise DetectionConfigError("", "YAML syntax error " + _yaml_reason(e), source) from None
-    except Exception as e:  # noqa: BLE001 - the parser's failures are the document's: report, never crash
-        raise DetectionConfigError("", f"YAML error: {e}", source) from None
+    with _tuning_errors():
+        text = configfile.text_of(text, source, "tuning")
+        data = configfile.decode(text, "yaml", source, "tuning")
     try:
         return tuning_from_dict(data, source=source, catalog=catalog)
     except DetectionConfigError as e:
         if e.line is None and e.field:
-            e.line = _line_of(text, e.field, yaml, loader)
+            e.line = configfile.line_of(text, e.field)
         raise
 
 
@@ -116,9 +110,8 @@ def tuning_from_dict(data: Any, source: str = "<text>", catalog: Optional[Iterab
     if catalog is None:
         from .rules import DEFAULT_RULES as catalog
     known = {rule.id: rule for rule in catalog}
-    if not isinstance(data, Mapping):
-        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
-        raise DetectionConfigError("", f"the tuning document is {what}", source)
+    with _tuning_errors():
+        data = configfile.mapping(data, source, "tuning")
     for key in data:
         if key not in _TOP_KEYS:
             raise DetectionConfigError(str(key), f"unknown key (expected one of: {', '.join(_TOP_KEYS)})", source)
@@ -150,8 +143,6 @@ def tuning_from_dict(data: Any, source: str = "<text>", catalog: Optional[Iterab
 
 
 def _rule_options(rule: type[Rule], value: Any, source: str) -> RuleOptions:
-    from ..policy import _validation_error
-
     at = f"rules.{rule.id}"
     if not isinstance(value, Mapping):
         raise DetectionConfigError(at, f"expected a mapping of the rule's options, got a {type(value).__name__}",
@@ -161,45 +152,9 @@ def _rule_options(rule: type[Rule], value: Any, source: str) -> RuleOptions:
             raise DetectionConfigError(f"{at}.{key!r}", "keys must be strings (YAML reads yes, no, on, off, true, "
                                                         "false and null unquoted as other values: quote them)", source)
     try:
-        options = msgspec.convert(dict(value), rule.Options)
-    except msgspec.ValidationError as e:
-        field, reason = _validation_error(str(e), rule.Options, noun="key")
-        raise DetectionConfigError(f"{at}.{field}" if field else at, reason, source) from None
-    except RecursionError:
-        raise DetectionConfigError(at, "the document nests too deeply (or contains itself)", source) from None
+        options = configfile.convert(value, rule.Options, source, noun="key")
+    except configfile.ConfigError as e:
+        raise DetectionConfigError(f"{at}.{e.field}" if e.field else at, e.reason, source) from None
     for field, reason in options.problems():
         raise DetectionConfigError(f"{at}.{field}", reason, source)
     return options
-
-
-# ---- where a key is in the text ----
-
-_KEY_PART = re.compile(r"\.?([^.\[]+)|\[(\d+)\]")
-
-
-def _line_of(text: str, field: str, yaml, loader) -> Optional[int]:
-    """The line of the YAML node field names (the deepest that exists)."""
-    try:
-        node = yaml.compose(text, Loader=loader)
-    except Exception:  # noqa: BLE001 - only a hint for the message; the document parsed already
-        return None
-    line = None
-    for m in _KEY_PART.finditer(field):
-        if node is None:
-            break
-        if m.group(2) is not None and isinstance(node, yaml.SequenceNode):
-            i = int(m.group(2))
-            if i >= len(node.value):
-                break
-            node = node.value[i]
-            line = node.start_mark.line + 1
-        elif m.group(1) is not None and isinstance(node, yaml.MappingNode):
-            key = m.group(1)
-            found = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
-            if found is None:
-                break
-            line = found[0].start_mark.line + 1
-            node = found[1]
-        else:
-            break
-    return line
