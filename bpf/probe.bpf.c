@@ -1,4 +1,5 @@
-/* One tiny program per mechanism runtimeguard may rely on. The loader loads
+/* One tiny program per mechanism a sensor relies on (a program type, a
+ * helper, the ring buffer), and none for what no sensor uses. The loader loads
  * (and where it matters attaches) each on its own to learn what this kernel
  * really allows: a kernel can list a program type and still refuse it
  * (lockdown, missing CONFIG, an LSM list without "bpf"). */
@@ -16,14 +17,8 @@ struct {
 SEC("tp/syscalls/sys_enter_getppid")
 int rg_probe_tp(void *ctx) { return 0; }
 
-SEC("raw_tp/sys_enter")
-int rg_probe_raw_tp(void *ctx) { return 0; }
-
 SEC("tp_btf/sched_process_fork")
 int rg_probe_tp_btf(void *ctx) { return 0; }
-
-SEC("fentry/do_nanosleep")
-int BPF_PROG(rg_probe_fentry) { return 0; }
 
 SEC("lsm/file_open")
 int BPF_PROG(rg_probe_lsm, struct file *file) { return 0; }
@@ -31,9 +26,6 @@ int BPF_PROG(rg_probe_lsm, struct file *file) { return 0; }
 /* The path hooks exist only with CONFIG_SECURITY_PATH. */
 SEC("lsm/path_unlink")
 int BPF_PROG(rg_probe_lsm_path, const struct path *dir, struct dentry *dentry) { return 0; }
-
-SEC("kprobe/do_nanosleep")
-int rg_probe_kprobe(void *ctx) { return 0; }
 
 SEC("cgroup/connect4")
 int rg_probe_connect4(struct bpf_sock_addr *ctx) { return 1; }

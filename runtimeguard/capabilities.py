@@ -22,15 +22,12 @@ from .errors import EnvironmentSetupError
 
 _ERR_LEN = 4096
 
-# (feature name, probe program, what it is for)
+# (feature name, probe program in bpf/probe.bpf.c, what it is for): one per mechanism a sensor relies on.
 _PROBES = (
     ("tracepoint", "rg_probe_tp", "syscall tracepoints: exec, file, network, ptrace events"),
-    ("raw_tracepoint", "rg_probe_raw_tp", "raw tracepoints"),
     ("tp_btf", "rg_probe_tp_btf", "BTF tracepoints: fork, exec, exit"),
-    ("fentry", "rg_probe_fentry", "fentry/fexit on kernel functions"),
     ("bpf_lsm", "rg_probe_lsm", "BPF LSM: synchronous EPERM"),
     ("bpf_lsm_path", "rg_probe_lsm_path", "BPF LSM path hooks: refuse changes to protected files"),
-    ("kprobe", "rg_probe_kprobe", "kprobes on kernel functions"),
     ("cgroup_connect4", "rg_probe_connect4", "cgroup connect hooks: block connects"),
     ("cgroup_sendmsg4", "rg_probe_sendmsg4", "cgroup sendmsg hooks: block datagrams"),
     ("cgroup_skb", "rg_probe_skb", "cgroup packet filters"),
@@ -138,8 +135,6 @@ def explain(message: str, err: int, feature: str = "", config: Optional[dict[str
 
 
 def _hint(err: int, verb: str, feature: str, config: dict[str, str]) -> str:
-    if feature == "kprobe" and config.get("CONFIG_KPROBES") is None and config:
-        return "CONFIG_KPROBES is off"
     if feature == "bpf_lsm" and config and config.get("CONFIG_BPF_LSM") is None:
         return "CONFIG_BPF_LSM is off"
     if feature == "bpf_sock_destroy" and verb == "loading":

@@ -1,14 +1,16 @@
 """capabilities(): every mechanism really loaded on this kernel, reported consistently."""
 
 import os
+import pathlib
+import re
 
 import msgspec
 import pytest
 
 import runtimeguard
-from runtimeguard.capabilities import (CHANGES_DETECTED, CHANGES_FANOTIFY, DETECT_ONLY, FANOTIFY_FILES, KILL_AFTER, NETWORK_HOOKS,
-                                       TAINTED_SOCKETS_DESTROYED, TAINTED_SOCKETS_DROPPED, TAINTED_SOCKETS_LSM,
-                                       Capabilities, capabilities, explain, lsm_enforcement)
+from runtimeguard.capabilities import (_PROBES, CHANGES_DETECTED, CHANGES_FANOTIFY, DETECT_ONLY, FANOTIFY_FILES, KILL_AFTER,
+                                       NETWORK_HOOKS, TAINTED_SOCKETS_DESTROYED, TAINTED_SOCKETS_DROPPED,
+                                       TAINTED_SOCKETS_LSM, Capabilities, capabilities, explain, lsm_enforcement)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="probing loads BPF programs: needs root")
 
@@ -32,12 +34,12 @@ def test_the_basics_work(caps):
 
 
 def test_refusals_say_why(caps):
-    fentry = caps.feature("fentry")
-    # fentry loads fail with EPERM on this project's kernel; elsewhere it may load.
-    if not fentry.available:
-        assert "failed" in fentry.detail and "\n" not in fentry.detail and len(fentry.detail) < 200
+    # BPF LSM loads fail with EPERM on this project's kernel (lockdown); elsewhere they may load.
+    probed = {name for name, _, _ in _PROBES} | {"bpf_sock_destroy"}
     for f in caps.features:
         assert "\n" not in f.detail
+        if f.name in probed and not f.available:
+            assert ("failed" in f.detail or "not an active LSM" in f.detail) and len(f.detail) < 200, f
 
 
 def test_enforcement_follows_the_features(caps):
@@ -88,13 +90,40 @@ def test_round_trips_as_json(caps):
 
 
 def test_explain_keeps_one_short_line():
-    libbpf = ("loading fentry/do_nanosleep: Operation not permitted\n"
-              "libbpf: prog 'rg_probe_fentry': BPF program load failed: Operation not permitted\n"
+    libbpf = ("loading lsm/file_open: Operation not permitted\n"
+              "libbpf: prog 'rg_probe_lsm': BPF program load failed: Operation not permitted\n"
               "libbpf: failed to load object 'rg_probe'\n")
     assert explain(libbpf, 1) == "load failed: Operation not permitted (lockdown?)"
-    kprobe = ("attaching kprobe/do_nanosleep: No such file or directory\n"
-              "libbpf: failed to add legacy kprobe event for 'do_nanosleep+0x0': No such file or directory\n")
-    assert explain(kprobe, 2, "kprobe", {"CONFIG_BPF": "y"}) == \
-        "attach failed: No such file or directory (CONFIG_KPROBES is off)"
+    lsm_off = ("loading lsm/file_open: Invalid argument\n"
+               "libbpf: prog 'rg_probe_lsm': BPF program load failed: Invalid argument\n")
+    assert explain(lsm_off, 22, "bpf_lsm", {"CONFIG_BPF": "y"}) == \
+        "load failed: Invalid argument (CONFIG_BPF_LSM is off)"
+    no_hook = ("attaching tp_btf/sched_process_fork: No such file or directory\n"
+               "libbpf: prog 'rg_probe_tp_btf': failed to attach: No such file or directory\n")
+    assert explain(no_hook, 2, "tp_btf") == \
+        "attach failed: No such file or directory (the kernel has no such attach point)"
     verifier = "loading tp/x: Invalid argument\nlibbpf: prog 'x': R1 invalid mem access 'scalar'\n"
     assert explain(verifier, 22) == "load failed: Invalid argument: prog 'x': R1 invalid mem access 'scalar'"
+
+
+BPF = pathlib.Path(__file__).resolve().parents[1] / "bpf"
+# SEC("kind/target") int name(...) or int BPF_PROG(name, ...)
+_PROGRAM = re.compile(r'SEC\("([^"]+)"\)\s*int\s+(?:BPF_PROG\()?(\w+)')
+
+
+def _program_kinds(source: pathlib.Path) -> dict[str, str]:
+    """Each BPF program of a bpf/*.bpf.c file, by name: its section's kind (tp, lsm, cgroup, ...)."""
+    return {name: section.split("/")[0] for section, name in _PROGRAM.findall(source.read_text())}
+
+
+def test_every_probe_is_a_mechanism_a_sensor_uses():
+    """doctor probes what the sensors rely on, and nothing else: every program
+    in probe.bpf.c is in the feature table, and is of a kind some sensor's
+    program is."""
+    probes = _program_kinds(BPF / "probe.bpf.c")
+    sensor_kinds = {kind for source in BPF.glob("*.bpf.c") if source.name != "probe.bpf.c"
+                    for kind in _program_kinds(source).values()}
+    assert {"tp", "tp_btf", "lsm", "cgroup", "cgroup_skb", "uprobe"} <= sensor_kinds
+    assert set(probes) == {program for _, program, _ in _PROBES}
+    unused = {program: kind for program, kind in probes.items() if kind not in sensor_kinds}
+    assert not unused, f"probes of program kinds no sensor uses: {unused}"

@@ -96,9 +96,9 @@ def test_doctor_json():
     features = {f["name"]: f for f in report["features"]}
     assert features["tracepoint"]["available"] is True
     assert features["ring_buffer"]["available"] is True
-    fentry = features["fentry"]
-    if not fentry["available"]:  # fentry loads fail with EPERM on this project's kernel (lockdown)
-        assert fentry["detail"]
+    lsm = features["bpf_lsm"]
+    if not lsm["available"]:  # BPF LSM loads fail with EPERM on this project's kernel (lockdown)
+        assert lsm["detail"]
     assert report["enforcement"]["files"].startswith("BPF LSM") == features["bpf_lsm"]["available"]
     assert report["kernel"] == os.uname().release
 
