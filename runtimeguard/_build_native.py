@@ -7,6 +7,7 @@ The wire structs reach cdef by preprocessing bpf/events.h itself: one
 definition, shared by the BPF programs, the C consumer and Python.
 """
 
+import ast
 import glob
 import os
 import re
@@ -37,6 +38,23 @@ def _prepare():
     _run(["make", "-s", "-C", "bpf", f"OUT={SKELETONS}", f"DEPS={DEPS}"])
 
 
+def _package_version():
+    """runtimeguard.__version__, read from the source without importing the
+    package (whose import needs the extension being built)."""
+    path = os.path.join(ROOT, "runtimeguard", "__init__.py")
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
+            value = getattr(node.value, "value", None)
+            # It becomes a C string literal below: nothing that needs escaping.
+            if isinstance(value, str) and re.fullmatch(r"[0-9A-Za-z.+!_-]+", value):
+                return value
+            sys.exit(f"runtimeguard build: __version__ in {path} must be a plain version string such as "
+                     f"\"1.2.3\", not {ast.unparse(node.value)}")
+    sys.exit(f"runtimeguard build: {path} has no __version__ = \"...\" assignment to take the version from")
+
+
 def _cdef():
     """The API and wire structs, preprocessed, plus their integer #defines."""
     defines = []
@@ -55,14 +73,20 @@ def _cdef():
 
 
 _prepare()
+VERSION = _package_version()
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
+# The package version this extension was built from: runtimeguard/__init__.py
+# refuses an extension left over from another version.
+ffibuilder.cdef("const char *rg_package_version(void);")
 ffibuilder.set_source(
     "runtimeguard._native",
-    '#include "api.h"\n',
+    '#include "api.h"\n'
+    f'static const char *rg_package_version(void) {{ return "{VERSION}"; }}\n',
     sources=SOURCES,
-    # Rebuild when a skeleton or a shared header changes, not only a .c file.
-    depends=[f"build/bpf/{s}.skel.h" for s in SKELETON_NAMES] + HEADERS,
+    # Rebuild when a skeleton, a shared header or this script (flags, the
+    # version) changes, not only a .c file.
+    depends=[f"build/bpf/{s}.skel.h" for s in SKELETON_NAMES] + HEADERS + [os.path.relpath(__file__, ROOT)],
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
     extra_compile_args=["-O2", "-g0", "-std=gnu11", "-Wall", "-Wno-unused-function"],
