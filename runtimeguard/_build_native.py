@@ -87,6 +87,9 @@ ffibuilder.set_source(
     # Rebuild when a skeleton, a shared header or this script (flags, the
     # version) changes, not only a .c file.
     depends=[f"build/bpf/{s}.skel.h" for s in SKELETON_NAMES] + HEADERS + [os.path.relpath(__file__, ROOT)],
+    # The 3.9 limited API, which setup.py's cp39-abi3 wheel tag promises; cffi
+    # alone would define an unversioned Py_LIMITED_API.
+    define_macros=[("Py_LIMITED_API", "0x03090000")],
     include_dirs=[os.path.join(ROOT, "bpf"), os.path.join(ROOT, "csrc"), SKELETONS,
                   os.path.join(DEPS, "include")],
     extra_compile_args=["-O2", "-g0", "-std=gnu11", "-Wall", "-Wno-unused-function"],
