@@ -5,6 +5,11 @@ compiles csrc/ with them embedded and libbpf, libelf and zlib linked
 statically, so the installed module needs none of them on the target host.
 The wire structs reach cdef by preprocessing bpf/events.h itself: one
 definition, shared by the BPF programs, the C consumer and Python.
+
+The static libraries are built into build/deps from Debian's sources, which
+takes minutes; RUNTIMEGUARD_DEPS_DIR names a directory that already holds
+them (lib/libbpf.a, lib/libelf.a, lib/libz.a and their include/), for
+instance a source tree's build/deps reused by a build from the sdist.
 """
 
 import ast
@@ -18,7 +23,9 @@ from cffi import FFI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
-DEPS = os.path.join(BUILD, "deps")
+DEPS_DIR_VARIABLE = "RUNTIMEGUARD_DEPS_DIR"
+DEPS = os.path.abspath(os.environ.get(DEPS_DIR_VARIABLE) or os.path.join(BUILD, "deps"))
+STATIC_LIBRARIES = ("libbpf.a", "libelf.a", "libz.a")
 SKELETONS = os.path.join(BUILD, "bpf")
 # Relative to the project root: setuptools refuses absolute source paths.
 SOURCES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "*.c")))
@@ -34,8 +41,24 @@ def _run(argv):
 
 
 def _prepare():
-    _run(["bash", "scripts/build-static-deps.sh"])
+    if os.environ.get(DEPS_DIR_VARIABLE):
+        _check_given_deps()
+    else:
+        _run(["bash", "scripts/build-static-deps.sh"])
     _run(["make", "-s", "-C", "bpf", f"OUT={SKELETONS}", f"DEPS={DEPS}"])
+
+
+def _check_given_deps():
+    # A directory named on purpose is used as it is, never built into: a typo
+    # should fail here, not start a download and a build of several minutes.
+    missing = [os.path.join("lib", name) for name in STATIC_LIBRARIES
+               if not os.path.isfile(os.path.join(DEPS, "lib", name))]
+    if not os.path.isfile(os.path.join(DEPS, "include", "bpf", "libbpf.h")):
+        missing.append(os.path.join("include", "bpf", "libbpf.h"))
+    if missing:
+        sys.exit(f"runtimeguard build: {DEPS_DIR_VARIABLE}={DEPS} lacks {', '.join(missing)}; name a directory "
+                 f"that scripts/build-static-deps.sh filled (a source tree's build/deps), or unset "
+                 f"{DEPS_DIR_VARIABLE} to build them into build/deps")
 
 
 def _package_version():
@@ -72,9 +95,11 @@ def _cdef():
     return "".join(defines) + expanded
 
 
-_prepare()
 VERSION = _package_version()
 ffibuilder = FFI()
+# Called by setup.py's build_ext just before compiling, so that commands that
+# compile nothing (sdist, metadata) need neither the static libraries nor clang.
+ffibuilder.prepare_sources = _prepare
 ffibuilder.cdef(_cdef())
 # The package version this extension was built from: runtimeguard/__init__.py
 # refuses an extension left over from another version.
@@ -104,4 +129,5 @@ ffibuilder.set_source(
 
 if __name__ == "__main__":
     os.chdir(ROOT)
+    _prepare()
     ffibuilder.compile(tmpdir=os.path.join(BUILD, "cffi"), verbose=True)
