@@ -10,8 +10,12 @@ def _check_native_extension() -> None:
     before any of them imports it, covers them all: the wire structs and the C
     API change between versions, and an extension from another version would
     misread events rather than fail."""
+    import importlib
+
     try:
-        from . import _native
+        # Not `from . import _native`, whose ImportError for a missing module
+        # does not say which module was missing.
+        _native = importlib.import_module(f"{__name__}._native")
     except ModuleNotFoundError as e:
         if e.name != f"{__name__}._native":
             raise
