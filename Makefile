@@ -2,7 +2,8 @@
 #
 #   make demo    build what is needed, trace the host while a small workload runs, then guard a command
 #   make test    the test suite (real kernel, needs root)
-#   make wheel   dist/runtimeguard-*.whl, with libbpf, libelf and zlib linked in
+#   make wheel   dist/runtimeguard-*-cp39-abi3-manylinux_*.whl, one wheel for CPython 3.9 on, with libbpf,
+#                libelf and zlib linked in
 #   make bench   the benchmarks
 
 PYTHON ?= python3
