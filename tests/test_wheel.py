@@ -225,8 +225,11 @@ def test_wheel_installs_and_traces_in_every_cpython(wheel, workdir, capsys):
 
 def test_sdist_holds_what_a_build_needs_and_builds_the_same_wheel(wheel, workdir):
     if not os.path.exists(os.path.join(ROOT, ".git")):
-        pytest.skip("the sdist's contents are checked against git's list of files, and this is no git checkout")
-    tracked = set(checked(["git", "-C", ROOT, "ls-files"], timeout=30).stdout.split())
+        pytest.skip("the sdist's contents are checked against git's lists of files, and this is no git checkout")
+    # Tracked files and new ones not yet added, but nothing git ignores (build
+    # products, caches).
+    sources = set(checked(["git", "-C", ROOT, "ls-files", "--cached", "--others", "--exclude-standard"],
+                          timeout=30).stdout.splitlines())
     sdist_dir = os.path.join(workdir, "sdist")
     checked([sys.executable, "setup.py", "-q", "sdist", "-d", sdist_dir], timeout=120, cwd=ROOT)
     (sdist,) = glob.glob(os.path.join(sdist_dir, "runtimeguard-*.tar.gz"))
@@ -237,12 +240,12 @@ def test_sdist_holds_what_a_build_needs_and_builds_the_same_wheel(wheel, workdir
 
     needed = {"Makefile", "bpf/Makefile", "vmlinux.h", "scripts/build-static-deps.sh", "pyproject.toml", "setup.py",
               "MANIFEST.in", "README.md", "runtimeguard/_build_native.py", "runtimeguard/py.typed"}
-    needed |= {f for f in tracked if f.startswith(("bpf/", "csrc/", "runtimeguard/"))}
+    needed |= {f for f in sources if f.startswith(("bpf/", "csrc/", "runtimeguard/"))}
     assert needed <= members, f"missing from the sdist: {sorted(needed - members)}"
-    # Everything else is a tracked file or what setuptools writes about the sdist itself.
+    # Everything else is a source file or what setuptools writes about the sdist itself.
     generated = {f for f in members if f in ("PKG-INFO", "setup.cfg") or f.startswith("runtimeguard.egg-info/")}
-    assert members - generated <= tracked, f"untracked files in the sdist: {sorted(members - generated - tracked)}"
-    assert not [f for f in members if f.startswith(("build/", "dist/", ".ci/", "bench/"))]
+    assert members - generated <= sources, f"ignored files in the sdist: {sorted(members - generated - sources)}"
+    assert not [f for f in members if f.startswith(("build/", "dist/", ".ci/", "bench/"))], sorted(members)
 
     # Built as pip builds any sdist (an isolated environment with the declared
     # build requirements), reusing this tree's static libraries.
