@@ -118,13 +118,10 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 int rg_tracer_add_pid(struct rg_tracer *t, unsigned int pid, char *err, size_t errlen);
 int rg_tracer_add_comm(struct rg_tracer *t, const char *comm, char *err, size_t errlen);
 int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char *err, size_t errlen);
-/* Writes one element of a map of a loaded sensor (the guard's policy maps),
- * before attach or while running (switching mode). */
+/* Writes one element of a map of a loaded sensor (the files a tracer
+ * watches), before attach. The guard's maps have calls of their own below. */
 int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
 			 char *err, size_t errlen);
-/* Reads one element: 1 found (value filled), 0 absent, <0 -errno. */
-int rg_tracer_map_lookup(struct rg_tracer *t, const char *map, const void *key, void *value, char *err,
-			 size_t errlen);
 /* The fanotify judge (guard_fanotify): marks path, a file or a directory
  * and every entry beneath it, as protected by rule rule_index of kind
  * RG_PROTECT_*. */

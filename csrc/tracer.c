@@ -651,23 +651,6 @@ int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, 
 	return rg_fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
 }
 
-int rg_tracer_map_lookup(struct rg_tracer *t, const char *map, const void *key, void *value, char *err,
-			 size_t errlen)
-{
-	rg_log_reset();
-	for (int i = 0; i < SENSOR_COUNT; i++) {
-		struct bpf_map *m = t->sensors[i].obj ? bpf_object__find_map_by_name(t->sensors[i].obj, map) : NULL;
-		if (!m)
-			continue;
-		if (!bpf_map_lookup_elem(bpf_map__fd(m), key, value))
-			return 1;
-		if (errno == ENOENT)
-			return 0;
-		return rg_fail(err, errlen, -errno, "reading map %s", map);
-	}
-	return rg_fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
-}
-
 static int identity_refused(int ret, const char *pattern, char *err, size_t errlen)
 {
 	if (ret == -ENOSPC)

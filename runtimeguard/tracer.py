@@ -369,26 +369,6 @@ class Tracer:
             self.start()
         return self._handle
 
-    def update_map(self, name: str, key, value) -> None:
-        """Writes one element of a loaded sensor's map (cffi key and value)."""
-        if self._handle is None:
-            raise TracerStateError("this Tracer is not loaded")
-        err = ffi.new("char[]", _ERR_LEN)
-        with self._native_lock():
-            self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
-
-    def lookup_map(self, name: str, key, value) -> bool:
-        """Reads one element of a loaded sensor's map into value (cffi);
-        False when the key is absent."""
-        if self._handle is None:
-            raise TracerStateError("this Tracer is not loaded")
-        err = ffi.new("char[]", _ERR_LEN)
-        with self._native_lock():
-            ret = lib.rg_tracer_map_lookup(self._handle, name.encode(), key, value, err, _ERR_LEN)
-        if ret < 0:
-            self._check(ret, err)
-        return ret == 1
-
     # ---- the guard's policy maps (csrc/guardmaps.c) ----
     # Policy-level values in; the C side makes the kernel's keys and values.
     # Each raises BPFError saying what was refused and why.
