@@ -18,6 +18,8 @@
  *
  * Included by guard.bpf.c (the maps and config are the guard's). */
 
+#include "namehash.h"
+
 #define RG_DNS_PORT 53
 #define RG_DNS_NAME_MASK (RG_DNS_NAME_LEN - 1)
 /* Callback steps for one message's answer section: a step skips one label
@@ -312,9 +314,9 @@ static __always_inline void rg_dns_note_hit(struct rg_dns_state *st, __u64 key, 
 	st->hits = h + 1;
 }
 
-/* The name hashed from its last byte back (FNV-1a), so the hash at a '.' is
- * the hash of the suffix from there: "*" added to it is the key of the glob
- * naming that suffix. hostnames.name_hash() in Python computes the same.
+/* The name hashed from its last byte back (namehash.h), so the hash at a
+ * '.' is the hash of the suffix from there: "*" added to it is the key of
+ * the glob naming that suffix.
  * ctx: non-NULL to look patterns up (answers), NULL to only hash (queries). */
 static long rg_dns_hash_step(__u64 i, void *ctx)
 {
@@ -328,9 +330,9 @@ static long rg_dns_hash_step(__u64 i, void *ctx)
 		return 1;
 	__u32 j = len - 1 - (__u32)i;
 	__u8 c = s->rec.name[RG_MASKED(j, RG_DNS_NAME_MASK)];
-	st->hash = (st->hash ^ c) * RG_FNV_PRIME;
+	st->hash = rg_name_hash_step(st->hash, c);
 	if (c == '.' && ctx)
-		rg_dns_note_hit(st, (st->hash ^ '*') * RG_FNV_PRIME, j, 1);
+		rg_dns_note_hit(st, rg_glob_key(st->hash), j, 1);
 	return 0;
 }
 
@@ -391,7 +393,7 @@ static __always_inline void rg_dns_match_name(struct rg_dns_scratch *s, bool fin
 	struct rg_dns_state *st = &s->st;
 	int look = 1;
 
-	st->hash = RG_FNV_OFFSET;
+	st->hash = RG_NAME_HASH_START;
 	st->hits = 0;
 	st->patterns = 0;
 	bpf_loop(RG_DNS_NAME_LEN, rg_dns_hash_step, find ? &look : NULL, 0);

@@ -118,13 +118,10 @@ int rg_tracer_open(const struct rg_options *opts, struct rg_tracer **out, char *
 int rg_tracer_add_pid(struct rg_tracer *t, unsigned int pid, char *err, size_t errlen);
 int rg_tracer_add_comm(struct rg_tracer *t, const char *comm, char *err, size_t errlen);
 int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char *err, size_t errlen);
-/* Writes one element of a map of a loaded sensor (the guard's policy maps),
- * before attach or while running (switching mode). */
-int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
-			 char *err, size_t errlen);
-/* Reads one element: 1 found (value filled), 0 absent, <0 -errno. */
-int rg_tracer_map_lookup(struct rg_tracer *t, const char *map, const void *key, void *value, char *err,
-			 size_t errlen);
+/* Watches the file st_dev/ino name (as stat(2) gives them) for file_open
+ * events whatever the filters, before attach. */
+int rg_tracer_watch_inode(struct rg_tracer *t, unsigned long long st_dev, unsigned long long ino, char *err,
+			  size_t errlen);
 /* The fanotify judge (guard_fanotify): marks path, a file or a directory
  * and every entry beneath it, as protected by rule rule_index of kind
  * RG_PROTECT_*. */
@@ -145,6 +142,71 @@ void rg_tracer_stats(struct rg_tracer *t, struct rg_stats *out);
 int rg_tracer_destroy_tainted_sockets(struct rg_tracer *t, char *err, size_t errlen);
 /* Detaches and frees everything. */
 void rg_tracer_close(struct rg_tracer *t);
+
+/* ---- the guard's policy maps (csrc/guardmaps.c). The guard passes
+ * policy-level values (addresses as text, prefix lengths, port ranges,
+ * RG_GUARD_PROTO_*, a path's st_dev and st_ino as stat(2) gives them, pids,
+ * host patterns as text) and these calls build the kernel's keys and values
+ * from them: address families, IPPROTO_* numbers, IPv4-mapped IPv6
+ * addresses folded to IPv4 (as the socket hooks see them), the kernel's
+ * dev_t, host-name hashes (bpf/namehash.h, the DNS programs' own). Each
+ * returns 0, or -errno with err saying what was refused and why:
+ * -EOPNOTSUPP where the tracer was opened without the guard. Called before
+ * attach (the configuration last: it switches the guard on), or while
+ * running (mode switches, addresses opened by confirmed PTR names). ---- */
+
+/* The protocol a network rule names. */
+#define RG_GUARD_PROTO_ANY 0
+#define RG_GUARD_PROTO_TCP 1
+#define RG_GUARD_PROTO_UDP 2
+
+/* What a network rule matches besides its destination, and what it decides. */
+struct rg_guard_rule_terms {
+	unsigned int port_lo;    /* inclusive; 0-65535 */
+	unsigned int port_hi;
+	unsigned int protocol;   /* RG_GUARD_PROTO_* */
+	unsigned int action;     /* RG_NET_ALLOW or RG_NET_DENY */
+	unsigned int rule_index; /* the policy rule it comes from: decisions name it */
+};
+/* Network rule number slot (matched in order, below the configuration's
+ * net_rule_count) for destinations in address/prefix_len: "10.0.0.0", 8;
+ * "2001:db8::", 32; an IPv4-mapped network ("::ffff:10.0.0.0", 104) is
+ * the IPv4 one it carries. Address bits past the prefix are ignored. */
+int rg_guard_set_address_rule(struct rg_tracer *t, unsigned int slot, const char *address, unsigned int prefix_len,
+			      const struct rg_guard_rule_terms *terms, char *err, size_t errlen);
+/* Network rule number slot for destinations a DNS answer gave for a name
+ * that host pattern (added before, rg_guard_add_host_pattern) matches. */
+int rg_guard_set_host_rule(struct rg_tracer *t, unsigned int slot, const char *pattern,
+			   const struct rg_guard_rule_terms *terms, char *err, size_t errlen);
+/* A host pattern ("api.example.com", "*.example.com": lower case, labels
+ * of [a-z0-9_-]) holds the bit numbered bit (below RG_HOST_PATTERNS) of
+ * the marks the DNS programs give the addresses answered for names it
+ * matches. */
+int rg_guard_add_host_pattern(struct rg_tracer *t, const char *pattern, unsigned int bit, char *err, size_t errlen);
+/* A DNS server whose answers count ("192.0.2.53", "2001:db8::53"). */
+int rg_guard_trust_dns_server(struct rg_tracer *t, const char *address, char *err, size_t errlen);
+/* Opens address to the host patterns in patterns (a bit each, as added)
+ * for ttl_ns from now, as an observed answer for name would: its
+ * decisions are named name. */
+int rg_guard_allow_resolved(struct rg_tracer *t, const char *address, unsigned long long patterns, const char *name,
+			    unsigned long long ttl_ns, char *err, size_t errlen);
+/* The name the DNS programs last recorded under name_hash (a decision's
+ * target name_hash), into name (size >= RG_DNS_NAME_LEN): 1 found, 0 not
+ * (never answered, or pushed out since), or -errno. */
+int rg_guard_answered_name(struct rg_tracer *t, unsigned long long name_hash, char *name, size_t size, char *err,
+			   size_t errlen);
+/* The file or directory (is_dir: everything beneath it too) that stat(2)
+ * gives st_dev and st_ino for is protected by rule rule_index, of kind
+ * RG_PROTECT_*. */
+int rg_guard_protect_inode(struct rg_tracer *t, unsigned long long st_dev, unsigned long long st_ino,
+			   unsigned int kind, unsigned int rule_index, int is_dir, char *err, size_t errlen);
+/* Process pid is protected from ptrace and memory access by rule rule_index. */
+int rg_guard_protect_pid(struct rg_tracer *t, unsigned int pid, unsigned int rule_index, char *err, size_t errlen);
+/* The guard's settings, written whole: the first write switches the
+ * guard on, a later one changes it in place (a mode switch). */
+int rg_guard_configure(struct rg_tracer *t, const struct rg_guard_config *cfg, char *err, size_t errlen);
+/* The kernel's key for a host name or pattern of len bytes (bpf/namehash.h). */
+unsigned long long rg_host_name_hash(const char *text, size_t len);
 
 /* ---- function probes: the calls sensor, loaded when the event mask has
  * RG_KIND_FUNCTION_CALL. A probe is an index below RG_CALL_PROBES_MAX:

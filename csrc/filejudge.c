@@ -36,13 +36,13 @@
 #include <sys/eventfd.h>
 #include <sys/fanotify.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
 
 #include "filejudge.h"
+#include "loader.h"
 
 #define MARK_MASK (FAN_OPEN_PERM | FAN_ACCESS_PERM)
 #define MARK_DIR_MASK (MARK_MASK | FAN_EVENT_ON_CHILD | FAN_ONDIR)
@@ -116,12 +116,6 @@ static int judge_fail(char *err, size_t errlen, int code, const char *fmt, const
 	if (n < errlen)
 		snprintf(err + n, errlen - n, ": %s", strerror(code));
 	return -code;
-}
-
-static unsigned long long kernel_dev(dev_t dev)
-{
-	/* What BPF reads from the superblock: major << 20 | minor. */
-	return (unsigned long long)major(dev) << 20 | minor(dev);
 }
 
 /* ---- protected inodes ---- */
@@ -209,7 +203,7 @@ static void mark_pre_content(struct rg_file_judge *j, int dirfd, const char *pat
 static int mark_one(struct rg_file_judge *j, const char *path, const struct stat *st, unsigned int kind,
 		    unsigned int rule_index, char *err, size_t errlen)
 {
-	struct protected_inode p = { .dev = kernel_dev(st->st_dev), .ino = st->st_ino, .kind = kind,
+	struct protected_inode p = { .dev = rg_kernel_dev(st->st_dev), .ino = st->st_ino, .kind = kind,
 				     .rule_index = rule_index, .is_dir = S_ISDIR(st->st_mode) };
 	int ret;
 
@@ -317,7 +311,7 @@ static int protection_by_path(struct rg_file_judge *j, int fd, const struct stat
 				if (stat(path, &at))
 					break;
 				pthread_mutex_lock(&j->lock);
-				const struct protected_inode *p = table_find(j, kernel_dev(at.st_dev), at.st_ino);
+				const struct protected_inode *p = table_find(j, rg_kernel_dev(at.st_dev), at.st_ino);
 				if (p && p->is_dir) {
 					*out = *p;
 					found = 1;
@@ -330,7 +324,7 @@ static int protection_by_path(struct rg_file_judge *j, int fd, const struct stat
 		return 1;
 	pthread_mutex_lock(&j->lock);
 	for (size_t i = 0; i < j->table_cap && !found; i++) {
-		if (j->table[i].dev == kernel_dev(st->st_dev) && j->table[i].is_dir) {
+		if (j->table[i].dev == rg_kernel_dev(st->st_dev) && j->table[i].is_dir) {
 			*out = j->table[i];
 			found = 1;
 		}
@@ -474,7 +468,7 @@ static int decide(struct rg_file_judge *j, const struct fanotify_event_metadata 
 	if (opener_in_scope(j, pid, &cfg, &cgroup_id) != 1)
 		return 0;
 	pthread_mutex_lock(&j->lock);
-	const struct protected_inode *p = table_find(j, kernel_dev(st.st_dev), st.st_ino);
+	const struct protected_inode *p = table_find(j, rg_kernel_dev(st.st_dev), st.st_ino);
 	int found = p != NULL;
 	if (found)
 		prot = *p;
@@ -485,7 +479,7 @@ static int decide(struct rg_file_judge *j, const struct fanotify_event_metadata 
 		/* A directory made beneath a protected one after the start: its
 		 * entries are marked from now on. */
 		struct protected_inode sub = prot;
-		sub.dev = kernel_dev(st.st_dev);
+		sub.dev = rg_kernel_dev(st.st_dev);
 		sub.ino = st.st_ino;
 		pthread_mutex_lock(&j->lock);
 		int ret = table_put(j, &sub);
@@ -517,7 +511,7 @@ static int decide(struct rg_file_judge *j, const struct fanotify_event_metadata 
 	if (action == RG_ACTION_BLOCKED)
 		resp->response = FAN_DENY;
 
-	unsigned long long dev = kernel_dev(st.st_dev);
+	unsigned long long dev = rg_kernel_dev(st.st_dev);
 	struct seen_access access = { .dev = dev, .ino = st.st_ino, .pid = pid, .action = action };
 	if (!change && (m->mask & (FAN_ACCESS_PERM | FAN_PRE_ACCESS))) {
 		for (unsigned int i = 0; i < SEEN_ACCESSES; i++)
@@ -648,7 +642,7 @@ static void mark_new_directory(struct rg_file_judge *j, const struct fanotify_ev
 	if (parent < 0 || fstat(parent, &st))
 		goto out;
 	pthread_mutex_lock(&j->lock);
-	const struct protected_inode *p = table_find(j, kernel_dev(st.st_dev), st.st_ino);
+	const struct protected_inode *p = table_find(j, rg_kernel_dev(st.st_dev), st.st_ino);
 	struct protected_inode rule = p ? *p : (struct protected_inode){ 0 };
 	pthread_mutex_unlock(&j->lock);
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", parent);

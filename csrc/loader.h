@@ -5,6 +5,7 @@
 #define RG_LOADER_H
 
 #include <stddef.h>
+#include <sys/sysmacros.h>
 #include <bpf/libbpf.h>
 
 struct rg_tracer;
@@ -18,5 +19,12 @@ int rg_fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribut
 struct bpf_object *rg_tracer_sensor_object(struct rg_tracer *t, const char *name);
 /* Keeps link until the tracer closes; on failure destroys it. */
 int rg_tracer_keep_link(struct rg_tracer *t, struct bpf_link *link, char *err, size_t errlen);
+
+/* A device as the BPF programs read it from a superblock (the kernel's dev_t,
+ * MKDEV: 20 bits of minor); user space's st_dev encodes it otherwise. */
+static inline unsigned long long rg_kernel_dev(unsigned long long st_dev)
+{
+	return (unsigned long long)major(st_dev) << 20 | minor(st_dev);
+}
 
 #endif

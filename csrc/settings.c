@@ -37,8 +37,8 @@ int rg_tracer_add_cgroup(struct rg_tracer *t, unsigned long long cgroup_id, char
 	return add_filter(t, SHARED_FILTER_CGROUPS, &cgroup_id, err, errlen);
 }
 
-int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, const void *value,
-			 char *err, size_t errlen)
+static int map_update(struct rg_tracer *t, const char *map, const void *key, const void *value, char *err,
+		      size_t errlen)
 {
 	rg_log_reset();
 	for (int i = 0; i < SENSOR_COUNT; i++) {
@@ -52,21 +52,13 @@ int rg_tracer_map_update(struct rg_tracer *t, const char *map, const void *key, 
 	return rg_fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
 }
 
-int rg_tracer_map_lookup(struct rg_tracer *t, const char *map, const void *key, void *value, char *err,
-			 size_t errlen)
+int rg_tracer_watch_inode(struct rg_tracer *t, unsigned long long st_dev, unsigned long long ino, char *err,
+			  size_t errlen)
 {
-	rg_log_reset();
-	for (int i = 0; i < SENSOR_COUNT; i++) {
-		struct bpf_map *m = t->sensors[i].obj ? bpf_object__find_map_by_name(t->sensors[i].obj, map) : NULL;
-		if (!m)
-			continue;
-		if (!bpf_map_lookup_elem(bpf_map__fd(m), key, value))
-			return 1;
-		if (errno == ENOENT)
-			return 0;
-		return rg_fail(err, errlen, -errno, "reading map %s", map);
-	}
-	return rg_fail(err, errlen, -ENOENT, "no loaded sensor has map %s", map);
+	struct rg_inode_key key = { .dev = rg_kernel_dev(st_dev), .ino = ino };
+	unsigned char one = 1;
+
+	return map_update(t, "rg_watch_inodes", &key, &one, err, errlen);
 }
 
 static int identity_refused(int ret, const char *pattern, char *err, size_t errlen)
@@ -92,14 +84,14 @@ int rg_tracer_watch_env(struct rg_tracer *t, const char *pattern, char *err, siz
 	t->identity_env_bits |= 1ULL << bit;
 	unsigned int value = bit;
 	if ((ret = rg_identity_env_key(bit, &key, &kind, &len)) ||
-	    (ret = rg_tracer_map_update(t, "rg_identity_names", &key, &value, err, errlen)))
+	    (ret = map_update(t, "rg_identity_names", &key, &value, err, errlen)))
 		return ret;
 	if (kind == RG_IDENTITY_PREFIX)
 		t->identity.prefix_lengths |= 1ULL << len;
 	else if (kind == RG_IDENTITY_SUFFIX)
 		t->identity.suffix_lengths |= 1ULL << len;
 	t->identity.enabled = 1;
-	return rg_tracer_map_update(t, "rg_identity_cfg", &zero, &t->identity, err, errlen);
+	return map_update(t, "rg_identity_cfg", &zero, &t->identity, err, errlen);
 }
 
 int rg_tracer_watch_argv(struct rg_tracer *t, const char *pattern, char *err, size_t errlen)

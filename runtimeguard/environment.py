@@ -134,12 +134,6 @@ def prepare() -> None:
             "relocated; a kernel built with CONFIG_DEBUG_INFO_BTF=y is required")
 
 
-def kernel_dev(st_dev: int) -> int:
-    """os.stat()'s st_dev as BPF programs see a superblock's: the kernel's
-    dev_t, major << 20 | minor."""
-    return os.major(st_dev) << 20 | os.minor(st_dev)
-
-
 def kill_cgroup(path: str, timeout: float = 5.0) -> None:
     """Kills whatever the command left running in its cgroup, and waits."""
     procs = os.path.join(path, "cgroup.procs")

@@ -28,7 +28,6 @@ What each mechanism guarantees (see README, "Security"):
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import pwd
 import secrets
@@ -71,7 +70,8 @@ _RULE_DNS_UNTRUSTED = -6
 _NAMESPACE_FLAGS = {"time": 0x80, "mnt": 0x20000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08000000,
                     "user": 0x10000000, "pid": 0x20000000, "net": 0x40000000}
 
-_PROTOCOLS = {"tcp": 6, "udp": 17, "any": 0}
+_PROTOCOLS = {"tcp": lib.RG_GUARD_PROTO_TCP, "udp": lib.RG_GUARD_PROTO_UDP, "any": lib.RG_GUARD_PROTO_ANY}
+_ACTIONS = {"allow": lib.RG_NET_ALLOW, "deny": lib.RG_NET_DENY}
 BACKENDS = ("auto", "lsm", "fanotify", "tracepoint")
 _TAINT_SOURCES = {"files": lib.RG_PROTECT_FILE, "mirage": lib.RG_PROTECT_MIRAGE}
 
@@ -183,7 +183,7 @@ class Guard:
         self._observe = tuple(observe)
         self._sink_errors = 0
         self._names: dict[int, str] = {}
-        """Name hash -> name, from the DNS answers read (the kernel's rg_names)."""
+        """Name hash -> name, from the DNS answers read (the kernel keeps a table of its own)."""
         self._dns_answers: dict[str, int] = {}
         self._peers: dict[str, str] = {}
         """Address -> the name last answered with it, for observed connects."""
@@ -279,40 +279,30 @@ class Guard:
         return cfg
 
     def _fill_maps(self, tracer: Tracer, scope_id: int, scope_level: int) -> None:
-        zero = ffi.new("unsigned int *", 0)
-        rules = []
+        slots = sum(len(compiled.port_ranges) for compiled in self._net_rules)
+        if slots > lib.RG_MAX_NET_RULES:
+            raise RuntimeGuardError(f"the policy compiles to {slots} network rules; at most "
+                                    f"{lib.RG_MAX_NET_RULES} are supported")
+        # Patterns first: the host rules name them.
+        for bit, host in enumerate(self._host_patterns):
+            tracer.guard_host_pattern(host, bit)
+        slot = 0
         indexes: dict[str, int] = {}
-        bits = {host: bit for bit, host in enumerate(self._host_patterns)}
         for compiled in self._net_rules:
             index = indexes.get(compiled.rule_id)
             if index is None:  # a rule the policy implies may compile to several
                 index = indexes[compiled.rule_id] = self._rule(compiled.rule_id)
-            for lo, hi in compiled.port_ranges:
-                r = ffi.new("struct rg_net_rule *")
+            protocol, action = _PROTOCOLS[compiled.protocol], _ACTIONS[compiled.action]
+            for ports in compiled.port_ranges:
                 if compiled.host is not None:
-                    r.pattern = bits[compiled.host] + 1
+                    tracer.guard_host_rule(slot, compiled.host, ports, protocol, action, index)
                 else:
                     net = compiled.network
-                    r.family = 2 if net.version == 4 else 10
-                    r.prefix_len = net.prefixlen
-                    packed = net.network_address.packed
-                    ffi.memmove(r.addr, packed, len(packed))
-                r.port_lo, r.port_hi = lo, hi
-                r.protocol = _PROTOCOLS[compiled.protocol]
-                r.action = lib.RG_NET_DENY if compiled.action == "deny" else lib.RG_NET_ALLOW
-                r.rule_index = index
-                rules.append(r)
-        if len(rules) > lib.RG_MAX_NET_RULES:
-            raise RuntimeGuardError(f"the policy compiles to {len(rules)} network rules; at most "
-                                    f"{lib.RG_MAX_NET_RULES} are supported")
-        for i, r in enumerate(rules):
-            tracer.update_map("rg_net_rules", ffi.new("unsigned int *", i), r)
-        for host, bit in bits.items():
-            text = host.encode()
-            tracer.update_map("rg_host_patterns", ffi.new("unsigned long long *", hostnames.name_hash(host)),
-                              ffi.new("struct rg_host_pattern *", {"bits": 1 << bit, "len": len(text), "text": text}))
+                    tracer.guard_address_rule(slot, str(net.network_address), net.prefixlen, ports, protocol,
+                                              action, index)
+                slot += 1
         for server in self._dns_servers:
-            tracer.update_map("rg_dns_servers", _address_key(server), ffi.new("unsigned char *", 1))
+            tracer.guard_trust_dns_server(server)
 
         def protect(path: str, rule_id: str, kind: int) -> None:
             st = os.stat(path)
@@ -321,27 +311,22 @@ class Guard:
             if self.backend == "fanotify":
                 tracer.protect_path(path, kind, index)
                 return
-            key = ffi.new("struct rg_inode_key *", {"dev": environment.kernel_dev(st.st_dev), "ino": st.st_ino})
-            value = ffi.new("struct rg_protected_value *",
-                            {"kind": kind, "rule_index": index, "is_dir": os.path.isdir(path)})
-            tracer.update_map("rg_protected", key, value)
+            tracer.guard_protect_inode(st.st_dev, st.st_ino, kind, index, os.path.isdir(path))
 
         for p in self.policy.protected_paths():
             protect(p.path, p.rule_id, lib.RG_PROTECT_FILE)
         for i, decoy in enumerate(self.policy.mirage.decoys):
             protect(os.path.expanduser(decoy.path), f"mirage.decoys[{i}]", lib.RG_PROTECT_MIRAGE)
         # The guard itself is always protected from ptrace and memory access.
-        tracer.update_map("rg_protected_pids", ffi.new("unsigned int *", os.getpid()),
-                          ffi.new("unsigned int *", self._rule("guard")))
+        tracer.guard_protect_pid(os.getpid(), self._rule("guard"))
         for i, pid in enumerate(self.policy.ptrace.protect_pids):
-            rule = ffi.new("unsigned int *", self._rule(f"ptrace.protect_pids[{i}]"))
-            tracer.update_map("rg_protected_pids", ffi.new("unsigned int *", pid), rule)
+            tracer.guard_protect_pid(pid, self._rule(f"ptrace.protect_pids[{i}]"))
 
         cfg = self._config(scope_id, scope_level)
-        cfg.net_rule_count = len(rules)
+        cfg.net_rule_count = slot
         self._cfg = cfg
         # The configuration goes last: it is what switches the guard on.
-        tracer.update_map("rg_guard_cfg", zero, cfg)
+        tracer.guard_configure(cfg)
 
     def _create_decoys(self) -> None:
         for decoy in self.policy.mirage.decoys:
@@ -492,7 +477,7 @@ class Guard:
             self._audit.flush()  # and their repeat counts
         previous, self.mode = self.mode, mode
         self._cfg.mode = lib.RG_MODE_ENFORCE if mode == "enforce" else lib.RG_MODE_AUDIT
-        self._tracer.update_map("rg_guard_cfg", ffi.new("unsigned int *", 0), self._cfg)
+        self._tracer.guard_configure(self._cfg)
         note = EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["mode_changed"], name="mode_changed",
                            data=ModeChangedData(previous=previous, mode=mode), pid=os.getpid(),
                            tid=threading.get_native_id(),
@@ -671,12 +656,10 @@ class Guard:
 
     def _kernel_name(self, name_hash: int) -> Optional[str]:
         """The name from the kernel's own table, when its dns_answer record was lost."""
-        value = ffi.new("struct rg_dns_name *")
         try:
-            found = self._tracer.lookup_map("rg_names", ffi.new("unsigned long long *", name_hash), value)
+            return self._tracer.guard_answered_name(name_hash)
         except RuntimeGuardError:
             return None
-        return ffi.string(value.text).decode() if found else None
 
     def _release_held(self, wait: bool = False) -> list[EventRecord]:
         """The held decisions whose reverse name is known or overdue, in order."""
@@ -727,12 +710,7 @@ class Guard:
                    if host in self._allowed_hosts and hostnames.host_matches(host, reverse.name))
         if not bits:
             return
-        value = ffi.new("struct rg_resolved_value *", {
-            "expires_ns": time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int(reverse.ttl * 1e9),
-            "patterns": bits, "name_hash": hostnames.name_hash(reverse.name)})
-        self._tracer.update_map("rg_resolved", _address_key(address), value)
-        self._tracer.update_map("rg_names", ffi.new("unsigned long long *", hostnames.name_hash(reverse.name)),
-                                ffi.new("struct rg_dns_name *", {"text": reverse.name.encode()}))
+        self._tracer.guard_allow_resolved(address, bits, reverse.name, reverse.ttl)
 
     def _in_scope(self, pid: int) -> Optional[bool]:
         """Whether pid is guarded; None when it is gone and nobody can tell."""
@@ -878,17 +856,6 @@ class Guard:
         self._audit.write(EventRecord(timestamp=time.time_ns(), id=EVENT_IDS["lost"], name="lost",
                                       pid=os.getpid(), tid=threading.get_native_id(),
                                       data=LostData(count=sum(unseen.values()), by_kind=unseen)))
-
-
-def _address_key(address: str):
-    """The kernel's key for an address (rg_resolved, rg_dns_servers): IPv4
-    in the first four bytes, an IPv4-mapped IPv6 address as the IPv4 one."""
-    ip = ipaddress.ip_address(address)
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    key = ffi.new("struct rg_resolved_key *", {"family": 2 if ip.version == 4 else 10})
-    ffi.memmove(key.addr, ip.packed, len(ip.packed))
-    return key
 
 
 def choose_backend(requested: str = "auto") -> str:

@@ -125,13 +125,19 @@ def _cgroup_id(cgroup: Union[int, str]) -> int:
         raise ValueError(f"cgroup {cgroup!r}: {e.strerror}") from None
 
 
+def _rule_terms(ports: tuple[int, int], protocol: int, action: int, rule_index: int):
+    lo, hi = ports
+    return ffi.new("struct rg_guard_rule_terms *", {"port_lo": lo, "port_hi": hi, "protocol": protocol,
+                                                    "action": action, "rule_index": rule_index})
+
+
 def _watched_inode(path: str) -> tuple[int, int]:
-    """The (kernel dev_t, inode) the kernel knows a watched path by."""
+    """The (device, inode) that name a watched path."""
     try:
         st = os.stat(path)
     except OSError as e:
         raise ValueError(f"watch_files: {path}: {e.strerror}") from None
-    return environment.kernel_dev(st.st_dev), st.st_ino
+    return st.st_dev, st.st_ino
 
 
 def _native_cgroup_path(mount: Optional[str]) -> Optional[Callable[[int], Optional[str]]]:
@@ -276,11 +282,8 @@ class Tracer:
                 self._check(lib.rg_tracer_add_comm(handle, comm.encode(), err, _ERR_LEN), err)
             for cgroup in self.cgroups:
                 self._check(lib.rg_tracer_add_cgroup(handle, cgroup, err, _ERR_LEN), err)
-            watched = ffi.new("struct rg_inode_key *")
-            one = ffi.new("unsigned char *", 1)
             for path in self.watch_files:
-                watched.dev, watched.ino = _watched_inode(path)
-                self._check(lib.rg_tracer_map_update(handle, b"rg_watch_inodes", watched, one, err, _ERR_LEN), err)
+                self._check(lib.rg_tracer_watch_inode(handle, *_watched_inode(path), err, _ERR_LEN), err)
             for pattern in self.identity_env:
                 self._check(lib.rg_tracer_watch_env(handle, pattern.encode(), err, _ERR_LEN), err)
             for pattern in self.identity_argv:
@@ -363,25 +366,68 @@ class Tracer:
             self.start()
         return self._handle
 
-    def update_map(self, name: str, key, value) -> None:
-        """Writes one element of a loaded sensor's map (cffi key and value)."""
-        if self._handle is None:
-            raise TracerStateError("this Tracer is not loaded")
-        err = ffi.new("char[]", _ERR_LEN)
-        with self._native_lock():
-            self._check(lib.rg_tracer_map_update(self._handle, name.encode(), key, value, err, _ERR_LEN), err)
+    # ---- the guard's policy maps (csrc/guardmaps.c) ----
+    # Policy-level values in; the C side makes the kernel's keys and values.
+    # Each raises BPFError saying what was refused and why.
 
-    def lookup_map(self, name: str, key, value) -> bool:
-        """Reads one element of a loaded sensor's map into value (cffi);
-        False when the key is absent."""
+    def _guard_call(self, call, *args) -> int:
         if self._handle is None:
             raise TracerStateError("this Tracer is not loaded")
         err = ffi.new("char[]", _ERR_LEN)
         with self._native_lock():
-            ret = lib.rg_tracer_map_lookup(self._handle, name.encode(), key, value, err, _ERR_LEN)
-        if ret < 0:
-            self._check(ret, err)
-        return ret == 1
+            ret = call(self._handle, *args, err, _ERR_LEN)
+        self._check(ret, err)
+        return ret
+
+    def guard_address_rule(self, slot: int, address: str, prefix_len: int, ports: tuple[int, int], protocol: int,
+                           action: int, rule_index: int) -> None:
+        """Network rule number slot, for destinations in address/prefix_len
+        ("10.0.0.0", 8); protocol: RG_GUARD_PROTO_*, action: RG_NET_*."""
+        terms = _rule_terms(ports, protocol, action, rule_index)
+        self._guard_call(lib.rg_guard_set_address_rule, slot, address.encode(), prefix_len, terms)
+
+    def guard_host_rule(self, slot: int, pattern: str, ports: tuple[int, int], protocol: int, action: int,
+                        rule_index: int) -> None:
+        """Network rule number slot, for destinations answered for names host
+        pattern (added by guard_host_pattern first) matches."""
+        terms = _rule_terms(ports, protocol, action, rule_index)
+        self._guard_call(lib.rg_guard_set_host_rule, slot, pattern.encode(), terms)
+
+    def guard_host_pattern(self, pattern: str, bit: int) -> None:
+        """Host pattern ("api.example.com", "*.example.com") holds bit ``bit``
+        of the marks the DNS programs give the addresses they read."""
+        self._guard_call(lib.rg_guard_add_host_pattern, pattern.encode(), bit)
+
+    def guard_trust_dns_server(self, address: str) -> None:
+        """The DNS programs count answers from this server."""
+        self._guard_call(lib.rg_guard_trust_dns_server, address.encode())
+
+    def guard_allow_resolved(self, address: str, patterns: int, name: str, ttl_s: float) -> None:
+        """Opens address to the host patterns of the bits in patterns for
+        ttl_s seconds, as an observed answer for name would."""
+        self._guard_call(lib.rg_guard_allow_resolved, address.encode(), patterns, name.encode(), int(ttl_s * 1e9))
+
+    def guard_answered_name(self, name_hash: int) -> Optional[str]:
+        """The name the DNS programs recorded under name_hash; None when they
+        hold none (never answered, or pushed out since)."""
+        name = ffi.new("char[]", lib.RG_DNS_NAME_LEN)
+        if not self._guard_call(lib.rg_guard_answered_name, name_hash, name, lib.RG_DNS_NAME_LEN):
+            return None
+        return ffi.string(name).decode(errors="replace")
+
+    def guard_protect_inode(self, st_dev: int, st_ino: int, kind: int, rule_index: int, is_dir: bool) -> None:
+        """The file or directory os.stat() gives st_dev and st_ino for is
+        protected by the rule (kind: RG_PROTECT_*; is_dir: all beneath it too)."""
+        self._guard_call(lib.rg_guard_protect_inode, st_dev, st_ino, kind, rule_index, is_dir)
+
+    def guard_protect_pid(self, pid: int, rule_index: int) -> None:
+        """pid is protected from ptrace and memory access by the rule."""
+        self._guard_call(lib.rg_guard_protect_pid, pid, rule_index)
+
+    def guard_configure(self, cfg) -> None:
+        """Writes the guard's settings (a ``struct rg_guard_config *``): the
+        first write switches the guard on, a later one changes it in place."""
+        self._guard_call(lib.rg_guard_configure, cfg)
 
     def protect_path(self, path: str, kind: int, rule_index: int) -> None:
         """The guard's fanotify file judge: marks path (a file, or a directory
