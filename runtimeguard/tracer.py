@@ -632,7 +632,7 @@ class Tracer:
         descriptor is open somewhere, or sysctl kernel.bpf_stats_enabled=1),
         so both are 0 otherwise. Unlike stats(), never starts the tracer:
         TracerStateError when it is not running."""
-        # csrc/tracer.c sensor_names; one that is not loaded has no programs.
+        # csrc/loader.c sensor_names; one that is not loaded has no programs.
         sensors = (b"process", b"file", b"net", b"ptrace", b"guard", b"calls")
         found: dict[str, tuple[int, int]] = {}
         cap = 64
