@@ -32,3 +32,24 @@ def test_the_readme_limits_are_the_records():
     assert limits["a resolved path (`resolved_path`, `resolved_executable`, `cwd`)"].startswith(
         f"its last {lib.RG_PATH_LEN - 1} bytes, and at most {lib.RG_PATH_DEPTH} names and mounts deep")
     assert limits["a terminal's name (`tty`)"] == f"{lib.RG_TTY_LEN - 1} bytes"
+
+
+def layout_block() -> str:
+    with open(README) as f:
+        text = f.read()
+    section = text[text.index("## Layout"):]
+    return section[section.index("```\n") + 4: section.index("\n```", section.index("```\n") + 4)]
+
+
+def test_the_readme_layout_names_every_module():
+    """A file added to bpf/, csrc/ or runtimeguard/ without a line in the
+    README's layout fails here, so the layout cannot drift from the tree."""
+    root = os.path.dirname(README)
+    named = set(re.findall(r"[\w.-]+", layout_block()))
+    missing = []
+    for top in ("bpf", "csrc", "runtimeguard"):
+        for folder, dirs, files in os.walk(os.path.join(root, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            missing += [os.path.relpath(os.path.join(folder, name), root) for name in files
+                        if name not in named and not name.endswith((".so", ".pyc"))]
+    assert not missing, f"README's layout does not name: {', '.join(sorted(missing))}"
