@@ -17,6 +17,27 @@ if ROOT not in sys.path:
 
 _KERNEL_OBJECT_KINDS = ("bpf-prog", "bpf-map", "bpf_link", "[perf_event]", "bpf-link")
 
+_ROOT_REASON = ("needs root (euid 0): loads BPF programs, makes cgroups, namespaces or mounts, runs the guard or "
+                "the test VM; running as uid {}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "root: needs root (euid 0); skipped, with the reason, when not root")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason=_ROOT_REASON.format(os.geteuid()))
+    for item in items:
+        if item.get_closest_marker("root") is not None:
+            item.add_marker(skip)
+
+
+def will_run(item) -> bool:
+    """Whether the test runs here: not one marked root in a session without root."""
+    return os.geteuid() == 0 or item.get_closest_marker("root") is None
+
 
 def kernel_objects(pid: int | str = "self") -> list[str]:
     """The BPF and perf-event descriptors a process holds."""
@@ -142,6 +163,8 @@ def pytest_collection_finish(session):
     # now, beside the others, if their module says how.
     started = set()
     for item in session.items:
+        if not will_run(item):
+            continue
         module = getattr(item, "module", None)
         start = getattr(module, "start_early", None)
         if start is not None and module not in started:
@@ -153,6 +176,9 @@ def pytest_sessionfinish(session, exitstatus):
     # Nothing of ours may outlive the suite: every runtimeguard program still
     # loaded must be held by some other live process (another tool's tracer).
     # A check that cannot run fails the session too: silence would pass a leak.
+    # Without root no test can load a program, nor can bpftool list them.
+    if os.geteuid() != 0:
+        return
     try:
         deadline = time.monotonic() + 3
         while True:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import ROOT
 from runtimeguard import environment
 
@@ -24,6 +26,7 @@ FRESH_NAMESPACE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_tracefs_and_bpffs_are_mounted_when_absent_and_only_once():
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
                           FRESH_NAMESPACE], capture_output=True, text=True, cwd=ROOT, timeout=60)

@@ -33,6 +33,7 @@ def test_extension_links_no_libbpf_libelf_or_zlib(venv):
         assert lib not in linked, linked
 
 
+@pytest.mark.root
 def test_installed_wheel_traces_without_build_tools(venv, tmp_path):
     code = textwrap.dedent("""
         import shutil, subprocess, runtimeguard
