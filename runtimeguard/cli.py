@@ -29,6 +29,9 @@ EXIT_INTERRUPTED = 130
 # A command that runs another (run, calls -- CMD) and is stopped by SIGTERM did
 # not see it finish: the shell's status for "ended by SIGTERM", never success.
 EXIT_TERMINATED = 128 + signal.SIGTERM
+# sysexits.h EX_NOPERM: doctor without the privileges its probes need reported
+# only part of what it checks.
+EXIT_INCOMPLETE = 77
 _DRAIN_S = 0.3
 # The kernel's largest pid_max (PID_MAX_LIMIT on 64-bit).
 _PID_MAX_LIMIT = 4194304
@@ -576,28 +579,45 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .capabilities import capabilities
-
     from .calls.tracer import user_stack_mode
-    from .capabilities import Feature
+    from .capabilities import Feature, report
 
-    caps = capabilities()
-    mode, why = user_stack_mode()
-    caps = msgspec.structs.replace(caps, features=caps.features + [
-        Feature("uprobe_user_stacks", mode != "none", f"{mode}: {why}")])
+    caps = report()
+    if caps.complete:
+        mode, why = user_stack_mode()
+        stacks = Feature("uprobe_user_stacks", mode != "none", f"{mode}: {why}")
+    else:
+        # Measured by running a uprobe: ruled out with uprobes, else as unprobed as they are.
+        uprobe = caps.feature("uprobe")
+        if uprobe is not None and uprobe.available is False:
+            stacks = Feature("uprobe_user_stacks", False, uprobe.detail)
+        else:
+            stacks = Feature("uprobe_user_stacks", None, "not probed: measured by running a uprobe (run as root)")
+    caps = msgspec.structs.replace(caps, features=caps.features + [stacks])
     if args.json:
         print(json.dumps(msgspec.to_builtins(caps), indent=2))
     else:
         print(f"kernel {caps.kernel}\n\nfeatures:")
         width = max(len(f.name) for f in caps.features)
         for f in caps.features:
-            print(f"  {'ok' if f.available else 'NO':<3} {f.name:<{width}}  {f.detail}")
-        print("\nenforcement:")
-        for area, how in caps.enforcement.items():
-            print(f"  {area + ':':<16}{how}")
-        print("\ngaps:" if caps.gaps else "\ngaps: none known")
-        for gap in caps.gaps:
-            print(f"  - {gap}")
+            status = {True: "ok", False: "NO", None: "?"}[f.available]
+            print(f"  {status:<3} {f.name:<{width}}  {f.detail}")
+        if caps.complete:
+            print("\nenforcement:")
+            for area, how in caps.enforcement.items():
+                print(f"  {area + ':':<16}{how}")
+            print("\ngaps:" if caps.gaps else "\ngaps: none known")
+            for gap in caps.gaps:
+                print(f"  - {gap}")
+        else:
+            print("\nenforcement and gaps: not determined (they follow from the probes marked ?)")
+    if not caps.complete:
+        unprobed = sum(f.available is None for f in caps.features)
+        print(f"runtimeguard: incomplete report: {unprobed} features were not probed (that needs privileges "
+              "this process lacks); run doctor as root for the rest", file=sys.stderr)
+        # What any user can read may already rule the basics out; if not, only root can tell.
+        ruled_out = any(f.available is False for f in caps.features if f.name in ("tracepoint", "ring_buffer", "btf"))
+        return 1 if ruled_out else EXIT_INCOMPLETE
     return 0 if caps.available("tracepoint") and caps.available("ring_buffer") else 1
 
 
