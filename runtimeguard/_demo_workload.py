@@ -5,6 +5,7 @@ Usage: python _demo_workload.py SECONDS (the steps are spread over that time).
 
 import encodings.idna  # noqa: F401  imported now so its file opens count as start-up
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,6 +84,9 @@ STEPS = (run_echo, open_temp_file, lambda: tcp_loopback(socket.AF_INET, "127.0.0
 
 
 def main():
+    # Ctrl-C reaches the whole foreground group: the demo reports it, this
+    # workload just ends (no traceback of its own).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     tempfile.gettempdir()  # its writability probe is start-up, not the demo
     pause = float(sys.argv[1]) / len(STEPS) if len(sys.argv) > 1 else 0.0
     for step in STEPS:

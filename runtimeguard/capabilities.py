@@ -3,7 +3,9 @@
 A kernel can list a program type and still refuse it (lockdown, a missing
 CONFIG, an LSM list without "bpf"), so nothing here is inferred from version
 numbers: every BPF feature is a tiny program from bpf/probe.bpf.c, loaded and,
-for tracing types, attached.
+for tracing types, attached. Without the privileges to load them, report()
+gives what any user can read (kernel config, LSMs, mounts) and marks every
+mechanism only a probe can tell as not probed, never as missing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Optional
 import msgspec
 
 from . import environment
-from .errors import EnvironmentSetupError
+from .errors import EnvironmentSetupError, PrivilegeError
 
 _ERR_LEN = 4096
 
@@ -61,7 +63,9 @@ TAINTED_SOCKETS_DROPPED = ("cgroup_skb egress drop while the guard runs only (da
 
 class Feature(msgspec.Struct, frozen=True):
     name: str
-    available: bool
+    available: Optional[bool]
+    """None: not probed, for want of the privileges the probe needs (see
+    :func:`report`); the detail says which."""
     detail: str
 
 
@@ -72,6 +76,10 @@ class Capabilities(msgspec.Struct, frozen=True):
     gaps: list[str]
     """What this kernel lets escape observation or enforcement."""
     kernel: str
+    complete: bool = True
+    """False: made without the privileges the BPF probes need (:func:`report`):
+    what could not be probed has ``available`` None, and enforcement and gaps,
+    which follow from the probes, are left empty."""
 
     def feature(self, name: str) -> Optional[Feature]:
         return next((f for f in self.features if f.name == name), None)
@@ -85,23 +93,71 @@ class Capabilities(msgspec.Struct, frozen=True):
 def capabilities() -> Capabilities:
     """Probes once per process; raises PrivilegeError when not privileged."""
     environment.prepare()
-    config = kernel_config()
+    source, config = _read_kernel_config()
     features = [_probe(name, program, purpose, config) for name, program, purpose in _PROBES]
     features = [_check_lsm_active(f, config) if f.name.startswith("bpf_lsm") else f for f in features]
     features.append(_fanotify_feature())
     features.append(_probe("bpf_sock_destroy", None, "iter/tcp + kfunc bpf_sock_destroy: the guard destroys a "
                            "tainted process's TCP sockets, their queued data discarded, before it detaches", config))
-    features += _facts()
+    features += _facts(source, config, privileged=True)
     ia32 = ia32_emulation(config)
-    if ia32:
-        features.append(Feature("ia32_emulation", True, f"present ({ia32}): 32-bit syscalls bypass "
-                                "the syscall tracepoints (see gaps)"))
-    else:
-        features.append(Feature("ia32_emulation", False, "absent: no 32-bit syscall escapes the "
-                                "syscall tracepoints"))
     works = {f.name for f in features if f.available}
     return Capabilities(features=features, enforcement=_enforcement(works), gaps=_gaps(works, ia32, config),
                         kernel=os.uname().release)
+
+
+def report() -> Capabilities:
+    """What ``runtimeguard doctor`` shows: :func:`capabilities` when this
+    process may load BPF programs; otherwise everything that can be learned
+    without them (kernel, BTF, kernel config, active LSMs, cgroup v2, 32-bit
+    emulation; mechanisms the config or the LSM list rules out), with
+    ``complete`` False and each mechanism that needs a probe marked not
+    probed (``available`` None), not missing."""
+    try:
+        return capabilities()
+    except PrivilegeError as e:
+        return _unprivileged(e.missing)
+
+
+def _unprivileged(missing: list[str]) -> Capabilities:
+    source, config = _read_kernel_config()
+    needs = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else "".join(missing)
+    not_probed = f"not probed: loading a BPF program needs {needs} (run as root)"
+
+    def unprobed(name: str, needed: str = not_probed) -> Feature:
+        ruled_out = _ruled_out(name, config)
+        return Feature(name, False, ruled_out) if ruled_out else Feature(name, None, needed)
+
+    features = [unprobed(name) for name, _, _ in _PROBES]
+    features.append(unprobed("fanotify_permission", "not probed: fanotify permission events need CAP_SYS_ADMIN "
+                             "(run as root)"))
+    features.append(unprobed("bpf_sock_destroy"))
+    features += _facts(source, config, privileged=False)
+    return Capabilities(features=features, enforcement={}, gaps=[], kernel=os.uname().release, complete=False)
+
+
+# The kernel options a mechanism cannot work without, beyond CONFIG_BPF_SYSCALL
+# for every BPF one.
+_REQUIRED_CONFIG = {"kprobe": ("CONFIG_KPROBES",), "uprobe": ("CONFIG_UPROBES",), "bpf_lsm": ("CONFIG_BPF_LSM",),
+                    "bpf_lsm_path": ("CONFIG_BPF_LSM",),
+                    "fanotify_permission": ("CONFIG_FANOTIFY_ACCESS_PERMISSIONS",)}
+
+
+def _ruled_out(feature: str, config: dict[str, str]) -> str:
+    """Why a mechanism cannot work here whatever the privileges, from what any
+    user can read (the kernel config, the active LSMs), or "" when only a probe
+    can tell."""
+    needed = _REQUIRED_CONFIG.get(feature, ())
+    if feature != "fanotify_permission":
+        needed = ("CONFIG_BPF_SYSCALL", *needed)
+    off = next((name for name in needed if not config.get(name)), None) if config else None
+    if off is not None:
+        return f"{off} is off"
+    if feature.startswith("bpf_lsm"):
+        active, source = _active_lsms(config)
+        if active is not None and "bpf" not in active:
+            return f"'bpf' is not an active LSM ({','.join(active)}, {source})"
+    return ""
 
 
 def _probe(name: str, program: Optional[str], purpose: str, config: dict[str, str]) -> Feature:
@@ -168,41 +224,81 @@ def _check_lsm_active(f: Feature, config: dict[str, str]) -> Feature:
 
 
 def active_lsms(config: dict[str, str]) -> Optional[list[str]]:
+    return _active_lsms(config)[0]
+
+
+def _active_lsms(config: dict[str, str]) -> tuple[Optional[list[str]], str]:
+    """The active LSMs, or None when nothing says, and where they were read."""
     try:
         with open("/sys/kernel/security/lsm") as fh:
-            return fh.read().strip().split(",")
+            return fh.read().strip().split(","), "/sys/kernel/security/lsm"
     except OSError:
         pass
     boot = _boot_param("lsm")
     if boot is not None:
-        return boot.split(",")
+        return boot.split(","), "lsm= on the kernel command line"
     configured = config.get("CONFIG_LSM")
-    return configured.strip('"').split(",") if configured else None
+    if configured:
+        return configured.strip('"').split(","), "CONFIG_LSM; /sys/kernel/security/lsm not readable"
+    return None, "no /sys/kernel/security/lsm, lsm= or CONFIG_LSM"
 
 
-def _facts() -> list[Feature]:
+# The kernel options the features above depend on, as doctor lists them.
+_CONFIG_FACTS = ("CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_EVENTS", "CONFIG_CGROUP_BPF",
+                 "CONFIG_BPF_LSM", "CONFIG_KPROBES", "CONFIG_UPROBES", "CONFIG_FANOTIFY_ACCESS_PERMISSIONS")
+
+
+def _facts(source: str, config: dict[str, str], privileged: bool) -> list[Feature]:
+    """What any user can read, without loading anything; privileged: this
+    process could mount what is missing (it did, before probing)."""
     btf = os.path.exists("/sys/kernel/btf/vmlinux")
     facts = [Feature("btf", btf, "/sys/kernel/btf/vmlinux" if btf else "no /sys/kernel/btf/vmlinux")]
+    if config:
+        options = ", ".join(f"{name}={config[name]}" if config.get(name) else f"{name} off" for name in _CONFIG_FACTS)
+        facts.append(Feature("kernel_config", True, f"{source}: {options}"))
+    else:
+        facts.append(Feature("kernel_config", False, f"not readable from /proc/config.gz or /boot/config-"
+                             f"{os.uname().release}: mechanisms are known only by probing"))
+    active, where = _active_lsms(config)
+    facts.append(Feature("active_lsms", active is not None, f"{','.join(active)} ({where})" if active else where))
     try:
         facts.append(Feature("cgroup2", True, f"mounted at {environment.cgroup2_mount()}"))
     except EnvironmentSetupError as e:
         facts.append(Feature("cgroup2", False, str(e)))
-    for name, fs_type in (("tracefs", "tracefs"), ("bpffs", "bpf")):
+    for name, fs_type, target in (("tracefs", "tracefs", environment.TRACEFS), ("bpffs", "bpf", environment.BPFFS)):
         where = next((m.mount_point for m in environment.mounts() if m.fs_type == fs_type), None)
-        facts.append(Feature(name, where is not None, f"mounted at {where}" if where else "not mounted"))
+        if where is not None:
+            facts.append(Feature(name, True, f"mounted at {where}"))
+        elif privileged:
+            facts.append(Feature(name, False, "not mounted"))
+        else:
+            # Run as root, runtimeguard mounts it itself: absent now is not missing.
+            facts.append(Feature(name, None, f"not mounted; run as root, runtimeguard mounts it at {target}"))
+    ia32 = ia32_emulation(config)
+    if ia32:
+        facts.append(Feature("ia32_emulation", True, f"present ({ia32}): 32-bit syscalls bypass the syscall "
+                             "tracepoints"))
+    else:
+        facts.append(Feature("ia32_emulation", False, "absent: no 32-bit syscall escapes the syscall tracepoints"))
     return facts
 
 
 def kernel_config() -> dict[str, str]:
     """CONFIG_* = value for the running kernel, or {} when it does not say."""
+    return _read_kernel_config()[1]
+
+
+def _read_kernel_config() -> tuple[str, dict[str, str]]:
+    """Where the running kernel's config was read ("" when nowhere), and its
+    CONFIG_* = value."""
     candidates = (("/proc/config.gz", gzip.open), (f"/boot/config-{os.uname().release}", open))
     for path, opener in candidates:
         try:
             with opener(path, "rt") as f:
-                return dict(line.rstrip("\n").split("=", 1) for line in f if line.startswith("CONFIG_"))
+                return path, dict(line.rstrip("\n").split("=", 1) for line in f if line.startswith("CONFIG_"))
         except (OSError, ValueError, EOFError):
             continue
-    return {}
+    return "", {}
 
 
 def ia32_emulation(config: dict[str, str]) -> str:

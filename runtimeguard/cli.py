@@ -6,6 +6,8 @@ import argparse
 import collections
 import errno
 import json
+import logging
+import math
 import os
 import shutil
 import signal
@@ -17,13 +19,22 @@ from typing import Callable, Iterable, Optional, TextIO
 
 import msgspec
 
+from . import environment
 from .errors import RuntimeGuardError
 from .schema import EVENT_IDS, PTRACE_REQUESTS, TRUNCATED, Event, json_encoder, json_schema
 from .audit import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
 from .tracer import ALL_EVENTS, DEFAULT_EVENTS, DEFAULT_MAX_LATENCY_MS, DEFAULT_RING_BUFFER_SIZE, Tracer
 
 EXIT_INTERRUPTED = 130
+# A command that runs another (run, calls -- CMD) and is stopped by SIGTERM did
+# not see it finish: the shell's status for "ended by SIGTERM", never success.
+EXIT_TERMINATED = 128 + signal.SIGTERM
+# sysexits.h EX_NOPERM: doctor without the privileges its probes need reported
+# only part of what it checks.
+EXIT_INCOMPLETE = 77
 _DRAIN_S = 0.3
+# The kernel's largest pid_max (PID_MAX_LIMIT on 64-bit).
+_PID_MAX_LIMIT = 4194304
 
 
 class _Terminated(Exception):
@@ -136,8 +147,9 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-def _run(body: Callable[[], int]) -> int:
-    """Runs a command body: errors as one line, Ctrl-C, SIGTERM and closed pipes quietly."""
+def _run(body: Callable[[], int], terminated_status: int = 0) -> int:
+    """Runs a command body: errors as one line, Ctrl-C, SIGTERM (then exiting
+    with terminated_status) and closed pipes quietly."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return body()
@@ -147,7 +159,7 @@ def _run(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except _Terminated:
-        return 0
+        return terminated_status
     except BrokenPipeError:
         # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -155,6 +167,29 @@ def _run(body: Callable[[], int]) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the form of every other error: one line, "runtimeguard:"
+    once, the command and option at fault, and where the usage is."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        # argparse says "argument --pid: invalid ..."; the option alone reads better after the command.
+        option, _, reason = message.partition(": ") if message.startswith("argument ") else ("", "", message)
+        at = " ".join(filter(None, (command, option.removeprefix("argument "))))
+        self.exit(2, f"runtimeguard: {at + ': ' if at else ''}{reason} (see {self.prog} --help)\n")
+
+
+class _LogFormatter(logging.Formatter):
+    """Library log lines (a detection rule that raised, an exporter retrying)
+    on stderr like the command's own: "runtimeguard:" once, then who said it
+    when that is not runtimeguard itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        package = record.name.partition(".")[0]
+        who = "" if package in ("runtimeguard", "root") else f"{package}: "
+        return f"runtimeguard: {who}{record.getMessage()}"
 
 
 def _event_list(value: str) -> tuple[str, ...]:
@@ -172,10 +207,69 @@ def _size(value: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     try:
         if value[-1:].lower() in units:
-            return int(value[:-1]) * units[value[-1].lower()]
-        return int(value)
+            size = int(value[:-1]) * units[value[-1].lower()]
+        else:
+            size = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {value!r} (bytes, or with K/M/G)") from None
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (a positive number of bytes, or with K/M/G)")
+    return size
+
+
+def _pid(value: str) -> int:
+    try:
+        pid = int(value)
+    except ValueError:
+        pid = 0
+    if not 0 < pid <= _PID_MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"not a process id: {value!r} (1 to {_PID_MAX_LIMIT})")
+    return pid
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {value!r} (0 to 65535; 0: any free port)")
+    return port
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {value!r} (0 or more)")
+    return count
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"not a duration: {value!r} (seconds, more than 0)")
+    return seconds
+
+
+def _check_runnable(program: str) -> None:
+    """Refuses a command that cannot be started before anything is loaded for it."""
+    if shutil.which(program) is not None:
+        return
+    if os.sep not in program:
+        why = "not found in PATH"
+    elif not os.path.exists(program):
+        why = "no such file"
+    elif os.path.isdir(program):
+        why = "a directory"
+    else:
+        why = "not executable"
+    raise RuntimeGuardError(f"cannot run {program!r}: {why}")
 
 
 def _tracer(args: argparse.Namespace, events: Iterable[str], **filters) -> Tracer:
@@ -349,6 +443,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     events = options.pop("events")
     tracer = _tracer(args, events, **options)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    # The input is sound; the banner below is only true if the programs can load.
+    environment.check_privileges()
     if not args.json:
         print(f"runtimeguard: watching with {len(detector.rules)} detection rules ({', '.join(events)}; "
               "Ctrl-C to stop)", file=sys.stderr)
@@ -422,6 +518,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
                                                                             "SSL_read_ex") for p in args.probe):
         raise RuntimeGuardError("calls: --plaintext copies TLS buffers: probe libssl's SSL_write/SSL_read "
                                 "(or give --tls)")
+    if args.argv:
+        _check_runnable(args.argv[0])
     try:
         tracer = CallTracer(args.probe, returns=args.returns, pids=args.pid, cgroups=args.cgroup,
                             records=not args.no_records, rate=args.rate, plaintext=args.plaintext, tls=args.tls,
@@ -429,6 +527,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise RuntimeGuardError(str(e)) from None
     out = sys.stdout.buffer
+    # The probes are sound; the banner below is only true if they can attach.
+    environment.check_privileges()
 
     def show(call) -> None:
         if args.json:
@@ -479,28 +579,45 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .capabilities import capabilities
-
     from .calls.tracer import user_stack_mode
-    from .capabilities import Feature
+    from .capabilities import Feature, report
 
-    caps = capabilities()
-    mode, why = user_stack_mode()
-    caps = msgspec.structs.replace(caps, features=caps.features + [
-        Feature("uprobe_user_stacks", mode != "none", f"{mode}: {why}")])
+    caps = report()
+    if caps.complete:
+        mode, why = user_stack_mode()
+        stacks = Feature("uprobe_user_stacks", mode != "none", f"{mode}: {why}")
+    else:
+        # Measured by running a uprobe: ruled out with uprobes, else as unprobed as they are.
+        uprobe = caps.feature("uprobe")
+        if uprobe is not None and uprobe.available is False:
+            stacks = Feature("uprobe_user_stacks", False, uprobe.detail)
+        else:
+            stacks = Feature("uprobe_user_stacks", None, "not probed: measured by running a uprobe (run as root)")
+    caps = msgspec.structs.replace(caps, features=caps.features + [stacks])
     if args.json:
         print(json.dumps(msgspec.to_builtins(caps), indent=2))
     else:
         print(f"kernel {caps.kernel}\n\nfeatures:")
         width = max(len(f.name) for f in caps.features)
         for f in caps.features:
-            print(f"  {'ok' if f.available else 'NO':<3} {f.name:<{width}}  {f.detail}")
-        print("\nenforcement:")
-        for area, how in caps.enforcement.items():
-            print(f"  {area + ':':<16}{how}")
-        print("\ngaps:" if caps.gaps else "\ngaps: none known")
-        for gap in caps.gaps:
-            print(f"  - {gap}")
+            status = {True: "ok", False: "NO", None: "?"}[f.available]
+            print(f"  {status:<3} {f.name:<{width}}  {f.detail}")
+        if caps.complete:
+            print("\nenforcement:")
+            for area, how in caps.enforcement.items():
+                print(f"  {area + ':':<16}{how}")
+            print("\ngaps:" if caps.gaps else "\ngaps: none known")
+            for gap in caps.gaps:
+                print(f"  - {gap}")
+        else:
+            print("\nenforcement and gaps: not determined (they follow from the probes marked ?)")
+    if not caps.complete:
+        unprobed = sum(f.available is None for f in caps.features)
+        print(f"runtimeguard: incomplete report: {unprobed} features were not probed (that needs privileges "
+              "this process lacks); run doctor as root for the rest", file=sys.stderr)
+        # What any user can read may already rule the basics out; if not, only root can tell.
+        ruled_out = any(f.available is False for f in caps.features if f.name in ("tracepoint", "ring_buffer", "btf"))
+        return 1 if ruled_out else EXIT_INCOMPLETE
     return 0 if caps.available("tracepoint") and caps.available("ring_buffer") else 1
 
 
@@ -574,12 +691,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.argv:
         raise RuntimeGuardError("run: no command given (runtimeguard run --policy FILE -- CMD ARGS...)")
     policy = Policy.load(args.policy)
+    _check_runnable(args.argv[0])
     notices = NotificationTracker()
 
     def show(ev: Event) -> None:
         target = ev.target_context.formatted if ev.target_context is not None else ""
         if notices.should_notify(ev.policy.rule if ev.policy else "", f"{ev.name} {target}"):
-            print(format_decision(ev), file=sys.stderr, flush=True)
+            print(f"runtimeguard: {format_decision(ev)}", file=sys.stderr, flush=True)
 
     if args.mode is not None:
         policy = policy.with_mode(args.mode)
@@ -633,7 +751,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runtimeguard", description="See and control what processes do, via eBPF.")
+    parser = _Parser(prog="runtimeguard", description="See and control what processes do, via eBPF.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def tracer_options(p: argparse.ArgumentParser) -> None:
@@ -648,7 +766,7 @@ def _parser() -> argparse.ArgumentParser:
                             "(http://collector:4318; extra runtimeguard[otlp])")
         p.add_argument("--otlp-header", type=_header, action="append", metavar="NAME=VALUE",
                        help="an HTTP header for the OTLP endpoint (authentication)")
-        p.add_argument("--metrics-port", type=int, metavar="PORT",
+        p.add_argument("--metrics-port", type=_port, metavar="PORT",
                        help="serve Prometheus metrics on PORT (0: any free port; extra runtimeguard[metrics])")
         p.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR",
                        help="the address metrics are served on; default %(default)s")
@@ -659,13 +777,13 @@ def _parser() -> argparse.ArgumentParser:
     trace = sub.add_parser("trace", help="stream live events as a table or NDJSON")
     trace.add_argument("--events", type=_event_list, default=DEFAULT_EVENTS, metavar="E1,E2|all",
                        help=f"default: {','.join(DEFAULT_EVENTS)}")
-    trace.add_argument("--pid", type=int, action="extend", nargs="+", default=[], metavar="N")
+    trace.add_argument("--pid", type=_pid, action="extend", nargs="+", default=[], metavar="N")
     trace.add_argument("--comm", action="extend", nargs="+", default=[], metavar="NAME")
     trace.add_argument("--cgroup", action="extend", nargs="+", default=[], metavar="PATH",
                        help="a cgroup v2 path (relative to the hierarchy) or id; covers its subtree")
     trace.add_argument("--format", choices=("table", "json"),
                        help="default: table on a terminal, NDJSON otherwise")
-    trace.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    trace.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds")
     tracer_options(trace)
     export_options(trace)
     trace.set_defaults(func=cmd_trace)
@@ -673,11 +791,11 @@ def _parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="stream events with detections (MITRE ATT&CK) as a table or NDJSON")
     watch.add_argument("--rules", metavar="FILE", help="detection tuning (YAML) over the defaults")
     watch.add_argument("--json", action="store_true", help="NDJSON: one event line per event, detections included")
-    watch.add_argument("--pid", type=int, action="extend", nargs="+", default=[], metavar="N")
+    watch.add_argument("--pid", type=_pid, action="extend", nargs="+", default=[], metavar="N")
     watch.add_argument("--comm", action="extend", nargs="+", default=[], metavar="NAME")
     watch.add_argument("--cgroup", action="extend", nargs="+", default=[], metavar="PATH",
                        help="a cgroup v2 path (relative to the hierarchy) or id; covers its subtree")
-    watch.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    watch.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds")
     tracer_options(watch)
     export_options(watch)
     watch.set_defaults(func=cmd_watch)
@@ -690,19 +808,19 @@ def _parser() -> argparse.ArgumentParser:
     calls.add_argument("--probe", action="append", default=[], metavar="SPEC")
     calls.add_argument("--returns", action="store_true", help="a return probe beside each entry probe")
     calls.add_argument("--tls", action="store_true", help="probe libssl's SSL_write/SSL_read (and _ex forms)")
-    calls.add_argument("--plaintext", type=int, default=0, metavar="N",
+    calls.add_argument("--plaintext", type=_count, default=0, metavar="N",
                        help="keep up to N bytes of each TLS write's and read's plaintext (default: none)")
     calls.add_argument("--redact-env", action="append", default=[], metavar="NAME|PATTERN",
                        help="environment variables (fnmatch patterns) whose values are redacted from plaintext")
     calls.add_argument("--redact", action="append", default=[], metavar="REGEX",
                        help="a regular expression redacted from plaintext")
-    calls.add_argument("--rate", type=int, default=10_000, metavar="N",
+    calls.add_argument("--rate", type=_count, default=10_000, metavar="N",
                        help="call records per second per probe at most (0: all); calls are counted regardless")
     calls.add_argument("--no-records", action="store_true", help="count call paths only, no record per call")
     calls.add_argument("--json", action="store_true", help="NDJSON: calls, then call paths, summaries, statistics")
-    calls.add_argument("--pid", type=int, action="extend", nargs="+", default=[], metavar="N")
+    calls.add_argument("--pid", type=_pid, action="extend", nargs="+", default=[], metavar="N")
     calls.add_argument("--cgroup", action="extend", nargs="+", default=[], metavar="PATH")
-    calls.add_argument("--duration", type=float, metavar="S", help="without a command: stop after S seconds")
+    calls.add_argument("--duration", type=_seconds, metavar="S", help="without a command: stop after S seconds")
     calls.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     calls.set_defaults(func=cmd_calls)
 
@@ -720,8 +838,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--audit-log", metavar="PATH", help="NDJSON log of every decision")
     run.add_argument("--audit-max-bytes", type=_size, default=DEFAULT_AUDIT_MAX_BYTES, metavar="BYTES",
                      help="rotate the audit log past this size (K/M/G suffixes allowed); default %(default)s")
-    run.add_argument("--audit-rotate-every", type=float, metavar="S", help="rotate the audit log every S seconds too")
-    run.add_argument("--audit-backups", type=int, default=5, metavar="N", help="rotated files kept; default %(default)s")
+    run.add_argument("--audit-rotate-every", type=_seconds, metavar="S", help="rotate the audit log every S seconds too")
+    run.add_argument("--audit-backups", type=_count, default=5, metavar="N", help="rotated files kept; default %(default)s")
     run.add_argument("--audit-compress", action="store_true", help="gzip rotated audit log files")
     run.add_argument("--summary", metavar="FILE.md", help="write a Markdown report of the run (also appended to "
                                                           "$GITHUB_STEP_SUMMARY when it is set)")
@@ -741,7 +859,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_policy)
 
     demo = sub.add_parser("demo", help="trace a small built-in workload (loopback only)")
-    demo.add_argument("--seconds", type=float, default=4.0, metavar="N")
+    demo.add_argument("--seconds", type=_seconds, default=4.0, metavar="N")
     tracer_options(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -751,4 +869,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "argv", None) and args.argv[0] == "--":
         args.argv = args.argv[1:]
-    return _run(lambda: args.func(args))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    return _run(lambda: args.func(args), EXIT_TERMINATED if getattr(args, "argv", None) else 0)

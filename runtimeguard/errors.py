@@ -10,7 +10,8 @@ class PrivilegeError(RuntimeGuardError, PermissionError):
 
     def __init__(self, missing: list[str], detail: str = ""):
         self.missing = missing
-        text = "runtimeguard needs " + " and ".join(missing) + " (run as root)"
+        names = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else "".join(missing)
+        text = f"loading BPF programs needs {names} (run as root)"
         super().__init__(text + (f": {detail}" if detail else ""))
 
 

@@ -918,7 +918,7 @@ def format_decision(ev: EventRecord) -> str:
     who = f"{process.name or '?'}[{ev.pid}]" if process else f"pid {ev.pid}"
     target = ev.target_context.formatted if ev.target_context is not None else ""
     rule = ev.policy.rule if ev.policy is not None else "?"
-    return f"runtimeguard: {what} {ev.name} {who} -> {target} (rule {rule})"
+    return f"{what} {ev.name} {who} -> {target} (rule {rule})"
 
 
 def guard(policy: Policy, argv: Sequence[str], *, mode: Optional[str] = None, audit_log: Optional[str] = None,

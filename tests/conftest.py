@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,27 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 _KERNEL_OBJECT_KINDS = ("bpf-prog", "bpf-map", "bpf_link", "[perf_event]", "bpf-link")
+
+_ROOT_REASON = ("needs root (euid 0): loads BPF programs, makes cgroups, namespaces or mounts, runs the guard or "
+                "the test VM; running as uid {}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "root: needs root (euid 0); skipped, with the reason, when not root")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason=_ROOT_REASON.format(os.geteuid()))
+    for item in items:
+        if item.get_closest_marker("root") is not None:
+            item.add_marker(skip)
+
+
+def will_run(item) -> bool:
+    """Whether the test runs here: not one marked root in a session without root."""
+    return os.geteuid() == 0 or item.get_closest_marker("root") is None
 
 
 def kernel_objects(pid: int | str = "self") -> list[str]:
@@ -142,6 +164,8 @@ def pytest_collection_finish(session):
     # now, beside the others, if their module says how.
     started = set()
     for item in session.items:
+        if not will_run(item):
+            continue
         module = getattr(item, "module", None)
         start = getattr(module, "start_early", None)
         if start is not None and module not in started:
@@ -153,6 +177,9 @@ def pytest_sessionfinish(session, exitstatus):
     # Nothing of ours may outlive the suite: every runtimeguard program still
     # loaded must be held by some other live process (another tool's tracer).
     # A check that cannot run fails the session too: silence would pass a leak.
+    # Without root no test can load a program, nor can bpftool list them.
+    if os.geteuid() != 0:
+        return
     try:
         deadline = time.monotonic() + 3
         while True:
@@ -199,3 +226,42 @@ def fork():
         if proc.is_alive():
             proc.kill()
         proc.join()
+
+
+NOBODY = 65534
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+@pytest.fixture(scope="session")
+def unprivileged():
+    """A command prefix that runs a program as nobody (uid and gid 65534, no
+    groups, without CAP_SYS_ADMIN, CAP_BPF or CAP_PERFMON), with this tree
+    importable: [] when the tests already run without root. Where this
+    interpreter is out of nobody's reach (pyenv under a /root of mode 0700),
+    nobody keeps CAP_DAC_READ_SEARCH alone, to read it: no privilege over BPF,
+    cgroups, mounts or fanotify. Skips, saying why, when neither works."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run a command as nobody")
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    reading = ["--inh-caps=-all,+dac_read_search", "--ambient-caps=-all,+dac_read_search"]
+    check = ("import os, runtimeguard.cli; caps = next(int(line.split()[1], 16) for line in open('/proc/self/status') "
+             "if line.startswith('CapEff:')); print(os.geteuid(), caps)")
+    failures = []
+    for prefix in (as_nobody, as_nobody + reading):
+        done = subprocess.run([*prefix, sys.executable, "-c", check], cwd=ROOT, env=unprivileged_env(),
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            euid, caps = map(int, done.stdout.split())
+            assert euid == NOBODY, done.stdout
+            assert not caps & (1 << _CAP_SYS_ADMIN | 1 << _CAP_PERFMON | 1 << _CAP_BPF), f"capabilities {caps:#x}"
+            return prefix
+        failures.append(f"{' '.join(prefix)}: {done.stderr.strip().splitlines()[-1:]}")
+    pytest.skip(f"cannot run {sys.executable} with this tree as nobody: {'; '.join(failures)}")
+
+
+def unprivileged_env() -> dict[str, str]:
+    """The environment for a command run through the unprivileged prefix: this
+    tree importable, no bytecode written into it."""
+    return {**os.environ, "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1"}

@@ -666,6 +666,7 @@ def test_reader_skips_a_torn_last_line_only(tmp_path):
 
 # ---- real filesystem faults ----
 
+@pytest.mark.root
 def test_disk_full_raises_naming_the_reason(tiny_tmpfs):
     path = tiny_tmpfs / "audit.ndjson"
     written = []
@@ -684,6 +685,7 @@ def test_disk_full_raises_naming_the_reason(tiny_tmpfs):
     assert reader.torn_lines == 0
 
 
+@pytest.mark.root
 def test_disk_full_counted_then_retried_once_space_frees(tiny_tmpfs):
     path = tiny_tmpfs / "audit.ndjson"
     filler = tiny_tmpfs / "filler"
@@ -715,6 +717,7 @@ def test_disk_full_counted_then_retried_once_space_frees(tiny_tmpfs):
     assert [e.seq for e in read_audit_log(path)] == list(range(seq))
 
 
+@pytest.mark.root
 def test_retry_queue_is_bounded(tiny_tmpfs, monkeypatch):
     monkeypatch.setattr(audit, "RETRY_QUEUE_MAX", 5)
     path = tiny_tmpfs / "audit.ndjson"
@@ -763,6 +766,7 @@ def ext4_remount_ro(tmp_path):
         unmount(mountpoint)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("on_error", ["raise", "count"])
 def test_read_only_filesystem(ext4_remount_ro, on_error):
     mountpoint, make_read_only = ext4_remount_ro
@@ -1078,6 +1082,7 @@ def test_kept_file_grows_only_with_new_firsts(tmp_path):
     assert [e.seq for e in kept] == [0]
 
 
+@pytest.mark.root
 def test_dropped_events_are_reported_by_a_lost_record(tiny_tmpfs, monkeypatch):
     monkeypatch.setattr(audit, "RETRY_QUEUE_MAX", 5)
     path = tiny_tmpfs / "audit.ndjson"

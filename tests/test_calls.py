@@ -34,6 +34,7 @@ def _run(tracer: CallTracer, argv) -> list:
     return calls
 
 
+@pytest.mark.root
 def test_known_chains_give_exactly_their_paths_and_counts(chains):
     tracer = CallTracer([f"{chains}:target"])
     calls = _run(tracer, [chains, "3", "2"])
@@ -61,6 +62,7 @@ def test_known_chains_give_exactly_their_paths_and_counts(chains):
     assert summary.started <= min(p.first_seen for p in paths) <= max(p.last_seen for p in paths) <= summary.stopped
 
 
+@pytest.mark.root
 def test_run_scopes_the_probes_to_the_command(chains):
     # Calls the same function all through the traced run, from outside its cgroup.
     outside = subprocess.Popen(["sh", "-c", f"for i in $(seq 60); do {chains} 1 1 >/dev/null; sleep 0.05; done"])
@@ -72,6 +74,7 @@ def test_run_scopes_the_probes_to_the_command(chains):
     assert [(p.symbols, p.count) for p in tracer.call_paths()] == [(["main", "a", "b", "target"], 2)]
 
 
+@pytest.mark.root
 def test_doctor_measures_the_stacks_a_uprobe_gets():
     from runtimeguard.calls.tracer import user_stack_mode
 
@@ -79,6 +82,7 @@ def test_doctor_measures_the_stacks_a_uprobe_gets():
     assert mode in ("build_id", "address"), why  # this kernel gives stacks in uprobes
 
 
+@pytest.mark.root
 def test_hashes_are_stable_across_runs_and_follow_their_documented_form(chains):
     runs = []
     for _ in range(2):
@@ -99,6 +103,7 @@ def test_hashes_are_stable_across_runs_and_follow_their_documented_form(chains):
         "\n".join(["runtimeguard-path-v1", *path.node_hashes]).encode()).hexdigest()
 
 
+@pytest.mark.root
 def test_call_records_carry_the_symbolized_stack(chains):
     tracer = CallTracer([f"{chains}:target"], returns=True)
     calls = _run(tracer, [chains, "1", "0"])
@@ -116,6 +121,7 @@ def test_call_records_carry_the_symbolized_stack(chains):
     assert e.callstack_hash == path.callstack_hash
 
 
+@pytest.mark.root
 def test_the_token_bucket_limits_records_while_the_kernel_counts_every_call(chains):
     tracer = CallTracer([f"{chains}:target"], rate=50, burst=5)
     calls = _run(tracer, [chains, "0", "0", "20000"])
@@ -128,6 +134,7 @@ def test_the_token_bucket_limits_records_while_the_kernel_counts_every_call(chai
     assert stats.probe_runs >= 20000 and stats.probe_run_time_ns > 0 and stats.cpu_overhead_percent > 0
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not os.path.exists(PYTHON_WITH_USDT), reason="Debian's python3.11 (with USDT notes) is absent")
 def test_python_function_names_through_usdt():
     assert any(n.provider == "python" and n.name == "function__entry" for n in usdt_notes(PYTHON_WITH_USDT))
@@ -149,6 +156,7 @@ def _self_signed(tmp_path):
     return str(cert), str(key)
 
 
+@pytest.mark.root
 def test_tls_plaintext_is_seen_before_encryption_with_the_secret_redacted(tmp_path):
     cert, key = _self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -223,6 +231,7 @@ def test_a_library_probe_resolves_by_soname():
     assert any(line.split()[-1].startswith("SSL_write@@") for line in out.splitlines() if line.strip())
 
 
+@pytest.mark.root
 def test_the_calls_command_runs_a_command_and_reports_its_paths(chains):
     import json
 

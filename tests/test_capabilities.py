@@ -12,19 +12,19 @@ from runtimeguard.capabilities import (_PROBES, CHANGES_DETECTED, CHANGES_FANOTI
                                        NETWORK_HOOKS, TAINTED_SOCKETS_DESTROYED, TAINTED_SOCKETS_DROPPED,
                                        TAINTED_SOCKETS_LSM, Capabilities, capabilities, explain, lsm_enforcement)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="probing loads BPF programs: needs root")
-
 
 @pytest.fixture(scope="module")
 def caps() -> Capabilities:
     return capabilities()
 
 
+@pytest.mark.root
 def test_cached_and_exported(caps):
     assert capabilities() is caps
     assert runtimeguard.capabilities() is caps
 
 
+@pytest.mark.root
 def test_the_basics_work(caps):
     for name in ("tracepoint", "ring_buffer", "tp_btf", "btf", "tracefs", "bpffs", "cgroup2"):
         assert caps.available(name), caps.feature(name)
@@ -33,6 +33,7 @@ def test_the_basics_work(caps):
     assert len({f.name for f in caps.features}) == len(caps.features)
 
 
+@pytest.mark.root
 def test_refusals_say_why(caps):
     # BPF LSM loads fail with EPERM on this project's kernel (lockdown); elsewhere they may load.
     probed = {name for name, _, _ in _PROBES} | {"bpf_sock_destroy"}
@@ -42,6 +43,7 @@ def test_refusals_say_why(caps):
             assert ("failed" in f.detail or "not an active LSM" in f.detail) and len(f.detail) < 200, f
 
 
+@pytest.mark.root
 def test_enforcement_follows_the_features(caps):
     e = caps.enforcement
     assert (e["network"] == NETWORK_HOOKS) == caps.available("cgroup_connect4")
@@ -57,6 +59,7 @@ def test_enforcement_follows_the_features(caps):
         assert e["file_changes"] == (CHANGES_FANOTIFY if caps.available("fanotify_permission") else CHANGES_DETECTED)
 
 
+@pytest.mark.root
 def test_tainted_sends_follow_the_features(caps):
     """A tainted process's sends on a socket connected before the taint: EPERM
     with BPF LSM, else dropped at egress, and with the kfunc the sockets are
@@ -74,6 +77,7 @@ def test_tainted_sends_follow_the_features(caps):
         assert "failed" in destroy.detail and "\n" not in destroy.detail
 
 
+@pytest.mark.root
 def test_ia32_gap_matches_the_feature(caps):
     ia32 = caps.feature("ia32_emulation")
     compat_gaps = [g for g in caps.gaps if "32-bit" in g]
@@ -85,6 +89,7 @@ def test_ia32_gap_matches_the_feature(caps):
             assert not ia32.available
 
 
+@pytest.mark.root
 def test_round_trips_as_json(caps):
     assert msgspec.json.decode(msgspec.json.encode(caps), type=Capabilities) == caps
 

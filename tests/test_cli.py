@@ -14,8 +14,6 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "runtimeguard"]
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root")
-
 
 def cli(*args, timeout=20):
     return subprocess.run(CLI + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -33,7 +31,7 @@ def test_schema_is_a_json_schema(schema):
     assert schema["$schema"].endswith("2020-12/schema")
 
 
-@needs_root
+@pytest.mark.root
 def test_trace_json_sees_an_exec_and_matches_the_schema(schema, tmp_path):
     token = uuid.uuid4().hex
     # A file, not a pipe: a full pipe would stall the tracer while the test is busy exec'ing.
@@ -64,7 +62,7 @@ def test_trace_json_sees_an_exec_and_matches_the_schema(schema, tmp_path):
     assert any(ev["data"]["argv"] == ["/bin/echo", token] for ev in events)
 
 
-@needs_root
+@pytest.mark.root
 def test_trace_ctrl_c_exits_130_without_a_traceback():
     trace = subprocess.Popen(CLI + ["trace", "--format", "table", "--events", "process_exec"], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -88,7 +86,7 @@ def test_errors_are_one_line():
     assert result.stderr.startswith("runtimeguard: ") and "Traceback" not in result.stderr
 
 
-@needs_root
+@pytest.mark.root
 def test_doctor_json():
     result = cli("doctor", "--json")
     assert result.returncode == 0, result.stderr
@@ -103,7 +101,7 @@ def test_doctor_json():
     assert report["kernel"] == os.uname().release
 
 
-@needs_root
+@pytest.mark.root
 def test_doctor_report():
     result = cli("doctor")
     assert result.returncode == 0, result.stderr
@@ -111,7 +109,7 @@ def test_doctor_report():
     assert any(line.split()[:2] == ["ok", "tracepoint"] for line in result.stdout.splitlines())
 
 
-@needs_root
+@pytest.mark.root
 def test_demo_shows_the_workload():
     result = cli("demo", "--seconds", "1")
     assert result.returncode == 0, result.stderr
@@ -160,7 +158,7 @@ def watch_while_shells_start(args, cgroup_path, token, out_file):
     return watch.returncode, err
 
 
-@needs_root
+@pytest.mark.root
 def test_watch_json_reports_a_detection_with_its_attack_ids(schema, tmp_path, watched_cgroup):
     name, path = watched_cgroup
     token = uuid.uuid4().hex
@@ -183,7 +181,7 @@ def test_watch_json_reports_a_detection_with_its_attack_ids(schema, tmp_path, wa
         assert ev["data"]["events"][-1] == ev["triggered_by"]
 
 
-@needs_root
+@pytest.mark.root
 def test_watch_table_marks_detections(tmp_path, watched_cgroup):
     name, path = watched_cgroup
     token = uuid.uuid4().hex

@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dns_server import DnsServer
 
+pytestmark = pytest.mark.root
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "runtimeguard"]
 SERVER = "127.0.0.153"

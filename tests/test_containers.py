@@ -347,6 +347,7 @@ def test_podman_rootless_storage_in_the_user_s_home_from_passwd(tmp_path):
                                       image="docker.io/library/alpine:3.20")
 
 
+@pytest.mark.root
 def test_podman_rootless_home_found_by_owner_without_passwd(tmp_path):
     podman_storage(tmp_path, "home/bob/.local/share/containers/storage", name="bobs_db")
     os.chown(tmp_path / "home" / "bob", 4242, 4242)
@@ -575,6 +576,7 @@ def pod_container_cgroup():
         assert not os.path.exists(top)
 
 
+@pytest.mark.root
 def test_a_traced_process_in_a_pod_container_s_cgroup_gets_container_and_pod(pod_container_cgroup, tmp_path):
     leaf, uid, cid = pod_container_cgroup
     annotations = {**CRI_ANNOTATIONS, "io.kubernetes.cri.sandbox-uid": uid}
@@ -595,6 +597,7 @@ def test_a_traced_process_in_a_pod_container_s_cgroup_gets_container_and_pod(pod
     assert workload.process.executable in ("/bin/true", "/usr/bin/true", os.path.realpath("/bin/true"))
 
 
+@pytest.mark.root
 def test_the_same_cgroup_without_the_runtime_s_files_still_says_what_its_path_does(pod_container_cgroup, tmp_path):
     leaf, uid, cid = pod_container_cgroup
     processes.set_container_root(str(tmp_path))  # an empty root: no runtime left files

@@ -512,6 +512,7 @@ def test_a_repeat_within_the_window_is_counted_not_reported():
     assert detector.stats().repeats == {"process_memory_access": 1}
 
 
+@pytest.mark.root
 def test_tracer_options_ask_for_the_rules_events_and_watch_files(cgroup, workdir):
     for name in ("secret", "other"):
         open(f"{workdir}/{name}", "w").close()
@@ -770,6 +771,7 @@ def test_a_downloader_that_exited_before_the_shell_started_was_another_command()
 SPAWN_SHELL = "import subprocess, sys; subprocess.run(['/bin/sh', '-c', 'exit 0', sys.argv[1]], check=True)"
 
 
+@pytest.mark.root
 def test_interpreter_shell_real(cgroup):
     detector = detector_for("interpreter_shell")
     events, results = run_detected(
@@ -806,6 +808,7 @@ STDIN_OF = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_reverse_shell_real(cgroup):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -866,6 +869,7 @@ READ_MEMORY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_process_memory_access_real(cgroup):
     detector = detector_for("process_memory_access", methods=["proc_mem_open", "process_vm_readv"])
     events, (result,) = run_detected(cgroup, detector, [sys.executable, "-c", READ_MEMORY])
@@ -913,6 +917,7 @@ PTRACE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_ptrace_attach_real(cgroup):
     detector = detector_for("ptrace_attach")
     events, (result,) = run_detected(cgroup, detector, [sys.executable, "-c", PTRACE])
@@ -929,6 +934,7 @@ def test_ptrace_attach_real(cgroup):
 
 # ---------------------------------------------------------------- real behaviour: files
 
+@pytest.mark.root
 def test_credential_read_real(cgroup, workdir):
     os.makedirs(f"{workdir}/home/.ssh")
     for name in ("id_test", "id_test.pub"):
@@ -959,6 +965,7 @@ def test_credential_read_real(cgroup, workdir):
     assert len(got) == 3
 
 
+@pytest.mark.root
 def test_persistence_write_real(cgroup, workdir):
     for d in ("cron.d", "systemd", "home/.ssh"):
         os.makedirs(f"{workdir}/{d}")
@@ -1015,6 +1022,7 @@ def script_server() -> Iterator[str]:
         thread.join()
 
 
+@pytest.mark.root
 def test_download_piped_into_a_shell_real(cgroup, script_server):
     curl = f"curl -s --noproxy '*' {script_server}"
     detector = detector_for("download_execute")
@@ -1047,6 +1055,7 @@ WRITE_THEN_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_a_file_written_then_run_at_once_real(cgroup, workdir):
     drop = f"{workdir}/drop"
     os.mkdir(drop)
@@ -1087,6 +1096,7 @@ def listening(address: str) -> socket.socket:
     return s
 
 
+@pytest.mark.root
 def test_cloud_metadata_real(cgroup):
     # A loopback stand-in for the metadata address: nothing leaves the host.
     metadata, other = listening("127.0.0.254"), listening("127.0.0.253")
@@ -1105,6 +1115,7 @@ def test_cloud_metadata_real(cgroup):
     assert got.target_context.address == "127.0.0.254"
 
 
+@pytest.mark.root
 def test_unauthorized_connection_real(cgroup):
     allowed, elsewhere = listening("127.0.0.1"), listening("127.0.0.2")
     a, b = f"127.0.0.1:{allowed.getsockname()[1]}", f"127.0.0.2:{elsewhere.getsockname()[1]}"
@@ -1145,6 +1156,7 @@ MEMFD_EXEC = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_exec_from_temp_real(cgroup, workdir):
     dropped = f"{workdir}/tool"
     shutil.copyfile("/bin/true", dropped)

@@ -1087,6 +1087,7 @@ def test_entity_id_reference_known_answers():
         assert reference_entity_id(pid, start, FIXED_BOOT_ID, 10_000_000) == expected, (pid, start)
 
 
+@pytest.mark.root
 def test_entity_id_known_answers_under_a_fixed_boot_id(tmp_path):
     # The native function, in a mount namespace where boot_id reads FIXED_BOOT_ID.
     assert os.sysconf("SC_CLK_TCK") == 100  # USER_HZ, which the vectors assume

@@ -28,6 +28,7 @@ FRESH_NAMESPACE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_tracefs_and_bpffs_are_mounted_when_absent_and_only_once():
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
                           FRESH_NAMESPACE], capture_output=True, text=True, cwd=ROOT, timeout=60)

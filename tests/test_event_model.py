@@ -23,6 +23,8 @@ from runtimeguard import Tracer, schema
 from runtimeguard.environment import cgroup2_mount
 from helpers import drain
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def cgroup():

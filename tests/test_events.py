@@ -17,6 +17,8 @@ import pytest
 from runtimeguard import Tracer
 from helpers import python_child, run_python, wait_for
 
+pytestmark = pytest.mark.root
+
 
 def test_exec_of_echo_has_exact_argv_and_parent():
     token = secrets.token_hex(8)

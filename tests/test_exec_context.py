@@ -72,6 +72,7 @@ STDIO_WAYS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_an_exec_says_what_its_stdin_is(cgroup, workdir):
     open(os.path.join(workdir, "input"), "w").close()
     ways = {"inet": "inet_socket", "unix": "unix_socket", "pipe": "pipe", "file": "file",
@@ -109,6 +110,7 @@ PTY_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_an_exec_on_a_terminal_names_it(cgroup, workdir):
     with Tracer(events=["process_exec"], cgroups=[cgroup]) as t:
         out = run_in(cgroup, [sys.executable, "-c", PTY_CHILD, "rg-on-a-pty", workdir], text=True)
@@ -130,6 +132,7 @@ LOGIN_THEN_EXEC = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_an_exec_carries_the_login_uid(cgroup, workdir):
     with Tracer(events=["process_exec"], cgroups=[cgroup]) as t:
         out = run_in(cgroup, [sys.executable, "-c", LOGIN_THEN_EXEC, "4321", "rg-login"], text=True)
@@ -151,6 +154,7 @@ SELF_REPORT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("how", [
     [],                                                                      # root, every capability
     ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"],  # none
@@ -175,6 +179,7 @@ def test_an_exec_carries_the_credentials_the_program_sees(cgroup, how):
         assert ev.data.capability_names() == ["CAP_CHOWN", "CAP_NET_RAW"]
 
 
+@pytest.mark.root
 def test_a_set_user_id_exec_says_so(cgroup, workdir):
     # su is set-user-id root: run by nobody, the kernel raises it (AT_SECURE).
     su = shutil.which("su")
@@ -209,6 +214,7 @@ EXEC_TWICE_THEN_FORK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_exec_ids_name_each_image_once(cgroup, workdir):
     with Tracer(events=["process_exec", "file_open"], cgroups=[cgroup]) as t:
         out = run_in(cgroup, [sys.executable, "-c", EXEC_TWICE_THEN_FORK, "rg-exec-ids", workdir], text=True)
@@ -233,6 +239,7 @@ def test_exec_ids_name_each_image_once(cgroup, workdir):
     assert child.parent.pid == sh.pid
 
 
+@pytest.mark.root
 def test_a_process_that_predates_the_tracer_gets_an_exec_id_from_its_start(cgroup, workdir):
     marker = os.path.join(workdir, "opened-late")
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -265,6 +272,7 @@ def test_a_process_that_predates_the_tracer_gets_an_exec_id_from_its_start(cgrou
     assert process.cwd == workdir
 
 
+@pytest.mark.root
 def test_a_process_carries_its_executables_digest(cgroup, workdir):
     import hashlib
     import time

@@ -88,6 +88,7 @@ def decision(rule: str = "network.deny[0]", action: str = "blocked", repeated: i
                        policy=PolicyRef(rule=rule, mode="enforce"))
 
 
+@pytest.mark.root
 def test_a_scrape_counts_the_execs_and_reads_the_tracer(new_metrics):
     execs = 5
     metrics = new_metrics()
@@ -122,6 +123,7 @@ def test_a_scrape_counts_the_execs_and_reads_the_tracer(new_metrics):
     assert not labelled(samples, "runtimeguard_bpf_program_runs_total", "program")
 
 
+@pytest.mark.root
 def test_a_guarded_run_counts_its_decisions_by_rule_and_action(new_metrics):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -164,6 +166,7 @@ def test_a_guarded_run_counts_its_decisions_by_rule_and_action(new_metrics):
     assert value(samples, "runtimeguard_events_total", event="connect_denied") == len(denied)
 
 
+@pytest.mark.root
 def test_a_guard_bound_by_its_stats_serves_its_counters(new_metrics):
     policy = Policy.from_text("version: 1\nmode: enforce\nnetwork:\n  default: allow\n", "yaml")
     metrics = new_metrics()
@@ -180,6 +183,7 @@ def test_a_guard_bound_by_its_stats_serves_its_counters(new_metrics):
     assert set(labelled(samples, "runtimeguard_lost_total", "event")) >= set(BLOCK_EVENTS)
 
 
+@pytest.mark.root
 def test_bpf_run_time_per_program_while_asked_for(new_metrics):
     held = stats_fds()
     metrics = new_metrics(bpf_run_time=True)
@@ -203,6 +207,7 @@ def test_bpf_run_time_per_program_while_asked_for(new_metrics):
     assert stats_fds() == held
 
 
+@pytest.mark.root
 def test_program_stats_never_starts_a_tracer():
     tracer = Tracer(events=["process_exec"])
     with pytest.raises(TracerStateError):
@@ -214,6 +219,7 @@ def test_program_stats_never_starts_a_tracer():
         tracer.program_stats()
 
 
+@pytest.mark.root
 def test_a_scrape_after_the_tracer_closed_serves_what_it_last_read(new_metrics):
     metrics = new_metrics(bpf_run_time=True)
     with Tracer(events=["process_exec"], ring_buffer_size=1 << 15) as tracer:

@@ -202,6 +202,7 @@ def sample(n: int = 0, **fields) -> EventRecord:
 
 # ---- real events ----
 
+@pytest.mark.root
 def test_process_exec_from_a_real_tracer(collector, make_sink):
     token = secrets.token_hex(6)
     with Tracer(events=["process_exec"]) as t:
@@ -258,6 +259,7 @@ CONNECT = """
 """
 
 
+@pytest.mark.root
 def test_guard_decision_is_a_warning_with_peer_and_rule(collector, make_sink):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -92,6 +92,7 @@ CONNECT = """
 """
 
 
+@pytest.mark.root
 def test_connect_denied_in_enforce_gets_eperm(secrets_dir, listener):
     result = guard(make_policy(secrets_dir), py(CONNECT.format(host=DENIED_V4, port=listener)))
     assert result.exit_status == 3
@@ -102,6 +103,7 @@ def test_connect_denied_in_enforce_gets_eperm(secrets_dir, listener):
     assert ev.workload.process.name == "python3"
 
 
+@pytest.mark.root
 def test_connect_in_audit_mode_is_allowed_and_reported(secrets_dir, listener):
     result = guard(make_policy(secrets_dir, mode="audit"), py(CONNECT.format(host=DENIED_V4, port=listener)))
     assert result.exit_status == 0
@@ -110,6 +112,7 @@ def test_connect_in_audit_mode_is_allowed_and_reported(secrets_dir, listener):
     assert ev.policy.mode == "audit"
 
 
+@pytest.mark.root
 def test_ipv4_mapped_destination_matches_the_ipv4_rule(secrets_dir, listener):
     code = CONNECT.replace("socket.create_connection(({host!r}, {port}), timeout=2)",
                            "socket.socket(socket.AF_INET6).connect(({host!r}, {port}))")
@@ -118,6 +121,7 @@ def test_ipv4_mapped_destination_matches_the_ipv4_rule(secrets_dir, listener):
     assert [e.target_context.address for e in result.events if e.name == "connect_denied"] == [DENIED_V4]
 
 
+@pytest.mark.root
 def test_ipv6_rule_with_port(secrets_dir):
     code = """
         import socket, sys
@@ -197,6 +201,7 @@ TRY_CONNECTS = """
 """
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("case", NETWORK_CASES)
 def test_network_rules_decide_each_destination(secrets_dir, case):
     network, expectations = NETWORK_CASES[case]
@@ -227,6 +232,7 @@ def ping_sockets_allowed():
         f.write(before)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("family,kind,proto,formatted,status,action", [
     # ICMP "ping" datagram sockets skip the sendmsg hook as raw ones do.
     ("AF_INET", "SOCK_DGRAM", 1, "ping socket (ipv4, protocol 1)", 3, "blocked"),
@@ -254,6 +260,7 @@ def test_raw_and_packet_sockets_are_refused(secrets_dir, family, kind, proto, fo
     assert guard(make_policy(secrets_dir, mode="audit"), py(code)).exit_status == 0
 
 
+@pytest.mark.root
 def test_udp_sendto_denied_destination_is_exfil_blocked(secrets_dir):
     code = f"""
         import socket, sys
@@ -275,6 +282,7 @@ FILE_BACKENDS = ["fanotify", "tracepoint"]
 REFUSED = {"fanotify": (1, "blocked"), "tracepoint": (128 + 9, "killed")}
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("how,command,rule", [
     ("direct", "cat token", "files.protect[0]"),
     ("inside_dir", "cat secrets/id_rsa", "files.protect[1]"),
@@ -304,6 +312,7 @@ def test_protected_file_open_is_refused(secrets_dir, how, command, rule, backend
 # By path, not through an open: truncate(2), not truncate(1), which opens the
 # file first (an open_inode refusal). The fanotify backend refuses truncate(2)
 # where the filesystem takes pre-content events (test_guard_files.py).
+@pytest.mark.root
 @pytest.mark.parametrize("backend,change,operation,rule", [
     (backend, change, operation, rule) for backend in FILE_BACKENDS for change, operation, rule in (
         ("os.unlink('token')", "delete", "files.protect[0]"),
@@ -326,6 +335,7 @@ def test_changes_by_path_are_detected_not_prevented(secrets_dir, backend, change
     assert ev.target_context.path == str(protected)
 
 
+@pytest.mark.root
 def test_process_that_changed_a_protected_file_is_killed_after_the_fact(secrets_dir):
     code = f"""
         import os, time
@@ -347,6 +357,7 @@ def uring_open(tmp_path_factory):
 # queue and reaches the ring through io_uring_cqe_overflow; fixed: the open
 # goes into the ring's fixed-file table and never has a descriptor, which
 # only the fanotify judge (or BPF LSM) sees.
+@pytest.mark.root
 @pytest.mark.parametrize("backend,mode", [(b, m) for b in FILE_BACKENDS for m in ("plain", "fd0", "overflow")]
                          + [("fanotify", "fixed")])
 def test_open_through_io_uring_is_refused(secrets_dir, uring_open, backend, mode):
@@ -375,6 +386,7 @@ BY_HANDLE = """
 """
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("backend", FILE_BACKENDS)
 def test_open_by_handle_is_refused(secrets_dir, backend):
     """open_by_handle_at names an inode without a path: judged like any open."""
@@ -385,12 +397,14 @@ def test_open_by_handle_is_refused(secrets_dir, backend):
     assert ev.target_context.inode == os.stat(secrets_dir / "token").st_ino
 
 
+@pytest.mark.root
 def test_protected_file_in_audit_mode_is_read(secrets_dir):
     result = guard(make_policy(secrets_dir, mode="audit"), ["cat", str(secrets_dir / "token")])
     assert result.exit_status == 0
     assert [e.action for e in result.events if e.name == "open_inode"] == ["would_block"]
 
 
+@pytest.mark.root
 def test_decoy_read_taints_and_blocks_later_egress(secrets_dir, listener):
     decoy = secrets_dir / "aws-credentials"
     code = f"""
@@ -423,6 +437,7 @@ PTRACER = """
 """
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("action,method", [
     ("libc.ptrace(16, target, None, None)", "ptrace"),
     ("open(f'/proc/{target}/mem', 'rb')", "proc_mem_open"),
@@ -476,6 +491,7 @@ def clone_files_sibling(marker, call="clone") -> list[str]:
     return py(CLONE_FILES_SIBLING) + [str(marker), call]
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("call", ["clone", "clone3", "clone3-untouched"])
 def test_a_process_sharing_the_descriptor_table_is_never_created(secrets_dir, tmp_path, call):
     marker = tmp_path / "child-ran"
@@ -492,6 +508,7 @@ def test_a_process_sharing_the_descriptor_table_is_never_created(secrets_dir, tm
     assert ev.target_context.type == "pid" and ev.target_context.pid == ev.workload.process.pid
 
 
+@pytest.mark.root
 def test_a_process_sharing_the_descriptor_table_in_audit_mode(secrets_dir, tmp_path):
     marker = tmp_path / "child-ran"
     result = guard(make_policy(secrets_dir, mode="audit"), clone_files_sibling(marker))
@@ -500,6 +517,7 @@ def test_a_process_sharing_the_descriptor_table_in_audit_mode(secrets_dir, tmp_p
     assert (ev.name, ev.action, ev.data.method) == ("ptrace_denied", "would_block", "clone_files")
 
 
+@pytest.mark.root
 def test_sharing_the_descriptor_table_is_governed_by_ptrace_deny(tmp_path):
     marker = tmp_path / "child-ran"
     policy = Policy.from_dict({"version": 1, "mode": "enforce", "ptrace": {"deny": False}})
@@ -507,6 +525,7 @@ def test_sharing_the_descriptor_table_is_governed_by_ptrace_deny(tmp_path):
     assert result.exit_status == 0 and marker.exists() and result.events == []
 
 
+@pytest.mark.root
 def test_threads_and_plain_forks_are_never_judged_as_sharing(secrets_dir):
     """A thread is CLONE_THREAD | CLONE_FILES; a fork shares nothing."""
     code = """
@@ -524,6 +543,7 @@ def test_threads_and_plain_forks_are_never_judged_as_sharing(secrets_dir):
     assert result.exit_status == 0 and result.events == []
 
 
+@pytest.mark.root
 def test_protected_pid_and_the_guard_itself_carry_their_own_rules(secrets_dir):
     """With ptrace.deny off, only the pids the policy names (and the guard)
     are out of reach; a guarded process may still read its own child."""
@@ -550,6 +570,7 @@ def test_protected_pid_and_the_guard_itself_carry_their_own_rules(secrets_dir):
         outside.wait()
 
 
+@pytest.mark.root
 def test_own_memory_and_environment_are_not_judged(secrets_dir):
     code = """
         import os
@@ -560,6 +581,7 @@ def test_own_memory_and_environment_are_not_judged(secrets_dir):
     assert result.exit_status == 0 and result.events == []
 
 
+@pytest.mark.root
 def test_auto_backend_is_the_strongest_that_starts_and_does_what_it_claims(secrets_dir):
     """backend="lsm" starts or is refused with the reason; "auto" picks it
     exactly when it starts, else fanotify where its permission events work;
@@ -592,6 +614,7 @@ def test_auto_backend_is_the_strongest_that_starts_and_does_what_it_claims(secre
         assert (auto.backend, result.exit_status, ev.action) == ("tracepoint", 128 + 9, "killed")
 
 
+@pytest.mark.root
 def test_command_run_as_another_user_cannot_undo_the_guard(secrets_dir):
     # Shell, not Python: this interpreter may live where "nobody" cannot read.
     script = f"""
@@ -606,6 +629,7 @@ def test_command_run_as_another_user_cannot_undo_the_guard(secrets_dir):
     assert result.exit_status == 0
 
 
+@pytest.mark.root
 def test_protected_file_where_changes_cannot_be_watched_is_a_clear_error():
     # procfs has no file handles for fanotify; only BPF LSM could guard changes there.
     policy = Policy.from_text("version: 1\nmode: enforce\nfiles:\n  protect: [/proc/version]\n")
@@ -620,6 +644,7 @@ def test_unknown_user_is_refused_before_anything_runs(secrets_dir):
     assert not (secrets_dir / "aws-credentials").exists()
 
 
+@pytest.mark.root
 def test_double_forked_setsid_grandchild_stays_in_scope(secrets_dir, listener):
     code = f"""
         import os, socket, sys, time
@@ -641,11 +666,13 @@ def test_double_forked_setsid_grandchild_stays_in_scope(secrets_dir, listener):
     assert names(result) == ["connect_denied"]
 
 
+@pytest.mark.root
 def test_exit_status_comes_back_and_cgroup_is_removed(secrets_dir):
     assert guard(make_policy(secrets_dir), ["sh", "-c", "exit 7"]).exit_status == 7
     assert command_cgroups(os.getpid()) == set()
 
 
+@pytest.mark.root
 def test_missing_command_is_a_clear_error(secrets_dir):
     from runtimeguard.errors import RuntimeGuardError
 
@@ -670,6 +697,7 @@ def scope_cgroup():
     os.rmdir(cgroup)
 
 
+@pytest.mark.root
 def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, listener, scope_cgroup):
     """Nobody drains a tiny ring, which fills up: the decisions are made all the same."""
     cgroup, run = scope_cgroup
@@ -682,6 +710,7 @@ def test_enforcement_holds_with_the_ring_buffer_full(secrets_dir, listener, scop
         assert g.stats().lost_total > 0
 
 
+@pytest.mark.root
 def test_mode_switch_on_a_running_guard_is_logged(secrets_dir, listener, tmp_path):
     root = environment.cgroup2_mount()
     cgroup = os.path.join(root, f"rg-mode-{secrets.token_hex(3)}")
@@ -731,6 +760,7 @@ BY_MECHANISM = {
 }
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode", ["enforce", "audit"])
 def test_example_policy_from_the_command_line(tmp_path, mode):
     """The README's acceptance run: each forbidden thing blocked (enforce) or
@@ -764,6 +794,7 @@ def test_example_policy_from_the_command_line(tmp_path, mode):
     assert "(rule files.protect[0])" in out.stderr
 
 
+@pytest.mark.root
 def test_run_returns_the_commands_exit_status():
     out = subprocess.run([sys.executable, "-m", "runtimeguard", "run", "--policy",
                           os.path.join(EXAMPLE, "agent-policy.yaml"), "--", "sh", "-c", "exit 5"],
@@ -783,6 +814,7 @@ def test_check_policy_command(tmp_path):
     assert out.returncode == 1 and "network.deny[0].cidr" in out.stderr
 
 
+@pytest.mark.root
 def test_ctrl_c_cleans_up_cgroup_and_decoys(tmp_path):
     decoy = tmp_path / "decoy-env"
     policy = tmp_path / "p.yaml"
@@ -805,6 +837,7 @@ def test_ctrl_c_cleans_up_cgroup_and_decoys(tmp_path):
     assert "Traceback" not in proc.stderr.read()
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode,delivered", [("enforce", b"before"), ("audit", b"beforeafter")])
 def test_tainted_process_sends_nothing_on_a_socket_connected_before(secrets_dir, scope_cgroup, mode, delivered):
     server = socket.socket()
@@ -858,6 +891,7 @@ def test_tainted_process_sends_nothing_on_a_socket_connected_before(secrets_dir,
     assert exfil.workload.process.name == "python3"
 
 
+@pytest.mark.root
 def test_taint_passes_to_children_forked_later(secrets_dir, listener):
     code = f"""
         import os, socket, sys
@@ -878,6 +912,7 @@ def test_taint_passes_to_children_forked_later(secrets_dir, listener):
     assert ev.data.tainted and ev.pid != result.events[0].pid
 
 
+@pytest.mark.root
 def test_tcp_fast_open_to_a_denied_destination_is_refused(secrets_dir, listener):
     code = f"""
         import socket, sys
@@ -893,6 +928,7 @@ def test_tcp_fast_open_to_a_denied_destination_is_refused(secrets_dir, listener)
     assert [e.name for e in result.events] == ["connect_denied"]
 
 
+@pytest.mark.root
 def test_protected_pid_cannot_be_traced_even_when_ptrace_is_allowed(secrets_dir):
     victim = subprocess.Popen(["sleep", "30"])
     try:
@@ -920,6 +956,7 @@ def test_protected_pid_cannot_be_traced_even_when_ptrace_is_allowed(secrets_dir)
         victim.wait()
 
 
+@pytest.mark.root
 def test_cli_mode_switch_by_signal(tmp_path, listener):
     policy = tmp_path / "p.yaml"
     policy.write_text(f"version: 1\nmode: audit\nnetwork:\n  deny: [{{cidr: {DENIED_V4}/32}}]\n")
@@ -948,6 +985,7 @@ def test_cli_mode_switch_by_signal(tmp_path, listener):
     assert "mode_changed" in names and names[-1] == "connect_denied"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("scope", ["host", "cgroup"])
 def test_policy_scope_host_and_cgroup(tmp_path, listener, scope):
     root = environment.cgroup2_mount()
@@ -977,6 +1015,7 @@ def test_policy_scope_host_and_cgroup(tmp_path, listener, scope):
 
 
 
+@pytest.mark.root
 def test_a_decision_names_the_identity_of_the_process_it_stopped(secrets_dir, listener):
     policy = Policy.from_dict({**msgspec.to_builtins(make_policy(secrets_dir)),
                                "identity": {"env": ["OPENAI_API_KEY"], "argv": ["rg-agent"]}})

@@ -109,6 +109,7 @@ def protected_open_reported(events: list[EventRecord]) -> bool:
 
 # ---------------------------------------------------------------- floods
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode", ["enforce", "audit"])
 def test_flood_of_one_denied_send_cannot_flush_the_open(token_dir, mode):
     """The attack as found: open a protected file, then loop on a denied sendto.
@@ -146,6 +147,7 @@ def test_flood_of_one_denied_send_cannot_flush_the_open(token_dir, mode):
     assert ring_lost == stats.lost
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode", ["enforce", "audit"])
 def test_flood_of_new_targets_rotates_but_keeps_the_first_records(token_dir, mode):
     """The same with a new port each send: nothing to coalesce, the log rotates
@@ -202,6 +204,7 @@ def scope_cgroup():
         os.rmdir(cgroup)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("backend", ["tracepoint", "fanotify"])
 @pytest.mark.parametrize("mode", ["enforce", "audit"])
 def test_undrained_tiny_ring_the_open_is_logged_or_counted_lost(token_dir, scope_cgroup, mode, backend):
@@ -258,6 +261,7 @@ FORKS_THEN_SEND = textwrap.dedent("""
 """).format(denied=DENIED_V4)
 
 
+@pytest.mark.root
 def test_decisions_behind_a_batch_of_process_events_are_logged_at_close(token_dir, scope_cgroup):
     """5000 process records (more than one batch) sit in the ring ahead of a
     decision when the guard closes. Draining must go on past a batch with no
@@ -284,6 +288,7 @@ SEND_TO_PORTS = textwrap.dedent("""
 """).format(denied=DENIED_V4)
 
 
+@pytest.mark.root
 def test_log_full_mid_run_loses_are_counted_and_reported_later(token_dir, scope_cgroup, tiny_tmpfs, monkeypatch):
     """The log's filesystem fills while the guard runs: decisions wait in the
     retry queue (5 here), those beyond are counted (Guard.stats) and, once the

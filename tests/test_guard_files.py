@@ -29,9 +29,7 @@ from runtimeguard.policy import Policy
 
 from test_guard import command_cgroups, make_policy, py, scope_cgroup, secrets_dir  # noqa: F401 (fixtures)
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs and fanotify marks: needs root"),
-]
+pytestmark = pytest.mark.root
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,8 @@ from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy
 from runtimeguard.schema import json_decoder
 
+pytestmark = pytest.mark.root
+
 SERVER = "127.0.0.153"
 CLIENT = os.path.join(os.path.dirname(__file__), "dns_client.py")
 PORT = 8443

@@ -13,7 +13,11 @@ import shlex
 import sys
 import threading
 
+import pytest
+
 from kernelvm import VmError, ensure_vm_assets, run_in_vm
+
+pytestmark = pytest.mark.root
 
 CHECKS = "tests/lsm/check_guard_lsm.py"
 SCRIPT = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider -o addopts=-ra {CHECKS}"

@@ -16,9 +16,7 @@ from helpers import compiled
 from runtimeguard.guard import guard
 from runtimeguard.policy import Policy, PolicyError
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root"),
-]
+pytestmark = pytest.mark.root
 
 
 def policy(mode="enforce", **namespaces) -> Policy:

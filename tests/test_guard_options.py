@@ -30,6 +30,8 @@ from runtimeguard.policy import Policy
 from test_guard import ping_sockets_allowed  # noqa: F401 - a fixture
 from test_record_fields import cgroup  # noqa: F401 - a fixture
 
+pytestmark = pytest.mark.root
+
 
 def run_in(cgroup: str, code: str, *args: str) -> subprocess.CompletedProcess:
     """A Python workload inside the guarded cgroup."""

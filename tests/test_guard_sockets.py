@@ -19,9 +19,7 @@ from runtimeguard.guard import Guard, guard
 
 from test_guard import make_policy, py, scope_cgroup, secrets_dir  # noqa: F401 (fixtures)
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root"),
-]
+pytestmark = pytest.mark.root
 
 AFTER_EXIT_S = 3.0
 """How long the peer keeps listening once the guard has exited: TCP would

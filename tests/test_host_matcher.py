@@ -22,12 +22,15 @@ import dns.message
 import dns.rrset
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+import pytest
 
 from dns_server import DnsServer
 from helpers import worker_in_a_cgroup
 from runtimeguard import hostnames
 from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy, PolicyError, decide_network
+
+pytestmark = pytest.mark.root
 
 SERVER = "127.0.0.153"
 

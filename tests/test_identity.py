@@ -59,6 +59,7 @@ def curl_events(events, marker: str):
     return execs[0], connects
 
 
+@pytest.mark.root
 def test_the_documented_example(cgroup, listener):
     url = f"http://127.0.0.1:{listener}"
     with Tracer(events=["process_exec", "net_connect"], cgroups=[cgroup],
@@ -82,6 +83,7 @@ def test_the_documented_example(cgroup, listener):
 PATTERNS = ["OPENAI_API_KEY", "AWS_*", "*_TOKEN"]
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("name, expected", [
     ("OPENAI_API_KEY", ["env:OPENAI_API_KEY"]),
     ("OPENAI_API_KEY_2", []),
@@ -106,6 +108,7 @@ def test_names_prefixes_and_suffixes(cgroup, name, expected):
     assert not ev.data.environment_scan_truncated
 
 
+@pytest.mark.root
 def test_a_name_after_long_values_is_found_and_no_value_leaves_the_kernel(cgroup):
     secret = "sk-" + secrets.token_hex(16)
     env = dict(BASE_ENV, A_LONG="a" * 3000, B_EXACT_CHUNK="b" * 500, OPENAI_API_KEY=secret, Z="z" * 1500)
@@ -118,6 +121,7 @@ def test_a_name_after_long_values_is_found_and_no_value_leaves_the_kernel(cgroup
     assert secret.encode() not in line and secret.encode() not in msgspec.msgpack.encode(ev.record())
 
 
+@pytest.mark.root
 def test_an_environment_past_the_scan_says_so(cgroup):
     filler = {f"F{i:04d}": "f" * 100 for i in range(400)}  # about 42 KiB
     with Tracer(events=["process_exec"], cgroups=[cgroup], identity_env=["OPENAI_API_KEY"]) as t:
@@ -147,6 +151,7 @@ FORK_AND_CONNECT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_a_forked_child_holds_its_parents_identities(cgroup, listener):
     with Tracer(events=["process_exec", "net_connect"], cgroups=[cgroup], identity_env=["*_API_KEY"]) as t:
         out = run_in(cgroup, [sys.executable, "-c", FORK_AND_CONNECT, str(listener)], text=True,
@@ -186,6 +191,7 @@ def reference(patterns: list[str], env: dict[str, str]) -> list[str]:
     return [f"env:{p}" for p in patterns if any(fnmatch.fnmatchcase(name, p) for name in env)]
 
 
+@pytest.mark.root
 def test_the_kernel_matches_as_the_patterns_say(cgroup):
     rng = random.Random(20261201)
 

@@ -67,20 +67,24 @@ def _line(result: VmResult, prefix: str) -> str:
     return found[0].removeprefix(prefix)
 
 
+@pytest.mark.root
 def test_guest_runs_the_bookworm_kernel(guest):
     assert _line(guest, "uname: ").startswith("6.1")
 
 
+@pytest.mark.root
 def test_bpf_is_an_active_lsm(guest):
     assert "bpf" in _line(guest, "lsm: ").split(",")
 
 
+@pytest.mark.root
 def test_runtimeguard_finds_bpf_lsm(guest):
     available = [line for line in guest.output.splitlines() if line.startswith(("True ", "False "))]
     assert available, guest.output
     assert available[0].startswith("True "), guest.output
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("name", ["process_fork", "process_exec", "failed_exec", "file_open", "net_connect",
                                   "process_exit"])
 def test_sensor_loads_and_reports_on_the_guest_kernel(guest, name):

@@ -18,10 +18,13 @@ import time
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+import pytest
 
 from helpers import worker_in_a_cgroup
 from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy, PolicyError, decide_network
+
+pytestmark = pytest.mark.root
 
 WORKER = textwrap.dedent("""
     import socket, sys

@@ -29,6 +29,8 @@ from helpers import drain, python_child
 from test_encoder import BOOT_ID, NS_PER_TICK, reference_entity_id
 from test_guard import DENIED_V4, make_policy, secrets_dir  # noqa: F401 - secrets_dir is a fixture
 
+pytestmark = pytest.mark.root
+
 # Clocks: the encoder turns boot time into wall time once; allow for that
 # and for a CPU's timestamp being read a little before the test's own.
 SLACK_NS = 50_000_000

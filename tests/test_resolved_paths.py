@@ -19,6 +19,8 @@ from runtimeguard._native import lib
 from helpers import drain
 from test_event_model import cgroup, run_in  # noqa: F401 (a fixture, and the way into it)
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def workdir():

@@ -493,6 +493,7 @@ TRY_TWICE = """
 """
 
 
+@pytest.mark.root
 def test_a_guarded_run(monkeypatch):
     import secrets
 

@@ -462,6 +462,7 @@ def _stop(child: subprocess.Popen) -> None:
     child.stdout.close()
 
 
+@pytest.mark.root
 @needs_tools
 def test_symbolize_after_the_process_exited_and_its_file_was_deleted(built, tmp_path):
     copy = str(tmp_path / "doomed")

@@ -24,6 +24,7 @@ def _is_echo(token):
     return lambda e: e.name == "process_exec" and e.data.argv == ["/bin/echo", token]
 
 
+@pytest.mark.root
 def test_overload_delivered_plus_lost_equals_produced():
     """Stop consuming, produce more records than the ring holds: every one is
     either delivered or counted lost, and the loss shows in the stream."""
@@ -59,6 +60,7 @@ def test_overload_delivered_plus_lost_equals_produced():
         last[e.cpu] = e.seq
 
 
+@pytest.mark.root
 def test_pid_filter_runs_in_the_kernel():
     token = secrets.token_hex(6)
     child = python_child("import sys, subprocess; sys.stdin.readline(); "
@@ -76,6 +78,7 @@ def test_pid_filter_runs_in_the_kernel():
     assert t.stats().delivered.get("process_fork") == len(events)
 
 
+@pytest.mark.root
 def test_comm_filter():
     token = secrets.token_hex(6)
     with Tracer(events=["process_exec"], comms=["echo"]) as t:
@@ -85,6 +88,7 @@ def test_comm_filter():
     assert [e.data.argv for e in events] == [["/bin/echo", token]]
 
 
+@pytest.mark.root
 def test_cgroup_filter_covers_the_subtree(tmp_path):
     from runtimeguard.environment import cgroup2_mount
 
@@ -107,6 +111,7 @@ def test_cgroup_filter_covers_the_subtree(tmp_path):
     assert events[0].workload.cgroup.endswith("/leaf")
 
 
+@pytest.mark.root
 def test_two_tracers_do_not_steal_events_and_close_independently():
     token = secrets.token_hex(6)
     with Tracer(events=["process_exec"]) as a, Tracer(events=["process_exec"]) as b:
@@ -121,6 +126,7 @@ def test_two_tracers_do_not_steal_events_and_close_independently():
             a.poll(0)
 
 
+@pytest.mark.root
 def test_start_and_close_are_idempotent():
     t = Tracer(events=["process_exec"])
     t.start()
@@ -132,6 +138,7 @@ def test_start_and_close_are_idempotent():
         t.start()
 
 
+@pytest.mark.root
 def test_callback_exception_surfaces_and_later_events_are_kept():
     tokens = [secrets.token_hex(4) for _ in range(3)]
     seen = []
@@ -152,6 +159,7 @@ def test_callback_exception_surfaces_and_later_events_are_kept():
     assert [e.data.argv[1] for e in seen] == tokens[1:]
 
 
+@pytest.mark.root
 def test_async_iteration_wakes_through_the_event_loop():
     token = secrets.token_hex(6)
 
@@ -169,6 +177,7 @@ def test_async_iteration_wakes_through_the_event_loop():
     assert ev.data.argv[1] == token
 
 
+@pytest.mark.root
 def test_poll_releases_the_gil():
     with Tracer(events=["process_exec"], comms=["no-such-comm"]) as t:
         counter = 0
@@ -190,6 +199,7 @@ def test_poll_releases_the_gil():
     assert counter > 100_000
 
 
+@pytest.mark.root
 def test_forked_child_cannot_consume_and_does_not_detach_the_parent():
     token = secrets.token_hex(6)
     with Tracer(events=["process_exec"], comms=["echo"]) as t:
@@ -215,12 +225,14 @@ def test_forked_child_cannot_consume_and_does_not_detach_the_parent():
         wait_for(t, _is_echo(token))
 
 
+@pytest.mark.root
 def test_no_descriptor_leaks_across_exec():
     with Tracer(events=["process_exec"]):
         out = subprocess.run(["ls", "-l", "/proc/self/fd/"], capture_output=True, text=True, close_fds=False).stdout
     assert "bpf" not in out and "perf_event" not in out
 
 
+@pytest.mark.root
 def test_not_root_gets_a_clear_error_and_loads_nothing():
     # Root, but with every capability dropped from the bounding set.
     code = textwrap.dedent("""
@@ -239,6 +251,7 @@ def test_not_root_gets_a_clear_error_and_loads_nothing():
     assert "CAP_BPF" in out.stdout and "CAP_PERFMON" in out.stdout
 
 
+@pytest.mark.root
 def test_low_memlock_limit_still_loads():
     code = "import runtimeguard; t = runtimeguard.Tracer().start(); t.poll(0); t.close(); print('ok')"
     out = subprocess.run(["prlimit", "--memlock=65536", sys.executable, "-c", code], capture_output=True,
@@ -265,6 +278,7 @@ ATTACH_FAILURE_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_attach_failure_midway_rolls_back_everything():
     """A failure after other programs are attached: the error names the
     program, and everything attached before it is detached again."""
@@ -276,6 +290,7 @@ def test_attach_failure_midway_rolls_back_everything():
     assert lines[1] == "left: []"
 
 
+@pytest.mark.root
 def test_descriptor_limit_too_low_is_refused_before_loading():
     code = "import runtimeguard; runtimeguard.Tracer().start()"
     out = subprocess.run(["prlimit", "--nofile=64", sys.executable, "-c", code], capture_output=True,
@@ -283,6 +298,7 @@ def test_descriptor_limit_too_low_is_refused_before_loading():
     assert out.returncode == 1 and "RLIMIT_NOFILE leaves" in out.stderr, out.stderr
 
 
+@pytest.mark.root
 def test_sigint_while_polling_detaches_promptly():
     code = textwrap.dedent("""
         import runtimeguard
@@ -304,6 +320,7 @@ def test_sigint_while_polling_detaches_promptly():
     assert time.monotonic() - sent < 1.5
 
 
+@pytest.mark.root
 def test_sigkilled_tracer_leaves_nothing_attached():
     code = "import runtimeguard, time; t = runtimeguard.Tracer().start(); print('ready', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -320,6 +337,7 @@ def test_sigkilled_tracer_leaves_nothing_attached():
     assert not held & rg_program_ids()
 
 
+@pytest.mark.root
 def test_stats_report_ring_and_polls():
     with Tracer(events=["process_exec"], ring_buffer_size=1 << 16) as t:
         subprocess.run(["/bin/true"])
@@ -338,6 +356,7 @@ def test_bad_arguments_are_refused_before_loading():
         Tracer(cgroups=["/no/such/cgroup"])
 
 
+@pytest.mark.root
 def test_close_from_another_thread_ends_a_blocking_iteration():
     """close() while another thread waits in poll: it returns within a slice,
     and the iterating thread ends cleanly instead of touching freed memory."""
@@ -358,6 +377,7 @@ def test_close_from_another_thread_ends_a_blocking_iteration():
     assert ended.is_set() and time.monotonic() - started < 3
 
 
+@pytest.mark.root
 def test_only_the_asked_kinds_are_returned():
     # The process sensor always runs (it feeds the process table): its events
     # reach the consumer, and must not reach the caller who asked for opens.
@@ -374,6 +394,7 @@ def test_only_the_asked_kinds_are_returned():
     assert stats.delivered.get("process_exec", 0) >= 1 and stats.delivered.get("process_fork", 0) >= 1
 
 
+@pytest.mark.root
 def test_a_poll_loop_gets_batches_not_a_few_events_per_call():
     # The C poll drains on a rhythm (max_latency_ms, a quarter-full ring, a
     # backlog), not on every call: a busy loop of polls must not be handed the

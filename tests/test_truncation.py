@@ -20,6 +20,8 @@ from runtimeguard import Tracer
 from runtimeguard.cli import details
 from helpers import wait_for
 
+pytestmark = pytest.mark.root
+
 # Room in a record for a path or an executable, its NUL included.
 PATH_ROOM = 256
 

@@ -16,6 +16,8 @@ from runtimeguard import Tracer
 from helpers import drain
 from test_event_model import cgroup, run_in  # noqa: F401,F811 (a fixture, and the way into it)
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def tree():

@@ -83,6 +83,7 @@ def wheel(workdir) -> str:
     return dist
 
 
+@pytest.mark.root  # `make wheel` installs the build tools when missing and writes the tree
 def test_make_wheel_leaves_one_cp39_abi3_manylinux_wheel(wheel):
     packages = sorted(os.listdir(wheel))
     assert len(packages) == 2 and "unrelated.txt" in packages, packages
@@ -103,6 +104,7 @@ def test_make_wheel_leaves_one_cp39_abi3_manylinux_wheel(wheel):
     assert "runtimeguard/detections/default.yaml" in files
 
 
+@pytest.mark.root  # `make wheel` installs the build tools when missing and writes the tree
 def test_extension_needs_only_glibc_and_its_tag_names_the_newest_version(wheel, tmp_path):
     (name,) = glob.glob(os.path.join(wheel, "runtimeguard-*.whl"))
     with zipfile.ZipFile(name) as whl:
@@ -223,6 +225,7 @@ def test_wheel_installs_and_traces_in_every_cpython(wheel, workdir, capsys):
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.mark.root  # `make wheel` installs the build tools when missing and writes the tree
 def test_sdist_holds_what_a_build_needs_and_builds_the_same_wheel(wheel, workdir):
     if not os.path.exists(os.path.join(ROOT, ".git")):
         pytest.skip("the sdist's contents are checked against git's lists of files, and this is no git checkout")

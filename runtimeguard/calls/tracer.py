@@ -196,6 +196,8 @@ class CallTracer:
         if self._tracer.running or any(self._scope.values()):
             raise ProbeError("run() scopes the probes to the command: use a CallTracer that is neither "
                              "started nor given pids, cgroups or comms")
+        # Before the command's cgroup is made: without privileges that fails first, and says less.
+        environment.check_privileges()
         cgroup = environment.make_cgroup(environment.cgroup2_mount(), "runtimeguard-calls")
         proc = None
         try:
