@@ -710,7 +710,13 @@ class Guard:
                    if host in self._allowed_hosts and hostnames.host_matches(host, reverse.name))
         if not bits:
             return
-        self._tracer.guard_allow_resolved(address, bits, reverse.name, reverse.ttl)
+        try:
+            self._tracer.guard_allow_resolved(address, bits, reverse.name, reverse.ttl)
+        except RuntimeGuardError:
+            # A name the kernel's table cannot hold (a PTR answer is the
+            # remote side's to choose): the address stays refused, and the
+            # poll that read the decision goes on.
+            pass
 
     def _in_scope(self, pid: int) -> Optional[bool]:
         """Whether pid is guarded; None when it is gone and nobody can tell."""
