@@ -789,6 +789,9 @@ class Guard:
         guard (leave its cgroup, kill the guard, detach programs) nor regain
         privileges through a set-uid program."""
         identity = _identity(user) if user is not None else None
+        # Before the cgroup is made: without privileges that would fail first,
+        # with a PermissionError that does not say what is missing.
+        environment.check_privileges()
         root = environment.cgroup2_mount()
         scope = self.policy.scope
         parent = root

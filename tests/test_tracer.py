@@ -252,6 +252,26 @@ def test_not_root_gets_a_clear_error_and_loads_nothing():
 
 
 @pytest.mark.root
+def test_guard_run_without_privileges_says_what_is_missing_and_makes_no_cgroup(tmp_path):
+    code = textwrap.dedent("""
+        import os, sys
+        import runtimeguard
+        from runtimeguard import environment
+        before = set(os.listdir(environment.cgroup2_mount()))
+        try:
+            runtimeguard.guard(runtimeguard.Policy.from_text("version: 1"), ["/bin/true"])
+        except runtimeguard.PrivilegeError as e:
+            print(e)
+            sys.exit(0 if set(os.listdir(environment.cgroup2_mount())) == before else 2)
+        sys.exit(1)
+    """)
+    out = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", code],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 0, (out.returncode, out.stdout, out.stderr)
+    assert "CAP_BPF" in out.stdout and "CAP_SYS_ADMIN" in out.stdout
+
+
+@pytest.mark.root
 def test_low_memlock_limit_still_loads():
     code = "import runtimeguard; t = runtimeguard.Tracer().start(); t.poll(0); t.close(); print('ok')"
     out = subprocess.run(["prlimit", "--memlock=65536", sys.executable, "-c", code], capture_output=True,
