@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.common.v1 import common_pb2
 
 from helpers import wait_for
-from runtimeguard import Tracer, schema
+from runtimeguard import Tracer, __version__, schema
 from runtimeguard.errors import RuntimeGuardError
 from runtimeguard.export import otlp
 from runtimeguard.export.otlp import OtlpLogs, attributes, logs_url
@@ -220,6 +220,7 @@ def test_process_exec_from_a_real_tracer(collector, make_sink):
     ((resource, scope, log),) = collector.logs
     assert resource["service.name"] == "rg-test"
     assert resource["host.name"] == socket.gethostname()
+    assert resource["service.version"] == __version__
     assert resource["deployment.environment.name"] == "test"
     assert scope == "runtimeguard"
 

@@ -115,6 +115,7 @@ import weakref
 from typing import Any, Optional
 
 
+from .. import __version__
 from ..errors import RuntimeGuardError
 from ..schema import (
     BLOCK_EVENTS,
@@ -363,15 +364,6 @@ def logs_url(endpoint: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
-def _version() -> Optional[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("runtimeguard")
-    except PackageNotFoundError:
-        return None
-
-
 class _State:
     """What the sink, its worker, its exporter wrapper and its finalizer
     share (none of them may hold the sink itself, or the sink would never be
@@ -554,10 +546,9 @@ class OtlpLogs:
         (OTLPLogExporter, LoggerProvider, BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult,
          Resource, SeverityNumber) = _load_sdk()
 
-        version = _version()
-        base = {"service.name": service_name, "host.name": socket.gethostname()}
-        if version:
-            base["service.version"] = version
+        # The package's own version: installed metadata is absent in a source tree.
+        version = __version__
+        base = {"service.name": service_name, "host.name": socket.gethostname(), "service.version": version}
         base.update(resource or {})
 
         state = self._state = _State(max_queue, export_timeout_s)
