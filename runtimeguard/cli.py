@@ -23,7 +23,8 @@ from . import environment
 from .errors import RuntimeGuardError
 from .schema import EVENT_IDS, PTRACE_REQUESTS, TRUNCATED, Event, json_encoder, json_schema
 from .audit import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
-from .tracer import ALL_EVENTS, DEFAULT_EVENTS, DEFAULT_MAX_LATENCY_MS, DEFAULT_RING_BUFFER_SIZE, Tracer
+from .tracer import (ALL_EVENTS, DEFAULT_EVENTS, DEFAULT_MAX_LATENCY_MS, DEFAULT_RING_BUFFER_SIZE, MAX_LATENCY_MS,
+                     MIN_RING_BUFFER_SIZE, Tracer)
 
 EXIT_INTERRUPTED = 130
 # A command that runs another (run, calls -- CMD) and is stopped by SIGTERM did
@@ -215,6 +216,34 @@ def _size(value: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"not a size: {value!r} (a positive number of bytes, or with K/M/G)")
     return size
+
+
+def _ring_buffer_size(value: str) -> int:
+    size = _size(value)
+    if size < MIN_RING_BUFFER_SIZE or size & (size - 1):
+        raise argparse.ArgumentTypeError(f"not a power of two of at least {MIN_RING_BUFFER_SIZE}: {value!r}")
+    return size
+
+
+def _latency_ms(value: str) -> int:
+    try:
+        ms = int(value)
+    except ValueError:
+        ms = 0
+    if not 1 <= ms <= MAX_LATENCY_MS:
+        raise argparse.ArgumentTypeError(f"not a latency: {value!r} (1 to {MAX_LATENCY_MS} ms)")
+    return ms
+
+
+def _otlp_endpoint(value: str) -> str:
+    from .export.otlp import logs_url
+
+    try:
+        logs_url(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {value!r} "
+                                         "(http://collector:4318, or a full /v1/logs URL)") from None
+    return value
 
 
 def _pid(value: str) -> int:
@@ -755,13 +784,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def tracer_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--ring-buffer-size", type=_size, default=DEFAULT_RING_BUFFER_SIZE, metavar="BYTES",
+        p.add_argument("--ring-buffer-size", type=_ring_buffer_size, default=DEFAULT_RING_BUFFER_SIZE, metavar="BYTES",
                        help="power of two (K/M/G suffixes allowed); default %(default)s")
-        p.add_argument("--max-latency-ms", type=int, default=DEFAULT_MAX_LATENCY_MS, metavar="MS",
+        p.add_argument("--max-latency-ms", type=_latency_ms, default=DEFAULT_MAX_LATENCY_MS, metavar="MS",
                        help="longest an event waits unread in the kernel; default %(default)s")
 
     def export_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--otlp-endpoint", metavar="URL",
+        p.add_argument("--otlp-endpoint", type=_otlp_endpoint, metavar="URL",
                        help="send every event as an OpenTelemetry log record over OTLP/HTTP "
                             "(http://collector:4318; extra runtimeguard[otlp])")
         p.add_argument("--otlp-header", type=_header, action="append", metavar="NAME=VALUE",

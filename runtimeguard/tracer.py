@@ -42,6 +42,8 @@ _TABLE_EVENTS = ("process_exec", "process_fork", "process_exit")
 
 DEFAULT_RING_BUFFER_SIZE = 8 << 20
 DEFAULT_MAX_LATENCY_MS = 20
+MIN_RING_BUFFER_SIZE = 4096
+MAX_LATENCY_MS = 10_000
 _POLL_SLICE_MS = 200  # lets Python run signal handlers while a poll waits
 _ERR_LEN = 8192
 
@@ -202,10 +204,11 @@ class Tracer:
         if unknown:
             raise ValueError(f"unknown event(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_EVENTS)}, "
                              "lost")
-        if ring_buffer_size < 4096 or ring_buffer_size & (ring_buffer_size - 1):
-            raise ValueError(f"ring_buffer_size {ring_buffer_size} must be a power of two of at least 4096")
-        if not 1 <= max_latency_ms <= 10_000:
-            raise ValueError(f"max_latency_ms {max_latency_ms} must be between 1 and 10000")
+        if ring_buffer_size < MIN_RING_BUFFER_SIZE or ring_buffer_size & (ring_buffer_size - 1):
+            raise ValueError(f"ring_buffer_size {ring_buffer_size} must be a power of two of at least "
+                             f"{MIN_RING_BUFFER_SIZE}")
+        if not 1 <= max_latency_ms <= MAX_LATENCY_MS:
+            raise ValueError(f"max_latency_ms {max_latency_ms} must be between 1 and {MAX_LATENCY_MS}")
         # Loss notices always; guard decisions whenever the guard is loaded.
         guard_events = frozenset(BLOCK_EVENTS) | frozenset(GUARD_EVENTS) if guard_cgroup_fd >= 0 else frozenset()
         self.events = frozenset(names) | {"lost"} | guard_events

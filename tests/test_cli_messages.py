@@ -58,6 +58,11 @@ USAGE = [
     (("trace", "--metrics-port", "70000"), "trace --metrics-port: not a port: '70000' (0 to 65535"),
     (("trace", "--ring-buffer-size", "5Q"), "trace --ring-buffer-size: not a size: '5Q'"),
     (("trace", "--ring-buffer-size", "0"), "trace --ring-buffer-size: not a size: '0'"),
+    (("trace", "--ring-buffer-size", "5000"), "trace --ring-buffer-size: not a power of two of at least 4096: '5000'"),
+    (("watch", "--ring-buffer-size", "1k"), "watch --ring-buffer-size: not a power of two of at least 4096: '1k'"),
+    (("trace", "--max-latency-ms", "-1"), "trace --max-latency-ms: not a latency: '-1' (1 to 10000 ms)"),
+    (("trace", "--max-latency-ms", "soon"), "trace --max-latency-ms: not a latency: 'soon'"),
+    (("trace", "--otlp-endpoint", "notaurl"), "trace --otlp-endpoint: not an http:// or https:// URL: 'notaurl'"),
     (("trace", "--duration", "-1"), "trace --duration: not a duration: '-1' (seconds, more than 0)"),
     (("trace", "--duration", "nan"), "trace --duration: not a duration: 'nan'"),
     (("trace", "--otlp-header", "nope"), "trace --otlp-header: not a header: 'nope' (NAME=VALUE)"),
@@ -119,9 +124,7 @@ BAD_INPUT = [
     (("calls", "--probe", "{dir}/no-such-binary:main"), "{dir}/no-such-binary: no such file"),
     (("calls", "--plaintext", "10", "--probe", "/bin/true:main"), "calls: --plaintext copies TLS buffers"),
     (("calls", "--tls", "--", "{dir}/no-such-binary"), "cannot run '{dir}/no-such-binary': no such file"),
-    (("trace", "--ring-buffer-size", "5000"), "ring_buffer_size 5000 must be a power of two"),
     (("trace", "--cgroup", "/no/such/cgroup"), "cgroup '/no/such/cgroup': No such file or directory"),
-    (("trace", "--otlp-endpoint", "notaurl"), "endpoint 'notaurl' must be an http:// or https:// URL"),
 ]
 
 
