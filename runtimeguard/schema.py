@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Annotated, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Optional, Union
 
 import msgspec
 
@@ -63,7 +63,12 @@ EVENT_IDS: dict[str, int] = {
     ffi.string(lib.rg_kinds[k].name).decode(): k for k in range(lib.RG_KIND_SLOTS) if lib.rg_kinds[k].name
 }
 EVENT_NAMES: dict[int, str] = {v: k for k, v in EVENT_IDS.items()}
-EventName = Literal[tuple(EVENT_IDS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    # The names come from the compiled table, which a type checker cannot
+    # read: to it an event name is a str; msgspec checks the real Literal.
+    EventName = str
+else:
+    EventName = Literal[tuple(EVENT_IDS)]
 # The guard's decisions: they carry an action and a target.
 BLOCK_EVENTS = tuple(name for name, k in EVENT_IDS.items() if lib.rg_kinds[k].decision)
 
@@ -74,7 +79,10 @@ Action = Literal["observed", "blocked", "would_block", "killed"]
 # is "inet_socket".
 FD_KINDS: dict[int, str] = {getattr(lib, n): n[len("RG_FD_"):].lower() for n in dir(lib)
                             if n.startswith("RG_FD_") and isinstance(getattr(lib, n), int)}
-FdKind = Literal[tuple(FD_KINDS[k] for k in sorted(FD_KINDS))]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    FdKind = str  # from the compiled table, like EventName
+else:
+    FdKind = Literal[tuple(FD_KINDS[k] for k in sorted(FD_KINDS))]
 
 # Linux capability numbers (linux/capability.h), for the exec's bit masks.
 CAPABILITIES = (
@@ -769,7 +777,7 @@ class Event(msgspec.Struct, array_like=True, gc=False, repr_omit_defaults=True):
 
     @property
     def name(self) -> EventName:
-        return EVENT_NAMES[self.id]  # type: ignore[return-value]
+        return EVENT_NAMES[self.id]
 
     def _details(self) -> _Details:
         d = self.decoded_

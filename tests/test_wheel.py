@@ -225,6 +225,57 @@ def test_wheel_installs_and_traces_in_every_cpython(wheel, workdir, capsys):
     assert not failures, "\n\n".join(failures)
 
 
+_CONSUMER = textwrap.dedent("""
+    import runtimeguard
+
+    events = runtimeguard.Tracer(events=["process_exec"]).poll(0)
+    reveal_type(events)
+    reveal_type(events[0].name)
+    reveal_type(runtimeguard.Policy.from_text("version: 1").network.default)
+    pid: str = events[0].pid
+""")
+
+
+@pytest.mark.root  # `make wheel` installs the build tools when missing and writes the tree
+def test_type_checkers_see_the_installed_packages_types(wheel, workdir):
+    """PEP 561: mypy reads an installed package's annotations only where it
+    ships py.typed; without it, it would see an untyped module."""
+    pytest.importorskip("mypy")
+    (wheel_path,) = glob.glob(os.path.join(wheel, "runtimeguard-*.whl"))
+    venv = os.path.join(workdir, f"venv-typed-{uuid.uuid4().hex[:8]}")
+    # The host's site-packages give runtimeguard's dependencies; the wheel
+    # goes into the venv's own, away from the source tree.
+    checked([sys.executable, "-m", "venv", "--system-site-packages", venv], timeout=120)
+    python = os.path.join(venv, "bin", "python")
+    checked([python, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check", wheel_path],
+            timeout=300)
+    consumer = os.path.join(venv, "consumer.py")
+    with open(consumer, "w") as f:
+        f.write(_CONSUMER)
+
+    def check() -> str:
+        # From the venv: mypy also searches its working directory, which must
+        # not be the source tree.
+        done = run([sys.executable, "-m", "mypy", "--python-executable", python, "--no-incremental",
+                    "--follow-imports=silent", "--cache-dir", os.path.join(venv, "mypy-cache"), consumer],
+                   timeout=300, cwd=venv, env={k: v for k, v in os.environ.items() if k != "MYPYPATH"})
+        return done.stdout + done.stderr
+
+    installed = run([python, "-c", "import os, runtimeguard; print(os.path.dirname(runtimeguard.__file__))"],
+                    timeout=60, cwd=venv).stdout.strip()
+    assert installed.startswith(venv), installed
+    typed = check()
+    # mypy before 1.11 spells builtins out.
+    assert re.search(r'Revealed type is "(builtins\.)?list\[runtimeguard\.schema\.Event\]"', typed), typed
+    assert re.search(r'Revealed type is "(builtins\.)?str"', typed), typed
+    assert "Revealed type is \"Literal['allow'] | Literal['deny']\"" in typed, typed
+    assert 'Incompatible types in assignment (expression has type "int", variable has type "str")' in typed, typed
+
+    os.remove(os.path.join(installed, "py.typed"))
+    untyped = check()
+    assert "missing library stubs or py.typed marker" in untyped, untyped
+
+
 @pytest.mark.root  # `make wheel` installs the build tools when missing and writes the tree
 def test_sdist_holds_what_a_build_needs_and_builds_the_same_wheel(wheel, workdir):
     if not os.path.exists(os.path.join(ROOT, ".git")):
