@@ -133,7 +133,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         NETWORK_TESTS,
         "audit mode refuses a denied connect or send (EPERM) instead of only reporting it"),
     Mutation(
-        "lost-notice-never-emitted", "csrc/tracer.c",
+        "lost-notice-never-emitted", "csrc/ring.c",
         "\t\tcheck_lost(t);",
         "\t\t(void)check_lost; /* mutated */",
         ("tests/test_tracer.py",),
@@ -265,13 +265,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_proctable.py",),
         "forgetting a process cuts the probe chain: processes learned after it in the chain are lost"),
     Mutation(
-        "table-entries-unbounded", "csrc/tracer.c",
+        "table-entries-unbounded", "csrc/ring.c",
         "\tif (t->out.count >= t->opts.batch_limit || t->out.table_count >= t->opts.batch_limit ||",
         "\tif (t->out.count >= t->opts.batch_limit || /* mutated */",
         ("tests/test_event_model.py",),
         "a batch of forks and exits nobody asked for writes past the table entries' buffer"),
     Mutation(
-        "full-batch-drained-again", "csrc/tracer.c",
+        "full-batch-drained-again", "csrc/ring.c",
         "\t\t\tif (t->out.count || t->backlog)",
         "\t\t\tif (t->out.count) /* mutated */",
         ("tests/test_event_model.py",),
@@ -379,7 +379,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_guard_files.py",),
         "a directory made beneath a protected one while the guard runs is not protected"),
     Mutation(
-        "judged-decisions-after-the-ring", "csrc/tracer.c",
+        "mapped-network-rule-left-ipv6", "csrc/guardmaps.c",
+        "\tif (a.mapped && prefix_len >= 96) {",
+        "\tif (0 && a.mapped && prefix_len >= 96) { /* mutated */",
+        ("tests/test_guard_maps.py",),
+        "a rule for ::ffff:a.b.c.d/N is written as an IPv6 network, which connects to a.b.c.d never match"),
+    Mutation(
+        "judged-decisions-after-the-ring", "csrc/ring.c",
         "\t\ttake_judged_until(t, ((const struct rg_header *)data)->timestamp_ns);",
         "\t\t(void)0; /* mutated: the judge's decisions come after the ring's records */",
         GUARD_TESTS,
