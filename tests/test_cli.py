@@ -81,7 +81,7 @@ def test_trace_ctrl_c_exits_130_without_a_traceback():
 
 
 def test_errors_are_one_line():
-    result = cli("trace", "--ring-buffer-size", "5000", "--duration", "1")
+    result = cli("trace", "--cgroup", "/no/such/cgroup", "--duration", "1")
     assert result.returncode == 1
     assert result.stderr.startswith("runtimeguard: ") and "Traceback" not in result.stderr
 
