@@ -138,7 +138,7 @@ def _unprivileged(missing: list[str]) -> Capabilities:
 
 # The kernel options a mechanism cannot work without, beyond CONFIG_BPF_SYSCALL
 # for every BPF one.
-_REQUIRED_CONFIG = {"kprobe": ("CONFIG_KPROBES",), "uprobe": ("CONFIG_UPROBES",), "bpf_lsm": ("CONFIG_BPF_LSM",),
+_REQUIRED_CONFIG = {"uprobe": ("CONFIG_UPROBES",), "bpf_lsm": ("CONFIG_BPF_LSM",),
                     "bpf_lsm_path": ("CONFIG_BPF_LSM",),
                     "fanotify_permission": ("CONFIG_FANOTIFY_ACCESS_PERMISSIONS",)}
 
@@ -245,7 +245,7 @@ def _active_lsms(config: dict[str, str]) -> tuple[Optional[list[str]], str]:
 
 # The kernel options the features above depend on, as doctor lists them.
 _CONFIG_FACTS = ("CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_EVENTS", "CONFIG_CGROUP_BPF",
-                 "CONFIG_BPF_LSM", "CONFIG_KPROBES", "CONFIG_UPROBES", "CONFIG_FANOTIFY_ACCESS_PERMISSIONS")
+                 "CONFIG_BPF_LSM", "CONFIG_UPROBES", "CONFIG_FANOTIFY_ACCESS_PERMISSIONS")
 
 
 def _facts(source: str, config: dict[str, str], privileged: bool) -> list[Feature]:
