@@ -224,6 +224,30 @@ static int choose_guard_backend(struct rg_guard *g, int lsm, char *err, size_t e
 	return 0;
 }
 
+/* An observing program whose kind nobody asked for is not loaded: attached,
+ * it would run on every such syscall on the host only for its record to be
+ * dropped by the consumer (a sensor makes two kinds; a tracer may want one). */
+static void load_only_wanted_kinds(struct rg_tracer *t, int i)
+{
+	unsigned long long mask = t->opts.event_mask;
+	int connects = !!(mask & 1ULL << RG_KIND_NET_CONNECT), sends = !!(mask & 1ULL << RG_KIND_NET_SENDMSG);
+	int ptraces = !!(mask & 1ULL << RG_KIND_PTRACE), memory = !!(mask & 1ULL << RG_KIND_PROCESS_MEMORY);
+
+	if (i == SENSOR_NET) {
+		struct rg_net *net = t->sensors[i].skel;
+
+		bpf_program__set_autoload(net->progs.rg_connect_exit, connects);
+		bpf_program__set_autoload(net->progs.rg_sendto_exit, sends);
+		bpf_program__set_autoload(net->progs.rg_sendmsg_exit, sends);
+	} else if (i == SENSOR_PTRACE) {
+		struct rg_ptrace *ptrace = t->sensors[i].skel;
+
+		bpf_program__set_autoload(ptrace->progs.rg_ptrace_exit, ptraces);
+		bpf_program__set_autoload(ptrace->progs.rg_vm_readv_exit, memory);
+		bpf_program__set_autoload(ptrace->progs.rg_vm_writev_exit, memory);
+	}
+}
+
 static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 {
 	struct sensor *s = &t->sensors[i];
@@ -248,6 +272,7 @@ static int load_sensor(struct rg_tracer *t, int i, char *err, size_t errlen)
 	}
 	if (i == SENSOR_GUARD && (ret = choose_guard_backend(s->skel, t->opts.guard_lsm, err, errlen)))
 		return ret;
+	load_only_wanted_kinds(t, i);
 	skip_missing_hooks(s->obj);
 	if ((ret = bpf_object__load(s->obj)))
 		return rg_fail(err, errlen, ret, "loading the %s sensor's BPF programs", sensor_names[i]);

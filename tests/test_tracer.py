@@ -434,3 +434,20 @@ def test_a_poll_loop_gets_batches_not_a_few_events_per_call():
     # Draining on every call gave about 7 events a poll here; 50 allows a
     # child slowed to 8 s by a busy machine (400 drains of 20 ms).
     assert opens / polls >= 50, f"{polls} polls for {opens} events"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("events, loaded", [
+    (["net_connect"], {"rg_connect_exit"}),
+    (["net_sendmsg"], {"rg_sendto_exit", "rg_sendmsg_exit"}),
+    (["ptrace"], {"rg_ptrace_exit"}),
+    (["ptrace", "net_connect", "net_sendmsg"], {"rg_ptrace_exit", "rg_connect_exit", "rg_sendto_exit",
+                                                "rg_sendmsg_exit"}),
+])
+def test_only_the_programs_of_the_kinds_asked_for_are_loaded(events, loaded):
+    """A sensor makes two kinds; the programs of the kind nobody asked for
+    would run on every such syscall on the host for nothing."""
+    observers = {"rg_connect_exit", "rg_sendto_exit", "rg_sendmsg_exit", "rg_ptrace_exit", "rg_vm_readv_exit",
+                 "rg_vm_writev_exit"}
+    with Tracer(events=events) as t:
+        assert set(t.program_stats()) & observers == loaded
