@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import sys
+import textwrap
 import time
 from contextlib import contextmanager
 from typing import Callable, Sequence
@@ -119,3 +120,33 @@ def worker_in_a_cgroup(code: str, prefix: Sequence[str] = ()):
         proc.stdin.close()
         proc.wait(timeout=10)
         os.rmdir(cgroup)
+
+
+# A worker for worker_in_a_cgroup that connects or sends as told, a line
+# "connect|send ADDRESS PORT tcp|udp" each, and answers each with the errno
+# the call got (0: it went through). Nonblocking: nothing waits for a peer.
+SOCKET_WORKER = textwrap.dedent("""
+    import socket, sys
+    for line in sys.stdin:
+        op, address, port, protocol = line.split()
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+        where = (address, int(port)) if family == socket.AF_INET else (address, int(port), 0, 0)
+        s = socket.socket(family, kind)
+        s.setblocking(False)
+        try:
+            s.connect(where) if op == "connect" else s.sendto(b"x", where)
+            result = 0
+        except OSError as e:
+            result = e.errno
+        finally:
+            s.close()
+        print(result, flush=True)
+""")
+
+
+def socket_errnos(proc, queries: Sequence[tuple[str, str, int, str]]) -> list[int]:
+    """Each (op, address, port, protocol) query's errno as SOCKET_WORKER saw it."""
+    proc.stdin.write("".join(f"{op} {address} {port} {protocol}\n" for op, address, port, protocol in queries))
+    proc.stdin.flush()
+    return [int(proc.stdout.readline()) for _ in queries]

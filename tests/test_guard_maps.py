@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import errno
 import os
-import textwrap
 from contextlib import contextmanager
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import worker_in_a_cgroup
+from helpers import SOCKET_WORKER, socket_errnos, worker_in_a_cgroup
 from runtimeguard import environment, hostnames
 from runtimeguard._native import ffi, lib
 from runtimeguard.errors import BPFError, TracerStateError
@@ -155,31 +154,10 @@ def test_an_opened_address_keeps_its_name_under_the_name_hash():
 
 # ---- rules as the socket hooks judge them ----
 
-WORKER = textwrap.dedent("""
-    import socket, sys
-    for line in sys.stdin:
-        protocol, address, port = line.split()
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-        where = (address, int(port)) if family == socket.AF_INET else (address, int(port), 0, 0)
-        s = socket.socket(family, kind)
-        s.setblocking(False)
-        try:
-            s.connect(where)
-            result = 0
-        except OSError as e:
-            result = e.errno
-        finally:
-            s.close()
-        print(result, flush=True)
-""")
-
-
 def refused_connects(proc, queries: list[tuple[str, str, int]]) -> list[bool]:
     """Whether the hooks refused each (protocol, address, port) connect (EPERM)."""
-    proc.stdin.write("".join(f"{protocol} {address} {port}\n" for protocol, address, port in queries))
-    proc.stdin.flush()
-    return [int(proc.stdout.readline()) == errno.EPERM for _ in queries]
+    answers = socket_errnos(proc, [("connect", address, port, protocol) for protocol, address, port in queries])
+    return [answer == errno.EPERM for answer in answers]
 
 
 @contextmanager
@@ -219,7 +197,7 @@ def test_rules_written_in_policy_terms_are_judged_as_meant():
         t.guard_host_rule(3, "*.blocked.test", ALL_PORTS, TCP, DENY, 3)
         return 4
 
-    with worker_in_a_cgroup(WORKER, ["unshare", "--net"]) as (cgroup, proc), guard_with(cgroup, write_rules) as t:
+    with worker_in_a_cgroup(SOCKET_WORKER, ["unshare", "--net"]) as (cgroup, proc), guard_with(cgroup, write_rules) as t:
         expected = {
             ("tcp", "127.0.1.5", 80): True,
             ("tcp", "::ffff:127.0.1.5", 80): True,

@@ -13,44 +13,21 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import textwrap
 import time
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 import pytest
 
-from helpers import worker_in_a_cgroup
+from helpers import SOCKET_WORKER, socket_errnos, worker_in_a_cgroup
 from runtimeguard.guard import Guard
 from runtimeguard.policy import Policy, PolicyError, decide_network
 
 pytestmark = pytest.mark.root
 
-WORKER = textwrap.dedent("""
-    import socket, sys
-    for line in sys.stdin:
-        op, family, address, port, protocol = line.split()
-        family = socket.AF_INET if family == "4" else socket.AF_INET6
-        kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-        where = (address, int(port)) if family == socket.AF_INET else (address, int(port), 0, 0)
-        s = socket.socket(family, kind)
-        s.setblocking(False)
-        try:
-            s.connect(where) if op == "connect" else s.sendto(b"x", where)
-            result = 0
-        except OSError as e:
-            result = e.errno
-        finally:
-            s.close()
-        print(result, flush=True)
-""")
-
-
 def ask(proc, queries) -> list[int]:
     """Each query's errno (0: it went through) as the worker saw it."""
-    proc.stdin.write("".join(f"{op} {ip.version} {ip} {port} {proto}\n" for op, ip, port, proto in queries))
-    proc.stdin.flush()
-    return [int(proc.stdout.readline()) for _ in queries]
+    return socket_errnos(proc, [(op, str(ip), port, proto) for op, ip, port, proto in queries])
 
 
 # ---- what hypothesis writes ----
@@ -133,7 +110,7 @@ def unmapped(ip):
 def test_kernel_egress_decisions_match_decide_network():
     # One worker for every example: a fresh guard per policy judges it.
     # In a network namespace of its own, whose only interface is down.
-    with worker_in_a_cgroup(WORKER, ["unshare", "--net"]) as (cgroup, proc):
+    with worker_in_a_cgroup(SOCKET_WORKER, ["unshare", "--net"]) as (cgroup, proc):
         check_policies_against_the_reference(cgroup, proc)
 
 

@@ -30,7 +30,6 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 import msgspec
 
 from .. import configfile
-from ..errors import RuntimeGuardError
 from .engine import Rule, RuleOptions
 
 __all__ = ["DEFAULT_TUNING", "DetectionConfigError", "TUNING_VERSION", "Tuning", "load_tuning", "parse_tuning"]
@@ -40,20 +39,9 @@ DEFAULT_TUNING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defau
 _TOP_KEYS = ("version", "repeat_window_s", "max_errors", "rules")
 
 
-class DetectionConfigError(RuntimeGuardError, ValueError):
+class DetectionConfigError(configfile.ConfigError):
     """A tuning that cannot be used: names the key (``rules.reverse_shell.severity``),
     its line in the file where known, and why."""
-
-    def __init__(self, field: str, reason: str, source: str = "<text>", line: Optional[int] = None):
-        self.field = field
-        self.reason = reason
-        self.source = source
-        self.line = line
-        super().__init__(field, reason, source, line)
-
-    def __str__(self) -> str:
-        where = f"{self.source}, line {self.line}" if self.line else self.source
-        return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
 
 
 class Tuning(msgspec.Struct, frozen=True):
