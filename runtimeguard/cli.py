@@ -225,16 +225,6 @@ def _ring_buffer_size(value: str) -> int:
     return size
 
 
-def _latency_ms(value: str) -> int:
-    try:
-        ms = int(value)
-    except ValueError:
-        ms = 0
-    if not 1 <= ms <= MAX_LATENCY_MS:
-        raise argparse.ArgumentTypeError(f"not a latency: {value!r} (1 to {MAX_LATENCY_MS} ms)")
-    return ms
-
-
 def _otlp_endpoint(value: str) -> str:
     from .export.otlp import logs_url
 
@@ -246,34 +236,24 @@ def _otlp_endpoint(value: str) -> str:
     return value
 
 
-def _pid(value: str) -> int:
-    try:
-        pid = int(value)
-    except ValueError:
-        pid = 0
-    if not 0 < pid <= _PID_MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"not a process id: {value!r} (1 to {_PID_MAX_LIMIT})")
-    return pid
+def _integer(what: str, low: int, high: Optional[int], bounds: str) -> Callable[[str], int]:
+    """An argparse type: an integer from low to high (None: no bound), else
+    "not a <what>: <value> (<bounds>)"."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"not a {what}: {value!r} ({bounds})")
+        return number
+    return parse
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port: {value!r} (0 to 65535; 0: any free port)")
-    return port
-
-
-def _count(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"not a count: {value!r} (0 or more)")
-    return count
+_latency_ms = _integer("latency", 1, MAX_LATENCY_MS, f"1 to {MAX_LATENCY_MS} ms")
+_pid = _integer("process id", 1, _PID_MAX_LIMIT, f"1 to {_PID_MAX_LIMIT}")
+_port = _integer("port", 0, 65535, "0 to 65535; 0: any free port")
+_count = _integer("count", 0, None, "0 or more")
 
 
 def _seconds(value: str) -> float:
